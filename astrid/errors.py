@@ -1,0 +1,102 @@
+"""The astrid exception hierarchy: every error astrid raises is an ``AstridError``.
+
+Messages name what was wrong and where (file, key, session id) so a host can show them as-is.
+"""
+
+from __future__ import annotations
+
+
+class AstridError(Exception):
+    """Base class of every error raised by astrid."""
+
+
+class ConfigError(AstridError):
+    """A configuration file or value is invalid (names the file and the key)."""
+
+
+class PluginError(AstridError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class InvalidSessionId(AstridError, ValueError):
+    """A session id is not a UUID (checked before it touches a path)."""
+
+
+class SerializationError(AstridError):
+    """A document could not be decoded or encoded (names the source)."""
+
+
+class StorageError(AstridError):
+    """A storage backend failed (names the backend, the session or the key)."""
+
+
+class InvalidKey(StorageError):
+    """A key-value namespace or key is empty or contains NUL."""
+
+
+class SessionNotFound(StorageError):
+    """No session with the given id exists in the store."""
+
+
+class ConcurrencyError(StorageError):
+    """A save was based on a stale revision: another writer saved first."""
+
+
+class SchemaVersionError(StorageError):
+    """A store was written by a newer schema version than this astrid knows."""
+
+
+class SecurityError(AstridError):
+    """Base class of security-state errors (allowances, approvals, budget, capabilities)."""
+
+
+class AllowanceNotFound(SecurityError):
+    """An allowance id is not in the store."""
+
+
+class ResolutionNotFound(SecurityError):
+    """A deferred resolution id is not in the queue."""
+
+
+class ApprovalError(SecurityError):
+    """An approval was denied or could not be obtained."""
+
+
+class BudgetExceeded(ApprovalError):
+    """A cost would exceed the per-action, session or workspace budget."""
+
+
+class InvalidCost(SecurityError, ValueError):
+    """A cost is NaN, infinite or negative where a real cost is required."""
+
+
+class CapabilityError(SecurityError):
+    """Base class of capability-token errors."""
+
+
+class TokenExpired(CapabilityError):
+    """The capability token expired (beyond the allowed clock skew)."""
+
+
+class TokenRevoked(CapabilityError):
+    """The capability token was revoked."""
+
+
+class TokenNotFound(CapabilityError):
+    """No capability token with that id exists."""
+
+
+class TokenAlreadyUsed(CapabilityError):
+    """A single-use capability token was already used."""
+
+
+class InvalidSignature(CapabilityError):
+    """A signature did not verify (tampered token or foreign issuer)."""
+
+
+class InvalidPattern(CapabilityError, ValueError):
+    """A resource pattern is invalid (bad glob or path traversal)."""
+
+
+class SubAgentError(AstridError):
+    """A sub-agent could not be spawned or failed."""
