@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     """A permission on a resource (snake_case in JSON, like the original)."""
 
     READ = "read"
@@ -26,7 +26,7 @@ class Permission(str, Enum):
 _RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 
-class RiskLevel(str, Enum):
+class RiskLevel(StrEnum):
     """How risky an action is; ordered Low < Medium < High < Critical."""
 
     LOW = "low"
