@@ -1,0 +1,79 @@
+"""Token estimators: how much of the context window a message is taken to use.
+
+The session asks its estimator for every message it adds. ``ContentEstimator`` (the default)
+counts every content kind by its real size; ``OriginalEstimator`` keeps the Rust rule (text bytes
+// 4, anything else a flat 100) for sessions that must count exactly as the original did.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol, runtime_checkable
+
+from .messages import ImagePart, Message, OpaqueContent, TextPart, ToolCall, ToolCallResult
+
+IMAGE_TOKENS = 1000
+"""What one image part counts as (providers bill images per tile, not by base64 size)."""
+
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Per-message framing (role markers) that every chat API adds."""
+
+
+@runtime_checkable
+class TokenEstimator(Protocol):
+    """Estimates the tokens of one message; implementations must be cheap and deterministic."""
+
+    name: str
+
+    def estimate(self, message: Message) -> int:
+        """Tokens the message is taken to use (never negative)."""
+        ...
+
+
+def _bytes_to_tokens(text: str) -> int:
+    return (len(text.encode("utf-8")) + 3) // 4
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class OriginalEstimator:
+    """The original's rule: text is UTF-8 bytes // 4; any other content counts 100."""
+
+    name = "original"
+
+    def estimate(self, message: Message) -> int:
+        """Text bytes // 4, or a flat 100 for tool calls, tool results and multi-part content."""
+        if isinstance(message.content, str):
+            return len(message.content.encode("utf-8")) // 4
+        return 100
+
+
+class ContentEstimator:
+    """Counts every content kind by its real text: about one token per four UTF-8 bytes."""
+
+    name = "content"
+
+    def estimate(self, message: Message) -> int:
+        """Text, tool names and arguments, tool results and text parts by size, plus overhead."""
+        content = message.content
+        total = MESSAGE_OVERHEAD_TOKENS
+        if isinstance(content, str):
+            return total + _bytes_to_tokens(content)
+        if isinstance(content, ToolCallResult):
+            return total + _bytes_to_tokens(content.call_id) + _bytes_to_tokens(content.content)
+        if isinstance(content, OpaqueContent):
+            return total + _bytes_to_tokens(_compact(content.value))
+        for item in content:
+            if isinstance(item, ToolCall):
+                total += _bytes_to_tokens(item.id) + _bytes_to_tokens(item.name)
+                total += _bytes_to_tokens(_compact(item.arguments))
+            elif isinstance(item, TextPart):
+                total += _bytes_to_tokens(item.text)
+            elif isinstance(item, ImagePart):
+                total += IMAGE_TOKENS
+        return total
+
+
+DEFAULT_ESTIMATOR: TokenEstimator = ContentEstimator()

@@ -1,0 +1,108 @@
+"""Messages: constructors, the untagged content encoding and its decoding order."""
+
+from __future__ import annotations
+
+import json
+
+from astrid.messages import (
+    ImagePart,
+    Message,
+    MessageRole,
+    OpaqueContent,
+    TextPart,
+    ToolCall,
+    ToolCallResult,
+    decode_content,
+    encode_content,
+)
+
+
+def test_constructors_and_roles() -> None:
+    assert Message.user("hi").role is MessageRole.USER
+    assert Message.assistant("a").role is MessageRole.ASSISTANT
+    assert Message.system("s").role is MessageRole.SYSTEM
+    call = ToolCall(id="c1", name="fs:read_file")
+    msg = Message.assistant_with_tools([call])
+    assert msg.role is MessageRole.ASSISTANT
+    assert msg.tool_calls() == [call]
+    assert msg.text() is None
+    res = Message.tool_result(ToolCallResult.success("c1", "ok"))
+    assert res.role is MessageRole.TOOL
+    assert res.tool_result_content() == ToolCallResult(call_id="c1", content="ok")
+    assert Message.user("x").text() == "x"
+
+
+def test_tool_call_defaults_and_parse_name() -> None:
+    call = ToolCall(id="1", name="filesystem:read_file")
+    assert call.arguments == {}
+    assert call.parse_name() == ("filesystem", "read_file")
+    assert ToolCall(id="1", name="plain").parse_name() is None
+    assert call.with_arguments({"a": 1}).arguments == {"a": 1}
+
+
+def test_tool_call_result_success_and_error() -> None:
+    assert ToolCallResult.success("c", "x").is_error is False
+    err = ToolCallResult.error("c", "boom")
+    assert err.is_error is True and err.content == "boom"
+
+
+def test_encoding_shapes() -> None:
+    assert encode_content("hello") == "hello"
+    assert encode_content([ToolCall(id="a", name="n", arguments={"k": 1})]) == [
+        {"id": "a", "name": "n", "arguments": {"k": 1}}
+    ]
+    assert encode_content(ToolCallResult(call_id="a", content="r")) == {
+        "call_id": "a",
+        "content": "r",
+        "is_error": False,
+    }
+    assert encode_content([TextPart(text="t"), ImagePart(data="AA==", media_type="image/png")]) == [
+        {"type": "text", "text": "t"},
+        {"type": "image", "data": "AA==", "media_type": "image/png"},
+    ]
+
+
+def test_decoding_order() -> None:
+    assert decode_content("x") == "x"
+    # An empty array is ToolCalls([]), not MultiPart: the original's order.
+    assert decode_content([]) == []
+    assert Message.from_json({"role": "assistant", "content": []}).tool_calls() == []
+    parts = decode_content([{"type": "text", "text": "t"}])
+    assert parts == [TextPart(text="t")]
+    # An object with id, name and arguments (plus a "type") is still a tool call.
+    calls = decode_content([{"id": "1", "name": "n", "arguments": None, "type": "text"}])
+    assert calls == [ToolCall(id="1", name="n", arguments=None)]
+    result = decode_content({"call_id": "c", "content": "ok"})
+    assert result == ToolCallResult(call_id="c", content="ok", is_error=False)
+
+
+def test_tool_call_without_arguments_is_not_a_tool_call() -> None:
+    content = decode_content([{"id": "1", "name": "n"}])
+    assert isinstance(content, OpaqueContent)
+
+
+def test_unknown_role_and_content_are_kept_verbatim() -> None:
+    odd = [
+        {"role": "developer", "content": "x"},
+        {"role": "User", "content": "capitalised"},
+        {"role": "user", "content": None},
+        {"role": "user", "content": 42},
+        {"role": "tool", "content": {"no_call_id": True}},
+        {"role": "assistant", "content": [{"type": "audio", "data": "..."}]},
+        {"role": "user", "content": "x", "name": "extra key"},
+        {"content": "no role"},
+        "not even an object",
+    ]
+    for raw in odd:
+        msg = Message.from_json(raw)
+        assert msg.to_json() == raw
+        assert json.dumps(msg.to_json()) == json.dumps(raw)
+    assert not Message.from_json(odd[0]).is_known
+    assert Message.from_json(odd[0]).role == "developer"
+
+
+def test_known_message_round_trips_exactly() -> None:
+    raw = {"role": "tool", "content": {"call_id": "c", "content": "hello", "is_error": False}}
+    msg = Message.from_json(raw)
+    assert msg.is_known and msg.verbatim is None
+    assert msg.to_json() == raw
