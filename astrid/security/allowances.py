@@ -1,0 +1,548 @@
+"""Allowances: pre-approved action patterns and the thread-safe store that consumes them.
+
+An ``Allowance`` lets a matching ``SensitiveAction`` through without asking the user again. Its
+JSON shape is the original's (``astrid_approval::allowance``): bare UUID id, ``type``-tagged
+pattern, ``Z`` timestamps, every optional key written as ``null``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path, PurePath
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from astrid.errors import AllowanceNotFound, SerializationError
+from astrid.security.actions import (
+    ExecuteCommand,
+    FileDelete,
+    FileRead,
+    FileWriteOutsideSandbox,
+    McpToolCall,
+    NetworkRequest,
+    Permission,
+    PluginExecution,
+    PluginFileAccess,
+    PluginHttpRequest,
+    SensitiveAction,
+)
+from astrid.security.globs import escape_glob, glob_match
+from astrid.timeutil import Timestamp, utcnow
+
+SIGNATURE_LENGTH = 64
+"""Length in bytes of an ed25519 signature."""
+
+UNSIGNED_SIGNATURE = base64.b64encode(bytes(SIGNATURE_LENGTH)).decode("ascii")
+"""The signature written when no signer is given (64 zero bytes, base64)."""
+
+_U32_MAX = 2**32 - 1
+
+_PLUGIN_FILE_CAPABILITIES: dict[Permission, str] = {
+    Permission.READ: "file_read",
+    Permission.WRITE: "file_write",
+    Permission.DELETE: "file_delete",
+}
+
+WorkspaceRoot = PurePath | str | None
+"""A workspace root as callers pass it: a path, a path string, or None for "no workspace"."""
+
+
+def _as_path(root: PurePath | str) -> PurePath:
+    return root if isinstance(root, PurePath) else Path(root)
+
+
+def path_in_workspace(path: str, workspace_root: WorkspaceRoot) -> bool:
+    """True if ``path`` lies under ``workspace_root`` component-wise (always true for None)."""
+    if workspace_root is None:
+        return True
+    root_parts = _as_path(workspace_root).parts
+    return Path(path).parts[: len(root_parts)] == root_parts
+
+
+def _file_action_path(permission: Permission, action: SensitiveAction) -> str | None:
+    """The path of a file action that ``permission`` covers, or None if it covers no such action."""
+    if permission is Permission.READ and isinstance(action, FileRead):
+        return action.path
+    if permission is Permission.WRITE and isinstance(action, FileWriteOutsideSandbox):
+        return action.path
+    if permission is Permission.DELETE and isinstance(action, FileDelete):
+        return action.path
+    return None
+
+
+class _Pattern(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        """True if this pattern covers ``action`` (any unlisted combination is False)."""
+        return False
+
+
+class ExactTool(_Pattern):
+    """One tool on one MCP server."""
+
+    type: Literal["exact_tool"] = "exact_tool"
+    server: str
+    tool: str
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        return (
+            isinstance(action, McpToolCall)
+            and action.server == self.server
+            and action.tool == self.tool
+        )
+
+    def __str__(self) -> str:
+        return f"mcp://{self.server}/{self.tool}"
+
+
+class ServerTools(_Pattern):
+    """Every tool on one MCP server."""
+
+    type: Literal["server_tools"] = "server_tools"
+    server: str
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        return isinstance(action, McpToolCall) and action.server == self.server
+
+    def __str__(self) -> str:
+        return f"mcp://{self.server}/*"
+
+
+class FilePattern(_Pattern):
+    """File reads, writes or deletes whose path matches a glob (no workspace check)."""
+
+    type: Literal["file_pattern"] = "file_pattern"
+    pattern: str
+    permission: Permission
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        path = _file_action_path(self.permission, action)
+        return path is not None and glob_match(self.pattern, path)
+
+    def __str__(self) -> str:
+        return f"file:{self.pattern} ({self.permission})"
+
+
+class NetworkHost(_Pattern):
+    """Network requests to one host, on any port (ports null) or on the listed ports."""
+
+    type: Literal["network_host"] = "network_host"
+    host: str
+    ports: tuple[Annotated[int, Field(ge=0, le=65535)], ...] | None = None
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        return (
+            isinstance(action, NetworkRequest)
+            and action.host == self.host
+            and (self.ports is None or action.port in self.ports)
+        )
+
+    def __str__(self) -> str:
+        if self.ports is None:
+            return f"net:{self.host}:*"
+        return f"net:{self.host}:[{','.join(str(p) for p in self.ports)}]"
+
+
+class CommandPattern(_Pattern):
+    """Commands whose name matches a glob (arguments are ignored)."""
+
+    type: Literal["command_pattern"] = "command_pattern"
+    command: str
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        return isinstance(action, ExecuteCommand) and glob_match(self.command, action.command)
+
+    def __str__(self) -> str:
+        return f"cmd:{self.command}"
+
+
+class WorkspaceRelative(_Pattern):
+    """A glob that only applies inside a workspace (file paths must lie under its root)."""
+
+    type: Literal["workspace_relative"] = "workspace_relative"
+    pattern: str
+    permission: Permission
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        if self.permission is Permission.INVOKE:
+            return (
+                isinstance(action, McpToolCall)
+                and workspace_root is not None
+                and glob_match(self.pattern, f"{action.server}/{action.tool}")
+            )
+        if self.permission is Permission.EXECUTE:
+            return (
+                isinstance(action, ExecuteCommand)
+                and workspace_root is not None
+                and glob_match(self.pattern, action.command)
+            )
+        path = _file_action_path(self.permission, action)
+        return (
+            path is not None
+            and path_in_workspace(path, workspace_root)
+            and glob_match(self.pattern, path)
+        )
+
+    def __str__(self) -> str:
+        return f"workspace:{self.pattern} ({self.permission})"
+
+
+class Custom(_Pattern):
+    """An extension point: a free-form pattern that never matches any action."""
+
+    type: Literal["custom"] = "custom"
+    pattern: str
+
+    def __str__(self) -> str:
+        return f"custom:{self.pattern}"
+
+
+class PluginCapability(_Pattern):
+    """One capability of one plugin (``http_request``, ``file_read``... for derived actions)."""
+
+    type: Literal["plugin_capability"] = "plugin_capability"
+    plugin_id: str
+    capability: str
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        if isinstance(action, PluginExecution):
+            return action.plugin_id == self.plugin_id and action.capability == self.capability
+        if isinstance(action, PluginHttpRequest):
+            return action.plugin_id == self.plugin_id and self.capability == "http_request"
+        if isinstance(action, PluginFileAccess):
+            derived = _PLUGIN_FILE_CAPABILITIES.get(action.mode)
+            return (
+                derived is not None
+                and action.plugin_id == self.plugin_id
+                and self.capability == derived
+            )
+        return False
+
+    def __str__(self) -> str:
+        return f"plugin://{self.plugin_id}:{self.capability}"
+
+
+class PluginWildcard(_Pattern):
+    """Every plugin action (execution, HTTP, file access) of one plugin."""
+
+    type: Literal["plugin_wildcard"] = "plugin_wildcard"
+    plugin_id: str
+
+    def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        return (
+            isinstance(action, PluginExecution | PluginHttpRequest | PluginFileAccess)
+            and action.plugin_id == self.plugin_id
+        )
+
+    def __str__(self) -> str:
+        return f"plugin://{self.plugin_id}:*"
+
+
+AllowancePattern = Annotated[
+    ExactTool
+    | ServerTools
+    | FilePattern
+    | NetworkHost
+    | CommandPattern
+    | WorkspaceRelative
+    | Custom
+    | PluginCapability
+    | PluginWildcard,
+    Field(discriminator="type"),
+]
+"""The actions an allowance covers (internally tagged by ``type``, as in the original)."""
+
+ALLOWANCE_PATTERN_ADAPTER: TypeAdapter[AllowancePattern] = TypeAdapter(AllowancePattern)
+
+
+def pattern_for_action(action: SensitiveAction) -> AllowancePattern | None:
+    """The pattern a session/workspace approval of ``action`` grants, or None if it grants none.
+
+    Unlike the original, paths and commands are glob-escaped, so approving ``/tmp/*`` grants
+    exactly that path and not everything under ``/tmp``.
+    """
+    if isinstance(action, McpToolCall):
+        return ExactTool(server=action.server, tool=action.tool)
+    if isinstance(action, FileRead):
+        return FilePattern(pattern=escape_glob(action.path), permission=Permission.READ)
+    if isinstance(action, FileDelete):
+        return FilePattern(pattern=escape_glob(action.path), permission=Permission.DELETE)
+    if isinstance(action, FileWriteOutsideSandbox):
+        return FilePattern(pattern=escape_glob(action.path), permission=Permission.WRITE)
+    if isinstance(action, ExecuteCommand):
+        return CommandPattern(command=escape_glob(action.command))
+    if isinstance(action, NetworkRequest):
+        return NetworkHost(host=action.host, ports=(action.port,))
+    if isinstance(action, PluginExecution):
+        return PluginCapability(plugin_id=action.plugin_id, capability=action.capability)
+    if isinstance(action, PluginHttpRequest):
+        return PluginCapability(plugin_id=action.plugin_id, capability="http_request")
+    if isinstance(action, PluginFileAccess):
+        capability = _PLUGIN_FILE_CAPABILITIES.get(action.mode)
+        if capability is None:
+            return None
+        return PluginCapability(plugin_id=action.plugin_id, capability=capability)
+    # TransmitData, FinancialTransaction, AccessControlChange, CapabilityGrant: always ask.
+    return None
+
+
+class Allowance(BaseModel):
+    """A pre-approval for actions matching a pattern, limited by scope, expiry and use count."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: UUID
+    action_pattern: AllowancePattern
+    created_at: Timestamp
+    expires_at: Timestamp | None = None
+    max_uses: Annotated[int, Field(ge=0, le=_U32_MAX)] | None = None
+    uses_remaining: Annotated[int, Field(ge=0, le=_U32_MAX)] | None = None
+    session_only: bool
+    workspace_root: Path | None = None
+    signature: str
+
+    @field_validator("signature")
+    @classmethod
+    def _check_signature(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("signature is not valid base64") from exc
+        if len(raw) != SIGNATURE_LENGTH:
+            raise ValueError(f"signature must be {SIGNATURE_LENGTH} bytes, got {len(raw)}")
+        if base64.b64encode(raw).decode("ascii") != value:
+            raise ValueError("signature is not canonical padded base64")
+        return value
+
+    @classmethod
+    def create(
+        cls,
+        action_pattern: AllowancePattern,
+        *,
+        session_only: bool,
+        workspace_root: PurePath | str | None = None,
+        expires_at: datetime | None = None,
+        max_uses: int | None = None,
+        uses_remaining: int | None = None,
+        signer: Callable[[bytes], bytes] | None = None,
+    ) -> Allowance:
+        """A fresh allowance: new v4 id, created now, signed over the id's 16 raw bytes."""
+        allowance_id = uuid.uuid4()
+        raw = signer(allowance_id.bytes) if signer is not None else bytes(SIGNATURE_LENGTH)
+        return cls(
+            id=allowance_id,
+            action_pattern=action_pattern,
+            created_at=utcnow(),
+            expires_at=expires_at,
+            max_uses=max_uses,
+            uses_remaining=uses_remaining,
+            session_only=session_only,
+            workspace_root=None if workspace_root is None else Path(workspace_root),
+            signature=base64.b64encode(raw).decode("ascii"),
+        )
+
+    @property
+    def signature_bytes(self) -> bytes:
+        """The raw 64-byte signature."""
+        return base64.b64decode(self.signature)
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """True when ``expires_at`` is set and strictly in the past."""
+        if self.expires_at is None:
+            return False
+        return self.expires_at < (now if now is not None else utcnow())
+
+    def has_uses_remaining(self) -> bool:
+        """True when uses are unlimited (null) or more than zero remain."""
+        return self.uses_remaining is None or self.uses_remaining > 0
+
+    def is_valid(self, now: datetime | None = None) -> bool:
+        """Not expired and not exhausted."""
+        return not self.is_expired(now) and self.has_uses_remaining()
+
+    def __str__(self) -> str:
+        return f"allowance:{self.id}"
+
+
+ALLOWANCE_LIST_ADAPTER: TypeAdapter[list[Allowance]] = TypeAdapter(list[Allowance])
+
+
+def dump_allowances(allowances: Iterable[Allowance]) -> str:
+    """Encode allowances as the original's JSON array (as the workspace KV stores them)."""
+    return ALLOWANCE_LIST_ADAPTER.dump_json(list(allowances)).decode("utf-8")
+
+
+def load_allowances(data: str | bytes, source: str = "allowances") -> list[Allowance]:
+    """Decode a JSON array of allowances; raises SerializationError naming ``source``."""
+    try:
+        return ALLOWANCE_LIST_ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        raise SerializationError(f"invalid allowances in {source}: {exc}") from exc
+
+
+def _root_matches(allowance: Allowance, workspace_root: WorkspaceRoot) -> bool:
+    """A rooted allowance applies only when the current root equals its root exactly."""
+    if allowance.workspace_root is None:
+        return True
+    return workspace_root is not None and allowance.workspace_root == _as_path(workspace_root)
+
+
+class AllowanceStore:
+    """Thread-safe, insertion-ordered in-memory store of allowances; every method is atomic.
+
+    Entries can carry an owner tag (the id of the session that added them, kept outside the
+    JSON) so that ending one session clears only its own session allowances.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entries: dict[UUID, Allowance] = {}
+        self._owners: dict[UUID, str] = {}
+
+    def _put(self, allowance: Allowance, owner: str | None) -> None:
+        self._entries[allowance.id] = allowance
+        if owner is None:
+            self._owners.pop(allowance.id, None)
+        else:
+            self._owners[allowance.id] = owner
+
+    def _remove(self, allowance_id: UUID) -> None:
+        del self._entries[allowance_id]
+        self._owners.pop(allowance_id, None)
+
+    def _find(self, action: SensitiveAction, workspace_root: WorkspaceRoot) -> Allowance | None:
+        now = utcnow()
+        for allowance in self._entries.values():
+            if (
+                allowance.is_valid(now)
+                and _root_matches(allowance, workspace_root)
+                and allowance.action_pattern.matches(action, workspace_root)
+            ):
+                return allowance
+        return None
+
+    def _purge_expired(self) -> int:
+        now = utcnow()
+        expired = [a.id for a in self._entries.values() if a.is_expired(now)]
+        for allowance_id in expired:
+            self._remove(allowance_id)
+        return len(expired)
+
+    def add_allowance(self, allowance: Allowance, owner: str | None = None) -> None:
+        """Insert or replace (by id), without any validity check; ``owner`` tags the entry."""
+        with self._lock:
+            self._put(allowance, owner)
+
+    def count(self) -> int:
+        """Number of stored entries, expired and exhausted ones included."""
+        with self._lock:
+            return len(self._entries)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __bool__(self) -> bool:
+        # An empty store is still a store: never let `store or default` replace it.
+        return True
+
+    def all(self) -> list[Allowance]:
+        """Every stored entry, in insertion order."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def owner_of(self, allowance_id: UUID) -> str | None:
+        """The owner tag recorded for an entry (None if untagged or unknown)."""
+        with self._lock:
+            return self._owners.get(allowance_id)
+
+    def find_matching(
+        self, action: SensitiveAction, workspace_root: WorkspaceRoot = None
+    ) -> Allowance | None:
+        """The first valid entry covering ``action`` in this workspace; consumes nothing."""
+        with self._lock:
+            return self._find(action, workspace_root)
+
+    def find_matching_and_consume(
+        self, action: SensitiveAction, workspace_root: WorkspaceRoot = None
+    ) -> Allowance | None:
+        """Atomically purge expired entries, find a match, and use it up once.
+
+        Returns the entry as it was before the decrement.
+        """
+        with self._lock:
+            self._purge_expired()
+            found = self._find(action, workspace_root)
+            if found is not None and found.uses_remaining is not None:
+                self._entries[found.id] = found.model_copy(
+                    update={"uses_remaining": max(found.uses_remaining - 1, 0)}
+                )
+            return found
+
+    def consume_use(self, allowance_id: UUID) -> bool:
+        """Decrement an entry's uses (saturating); True if unlimited or uses still remain."""
+        with self._lock:
+            allowance = self._entries.get(allowance_id)
+            if allowance is None:
+                raise AllowanceNotFound(f"allowance not found: allowance:{allowance_id}")
+            if allowance.uses_remaining is None:
+                return True
+            remaining = max(allowance.uses_remaining - 1, 0)
+            self._entries[allowance_id] = allowance.model_copy(update={"uses_remaining": remaining})
+            return remaining > 0
+
+    def cleanup_expired(self) -> int:
+        """Remove expired entries (exhausted ones stay); returns how many were removed."""
+        with self._lock:
+            return self._purge_expired()
+
+    def clear_session_allowances(self, owner: str | None = None) -> None:
+        """Remove session entries: all of them, or only those tagged with ``owner``."""
+        with self._lock:
+            doomed = [
+                a.id
+                for a in self._entries.values()
+                if a.session_only and (owner is None or self._owners.get(a.id) == owner)
+            ]
+            for allowance_id in doomed:
+                self._remove(allowance_id)
+
+    def export_session_allowances(self, owner: str | None = None) -> list[Allowance]:
+        """Valid session entries (optionally only those tagged with ``owner``), for saving."""
+        with self._lock:
+            now = utcnow()
+            return [
+                a
+                for a in self._entries.values()
+                if a.session_only
+                and a.is_valid(now)
+                and (owner is None or self._owners.get(a.id) == owner)
+            ]
+
+    def export_workspace_allowances(self) -> list[Allowance]:
+        """Valid non-session entries tied to a workspace root, for the workspace store."""
+        with self._lock:
+            now = utcnow()
+            return [
+                a
+                for a in self._entries.values()
+                if not a.session_only and a.workspace_root is not None and a.is_valid(now)
+            ]
+
+    def import_allowances(self, allowances: Iterable[Allowance], owner: str | None = None) -> None:
+        """Merge in the valid allowances, replacing by id; expired or exhausted ones are dropped."""
+        with self._lock:
+            now = utcnow()
+            for allowance in allowances:
+                if allowance.is_valid(now):
+                    self._put(allowance, owner)
+
+    def __repr__(self) -> str:
+        return f"AllowanceStore(count={self.count()})"
