@@ -1,0 +1,600 @@
+"""Session and workspace budgets (the original's ``astrid_approval::budget``), with our fixes.
+
+The checks, clamps, JSON shapes and display strings follow the original. Our deliberate
+differences (design §5 item 4):
+
+* ``check_budget``, ``check_and_reserve`` and ``reserve`` **refuse** NaN, infinite and negative
+  costs with :class:`~astrid.errors.InvalidCost` (the original let a NaN estimate through as
+  ``Allowed``, treated ``+inf`` as a per-action excess and let negative costs pass).
+* An estimate can be reserved (``reserve``) and later settled with the actual cost (``settle``)
+  or handed back on denial or deferral (``release``); both are idempotent.
+* Budget limits themselves must be real numbers: a NaN limit would disable every check.
+
+``record_cost`` and ``refund_cost`` keep the original's silent semantics: a negative, zero, NaN
+or infinite amount is ignored, so a bad usage figure can never lower or poison the spend.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
+from astrid.timeutil import Timestamp, utcnow
+
+__all__ = [
+    "Allowed",
+    "BudgetConfig",
+    "BudgetReservation",
+    "BudgetResult",
+    "BudgetSnapshot",
+    "BudgetTracker",
+    "BudgetValidator",
+    "BudgetWarning",
+    "DualReservation",
+    "Exceeded",
+    "ExceededReason",
+    "InvalidBudgetLimit",
+    "ReservationError",
+    "WarnAndAllow",
+    "WorkspaceBudgetSnapshot",
+    "WorkspaceBudgetTracker",
+]
+
+
+class InvalidBudgetLimit(SecurityError, ValueError):
+    """A budget limit is NaN or infinite (use ``None`` for an unlimited workspace)."""
+
+
+class ReservationError(SecurityError, ValueError):
+    """A reservation was handed to a tracker or validator that did not make it."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _require_cost(cost: float) -> float:
+    """Return ``cost`` as a float, or raise ``InvalidCost`` if it is NaN, infinite or negative."""
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise InvalidCost(f"invalid cost {cost!r}: expected a number of USD")
+    value = float(cost)
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidCost(f"invalid cost {value!r}: a cost must be a finite number of USD")
+    if value < 0:
+        raise InvalidCost(f"invalid cost {value!r}: a cost must not be negative")
+    return value
+
+
+def _is_real_positive(amount: float) -> bool:
+    """True for a finite amount greater than zero (what record and refund accept)."""
+    return (
+        isinstance(amount, numbers.Real)
+        and not isinstance(amount, bool)
+        and math.isfinite(amount)
+        and amount > 0
+    )
+
+
+def _clamp_spend(amount: float) -> float:
+    """A restored spend: the value when finite and positive, otherwise 0."""
+    return float(amount) if _is_real_positive(amount) else 0.0
+
+
+def _percent(current: float, maximum: float) -> float:
+    """``current / maximum * 100`` kept within 0..100 (100 when the maximum is not positive)."""
+    if maximum <= 0:
+        return 100.0
+    return min(max(current / maximum * 100.0, 0.0), 100.0)
+
+
+def _nan_from_null(value: Any) -> Any:
+    """Read ``null`` (how serde and pydantic write NaN) as NaN so ``restore`` can clamp it."""
+    return math.nan if value is None else value
+
+
+_SpendFloat = Annotated[float, BeforeValidator(_nan_from_null)]
+"""A stored spend: accepts NaN, infinities and ``null`` on input (clamped on restore)."""
+
+
+# --------------------------------------------------------------------------------------------
+# config and results
+
+
+class BudgetConfig(BaseModel):
+    """Session budget limits: total, per action, and the warning percentage (0..255)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    session_max_usd: float = Field(default=100.0, allow_inf_nan=False)
+    per_action_max_usd: float = Field(default=10.0, allow_inf_nan=False)
+    warn_at_percent: int = Field(default=80, ge=0, le=255)
+
+    @classmethod
+    def new(cls, session_max_usd: float, per_action_max_usd: float) -> BudgetConfig:
+        """A config with the given limits and a warning at 80 %."""
+        return cls(session_max_usd=session_max_usd, per_action_max_usd=per_action_max_usd)
+
+    @classmethod
+    def default(cls) -> BudgetConfig:
+        """$100 per session, $10 per action, a warning at 80 %."""
+        return cls.new(100.0, 10.0)
+
+    def with_warn_at_percent(self, percent: int) -> BudgetConfig:
+        """A copy warning at ``min(percent, 100)`` % (negative values become 0)."""
+        return self.model_copy(update={"warn_at_percent": max(0, min(int(percent), 100))})
+
+    def warn_threshold_usd(self) -> float:
+        """The spend at which warnings start: ``session_max * warn_at_percent / 100``."""
+        return self.session_max_usd * float(self.warn_at_percent) / 100.0
+
+
+class ExceededReason(StrEnum):
+    """Which limit a cost would exceed (JSON: the PascalCase variant name)."""
+
+    PER_ACTION_LIMIT = "PerActionLimit"
+    SESSION_BUDGET = "SessionBudget"
+    WORKSPACE_BUDGET = "WorkspaceBudget"
+
+    def __str__(self) -> str:
+        return _REASON_TEXT[self.value]
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self), format_spec)
+
+
+_REASON_TEXT = {
+    "PerActionLimit": "per-action limit",
+    "SessionBudget": "session budget",
+    "WorkspaceBudget": "workspace budget",
+}
+
+
+class BudgetResult:
+    """The outcome of a budget check: ``Allowed``, ``WarnAndAllow`` or ``Exceeded``."""
+
+    __slots__ = ()
+
+    def is_allowed(self) -> bool:
+        """True for Allowed and WarnAndAllow."""
+        return not isinstance(self, Exceeded)
+
+    def is_exceeded(self) -> bool:
+        """True for Exceeded only."""
+        return isinstance(self, Exceeded)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed(BudgetResult):
+    """The cost fits and the warning threshold is not reached."""
+
+    def __str__(self) -> str:
+        return "within budget"
+
+
+@dataclass(frozen=True, slots=True)
+class WarnAndAllow(BudgetResult):
+    """The cost fits but the spend reaches the warning threshold (percent 0..100)."""
+
+    current_spend: float
+    session_max: float
+    percent_used: float
+
+    def __str__(self) -> str:
+        return f"budget warning: {self.percent_used:.0f}% used"
+
+
+@dataclass(frozen=True, slots=True)
+class Exceeded(BudgetResult):
+    """The cost would exceed a limit; ``available`` is what that limit still allows."""
+
+    reason: ExceededReason
+    requested: float
+    available: float
+
+    def __str__(self) -> str:
+        return (
+            f"budget exceeded ({self.reason}): requested ${self.requested:.2f}, "
+            f"available ${self.available:.2f}"
+        )
+
+
+class BudgetWarning(BaseModel):
+    """A warning passed back by ``BudgetValidator`` (``percent_used`` runs 0..100)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    current_spend: float
+    session_max: float
+    percent_used: float
+
+    @classmethod
+    def from_result(cls, result: WarnAndAllow) -> BudgetWarning:
+        """The warning carried by a ``WarnAndAllow`` result."""
+        return cls(
+            current_spend=result.current_spend,
+            session_max=result.session_max,
+            percent_used=result.percent_used,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# snapshots
+
+
+class BudgetSnapshot(BaseModel):
+    """A session tracker's persisted state: ``{session_spent_usd, config, last_updated}``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    session_spent_usd: _SpendFloat
+    config: BudgetConfig
+    last_updated: Timestamp
+
+
+class WorkspaceBudgetSnapshot(BaseModel):
+    """A workspace tracker's persisted state: ``{total_spent_usd, last_updated}``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    total_spent_usd: _SpendFloat
+    last_updated: Timestamp
+
+
+# --------------------------------------------------------------------------------------------
+# reservations
+
+
+class BudgetReservation:
+    """An amount reserved on one tracker, to be settled with the actual cost or released."""
+
+    __slots__ = ("_closed", "_owner", "amount", "result", "settled_cost")
+
+    def __init__(self, owner: _Ledger, amount: float, result: Allowed | WarnAndAllow) -> None:
+        self._owner = owner
+        self._closed = False
+        self.amount = amount
+        """The amount added to the spend when reserving (0 for a zero estimate)."""
+        self.result = result
+        """The check result at reservation time."""
+        self.settled_cost: float | None = None
+        """The actual cost once settled; ``None`` while open or after a release."""
+
+    @property
+    def warning(self) -> WarnAndAllow | None:
+        """The warning raised when reserving, if any."""
+        return self.result if isinstance(self.result, WarnAndAllow) else None
+
+    @property
+    def closed(self) -> bool:
+        """True once settled or released (further settles and releases do nothing)."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"BudgetReservation(amount={self.amount!r}, {state}, result={self.result!r})"
+
+
+class _Ledger(ABC):
+    """The locked spend shared by both trackers: record, refund, settle and release."""
+
+    def __init__(self, spent: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._spent = _clamp_spend(spent)
+
+    @abstractmethod
+    def _check_locked(self, cost: float) -> BudgetResult:
+        """The tracker's check for a validated ``cost``; the caller holds the lock."""
+
+    def _reserve_locked(self, cost: float) -> BudgetResult:
+        """Check and reserve; the caller holds the lock and has validated ``cost``."""
+        result = self._check_locked(cost)
+        if not isinstance(result, Exceeded) and cost > 0:
+            self._spent += cost
+        return result
+
+    def check_budget(self, cost: float) -> BudgetResult:
+        """Check ``cost`` without recording it; raises ``InvalidCost`` for NaN/inf/negative."""
+        value = _require_cost(cost)
+        with self._lock:
+            return self._check_locked(value)
+
+    def check_and_reserve(self, cost: float) -> BudgetResult:
+        """Check and, unless Exceeded, add ``cost`` to the spend in one atomic step."""
+        value = _require_cost(cost)
+        with self._lock:
+            return self._reserve_locked(value)
+
+    def reserve(self, estimate: float) -> BudgetReservation:
+        """Reserve ``estimate`` atomically; raises ``BudgetExceeded`` if a limit would be hit."""
+        value = _require_cost(estimate)
+        with self._lock:
+            result = self._reserve_locked(value)
+        if isinstance(result, Allowed | WarnAndAllow):
+            return BudgetReservation(self, value if value > 0 else 0.0, result)
+        raise BudgetExceeded(str(result))
+
+    def _own(self, reservation: BudgetReservation) -> None:
+        if reservation._owner is not self:
+            raise ReservationError("the reservation was made on a different budget tracker")
+
+    def settle(self, reservation: BudgetReservation, actual_cost: float) -> bool:
+        """Replace the reserved estimate by ``actual_cost``; False if already settled/released.
+
+        The extra is recorded even beyond the limits (the cost was incurred); a smaller actual
+        cost refunds the difference. An invalid ``actual_cost`` raises ``InvalidCost`` and leaves
+        the reservation open.
+        """
+        self._own(reservation)
+        actual = _require_cost(actual_cost)
+        with self._lock:
+            if reservation._closed:
+                return False
+            reservation._closed = True
+            reservation.settled_cost = actual
+            difference = actual - reservation.amount
+            if difference > 0:
+                self._spent += difference
+            elif difference < 0:
+                self._spent = max(self._spent + difference, 0.0)
+            return True
+
+    def release(self, reservation: BudgetReservation) -> bool:
+        """Refund the whole reservation (denial or deferral); False if already closed."""
+        self._own(reservation)
+        with self._lock:
+            if reservation._closed:
+                return False
+            reservation._closed = True
+            self._spent = max(self._spent - reservation.amount, 0.0)
+            return True
+
+    def record_cost(self, cost: float) -> None:
+        """Add a finite positive cost; negative, zero, NaN and infinite costs are ignored."""
+        if not _is_real_positive(cost):
+            return
+        with self._lock:
+            self._spent += float(cost)
+
+    def refund_cost(self, cost: float) -> None:
+        """Subtract a finite positive amount, never below 0; other amounts are ignored."""
+        if not _is_real_positive(cost):
+            return
+        with self._lock:
+            self._spent = max(self._spent - float(cost), 0.0)
+
+    def spent(self) -> float:
+        """The current spend in USD."""
+        with self._lock:
+            return self._spent
+
+    def reset(self) -> None:
+        """Set the spend back to 0 (open reservations then refund against 0)."""
+        with self._lock:
+            self._spent = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# trackers
+
+
+class BudgetTracker(_Ledger):
+    """A session's budget: an immutable config and a thread-safe running spend."""
+
+    def __init__(self, config: BudgetConfig | None = None) -> None:
+        super().__init__()
+        self._config = config if config is not None else BudgetConfig.default()
+
+    @classmethod
+    def default(cls) -> BudgetTracker:
+        """A tracker with ``BudgetConfig.default()``."""
+        return cls()
+
+    @classmethod
+    def restore(cls, snapshot: BudgetSnapshot) -> Self:
+        """A new tracker with the snapshot's config; a NaN, infinite or negative spend gives 0."""
+        tracker = cls(snapshot.config)
+        tracker._spent = _clamp_spend(snapshot.session_spent_usd)
+        return tracker
+
+    def _check_locked(self, cost: float) -> BudgetResult:
+        config = self._config
+        if cost > config.per_action_max_usd:
+            return Exceeded(ExceededReason.PER_ACTION_LIMIT, cost, config.per_action_max_usd)
+        remaining = config.session_max_usd - self._spent
+        if cost > remaining:
+            return Exceeded(ExceededReason.SESSION_BUDGET, cost, remaining)
+        new = self._spent + cost
+        if new >= config.warn_threshold_usd():
+            return WarnAndAllow(new, config.session_max_usd, _percent(new, config.session_max_usd))
+        return Allowed()
+
+    def config(self) -> BudgetConfig:
+        """The (immutable) limits."""
+        return self._config
+
+    def remaining(self) -> float:
+        """``max(session_max - spent, 0)``."""
+        with self._lock:
+            return max(self._config.session_max_usd - self._spent, 0.0)
+
+    def snapshot(self) -> BudgetSnapshot:
+        """The spend, the config and the current time, for persistence."""
+        with self._lock:
+            spent = self._spent
+        return BudgetSnapshot(session_spent_usd=spent, config=self._config, last_updated=utcnow())
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetTracker(config={self._config!r}, spent={self.spent()!r}, "
+            f"remaining={self.remaining()!r})"
+        )
+
+
+class WorkspaceBudgetTracker(_Ledger):
+    """The budget shared by every session of a workspace (``max_usd=None`` means unlimited)."""
+
+    def __init__(self, max_usd: float | None, warn_at_percent: int = 80) -> None:
+        super().__init__()
+        if max_usd is not None and not math.isfinite(max_usd):
+            raise InvalidBudgetLimit(
+                f"invalid workspace budget {max_usd!r}: use a finite number, or None for no limit"
+            )
+        self._max_usd = None if max_usd is None else float(max_usd)
+        self._warn_at_percent = max(0, min(int(warn_at_percent), 100))
+
+    @classmethod
+    def restore(
+        cls, snapshot: WorkspaceBudgetSnapshot, max_usd: float | None, warn_at_percent: int = 80
+    ) -> Self:
+        """A new tracker with the caller's limits and the snapshot's (clamped) spend."""
+        tracker = cls(max_usd, warn_at_percent)
+        tracker._spent = _clamp_spend(snapshot.total_spent_usd)
+        return tracker
+
+    def _check_locked(self, cost: float) -> BudgetResult:
+        maximum = self._max_usd
+        if maximum is None:
+            return Allowed()
+        remaining = maximum - self._spent
+        if cost > remaining:
+            return Exceeded(ExceededReason.WORKSPACE_BUDGET, cost, max(remaining, 0.0))
+        new = self._spent + cost
+        if new >= maximum * float(self._warn_at_percent) / 100.0:
+            return WarnAndAllow(new, maximum, _percent(new, maximum))
+        return Allowed()
+
+    def max_usd(self) -> float | None:
+        """The workspace limit, or ``None`` when unlimited."""
+        return self._max_usd
+
+    def warn_at_percent(self) -> int:
+        """The warning percentage (0..100)."""
+        return self._warn_at_percent
+
+    def remaining(self) -> float | None:
+        """``None`` when unlimited, otherwise ``max(max - spent, 0)``."""
+        if self._max_usd is None:
+            return None
+        with self._lock:
+            return max(self._max_usd - self._spent, 0.0)
+
+    def snapshot(self) -> WorkspaceBudgetSnapshot:
+        """The total spend and the current time, for persistence."""
+        return WorkspaceBudgetSnapshot(total_spent_usd=self.spent(), last_updated=utcnow())
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkspaceBudgetTracker(max_usd={self._max_usd!r}, "
+            f"warn_at_percent={self._warn_at_percent!r}, spent={self.spent()!r}, "
+            f"remaining={self.remaining()!r})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the two budgets together
+
+
+@dataclass(frozen=True, slots=True)
+class DualReservation:
+    """A reservation on the session tracker and, if there is one, the workspace tracker."""
+
+    session: BudgetReservation
+    workspace: BudgetReservation | None
+    warning: BudgetWarning | None
+
+    @property
+    def amount(self) -> float:
+        """The amount reserved (the same on both trackers)."""
+        return self.session.amount
+
+    @property
+    def closed(self) -> bool:
+        """True once settled or released."""
+        return self.session.closed and (self.workspace is None or self.workspace.closed)
+
+
+class BudgetValidator:
+    """Checks and reserves a cost against the workspace budget and then the session budget."""
+
+    def __init__(
+        self,
+        session_tracker: BudgetTracker,
+        workspace_tracker: WorkspaceBudgetTracker | None = None,
+    ) -> None:
+        self.session_tracker = session_tracker
+        self.workspace_tracker = workspace_tracker
+
+    def reserve(self, estimate: float) -> DualReservation:
+        """Pre-check both budgets, then reserve on the workspace and on the session.
+
+        Raises ``BudgetExceeded`` (nothing stays reserved) or ``InvalidCost``. If the session
+        reservation fails, the workspace reservation is released. A session warning replaces a
+        workspace warning.
+        """
+        cost = _require_cost(estimate)
+        workspace = self.workspace_tracker
+        session = self.session_tracker
+        if workspace is not None:
+            pre = workspace.check_budget(cost)
+            if isinstance(pre, Exceeded):
+                raise BudgetExceeded(str(pre))
+        pre = session.check_budget(cost)
+        if isinstance(pre, Exceeded):
+            raise BudgetExceeded(str(pre))
+
+        workspace_reservation = workspace.reserve(cost) if workspace is not None else None
+        try:
+            session_reservation = session.reserve(cost)
+        except BaseException:
+            if workspace is not None and workspace_reservation is not None:
+                workspace.release(workspace_reservation)
+            raise
+
+        warning: BudgetWarning | None = None
+        if session_reservation.warning is not None:
+            warning = BudgetWarning.from_result(session_reservation.warning)
+        elif workspace_reservation is not None and workspace_reservation.warning is not None:
+            warning = BudgetWarning.from_result(workspace_reservation.warning)
+        return DualReservation(session_reservation, workspace_reservation, warning)
+
+    def check_and_reserve(self, cost: float) -> BudgetWarning | None:
+        """Reserve ``cost`` on both budgets (the original's API); returns any warning."""
+        return self.reserve(cost).warning
+
+    def settle(self, reservation: DualReservation, actual_cost: float) -> bool:
+        """Settle both halves with ``actual_cost``; False if it was already closed."""
+        actual = _require_cost(actual_cost)
+        self._own(reservation)
+        applied = self.session_tracker.settle(reservation.session, actual)
+        if self.workspace_tracker is not None and reservation.workspace is not None:
+            applied = self.workspace_tracker.settle(reservation.workspace, actual) or applied
+        return applied
+
+    def release(self, reservation: DualReservation) -> bool:
+        """Refund both halves (denial or deferral); False if it was already closed."""
+        self._own(reservation)
+        applied = self.session_tracker.release(reservation.session)
+        if self.workspace_tracker is not None and reservation.workspace is not None:
+            applied = self.workspace_tracker.release(reservation.workspace) or applied
+        return applied
+
+    def _own(self, reservation: DualReservation) -> None:
+        self.session_tracker._own(reservation.session)
+        if reservation.workspace is not None:
+            if self.workspace_tracker is None:
+                raise ReservationError("the reservation was made with a workspace budget")
+            self.workspace_tracker._own(reservation.workspace)
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetValidator(session={self.session_tracker!r}, "
+            f"workspace={self.workspace_tracker!r})"
+        )
