@@ -193,7 +193,8 @@ class Message(BaseModel):
 
     role: MessageRole | str
     content: MessageContent
-    verbatim: Any = Field(default=None, exclude=True, repr=False)
+    verbatim: tuple[Any] | None = Field(default=None, exclude=True, repr=False)
+    """The JSON this message was read from, when writing it back must reproduce it exactly."""
 
     @classmethod
     def user(cls, text: str) -> Message:
@@ -242,7 +243,7 @@ class Message(BaseModel):
     def to_json(self) -> Any:
         """The original's ``{"role", "content"}`` object (or the verbatim JSON it was read from)."""
         if self.verbatim is not None:
-            return self.verbatim
+            return self.verbatim[0]
         role = self.role.value if isinstance(self.role, MessageRole) else self.role
         return {"role": role, "content": encode_content(self.content)}
 
@@ -250,7 +251,7 @@ class Message(BaseModel):
     def from_json(cls, value: Any) -> Message:
         """Decode one stored message; shapes astrid does not know are kept verbatim."""
         if not isinstance(value, dict) or not isinstance(value.get("role"), str):
-            return cls(role="", content=OpaqueContent(value=value), verbatim=value)
+            return cls(role="", content=OpaqueContent(value=value), verbatim=(value,))
         raw_role: str = value["role"]
         role: MessageRole | str
         try:
@@ -259,7 +260,7 @@ class Message(BaseModel):
             role = raw_role
         message = cls(role=role, content=decode_content(value.get("content")))
         if message.to_json() != value or "content" not in value:
-            return message.model_copy(update={"verbatim": value})
+            return message.model_copy(update={"verbatim": (value,)})
         return message
 
 

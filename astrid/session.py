@@ -1,0 +1,354 @@
+"""``AgentSession``: a conversation and its security state. No I/O of its own.
+
+A port of the original ``AgentSession`` (``session.rs``): the same fields, constructors, builders
+and methods, with object identity kept where the original shares (``Arc``) a store. Persistence
+goes through ``to_document`` / ``from_document``; the ``SessionStore`` moves documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .document import GitState, SessionDocument, SessionMetadata
+from .errors import StorageError
+from .ids import SessionId
+from .messages import Message, MessageRole
+from .security.allowances import Allowance, AllowanceStore
+from .security.approvals import ApprovalManager
+from .security.budget import BudgetTracker, WorkspaceBudgetTracker
+from .security.capabilities import CapabilityStore
+from .security.deferred import DeferredResolutionStore
+from .security.escape import EscapeHandler, WorkspaceBoundary, WorkspaceConfig
+from .security.kv import ScopedKvStore
+from .timeutil import to_utc, utcnow
+from .tokens import DEFAULT_ESTIMATOR, TokenEstimator
+
+GitCapture = Callable[[Path], GitState | None]
+"""Reads the git state of a workspace directory (None outside a repository)."""
+
+NO_USER = bytes(8)
+
+
+def _user_id(value: bytes | bytearray | Iterable[int]) -> bytes:
+    raw = bytes(value)
+    if len(raw) != 8:
+        raise ValueError(f"user_id must be 8 bytes, got {len(raw)}")
+    return raw
+
+
+class AgentSession:
+    """One agent conversation with its security state (allowances, approvals, budget, ...).
+
+    ``allowance_store``, ``capabilities`` and ``budget_tracker`` may be shared with a parent or
+    child session (the same objects); ``approval_manager`` and its deferred queue never are.
+    """
+
+    def __init__(
+        self,
+        system_prompt: str = "",
+        *,
+        user_id: bytes | bytearray | Iterable[int] = NO_USER,
+        session_id: SessionId | str | None = None,
+        token_estimator: TokenEstimator | None = None,
+        allowance_store: AllowanceStore | None = None,
+        capabilities: CapabilityStore | None = None,
+        budget_tracker: BudgetTracker | None = None,
+    ) -> None:
+        self.id: SessionId = (
+            SessionId.new() if session_id is None else SessionId.parse(session_id)
+        )
+        self.user_id: bytes = _user_id(user_id)
+        self.messages: list[Message] = []
+        self.capabilities: CapabilityStore = (
+            capabilities if capabilities is not None else CapabilityStore()
+        )
+        self.allowance_store: AllowanceStore = (
+            allowance_store if allowance_store is not None else AllowanceStore()
+        )
+        self.approval_manager: ApprovalManager = ApprovalManager(
+            self.allowance_store, DeferredResolutionStore(), allowance_owner=self.id.bare
+        )
+        self.system_prompt: str = system_prompt
+        self.created_at: datetime = utcnow()
+        self.token_count: int = 0
+        self.metadata: SessionMetadata = SessionMetadata()
+        self.escape_handler: EscapeHandler = EscapeHandler()
+        self.budget_tracker: BudgetTracker = (
+            budget_tracker if budget_tracker is not None else BudgetTracker()
+        )
+        self.workspace_budget_tracker: WorkspaceBudgetTracker | None = None
+        self.workspace_path: Path | None = None
+        self.model: str | None = None
+        self.is_subagent: bool = False
+        self.plugin_context: str | None = None
+        self.parent_id: SessionId | None = None
+        self.git_state: GitState | None = None
+        self.token_estimator: TokenEstimator = token_estimator or DEFAULT_ESTIMATOR
+        self.extra_fields: dict[str, Any] = {}
+        self._approvals_counted = 0
+
+    # -- constructors (the original's names) ------------------------------------------------
+
+    @classmethod
+    def new(
+        cls, user_id: bytes | Iterable[int] = NO_USER, system_prompt: str = ""
+    ) -> AgentSession:
+        """A new session with a random id and fresh stores."""
+        return cls(system_prompt, user_id=user_id)
+
+    @classmethod
+    def with_id(
+        cls,
+        session_id: SessionId | str,
+        user_id: bytes | Iterable[int] = NO_USER,
+        system_prompt: str = "",
+    ) -> AgentSession:
+        """A new session with a caller-given id and fresh stores."""
+        return cls(system_prompt, user_id=user_id, session_id=session_id)
+
+    @classmethod
+    def with_shared_stores(
+        cls,
+        session_id: SessionId | str,
+        user_id: bytes | Iterable[int],
+        system_prompt: str,
+        allowance_store: AllowanceStore,
+        capabilities: CapabilityStore,
+        budget_tracker: BudgetTracker,
+    ) -> AgentSession:
+        """A child session: the three stores are the given objects; approvals are its own."""
+        session = cls(
+            system_prompt,
+            user_id=user_id,
+            session_id=session_id,
+            allowance_store=allowance_store,
+            capabilities=capabilities,
+            budget_tracker=budget_tracker,
+        )
+        session.is_subagent = True
+        return session
+
+    def child(
+        self, system_prompt: str, *, session_id: SessionId | str | None = None
+    ) -> AgentSession:
+        """A sub-agent session of this one.
+
+        Shares the allowance, capability and budget stores (as ``with_shared_stores``) and, unlike
+        the original, also the workspace budget, workspace path, model and token estimator, so a
+        sub-agent's spend counts against the workspace too. ``parent_id`` links it back here.
+        """
+        session = AgentSession.with_shared_stores(
+            session_id if session_id is not None else SessionId.new(),
+            self.user_id,
+            system_prompt,
+            self.allowance_store,
+            self.capabilities,
+            self.budget_tracker,
+        )
+        session.parent_id = self.id
+        session.workspace_budget_tracker = self.workspace_budget_tracker
+        session.workspace_path = self.workspace_path
+        session.model = self.model
+        session.token_estimator = self.token_estimator
+        return session
+
+    # -- builders (mutate and return self, for chaining) ------------------------------------
+
+    def with_workspace(self, path: str | Path) -> AgentSession:
+        """Set the workspace path (used for workspace-scoped listing and git capture)."""
+        self.workspace_path = Path(path)
+        return self
+
+    def with_model(self, model: str) -> AgentSession:
+        """Set the model name."""
+        self.model = model
+        return self
+
+    def with_capability_store(self, store: CapabilityStore) -> AgentSession:
+        """Replace the capability store (e.g. with a persistent, shared one)."""
+        self.capabilities = store
+        return self
+
+    def with_workspace_budget(self, tracker: WorkspaceBudgetTracker) -> AgentSession:
+        """Attach the workspace's cumulative budget tracker (shared by its sessions)."""
+        self.workspace_budget_tracker = tracker
+        return self
+
+    def with_token_estimator(self, estimator: TokenEstimator) -> AgentSession:
+        """Use another token estimator for messages added from now on."""
+        self.token_estimator = estimator
+        return self
+
+    def with_persistent_deferred_queue(self, store: ScopedKvStore) -> AgentSession:
+        """Back the deferred-approval queue with a scoped key-value store.
+
+        Unlike the original, the approval manager keeps its registered handler, timeout and
+        fallback. Raises ``StorageError`` if the queue cannot be loaded.
+        """
+        try:
+            queue = DeferredResolutionStore.with_persistence(store)
+        except StorageError:
+            raise
+        except Exception as exc:  # a backend's own error type
+            raise StorageError(
+                f"session {self.id.bare}: cannot load deferred queue from "
+                f"namespace {store.namespace!r}: {exc}"
+            ) from exc
+        self.approval_manager = self.approval_manager.with_deferred_queue(queue)
+        return self
+
+    # -- workspace allowances ---------------------------------------------------------------
+
+    def import_workspace_allowances(self, allowances: Iterable[Allowance]) -> None:
+        """Load workspace allowances (valid ones only; same id replaces)."""
+        self.allowance_store.import_allowances(list(allowances))
+
+    def export_workspace_allowances(self) -> list[Allowance]:
+        """Valid, non-session allowances tied to a workspace root, for persistence."""
+        return self.allowance_store.export_workspace_allowances()
+
+    def add_session_allowance(self, allowance: Allowance) -> None:
+        """Add an allowance owned by this session (``end_session`` of this session removes it)."""
+        self.allowance_store.add_allowance(allowance, owner=self.id.bare)
+
+    # -- conversation -----------------------------------------------------------------------
+
+    def add_message(self, message: Message) -> None:
+        """Append a message, add its token estimate and keep the metadata counters."""
+        self.messages.append(message)
+        self.token_count += max(0, self.token_estimator.estimate(message))
+        if message.role == MessageRole.USER:
+            self.metadata.turn_count += 1
+        if message.role == MessageRole.ASSISTANT:
+            calls = message.tool_calls()
+            if calls:
+                self.metadata.tool_call_count += len(calls)
+
+    def last_messages(self, n: int) -> list[Message]:
+        """The last ``min(n, len)`` messages, oldest first."""
+        if n <= 0:
+            return []
+        return self.messages[-n:]
+
+    def clear_messages(self) -> None:
+        """Drop every message and reset the token count (metadata and stores untouched)."""
+        self.messages = []
+        self.token_count = 0
+
+    def recount_tokens(self) -> int:
+        """Recompute ``token_count`` from the messages with the current estimator."""
+        self.token_count = sum(max(0, self.token_estimator.estimate(m)) for m in self.messages)
+        return self.token_count
+
+    def duration(self) -> timedelta:
+        """Time since creation (for a restored session this includes downtime)."""
+        return utcnow() - self.created_at
+
+    def is_near_limit(self, max_tokens: int, threshold: float) -> bool:
+        """True when ``token_count > max_tokens * threshold`` (strict, as in the original)."""
+        return float(self.token_count) > float(max_tokens) * threshold
+
+    def end_session(self) -> None:
+        """Remove session-scoped allowances.
+
+        A top-level session removes every session allowance in its store (the original's
+        behaviour). A sub-agent removes only those it added itself, so ending a child never wipes
+        its parent's session allowances.
+        """
+        if self.is_subagent:
+            self.allowance_store.clear_session_allowances(owner=self.id.bare)
+        else:
+            self.allowance_store.clear_session_allowances()
+
+    def record_approvals(self) -> int:
+        """Fold approvals granted since the last call into ``metadata.approval_count``."""
+        granted = self.approval_manager.approvals_granted
+        if granted < self._approvals_counted:  # the manager was replaced
+            self._approvals_counted = 0
+        new = granted - self._approvals_counted
+        if new > 0:
+            self.metadata.approval_count += new
+            self._approvals_counted = granted
+        return self.metadata.approval_count
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def to_document(self, *, git_capture: GitCapture | None = None) -> SessionDocument:
+        """The persisted form (the original's ``SerializableSession``).
+
+        Git state is captured only when ``git_capture`` is given and a workspace is set;
+        otherwise the last known state is written back unchanged.
+        """
+        self.record_approvals()
+        if git_capture is not None and self.workspace_path is not None:
+            self.git_state = git_capture(self.workspace_path)
+        doc = SessionDocument(
+            id=self.id.bare,
+            user_id=self.user_id.hex(),
+            messages=list(self.messages),
+            system_prompt=self.system_prompt,
+            created_at=self.created_at,
+            token_count=self.token_count,
+            metadata=self.metadata.model_copy(deep=True),
+            allowances=self._session_allowances_for_export(),
+            budget_snapshot=self.budget_tracker.snapshot(),
+            escape_state=self.escape_handler.export_state(),
+            workspace_path=str(self.workspace_path) if self.workspace_path is not None else None,
+            model=self.model,
+            git_state=self.git_state.model_copy() if self.git_state is not None else None,
+            parent_id=self.parent_id.bare if self.parent_id is not None else None,
+            **self.extra_fields,
+        )
+        return doc
+
+    def _session_allowances_for_export(self) -> list[Allowance]:
+        return self.allowance_store.export_session_allowances()
+
+    @classmethod
+    def from_document(
+        cls,
+        doc: SessionDocument,
+        *,
+        token_estimator: TokenEstimator | None = None,
+        boundary: WorkspaceBoundary | None = None,
+    ) -> AgentSession:
+        """Rebuild a session from its document (fresh stores, restored security state).
+
+        Restored escape paths are re-checked against the never-allowed paths of ``boundary``
+        (by default the standard list), so a tampered document cannot unlock ``/etc``.
+        """
+        session = cls(
+            doc.system_prompt,
+            user_id=bytes.fromhex(doc.user_id),
+            session_id=doc.id,
+            token_estimator=token_estimator,
+        )
+        session.messages = list(doc.messages)
+        session.created_at = to_utc(doc.created_at)
+        session.token_count = doc.token_count
+        session.metadata = doc.metadata.model_copy(deep=True)
+        session.workspace_path = Path(doc.workspace_path) if doc.workspace_path else None
+        session.model = doc.model
+        session.git_state = doc.git_state.model_copy() if doc.git_state is not None else None
+        if doc.allowances:
+            session.allowance_store.import_allowances(doc.allowances, owner=session.id.bare)
+        if doc.budget_snapshot is not None:
+            session.budget_tracker = BudgetTracker.restore(doc.budget_snapshot)
+        if doc.escape_state is not None:
+            check = boundary or WorkspaceBoundary(
+                WorkspaceConfig.new(session.workspace_path or Path("/"))
+            )
+            session.escape_handler.restore_state(doc.escape_state, boundary=check)
+        if doc.parent_id is not None:
+            session.parent_id = SessionId.parse(doc.parent_id)
+        session.extra_fields = dict(doc.__pydantic_extra__ or {})
+        return session
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentSession(id={self.id.bare!r}, messages={len(self.messages)}, "
+            f"tokens={self.token_count}, subagent={self.is_subagent})"
+        )
