@@ -1,0 +1,1 @@
+"""astrid's built-in plugins, registered exactly like third-party ones."""

@@ -1,0 +1,221 @@
+"""The plugin manager: built-ins and entry-point plugins, and the registries they fill.
+
+Built-ins are registered exactly like third-party plugins. Third-party plugins are found through
+the entry-point group ``astrid``. ``ASTRID_LOAD_PLUGINS=a,b`` loads only the named plugins
+(built-in module names such as ``astrid.default_plugins.sqlite_storage`` or entry-point names);
+set but empty, it loads none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from . import hookspecs
+from .errors import PluginError
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "astrid.default_plugins.memory_storage",
+    "astrid.default_plugins.file_storage",
+    "astrid.default_plugins.sqlite_storage",
+    "astrid.default_plugins.token_estimators",
+    "astrid.default_plugins.git_capture",
+    "astrid.default_plugins.capability_stores",
+)
+
+ENTRY_POINT_GROUP = "astrid"
+
+KINDS: dict[str, str] = {
+    "storage": "register_storage_backends",
+    "token_estimator": "register_token_estimators",
+    "capability_store": "register_capability_stores",
+    "git_capture": "register_git_capture",
+}
+"""Registry kind → the hook that fills it."""
+
+
+class NoOptions(BaseModel):
+    """The options model of an implementation that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What a factory may need besides its own options."""
+
+    home: Path
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One registered implementation: its name, factory, options model and owner."""
+
+    kind: str
+    name: str
+    factory: Callable[[Any, PluginContext], Any]
+    options: type[BaseModel]
+    description: str
+    plugin: str
+
+    def create(self, options: dict[str, Any] | BaseModel | None, context: PluginContext) -> Any:
+        """Validate ``options`` with the implementation's model and call its factory."""
+        model = options if isinstance(options, BaseModel) else self.options.model_validate(
+            options or {}
+        )
+        return self.factory(model, context)
+
+
+@dataclass
+class _State:
+    manager: pluggy.PluginManager | None = None
+    registries: dict[str, dict[str, Implementation]] = field(default_factory=dict)
+
+
+_state = _State()
+_lock = threading.RLock()
+
+
+def _allowlist() -> set[str] | None:
+    raw = os.environ.get("ASTRID_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("astrid")
+    pm.add_hookspecs(hookspecs)
+    allow = _allowlist()
+    for module_name in DEFAULT_PLUGINS:
+        if allow is not None and module_name not in allow:
+            continue
+        module = importlib.import_module(module_name)
+        pm.register(module, name=module_name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if allow is not None and ep.name not in allow:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} (entry point {ep.value!r}) failed to load: {exc}"
+            ) from exc
+        pm.register(plugin, name=ep.name)
+    return pm
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created (and plugins loaded) on first use."""
+    with _lock:
+        if _state.manager is None:
+            _state.manager = _new_manager()
+            _state.registries = {}
+        return _state.manager
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load (or reload, re-reading ``ASTRID_LOAD_PLUGINS``) every plugin."""
+    with _lock:
+        _state.manager = None
+        _state.registries = {}
+        return get_plugin_manager()
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register an in-process plugin object or module (hosts and tests)."""
+    with _lock:
+        get_plugin_manager().register(plugin, name=name)
+        _state.registries = {}
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered under ``name``."""
+    with _lock:
+        pm = get_plugin_manager()
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            pm.unregister(plugin)
+        _state.registries = {}
+
+
+def _plugin_name(pm: pluggy.PluginManager, impl: Any) -> str:
+    return pm.get_name(impl.plugin) or repr(impl.plugin)
+
+
+def registry(kind: str) -> dict[str, Implementation]:
+    """Every implementation of ``kind`` by name; two plugins claiming a name is an error."""
+    if kind not in KINDS:
+        raise PluginError(f"unknown registry kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    with _lock:
+        cached = _state.registries.get(kind)
+        if cached is not None:
+            return cached
+        pm = get_plugin_manager()
+        found: dict[str, Implementation] = {}
+        hook = getattr(pm.hook, KINDS[kind])
+        for hook_impl in reversed(hook.get_hookimpls()):
+            owner = _plugin_name(pm, hook_impl)
+
+            def register(
+                name: str,
+                factory: Callable[[Any, PluginContext], Any],
+                options: type[BaseModel] = NoOptions,
+                description: str = "",
+                *,
+                _owner: str = owner,
+            ) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"plugin {_owner!r} registered a {kind} with an empty name")
+                if name in found:
+                    raise PluginError(
+                        f"{kind} {name!r} is registered by two plugins: "
+                        f"{found[name].plugin!r} and {_owner!r}"
+                    )
+                found[name] = Implementation(kind, name, factory, options, description, _owner)
+
+            hook_impl.function(register=register)
+        _state.registries[kind] = found
+        return found
+
+
+def get_implementation(kind: str, name: str, *, where: str = "") -> Implementation:
+    """The implementation named ``name``; a clear error listing the valid choices otherwise."""
+    impls = registry(kind)
+    if name not in impls:
+        choices = ", ".join(sorted(impls)) or "none installed"
+        prefix = f"{where}: " if where else ""
+        raise PluginError(f"{prefix}unknown {kind} {name!r}; valid choices: {choices}")
+    return impls[name]
+
+
+def plugin_info() -> list[dict[str, Any]]:
+    """Installed plugins: name, version, hooks implemented (for ``astrid plugins``)."""
+    pm = get_plugin_manager()
+    dists = {getattr(plugin, "__name__", None): dist for plugin, dist in pm.list_plugin_distinfo()}
+    out: list[dict[str, Any]] = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        dist = dists.get(getattr(plugin, "__name__", None))
+        version = dist.version if dist is not None else _builtin_version(name)
+        out.append({"name": name, "version": version, "hooks": hooks})
+    return out
+
+
+def _builtin_version(name: str) -> str | None:
+    if name.startswith("astrid."):
+        from . import __version__
+
+        return __version__
+    return None

@@ -1,0 +1,458 @@
+"""``SessionStore``: the one persistence facade, over a pluggable ``StorageBackend``.
+
+The store turns sessions into backend writes that carry only what changed (new messages and the
+small session state), checks revisions so a stale save never overwrites another writer, and
+keeps workspace state and a scoped key-value store next to the sessions.
+
+Backends see JSON-ready data only (``dict`` state, message JSON); they never import the session.
+The storage contract they honour is documented in ``docs/storage.md`` and checked by
+``astrid.testing``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .document import GitState, SessionDocument, describe_validation_error
+from .errors import ConcurrencyError, SerializationError, StorageError
+from .ids import SessionId, validate_session_id
+from .messages import Message
+from .security.allowances import Allowance, dump_allowances, load_allowances
+from .security.budget import WorkspaceBudgetSnapshot, WorkspaceBudgetTracker
+from .security.escape import EscapeState
+from .security.kv import KvStore, ScopedKvStore
+from .session import AgentSession, GitCapture
+from .timeutil import to_utc, utcnow
+from .tokens import TokenEstimator
+
+# -- what backends exchange ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One row of a session listing, read without decoding the whole session."""
+
+    id: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    token_count: int
+    workspace_path: str | None
+    model: str | None = None
+    parent_id: str | None = None
+    revision: int = 0
+
+    def display_title(self) -> str:
+        """The title, or ``Session <first 8 of the id>``."""
+        return self.title if self.title else f"Session {self.id[:8]}"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A loaded session: its state (the document minus messages) and some or all messages."""
+
+    state: dict[str, Any]
+    messages: list[Any]
+    message_offset: int
+    message_count: int
+    revision: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionWrite:
+    """One save: the new state and only the messages that changed.
+
+    ``expected_revision`` None means "create; must not exist". With ``replace`` False the backend
+    appends ``messages`` after ``base_count`` stored ones; with ``replace`` True the active
+    messages become ``messages`` and the previous ones stay in the session's history.
+    """
+
+    session_id: str
+    expected_revision: int | None
+    state: dict[str, Any]
+    messages: list[Any]
+    base_count: int
+    replace: bool
+    summary: SessionSummary
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A message ever stored for a session, active or replaced (e.g. by a summary)."""
+
+    seq: int
+    active: bool
+    message: Any
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """What a storage plugin implements. Every method is atomic; ids are validated UUIDs."""
+
+    name: str
+
+    def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """The session (only its last ``tail`` active messages if given), or None."""
+        ...
+
+    def write(self, change: SessionWrite) -> int:
+        """Apply one save atomically and return the new revision.
+
+        Raises ``ConcurrencyError`` when the stored revision is not ``expected_revision``.
+        """
+        ...
+
+    def append(
+        self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
+    ) -> tuple[int, int]:
+        """Append messages regardless of revision; return (new revision, message count)."""
+        ...
+
+    def delete(self, session_id: str) -> bool:
+        """Remove a session and its history; False if it did not exist."""
+        ...
+
+    def list_sessions(
+        self, *, workspace: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """Sessions by last activity, newest first (ties by id), optionally for one workspace."""
+        ...
+
+    def count_sessions(self, *, workspace: str | None = None) -> int:
+        """How many sessions (optionally in one workspace)."""
+        ...
+
+    def history(self, session_id: str) -> list[HistoryEntry]:
+        """Every message ever stored for the session, in order, replaced ones included."""
+        ...
+
+    def kv(self) -> KvStore:
+        """The backend's key-value store (deferred queues, workspace state, capabilities)."""
+        ...
+
+    def schema_version(self) -> int:
+        """The applied schema version (0 for schemaless backends)."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections."""
+        ...
+
+
+# -- the facade ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Mark:
+    revision: int
+    count: int
+    offset: int
+    last: Message | None
+    messages_id: int = 0
+
+
+@dataclass
+class WorkspaceState:
+    """A workspace's persisted security state: allowances, budget spend, escape paths."""
+
+    allowances: list[Allowance] = field(default_factory=list)
+    budget: WorkspaceBudgetSnapshot | None = None
+    escape: EscapeState | None = None
+
+
+def _workspace_key(path: str | Path) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+class SessionStore:
+    """Saves and loads sessions through a backend, writing only what changed."""
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        *,
+        token_estimator: TokenEstimator | None = None,
+        git_capture: GitCapture | None = None,
+    ) -> None:
+        self.backend = backend
+        self.token_estimator = token_estimator
+        self.git_capture = git_capture
+        self._marks: weakref.WeakKeyDictionary[AgentSession, _Mark] = weakref.WeakKeyDictionary()
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def save(self, session: AgentSession) -> int:
+        """Save what changed since the session was loaded or last saved; return the revision.
+
+        Raises ``ConcurrencyError`` if another writer saved the session in between.
+        """
+        mark = self._marks.get(session)
+        state = self._state_of(session)
+        messages = session.messages
+        if mark is None:
+            change_messages: list[Any] = [m.to_json() for m in messages]
+            expected, base, replace = None, 0, False
+            offset = 0
+        else:
+            offset = mark.offset
+            loaded = mark.count - mark.offset
+            unchanged_prefix = (
+                id(messages) == mark.messages_id
+                and len(messages) >= loaded
+                and (loaded == 0 or messages[loaded - 1] is mark.last)
+            )
+            if unchanged_prefix:
+                change_messages = [m.to_json() for m in messages[loaded:]]
+                replace = False
+            else:
+                if offset:
+                    raise StorageError(
+                        f"session {session.id.bare}: its messages were rewritten but only the "
+                        f"last {loaded} of {mark.count} were loaded; load it whole to rewrite"
+                    )
+                change_messages = [m.to_json() for m in messages]
+                replace = True
+            expected, base = mark.revision, mark.count
+        summary = self._summary_of(session, state, offset + len(messages))
+        revision = self.backend.write(
+            SessionWrite(
+                session_id=session.id.bare,
+                expected_revision=expected,
+                state=state,
+                messages=change_messages,
+                base_count=base,
+                replace=replace,
+                summary=summary,
+            )
+        )
+        self._remember(session, revision, offset + len(messages), offset)
+        return revision
+
+    def append_messages(self, session_id: str | SessionId, messages: Iterable[Message]) -> int:
+        """Append messages to a stored session without a revision check (concurrent writers)."""
+        sid = validate_session_id(session_id)
+        revision, _count = self.backend.append(sid, [m.to_json() for m in messages])
+        return revision
+
+    def load(self, session_id: str | SessionId, *, tail: int | None = None) -> AgentSession | None:
+        """Load a session (or only its last ``tail`` messages); None if it does not exist."""
+        sid = validate_session_id(session_id)
+        if tail is not None and tail < 0:
+            raise ValueError("tail must be >= 0")
+        record = self.backend.load(sid, tail=tail)
+        if record is None:
+            return None
+        data = dict(record.state)
+        data["messages"] = record.messages
+        doc = SessionDocument.from_data(data, source=f"{self.backend.name} session {sid}")
+        session = AgentSession.from_document(doc, token_estimator=self.token_estimator)
+        self._remember(session, record.revision, record.message_count, record.message_offset)
+        return session
+
+    def load_document(self, session_id: str | SessionId) -> SessionDocument | None:
+        """The stored document of a session (all active messages), or None."""
+        sid = validate_session_id(session_id)
+        record = self.backend.load(sid)
+        if record is None:
+            return None
+        data = dict(record.state)
+        data["messages"] = record.messages
+        return SessionDocument.from_data(data, source=f"{self.backend.name} session {sid}")
+
+    def revision_of(self, session: AgentSession) -> int | None:
+        """The revision this store last loaded or saved for ``session`` (None if never)."""
+        mark = self._marks.get(session)
+        return mark.revision if mark is not None else None
+
+    def history(self, session_id: str | SessionId) -> list[Message]:
+        """Every message ever stored for the session, replaced ones included, oldest first."""
+        sid = validate_session_id(session_id)
+        return [Message.from_json(entry.message) for entry in self.backend.history(sid)]
+
+    def delete(self, session_id: str | SessionId) -> bool:
+        """Delete a session; False if it did not exist."""
+        return self.backend.delete(validate_session_id(session_id))
+
+    def list_sessions(
+        self, *, workspace: str | Path | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """A page of sessions, newest activity first, optionally in one workspace."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        ws = _workspace_key(workspace) if workspace is not None else None
+        return self.backend.list_sessions(workspace=ws, limit=limit, offset=offset)
+
+    def count(self, *, workspace: str | Path | None = None) -> int:
+        """How many sessions are stored (optionally in one workspace)."""
+        ws = _workspace_key(workspace) if workspace is not None else None
+        return self.backend.count_sessions(workspace=ws)
+
+    def most_recent(self) -> AgentSession | None:
+        """The session with the latest activity, or None."""
+        page = self.backend.list_sessions(limit=1)
+        return self.load(page[0].id) if page else None
+
+    def prune(
+        self, *, older_than: timedelta, dry_run: bool = False, now: datetime | None = None
+    ) -> list[str]:
+        """Delete sessions whose last activity is older than ``older_than``; return their ids."""
+        cutoff = to_utc(now or utcnow()) - older_than
+        doomed: list[str] = []
+        offset = 0
+        total = self.backend.count_sessions()
+        while offset < total:
+            page = self.backend.list_sessions(limit=500, offset=offset)
+            if not page:
+                break
+            doomed.extend(s.id for s in page if s.updated_at < cutoff)
+            offset += len(page)
+        if not dry_run:
+            doomed = [sid for sid in doomed if self.backend.delete(sid)]
+        return doomed
+
+    # -- workspace state -------------------------------------------------------------------
+
+    def kv(self, namespace: str) -> ScopedKvStore:
+        """A key-value view bound to one namespace of this store."""
+        return ScopedKvStore(self.backend.kv(), namespace)
+
+    def deferred_queue_kv(self, session_id: str | SessionId) -> ScopedKvStore:
+        """The namespace the original uses for a session's deferred queue."""
+        return self.kv(f"deferred:{validate_session_id(session_id)}")
+
+    def load_workspace_state(self, workspace: str | Path) -> WorkspaceState:
+        """The workspace's allowances, budget snapshot and escape paths (empty if none)."""
+        ns = f"ws:{_workspace_key(workspace)}"
+        state = WorkspaceState()
+        raw = self.kv(f"{ns}:allowances").get("all")
+        if raw is not None:
+            state.allowances = load_allowances(raw, source=f"{ns}:allowances/all")
+        budget = self.kv(f"{ns}:budget").get_json("all")
+        if budget is not None:
+            state.budget = _validated(WorkspaceBudgetSnapshot, budget, f"{ns}:budget/all")
+        escape = self.kv(f"{ns}:escape").get_json("all")
+        if escape is not None:
+            state.escape = _validated(EscapeState, escape, f"{ns}:escape/all")
+        return state
+
+    def save_workspace_state(self, workspace: str | Path, state: WorkspaceState) -> None:
+        """Persist a workspace's allowances, budget snapshot and escape paths."""
+        ns = f"ws:{_workspace_key(workspace)}"
+        self.kv(f"{ns}:allowances").set("all", dump_allowances(state.allowances).encode())
+        if state.budget is not None:
+            self.kv(f"{ns}:budget").set_json("all", state.budget.model_dump(mode="json"))
+        if state.escape is not None:
+            self.kv(f"{ns}:escape").set_json("all", state.escape.model_dump(mode="json"))
+
+    def attach_workspace(
+        self,
+        session: AgentSession,
+        workspace: str | Path,
+        *,
+        max_usd: float | None = None,
+        warn_at_percent: int = 80,
+    ) -> WorkspaceBudgetTracker:
+        """Set the session's workspace and load that workspace's allowances, budget and escapes."""
+        state = self.load_workspace_state(workspace)
+        session.with_workspace(_workspace_key(workspace))
+        session.import_workspace_allowances(state.allowances)
+        if state.budget is not None:
+            tracker = WorkspaceBudgetTracker.restore(state.budget, max_usd, warn_at_percent)
+        else:
+            tracker = WorkspaceBudgetTracker(max_usd, warn_at_percent)
+        session.with_workspace_budget(tracker)
+        if state.escape is not None:
+            session.escape_handler.restore_state(state.escape)
+        return tracker
+
+    def save_workspace_of(self, session: AgentSession) -> None:
+        """Persist the workspace state a session carries (allowances, budget, escapes)."""
+        if session.workspace_path is None:
+            raise StorageError(f"session {session.id.bare} has no workspace to save")
+        tracker = session.workspace_budget_tracker
+        self.save_workspace_state(
+            session.workspace_path,
+            WorkspaceState(
+                allowances=session.export_workspace_allowances(),
+                budget=tracker.snapshot() if tracker is not None else None,
+                escape=session.escape_handler.export_state(),
+            ),
+        )
+
+    def close(self) -> None:
+        """Close the backend."""
+        self.backend.close()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _state_of(self, session: AgentSession) -> dict[str, Any]:
+        saved = session.messages
+        session.messages = []
+        try:
+            doc = session.to_document(git_capture=self.git_capture)
+        finally:
+            session.messages = saved
+        data = doc.to_data()
+        data.pop("messages", None)
+        return data
+
+    def _summary_of(
+        self, session: AgentSession, state: dict[str, Any], count: int
+    ) -> SessionSummary:
+        ws = state.get("workspace_path")
+        return SessionSummary(
+            id=session.id.bare,
+            title=session.metadata.title,
+            created_at=session.created_at,
+            updated_at=utcnow(),
+            message_count=count,
+            token_count=session.token_count,
+            workspace_path=_workspace_key(ws) if ws else None,
+            model=session.model,
+            parent_id=session.parent_id.bare if session.parent_id else None,
+        )
+
+    def _remember(self, session: AgentSession, revision: int, count: int, offset: int) -> None:
+        messages = session.messages
+        self._marks[session] = _Mark(
+            revision=revision,
+            count=count,
+            offset=offset,
+            last=messages[-1] if messages else None,
+            messages_id=id(messages),
+        )
+
+
+def _validated(model: Any, data: Any, where: str) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SerializationError(f"{where}: {describe_validation_error(exc)}") from None
+
+
+__all__ = [
+    "ConcurrencyError",
+    "GitState",
+    "HistoryEntry",
+    "SessionRecord",
+    "SessionStore",
+    "SessionSummary",
+    "SessionWrite",
+    "StorageBackend",
+    "WorkspaceState",
+]
