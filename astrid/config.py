@@ -1,0 +1,284 @@
+"""Configuration: one TOML file, validated with pydantic; no file needed for the defaults.
+
+Found in this order: an explicit path, ``$ASTRID_CONFIG``, ``./astrid.toml``,
+``<home>/config.toml``. Home is ``$ASTRID_HOME`` or ``~/.astrid`` (absolute, no ``..``).
+Sections name an implementation registered by a plugin and its options; the plugin's own options
+model validates them. Errors name the file, the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, PluginError
+
+CONFIG_ENV = "ASTRID_CONFIG"
+HOME_ENV = "ASTRID_HOME"
+LOCAL_CONFIG = "astrid.toml"
+
+
+def astrid_home() -> Path:
+    """``$ASTRID_HOME`` or ``$HOME/.astrid``; must be absolute and free of ``..``."""
+    raw = os.environ.get(HOME_ENV)
+    source = HOME_ENV
+    if raw is None:
+        home_env = os.environ.get("HOME")
+        if home_env is None:
+            home_env = str(Path.home())
+        source = "HOME"
+        if not home_env:
+            raise ConfigError("HOME is empty; set ASTRID_HOME to an absolute path")
+        raw_path = Path(home_env)
+        _check_home(raw_path, source)
+        return raw_path / ".astrid"
+    if not raw:
+        raise ConfigError(f"{HOME_ENV} is set but empty; unset it or give an absolute path")
+    path = Path(raw)
+    _check_home(path, source)
+    return path
+
+
+def _check_home(path: Path, source: str) -> None:
+    if not path.is_absolute():
+        raise ConfigError(f"{source} must be an absolute path, got {str(path)!r}")
+    if ".." in path.parts:
+        raise ConfigError(f"{source} must not contain '..', got {str(path)!r}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSection(_Section):
+    """``[storage]``: the session storage backend and its options."""
+
+    backend: str = "sqlite"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokensSection(_Section):
+    """``[tokens]``: the token estimator."""
+
+    estimator: str = "content"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GitSection(_Section):
+    """``[git]``: how a workspace's git state is captured on save."""
+
+    capture: str = "fs"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CapabilitiesSection(_Section):
+    """``[capabilities]``: where persistent capability tokens and revocations live."""
+
+    store: str = "sqlite"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetSection(_Section):
+    """``[budget]``: limits for new sessions and for each workspace (USD)."""
+
+    session_max_usd: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    per_action_max_usd: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    warn_at_percent: int = Field(default=80, ge=0, le=100)
+    workspace_max_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class AstridConfig(_Section):
+    """The whole configuration; every section has defaults."""
+
+    storage: StorageSection = Field(default_factory=StorageSection)
+    tokens: TokensSection = Field(default_factory=TokensSection)
+    git: GitSection = Field(default_factory=GitSection)
+    capabilities: CapabilitiesSection = Field(default_factory=CapabilitiesSection)
+    budget: BudgetSection = Field(default_factory=BudgetSection)
+
+    @field_validator("storage", "tokens", "git", "capabilities", "budget", mode="before")
+    @classmethod
+    def _table(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict | BaseModel):
+            raise ValueError("must be a table")
+        return value
+
+
+# Each pluggable section: (section, key naming the implementation, registry kind).
+PLUGGABLE: tuple[tuple[str, str, str], ...] = (
+    ("storage", "backend", "storage"),
+    ("tokens", "estimator", "token_estimator"),
+    ("git", "capture", "git_capture"),
+    ("capabilities", "store", "capability_store"),
+)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration, the file it came from (None: defaults) and the home."""
+
+    config: AstridConfig
+    source: Path | None
+    home: Path
+
+    @property
+    def where(self) -> str:
+        """How to name the configuration in messages."""
+        return str(self.source) if self.source is not None else "<defaults>"
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    """The config file to use, by the discovery order; None when there is none."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (from ${CONFIG_ENV})")
+        return path
+    local = Path.cwd() / LOCAL_CONFIG
+    if local.is_file():
+        return local
+    home_file = astrid_home() / "config.toml"
+    if home_file.is_file():
+        return home_file
+    return None
+
+
+def _format_errors(where: str, exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        head = prefix.split(".") if prefix else []
+        loc = ".".join(str(p) for p in [*head, *err["loc"]] if p != "")
+        if err["type"] == "extra_forbidden":
+            parent = loc.rpartition(".")[0]
+            allowed = _allowed_keys(parent)
+            hint = f"; valid keys: {', '.join(allowed)}" if allowed else ""
+            parts.append(f"unknown key {loc!r}{hint}")
+        else:
+            parts.append(f"key {loc!r}: {err['msg']}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def _allowed_keys(section: str) -> list[str]:
+    model: type[BaseModel] = AstridConfig
+    for part in [p for p in section.split(".") if p]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        if not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def parse_config(data: dict[str, Any], *, where: str = "<config>") -> AstridConfig:
+    """Validate a parsed TOML document (sections and, via plugins, their options)."""
+    try:
+        config = AstridConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(where, exc)) from None
+    validate_plugin_options(config, where=where)
+    return config
+
+
+def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") -> None:
+    """Check every implementation name against the registries and its options model."""
+    from .plugins import get_implementation
+
+    for section, key, kind in PLUGGABLE:
+        sect = getattr(config, section)
+        name = getattr(sect, key)
+        try:
+            impl = get_implementation(kind, name, where=f"{where}: key '{section}.{key}'")
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            impl.options.model_validate(sect.options)
+        except ValidationError as exc:
+            raise ConfigError(
+                _format_errors(where, exc, prefix=f"{section}.options")
+                + f" (options of {kind} {name!r})"
+            ) from None
+
+
+def load_config(path: str | Path | None = None) -> LoadedConfig:
+    """Find, read and validate the configuration (defaults when no file exists)."""
+    home = astrid_home()
+    source = find_config_file(path)
+    if source is None:
+        config = parse_config({}, where="<defaults>")
+        return LoadedConfig(config, None, home)
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return LoadedConfig(parse_config(data, where=str(source)), source, home)
+
+
+DEFAULT_CONFIG_TEXT = """\
+# astrid configuration. Every key is optional; these are the defaults.
+# Found in this order: --config PATH, $ASTRID_CONFIG, ./astrid.toml, <home>/config.toml,
+# where home is $ASTRID_HOME or ~/.astrid.
+
+[storage]
+# Where sessions live: "sqlite" (default, <home>/astrid.db), "file" (the original's
+# <home>/sessions/<uuid>.json layout) or "memory" (nothing persisted), or a plugin's backend.
+backend = "sqlite"
+
+[storage.options]
+# Options of the chosen backend, e.g. for sqlite: path = "/var/lib/astrid/astrid.db"
+
+[tokens]
+# How message tokens are estimated: "content" (by real size) or "original" (the Rust rule).
+estimator = "content"
+
+[git]
+# How the workspace's branch and commit are read on save: "fs" (reads .git, no process),
+# "subprocess" (runs git twice, as the original did) or "none".
+capture = "fs"
+
+[capabilities]
+# Where persistent capability tokens and revocations live: "sqlite", "file" or "memory".
+store = "sqlite"
+
+[budget]
+# Limits in USD for new sessions; workspace_max_usd caps all sessions of a workspace together.
+session_max_usd = 100.0
+per_action_max_usd = 10.0
+warn_at_percent = 80
+# workspace_max_usd = 500.0
+"""
+
+
+def write_default_config(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the commented default config file; refuses to overwrite unless asked."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target}: already exists (use overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    return target
+
+
+def dump_config(config: AstridConfig) -> str:
+    """The effective configuration as TOML text (tomli-w)."""
+    import tomli_w
+
+    data = config.model_dump(mode="json", exclude_none=True)
+    return tomli_w.dumps(data)
