@@ -1,0 +1,1262 @@
+"""The storage conformance suite: subclass ``StorageConformance`` to check a backend.
+
+Every test goes through ``SessionStore`` (what hosts use) or, where the contract is about the
+backend itself, through the raw ``StorageBackend`` methods. See ``docs/plugin-authors.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - only without pytest installed
+    raise ImportError("astrid.testing needs pytest: pip install pytest") from exc
+
+from ..document import GitState
+from ..errors import (
+    ConcurrencyError,
+    InvalidKey,
+    InvalidSessionId,
+    SessionNotFound,
+    StorageError,
+)
+from ..messages import ImagePart, Message, MessageRole, TextPart, ToolCall, ToolCallResult
+from ..security.actions import Permission
+from ..security.allowances import Allowance, ExactTool, FilePattern
+from ..security.budget import WorkspaceBudgetSnapshot
+from ..security.deferred import ActionContext, DeferredResolution, ErrorResolution, Priority
+from ..security.escape import EscapeDecision, EscapeOperation, EscapeRequest, EscapeState
+from ..security.kv import KvStore
+from ..session import AgentSession
+from ..store import (
+    HistoryEntry,
+    SessionRecord,
+    SessionStore,
+    SessionSummary,
+    SessionWrite,
+    StorageBackend,
+    WorkspaceState,
+)
+from ..timeutil import utcnow
+
+HOSTILE_IDS: tuple[str, ...] = (
+    "../../etc/passwd",
+    "..",
+    "",
+    "   ",
+    "not-a-uuid",
+    "/tmp/session.json",
+    "00000000-0000-4000-8000-00000000000g",
+    "00000000-0000-4000-8000-0000000000001",
+    "00000000-0000-4000-8000-000000000001/../x",
+    "00000000-0000-4000-8000-000000000001\0",
+    "session:../../x",
+    "C:\\Windows\\system32",
+)
+"""Session ids that are not UUIDs: the facade refuses them before any backend sees them."""
+
+HOSTILE_TEXTS: tuple[str, ...] = (
+    "plain",
+    'it\'s "quoted" and `backticked`',
+    "'; DROP TABLE sessions; --",
+    "back\\slash \\u0000 \\n not escapes",
+    "NUL\0in\0the\0middle\0",
+    "emoji \U0001f680\U0001f9d1\u200d\U0001f4bb and flags \U0001f1eb\U0001f1f7",
+    "right-to-left \u202e gnirts and zero width \u200b\ufeff",
+    "line one\nline two\r\nline three\ttabbed",
+    "%_*?[]{}<>|&$#@!~^",
+    "\u00e9\u00e8\u00ea \u4e2d\u6587 \u0440\u0443\u0441\u0441\u043a\u0438\u0439 \U00010348",
+)
+"""Text that breaks naive quoting, escaping, encoding or C strings."""
+
+
+def sample_messages() -> list[Message]:
+    """One message of every kind astrid knows, plus messages of unknown shape kept verbatim."""
+    return [
+        Message.system("You are a careful assistant."),
+        Message.user('Read "a.txt" please'),
+        Message.assistant_with_tools(
+            [
+                ToolCall(
+                    id="call-1",
+                    name="fs:read_file",
+                    arguments={"path": "a.txt", "n": [1, 2.5, None, True], "o": {"k": "v"}},
+                ),
+                ToolCall(id="call-2", name="no_server", arguments={}),
+            ]
+        ),
+        Message.tool_result(ToolCallResult.success("call-1", "hello\nworld")),
+        Message.tool_result(ToolCallResult.error("call-2", "permission denied")),
+        Message(
+            role=MessageRole.USER,
+            content=[
+                TextPart(text="what is in this picture?"),
+                ImagePart(data="aGVsbG8gd29ybGQ=", media_type="image/png"),
+            ],
+        ),
+        Message.from_json({"role": "critic", "content": "from a newer writer", "score": 0.5}),
+        Message.from_json({"role": "assistant", "content": {"kind": "future", "n": [1, 2]}}),
+        Message.assistant("done"),
+    ]
+
+
+def _as_json(messages: Sequence[Message]) -> list[Any]:
+    return [m.to_json() for m in messages]
+
+
+def _texts(n: int, prefix: str = "m") -> list[Message]:
+    return [Message.user(f"{prefix}{i}") for i in range(n)]
+
+
+def _session_with(n: int, prefix: str = "m", prompt: str = "p") -> AgentSession:
+    session = AgentSession(prompt)
+    for message in _texts(n, prefix):
+        session.add_message(message)
+    return session
+
+
+def _change(
+    session: AgentSession,
+    *,
+    expected: int | None,
+    messages: Sequence[Message],
+    base: int,
+    replace: bool = False,
+) -> SessionWrite:
+    """A raw ``SessionWrite`` for ``session`` (what the facade would send)."""
+    state = session.to_document().to_data()
+    state.pop("messages", None)
+    count = len(messages) if replace else base + len(messages)
+    return SessionWrite(
+        session_id=session.id.bare,
+        expected_revision=expected,
+        state=state,
+        messages=_as_json(messages),
+        base_count=base,
+        replace=replace,
+        summary=SessionSummary(
+            id=session.id.bare,
+            title=session.metadata.title,
+            created_at=session.created_at,
+            updated_at=utcnow(),
+            message_count=count,
+            token_count=session.token_count,
+            workspace_path=None,
+            model=session.model,
+        ),
+    )
+
+
+class _RecordingBackend:
+    """Passes every call to a backend and keeps the writes it was sent."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.writes: list[SessionWrite] = []
+
+    def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """Delegate."""
+        return self.inner.load(session_id, tail=tail)
+
+    def write(self, change: SessionWrite) -> int:
+        """Record, then delegate."""
+        self.writes.append(change)
+        return self.inner.write(change)
+
+    def append(
+        self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
+    ) -> tuple[int, int]:
+        """Delegate."""
+        return self.inner.append(session_id, messages, summary)
+
+    def delete(self, session_id: str) -> bool:
+        """Delegate."""
+        return self.inner.delete(session_id)
+
+    def list_sessions(
+        self, *, workspace: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """Delegate."""
+        return self.inner.list_sessions(workspace=workspace, limit=limit, offset=offset)
+
+    def count_sessions(self, *, workspace: str | None = None) -> int:
+        """Delegate."""
+        return self.inner.count_sessions(workspace=workspace)
+
+    def history(self, session_id: str) -> list[HistoryEntry]:
+        """Delegate."""
+        return self.inner.history(session_id)
+
+    def kv(self) -> KvStore:
+        """Delegate."""
+        return self.inner.kv()
+
+    def schema_version(self) -> int:
+        """Delegate."""
+        return self.inner.schema_version()
+
+    def close(self) -> None:
+        """Leave closing to the owner of the inner backend."""
+
+
+class StorageConformance:
+    """The storage contract as pytest tests; subclass it as ``Test<Name>`` in a test module."""
+
+    tick_seconds: ClassVar[float] = 0.002
+    """Pause between saves whose order of activity a test checks (raise it for coarse clocks)."""
+
+    thread_count: ClassVar[int] = 8
+    """Threads used by the concurrency tests."""
+
+    _open_backends: list[StorageBackend]
+    _closed_backends: list[StorageBackend]
+
+    # -- what a plugin author provides ----------------------------------------------------------
+
+    def make_backend(self, tmp_path: Path) -> StorageBackend:
+        """A fresh, empty backend keeping its data in the empty directory ``tmp_path``."""
+        raise NotImplementedError(f"{type(self).__name__} must define make_backend(tmp_path)")
+
+    def reopen_backend(self, backend: StorageBackend, tmp_path: Path) -> StorageBackend | None:
+        """A second instance over the same data as ``backend``; None if nothing persists."""
+        return None
+
+    # -- fixtures --------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def data_dir(self, tmp_path: Path) -> Path:
+        """The empty directory the backend under test keeps its data in."""
+        path = tmp_path / "store"
+        path.mkdir()
+        return path
+
+    @pytest.fixture
+    def backend(self, data_dir: Path) -> Iterator[StorageBackend]:
+        """A fresh backend, closed (with any reopened instances) after the test."""
+        self._open_backends = []
+        self._closed_backends = []
+        first = self.make_backend(data_dir)
+        self._open_backends.append(first)
+        yield first
+        for opened in reversed(self._open_backends):
+            self._close(opened)
+
+    @pytest.fixture
+    def store(self, backend: StorageBackend) -> SessionStore:
+        """A ``SessionStore`` over the backend under test."""
+        return SessionStore(backend)
+
+    @pytest.fixture
+    def workspace(self, tmp_path: Path) -> Path:
+        """An existing workspace directory, outside the backend's data directory."""
+        path = (tmp_path / "workspace").resolve()
+        path.mkdir()
+        return path
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _close(self, backend: StorageBackend) -> None:
+        if any(backend is closed for closed in self._closed_backends):
+            return
+        self._closed_backends.append(backend)
+        backend.close()
+
+    def _maybe_reopen(
+        self, backend: StorageBackend, data_dir: Path, *, close_first: bool = True
+    ) -> StorageBackend | None:
+        """A second instance over the same data (the first closed unless ``close_first``)."""
+        if type(self).reopen_backend is StorageConformance.reopen_backend:
+            return None
+        if close_first:
+            self._close(backend)
+        other = self.reopen_backend(backend, data_dir)
+        if other is not None:
+            self._open_backends.append(other)
+        return other
+
+    def _reopen(
+        self, backend: StorageBackend, data_dir: Path, *, close_first: bool = True
+    ) -> StorageBackend:
+        """Like ``_maybe_reopen``, but skips the test for a backend that does not persist."""
+        other = self._maybe_reopen(backend, data_dir, close_first=close_first)
+        if other is None:
+            pytest.skip(f"{type(self).__name__}: reopen_backend gives nothing (not persistent)")
+        return other
+
+    def _tick(self) -> None:
+        time.sleep(self.tick_seconds)
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def test_backend_satisfies_the_protocol_and_starts_empty(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        assert isinstance(backend, StorageBackend)
+        assert isinstance(backend.name, str) and backend.name
+        assert isinstance(backend.kv(), KvStore)
+        assert backend.count_sessions() == 0
+        assert backend.list_sessions() == []
+        assert store.most_recent() is None
+
+    def test_schema_version_is_a_non_negative_int(self, backend: StorageBackend) -> None:
+        version = backend.schema_version()
+        assert isinstance(version, int) and not isinstance(version, bool)
+        assert version >= 0
+
+    def test_close_can_be_called_and_keeps_saved_data(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        self._close(backend)
+        other = self._maybe_reopen(backend, data_dir)
+        if other is None:
+            return
+        loaded = SessionStore(other).load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(session.messages)
+
+    # -- save and load ---------------------------------------------------------------------------
+
+    def test_round_trip_keeps_every_message_kind_and_the_session_state(
+        self, store: SessionStore, workspace: Path, tmp_path: Path
+    ) -> None:
+        outside = (tmp_path / "outside").resolve()
+        outside.mkdir()
+        session = AgentSession('You are helpful. "Quotes" stay.', user_id=bytes(range(8)))
+        session.with_workspace(workspace).with_model("model-x")
+        for message in sample_messages():
+            session.add_message(message)
+        session.metadata.title = "A title"
+        session.metadata.tags = ["t1", "t2"]
+        session.metadata.custom = {"k": "v", "empty": ""}
+        session.budget_tracker.record_cost(1.25)
+        grant = Allowance.create(ExactTool(server="fs", tool="read"), session_only=True)
+        session.add_session_allowance(grant)
+        session.escape_handler.process_decision(
+            EscapeRequest.new(outside, EscapeOperation.READ, "docs"), EscapeDecision.ALLOW_ALWAYS
+        )
+        session.git_state = GitState(branch="main", commit="0123456789abcdef")
+        session.extra_fields = {"x_future_field": {"nested": [1, "two", None]}}
+        store.save(session)
+
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert loaded is not session
+        assert loaded.id == session.id
+        assert loaded.user_id == bytes(range(8))
+        assert loaded.system_prompt == session.system_prompt
+        assert loaded.created_at == session.created_at
+        assert _as_json(loaded.messages) == _as_json(session.messages)
+        assert [m.is_known for m in loaded.messages] == [m.is_known for m in session.messages]
+        assert loaded.token_count == session.token_count > 0
+        assert loaded.metadata.model_dump() == session.metadata.model_dump()
+        assert loaded.metadata.turn_count == 2 and loaded.metadata.tool_call_count == 2
+        assert loaded.budget_tracker.spent() == 1.25
+        assert [a.id for a in loaded.allowance_store.export_session_allowances()] == [grant.id]
+        assert loaded.escape_handler.remembered_paths == session.escape_handler.remembered_paths
+        assert loaded.workspace_path == workspace
+        assert loaded.model == "model-x"
+        assert loaded.git_state == session.git_state
+        assert loaded.extra_fields == session.extra_fields
+        assert loaded.parent_id is None
+
+    def test_stored_document_equals_the_saved_one(self, store: SessionStore) -> None:
+        session = AgentSession("p").with_model("m")
+        for message in sample_messages():
+            session.add_message(message)
+        session.metadata.title = "doc"
+        store.save(session)
+        stored = store.load_document(session.id)
+        assert stored is not None
+        expected = session.to_document().to_data()
+        got = stored.to_data()
+        spent = (expected.pop("budget_snapshot"), got.pop("budget_snapshot"))
+        assert got == expected
+        assert spent[0]["session_spent_usd"] == spent[1]["session_spent_usd"]
+        assert spent[0]["config"] == spent[1]["config"]
+
+    def test_load_of_a_missing_session_is_none(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        store.save(_session_with(1))
+        missing = str(uuid.uuid4())
+        assert store.load(missing) is None
+        assert store.load(missing, tail=3) is None
+        assert store.load_document(missing) is None
+        assert backend.load(missing) is None
+        assert backend.history(missing) == []
+
+    # -- incremental saves -----------------------------------------------------------------------
+
+    def test_a_save_sends_only_the_new_messages(self, backend: StorageBackend) -> None:
+        recorder = _RecordingBackend(backend)
+        store = SessionStore(recorder)
+        session = _session_with(3)
+        first = store.save(session)
+        assert recorder.writes[-1].expected_revision is None
+        assert recorder.writes[-1].messages == _as_json(session.messages)
+
+        session.add_message(Message.user("four"))
+        session.add_message(Message.assistant("five"))
+        second = store.save(session)
+        change = recorder.writes[-1]
+        assert change.expected_revision == first
+        assert change.base_count == 3 and not change.replace
+        assert change.messages == _as_json(session.messages[3:])
+        assert second > first
+        assert len(backend.history(session.id.bare)) == 5
+
+        session.metadata.title = "state only"
+        third = store.save(session)
+        assert recorder.writes[-1].messages == []
+        assert third > second
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == third
+        assert record.state["metadata"]["title"] == "state only"
+        assert record.messages == _as_json(session.messages)
+        assert len(backend.history(session.id.bare)) == 5
+
+    def test_saving_again_without_changes_does_not_duplicate_messages(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(4)
+        for _ in range(3):
+            store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        store.save(loaded)
+        store.save(loaded)
+        loaded.add_message(Message.user("after load"))
+        store.save(loaded)
+        again = store.load(session.id)
+        assert again is not None
+        assert _as_json(again.messages) == _as_json([*session.messages, Message.user("after load")])
+        assert len(backend.history(session.id.bare)) == 5
+        [summary] = store.list_sessions()
+        assert summary.message_count == 5
+
+    # -- tail loads ------------------------------------------------------------------------------
+
+    def test_tail_load_returns_the_last_messages_and_their_offset(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(10)
+        store.save(session)
+        sid = session.id.bare
+        for tail, expected_len in ((0, 0), (1, 1), (3, 3), (10, 10), (25, 10)):
+            record = backend.load(sid, tail=tail)
+            assert record is not None
+            assert len(record.messages) == expected_len
+            assert record.message_count == 10
+            assert record.message_offset == 10 - expected_len
+            assert record.messages == _as_json(session.messages[10 - expected_len :])
+        whole = backend.load(sid)
+        assert whole is not None and whole.message_offset == 0 and len(whole.messages) == 10
+        loaded = store.load(session.id, tail=3)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(session.messages[-3:])
+        assert loaded.token_count == session.token_count
+
+    def test_appending_to_a_tail_loaded_session_keeps_every_message(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(10)
+        store.save(session)
+        tail = store.load(session.id, tail=2)
+        assert tail is not None
+        tail.add_message(Message.assistant("eleven"))
+        store.save(tail)
+        tail.add_message(Message.user("twelve"))
+        store.save(tail)
+        full = store.load(session.id)
+        assert full is not None
+        expected = [*session.messages, Message.assistant("eleven"), Message.user("twelve")]
+        assert _as_json(full.messages) == _as_json(expected)
+        assert [h.message for h in backend.history(session.id.bare)] == _as_json(expected)
+
+    # -- revisions -------------------------------------------------------------------------------
+
+    def test_revisions_increase_with_every_save_and_append(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(1)
+        seen = [store.save(session)]
+        session.add_message(Message.user("two"))
+        seen.append(store.save(session))
+        seen.append(store.append_messages(session.id, [Message.user("three")]))
+        assert seen == sorted(set(seen))
+        record = backend.load(session.id.bare)
+        assert record is not None and record.revision == seen[-1]
+        loaded = store.load(session.id)
+        assert loaded is not None and store.revision_of(loaded) == seen[-1]
+        assert store.revision_of(AgentSession("never saved")) is None
+
+    def test_a_stale_save_raises_and_keeps_the_first_writers_messages(
+        self, store: SessionStore
+    ) -> None:
+        original = _session_with(2)
+        store.save(original)
+        first = store.load(original.id)
+        second = store.load(original.id)
+        assert first is not None and second is not None
+        first.add_message(Message.user("from the first writer"))
+        first.metadata.title = "first"
+        second.add_message(Message.user("from the second writer"))
+        second.metadata.title = "second"
+        store.save(first)
+        with pytest.raises(ConcurrencyError):
+            store.save(second)
+        stored = store.load(original.id)
+        assert stored is not None
+        assert _as_json(stored.messages) == _as_json(first.messages)
+        assert stored.metadata.title == "first"
+
+        retry = store.load(original.id)
+        assert retry is not None
+        retry.add_message(Message.user("from the second writer"))
+        store.save(retry)
+        final = store.load(original.id)
+        assert final is not None
+        assert [m.text() for m in final.messages] == [
+            "m0",
+            "m1",
+            "from the first writer",
+            "from the second writer",
+        ]
+
+    def test_saving_a_new_session_object_over_an_existing_id_is_a_conflict(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        impostor = AgentSession.with_id(session.id, bytes(8), "impostor")
+        impostor.add_message(Message.user("overwrite?"))
+        with pytest.raises(ConcurrencyError):
+            store.save(impostor)
+        with pytest.raises(ConcurrencyError):
+            SessionStore(backend).save(impostor)
+        stored = store.load(session.id)
+        assert stored is not None
+        assert stored.system_prompt == "p"
+        assert _as_json(stored.messages) == _as_json(session.messages)
+
+    def test_the_backend_refuses_writes_based_on_another_revision(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        session.add_message(Message.user("m2"))
+        current = store.save(session)
+        extra = [Message.user("never stored")]
+        for expected in (None, current - 1, current + 1):
+            with pytest.raises(ConcurrencyError):
+                backend.write(_change(session, expected=expected, messages=extra, base=3))
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == current
+        assert record.messages == _as_json(session.messages)
+        ghost = _session_with(1)
+        with pytest.raises(ConcurrencyError):
+            backend.write(_change(ghost, expected=1, messages=ghost.messages, base=0))
+        assert backend.load(ghost.id.bare) is None
+        ok = backend.write(_change(session, expected=current, messages=extra, base=3))
+        assert ok > current
+        revision, count = backend.append(session.id.bare, [Message.user("raw").to_json()])
+        assert revision > ok and count == 5
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == revision and record.message_count == 5
+        assert record.messages[-2:] == _as_json([*extra, Message.user("raw")])
+
+    def test_concurrent_saves_from_threads_let_exactly_one_win(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(1)
+        store.save(session)
+        stores = [SessionStore(backend) for _ in range(self.thread_count)]
+        copies = [s.load(session.id) for s in stores]
+        assert all(copy is not None for copy in copies)
+        barrier = threading.Barrier(self.thread_count, timeout=60)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def run(index: int) -> None:
+            copy = copies[index]
+            assert copy is not None
+            copy.add_message(Message.user(f"writer {index}"))
+            barrier.wait()
+            try:
+                stores[index].save(copy)
+                result = f"won {index}"
+            except ConcurrencyError:
+                result = "lost"
+            except BaseException as exc:  # reported below, not swallowed
+                result = f"error {exc!r}"
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(self.thread_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not [o for o in outcomes if o.startswith("error")], outcomes
+        winners = [o for o in outcomes if o.startswith("won")]
+        assert len(outcomes) == self.thread_count and len(winners) == 1, outcomes
+        stored = store.load(session.id)
+        assert stored is not None
+        assert [m.text() for m in stored.messages] == ["m0", f"writer {winners[0].split()[1]}"]
+
+    def test_concurrent_appends_from_threads_lose_nothing(self, store: SessionStore) -> None:
+        session = _session_with(1)
+        store.save(session)
+        per_thread = 10
+        errors: list[BaseException] = []
+
+        def run(index: int) -> None:
+            try:
+                for j in range(per_thread):
+                    store.append_messages(session.id, [Message.user(f"t{index}-{j}")])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(self.thread_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        stored = store.load(session.id)
+        assert stored is not None
+        texts = [m.text() or "" for m in stored.messages]
+        assert len(texts) == 1 + self.thread_count * per_thread
+        for index in range(self.thread_count):
+            mine = [t for t in texts if t.startswith(f"t{index}-")]
+            assert mine == [f"t{index}-{j}" for j in range(per_thread)]
+
+    # -- append without a revision check ---------------------------------------------------------
+
+    def test_append_messages_skips_the_revision_check_and_makes_loaded_copies_stale(
+        self, store: SessionStore
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        store.append_messages(session.id, [Message.user("a1"), Message.assistant("a2")])
+        store.append_messages(session.id.bare, [Message.user("a3")])
+        stored = store.load(session.id)
+        assert stored is not None
+        assert [m.text() for m in stored.messages] == ["m0", "m1", "a1", "a2", "a3"]
+        loaded.add_message(Message.user("stale"))
+        with pytest.raises(ConcurrencyError):
+            store.save(loaded)
+        [summary] = store.list_sessions()
+        assert summary.message_count == 5
+
+    def test_append_to_a_missing_session_raises_session_not_found(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        missing = str(uuid.uuid4())
+        with pytest.raises(SessionNotFound) as info:
+            store.append_messages(missing, [Message.user("lost")])
+        assert isinstance(info.value, StorageError)
+        with pytest.raises(SessionNotFound):
+            backend.append(missing, [Message.user("lost").to_json()])
+        assert store.load(missing) is None
+        assert store.count() == 0
+
+    # -- replace ---------------------------------------------------------------------------------
+
+    def test_replacing_messages_keeps_the_old_ones_in_history(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(3)
+        store.save(session)
+        originals = list(session.messages)
+        session.clear_messages()
+        summary = Message.system("Summary of m0..m2")
+        session.add_message(summary)
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json([summary])
+        assert _as_json(store.history(session.id)) == _as_json([*originals, summary])
+
+        loaded.add_message(Message.user("next"))
+        store.save(loaded)
+        entries = backend.history(session.id.bare)
+        assert [e.message for e in entries] == _as_json([*originals, summary, Message.user("next")])
+        assert [e.active for e in entries] == [False, False, False, True, True]
+        seqs = [e.seq for e in entries]
+        assert seqs == sorted(set(seqs))
+        again = store.load(session.id)
+        assert again is not None
+        assert _as_json(again.messages) == _as_json([summary, Message.user("next")])
+        record = backend.load(session.id.bare, tail=1)
+        assert record is not None
+        assert record.message_count == 2 and record.message_offset == 1
+        [listed] = store.list_sessions()
+        assert listed.message_count == 2
+
+    # -- listing ---------------------------------------------------------------------------------
+
+    def test_listing_is_newest_activity_first(self, store: SessionStore) -> None:
+        sessions = []
+        for i in range(5):
+            session = _session_with(1, prefix=f"s{i}-")
+            store.save(session)
+            sessions.append(session)
+            self._tick()
+        expected = [s.id.bare for s in reversed(sessions)]
+        assert [s.id for s in store.list_sessions()] == expected
+
+        sessions[0].add_message(Message.user("activity"))
+        store.save(sessions[0])
+        self._tick()
+        listed = [s.id for s in store.list_sessions()]
+        assert listed[0] == sessions[0].id.bare
+
+        store.append_messages(sessions[2].id, [Message.user("appended")])
+        rows = store.list_sessions()
+        assert [r.id for r in rows][:2] == [sessions[2].id.bare, sessions[0].id.bare]
+        assert all(a.updated_at >= b.updated_at for a, b in itertools.pairwise(rows))
+
+    def test_paging_has_no_overlaps_or_gaps(self, store: SessionStore) -> None:
+        created = set()
+        for i in range(25):
+            session = _session_with(1, prefix=f"p{i}-")
+            store.save(session)
+            created.add(session.id.bare)
+            if i % 5 == 0:
+                self._tick()
+        everything = [s.id for s in store.list_sessions(limit=100)]
+        assert len(everything) == 25 and set(everything) == created
+        pages = [store.list_sessions(limit=7, offset=offset) for offset in range(0, 25, 7)]
+        assert [len(p) for p in pages] == [7, 7, 7, 4]
+        assert [s.id for page in pages for s in page] == everything
+        assert store.list_sessions(limit=7, offset=25) == []
+        assert store.list_sessions(limit=0) == []
+        assert len(store.list_sessions()) == 25
+        assert store.count() == 25
+        rows = store.list_sessions(limit=100)
+        keys = [(-r.updated_at.timestamp(), r.id) for r in rows]
+        assert keys == sorted(keys)
+
+    def test_listing_filters_by_exact_workspace_and_counts(
+        self, store: SessionStore, tmp_path: Path
+    ) -> None:
+        root = tmp_path.resolve()
+        spaces = {
+            "main": root / "ws",
+            "longer": root / "ws2",
+            "child": root / "ws" / "sub",
+            "wildcard": root / "w_",
+            "quoted": root / 'it\'s "q" %',
+        }
+        ids: dict[str, list[str]] = {name: [] for name in spaces}
+        for name, path in spaces.items():
+            for _ in range(2 if name == "main" else 1):
+                session = _session_with(1).with_workspace(path)
+                store.save(session)
+                ids[name].append(session.id.bare)
+        store.save(_session_with(1))
+        for name, path in spaces.items():
+            listed = store.list_sessions(workspace=path)
+            assert sorted(s.id for s in listed) == sorted(ids[name]), name
+            assert all(s.workspace_path == str(path) for s in listed)
+            assert store.count(workspace=path) == len(ids[name])
+        assert store.count(workspace=root / "nowhere") == 0
+        assert store.list_sessions(workspace=root / "nowhere") == []
+        assert store.count() == 7
+        main = store.list_sessions(workspace=spaces["main"])
+        assert store.list_sessions(workspace=spaces["main"], limit=1, offset=1) == main[1:]
+
+    def test_summaries_carry_title_counts_workspace_model_and_parent(
+        self, store: SessionStore, workspace: Path
+    ) -> None:
+        parent = _session_with(3).with_workspace(workspace).with_model("model-p")
+        parent.metadata.title = "The parent"
+        child = parent.child("child prompt")
+        child.add_message(Message.user("child work"))
+        store.save(parent)
+        store.save(child)
+        rows = {s.id: s for s in store.list_sessions()}
+        p, c = rows[parent.id.bare], rows[child.id.bare]
+        assert p.title == "The parent" and p.display_title() == "The parent"
+        assert p.message_count == 3 and p.token_count == parent.token_count > 0
+        assert p.workspace_path == str(workspace) and p.model == "model-p"
+        assert p.parent_id is None
+        assert p.created_at == parent.created_at
+        assert c.parent_id == parent.id.bare
+        assert c.title is None and c.display_title() == f"Session {child.id.bare[:8]}"
+        assert c.message_count == 1 and c.token_count == child.token_count
+        assert c.workspace_path == str(workspace) and c.model == "model-p"
+        assert p.updated_at >= p.created_at
+        loaded_child = store.load(child.id)
+        assert loaded_child is not None and loaded_child.parent_id == parent.id
+
+    # -- delete, prune, most recent --------------------------------------------------------------
+
+    def test_delete_removes_the_session_and_its_history(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        doomed, kept = _session_with(2), _session_with(1)
+        store.save(doomed)
+        doomed.clear_messages()
+        doomed.add_message(Message.system("summary"))
+        store.save(doomed)
+        store.save(kept)
+        loaded_before = store.load(doomed.id)
+        assert loaded_before is not None
+        assert store.delete(doomed.id) is True
+        assert store.delete(doomed.id) is False
+        assert store.load(doomed.id) is None
+        assert backend.history(doomed.id.bare) == []
+        assert [s.id for s in store.list_sessions()] == [kept.id.bare]
+        assert store.count() == 1
+        assert store.load(kept.id) is not None
+        with pytest.raises(SessionNotFound):
+            store.append_messages(doomed.id, [Message.user("ghost")])
+        loaded_before.add_message(Message.user("resurrect?"))
+        with pytest.raises(ConcurrencyError):
+            store.save(loaded_before)
+        assert store.load(doomed.id) is None
+        assert store.delete(str(uuid.uuid4())) is False
+
+    def test_prune_by_last_activity(self, store: SessionStore) -> None:
+        old, new = _session_with(1), _session_with(1)
+        store.save(old)
+        self._tick()
+        middle = utcnow()
+        self._tick()
+        store.save(new)
+        assert store.prune(older_than=timedelta(hours=1)) == []
+        assert store.prune(older_than=timedelta(0), now=middle, dry_run=True) == [old.id.bare]
+        assert store.count() == 2
+        assert store.prune(older_than=timedelta(0), now=middle) == [old.id.bare]
+        assert store.load(old.id) is None and store.load(new.id) is not None
+        future = utcnow() + timedelta(days=30)
+        assert store.prune(older_than=timedelta(days=1), now=future, dry_run=True) == [new.id.bare]
+        assert store.count() == 1
+        assert store.prune(older_than=timedelta(days=1), now=future) == [new.id.bare]
+        assert store.count() == 0 and store.list_sessions() == []
+
+    def test_most_recent_is_the_latest_activity(self, store: SessionStore) -> None:
+        assert store.most_recent() is None
+        first, second = _session_with(1, prefix="first"), _session_with(1, prefix="second")
+        store.save(first)
+        self._tick()
+        store.save(second)
+        recent = store.most_recent()
+        assert recent is not None and recent.id == second.id
+        assert _as_json(recent.messages) == _as_json(second.messages)
+        self._tick()
+        first.add_message(Message.user("again"))
+        store.save(first)
+        recent = store.most_recent()
+        assert recent is not None and recent.id == first.id
+
+    # -- workspace state -------------------------------------------------------------------------
+
+    def test_workspace_state_round_trip_and_isolation(
+        self, store: SessionStore, workspace: Path, tmp_path: Path
+    ) -> None:
+        other = (tmp_path / "other-workspace").resolve()
+        other.mkdir()
+        escape = (tmp_path / "escape").resolve()
+        escape.mkdir()
+        empty = store.load_workspace_state(workspace)
+        assert empty.allowances == [] and empty.budget is None and empty.escape is None
+
+        grant = Allowance.create(
+            FilePattern(pattern=f"{workspace}/**", permission=Permission.WRITE),
+            session_only=False,
+            workspace_root=workspace,
+        )
+        budget = WorkspaceBudgetSnapshot(total_spent_usd=3.5, last_updated=utcnow())
+        escapes = EscapeState(remembered_paths=[str(escape)])
+        state = WorkspaceState(allowances=[grant], budget=budget, escape=escapes)
+        store.save_workspace_state(workspace, state)
+
+        loaded = store.load_workspace_state(workspace)
+        assert loaded.allowances == [grant]
+        assert loaded.budget == budget
+        assert loaded.escape == escapes
+        elsewhere = store.load_workspace_state(other)
+        assert elsewhere.allowances == [] and elsewhere.budget is None
+        assert elsewhere.escape is None
+
+        store.save_workspace_state(other, WorkspaceState())
+        assert store.load_workspace_state(workspace).allowances == [grant]
+        assert store.load_workspace_state(other).allowances == []
+
+    def test_attach_workspace_and_save_workspace_of_round_trip(
+        self, store: SessionStore, workspace: Path, tmp_path: Path
+    ) -> None:
+        first_escape = (tmp_path / "escape-1").resolve()
+        second_escape = (tmp_path / "escape-2").resolve()
+        other = (tmp_path / "other-workspace").resolve()
+        for path in (first_escape, second_escape, other):
+            path.mkdir()
+        old_grant = Allowance.create(
+            ExactTool(server="fs", tool="read"), session_only=False, workspace_root=workspace
+        )
+        store.save_workspace_state(
+            workspace,
+            WorkspaceState(
+                allowances=[old_grant],
+                budget=WorkspaceBudgetSnapshot(total_spent_usd=2.0, last_updated=utcnow()),
+                escape=EscapeState(remembered_paths=[str(first_escape)]),
+            ),
+        )
+        session = AgentSession("p")
+        tracker = store.attach_workspace(session, workspace, max_usd=10.0)
+        assert session.workspace_budget_tracker is tracker
+        assert tracker.spent() == 2.0 and tracker.max_usd() == 10.0
+        assert session.workspace_path == workspace
+        assert old_grant.id in {a.id for a in session.allowance_store.all()}
+        assert session.escape_handler.is_allowed(first_escape)
+
+        tracker.record_cost(1.5)
+        new_grant = Allowance.create(
+            ExactTool(server="fs", tool="write"), session_only=False, workspace_root=workspace
+        )
+        session.import_workspace_allowances([new_grant])
+        session.escape_handler.process_decision(
+            EscapeRequest.new(second_escape, EscapeOperation.WRITE, "w"),
+            EscapeDecision.ALLOW_ALWAYS,
+        )
+        store.save_workspace_of(session)
+
+        later = AgentSession("q")
+        again = store.attach_workspace(later, workspace)
+        assert again.spent() == 3.5
+        assert {a.id for a in later.export_workspace_allowances()} == {old_grant.id, new_grant.id}
+        assert later.escape_handler.is_allowed(first_escape)
+        assert later.escape_handler.is_allowed(second_escape)
+
+        stranger = AgentSession("r")
+        fresh = store.attach_workspace(stranger, other)
+        assert fresh.spent() == 0.0
+        assert stranger.export_workspace_allowances() == []
+        assert not stranger.escape_handler.is_allowed(first_escape)
+        with pytest.raises(StorageError):
+            store.save_workspace_of(AgentSession("no workspace"))
+
+    # -- key-value store -------------------------------------------------------------------------
+
+    def test_kv_get_set_overwrite_delete_exists(self, backend: StorageBackend) -> None:
+        kv = backend.kv()
+        assert kv.get("ns", "key") is None
+        assert kv.exists("ns", "key") is False
+        kv.set("ns", "key", b"one")
+        assert kv.get("ns", "key") == b"one"
+        assert kv.exists("ns", "key") is True
+        kv.set("ns", "key", b"two")
+        assert kv.get("ns", "key") == b"two"
+        assert kv.list_keys("ns") == ["key"]
+        assert kv.delete("ns", "key") is True
+        assert kv.delete("ns", "key") is False
+        assert kv.get("ns", "key") is None and kv.exists("ns", "key") is False
+        assert kv.delete("never", "there") is False
+
+    def test_kv_list_keys_sorted_and_clear_namespace(self, backend: StorageBackend) -> None:
+        kv = backend.kv()
+        assert kv.list_keys("ns") == []
+        for key in ("b", "a", "c", "aa", "B"):
+            kv.set("ns", key, key.encode())
+        assert kv.list_keys("ns") == sorted(["b", "a", "c", "aa", "B"])
+        assert kv.clear_namespace("ns") == 5
+        assert kv.list_keys("ns") == []
+        assert kv.get("ns", "a") is None
+        assert kv.clear_namespace("ns") == 0
+        assert kv.clear_namespace("never-used") == 0
+
+    def test_kv_namespaces_are_isolated_even_when_prefixes_overlap(
+        self, backend: StorageBackend
+    ) -> None:
+        kv = backend.kv()
+        namespaces = ["a", "a:b", "ab", "a%", "a_", "A", "a:b:c"]
+        for ns in namespaces:
+            kv.set(ns, "key", ns.encode())
+            kv.set(ns, f"only-{ns}", b"x")
+        for ns in namespaces:
+            assert kv.get(ns, "key") == ns.encode()
+            assert kv.list_keys(ns) == sorted(["key", f"only-{ns}"])
+        assert kv.delete("a", "key") is True
+        assert kv.get("a:b", "key") == b"a:b"
+        assert kv.clear_namespace("a") == 1
+        assert kv.clear_namespace("a%") == 2
+        for ns in ("a:b", "ab", "a_", "A", "a:b:c"):
+            assert kv.list_keys(ns) == sorted(["key", f"only-{ns}"]), ns
+
+    def test_kv_rejects_empty_and_nul_names(self, backend: StorageBackend) -> None:
+        kv = backend.kv()
+        for ns, key in (("", "k"), ("ns", ""), ("n\0s", "k"), ("ns", "k\0"), ("\0", "\0")):
+            with pytest.raises(InvalidKey):
+                kv.set(ns, key, b"v")
+            with pytest.raises(InvalidKey):
+                kv.get(ns, key)
+            with pytest.raises(InvalidKey):
+                kv.delete(ns, key)
+            with pytest.raises(InvalidKey):
+                kv.exists(ns, key)
+        for ns in ("", "bad\0ns"):
+            with pytest.raises(InvalidKey):
+                kv.list_keys(ns)
+            with pytest.raises(InvalidKey):
+                kv.clear_namespace(ns)
+        assert kv.list_keys("ns") == []
+
+    def test_kv_keeps_bytes_and_odd_names_exactly(self, backend: StorageBackend) -> None:
+        kv = backend.kv()
+        values = {
+            "empty": b"",
+            "binary": bytes(range(256)),
+            "nul": b"\0\0\0",
+            "not-utf8": b"\xff\xfe\x80",
+            "big": bytes(range(256)) * 4096,
+        }
+        for key, value in values.items():
+            kv.set("bytes", key, value)
+        for key, value in values.items():
+            assert kv.get("bytes", key) == value, key
+        odd = [
+            "../../etc/passwd",
+            'it\'s "q"',
+            "%_*?[]",
+            "emoji \U0001f680",
+            " leading and trailing ",
+            "x" * 1000,
+            "line\nbreak",
+        ]
+        for key in odd:
+            kv.set("odd ns \U0001f680 %", key, key.encode())
+        assert kv.list_keys("odd ns \U0001f680 %") == sorted(odd)
+        for key in odd:
+            assert kv.get("odd ns \U0001f680 %", key) == key.encode()
+
+    def test_persistent_deferred_queue_round_trip(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path
+    ) -> None:
+        session = _session_with(1)
+        store.save(session)
+        session.with_persistent_deferred_queue(store.deferred_queue_kv(session.id))
+        item = DeferredResolution.new(
+            ErrorResolution(error="disk full", attempted_action="write a.txt"),
+            "needs a human",
+            Priority.HIGH,
+            ActionContext.new("finish the report"),
+        )
+        queued = session.approval_manager.deferred_queue.queue_persistent(item)
+        assert store.deferred_queue_kv(session.id).list_keys() == [str(queued)]
+
+        copy = store.load(session.id)
+        assert copy is not None
+        copy.with_persistent_deferred_queue(store.deferred_queue_kv(copy.id))
+        assert copy.approval_manager.get_pending_resolutions() == [item]
+        stranger = AgentSession("other")
+        stranger.with_persistent_deferred_queue(store.deferred_queue_kv(stranger.id))
+        assert stranger.approval_manager.get_pending_resolutions() == []
+
+        other = self._maybe_reopen(backend, data_dir)
+        if other is None:
+            return
+        reopened = SessionStore(other)
+        restored = reopened.load(session.id)
+        assert restored is not None
+        restored.with_persistent_deferred_queue(reopened.deferred_queue_kv(restored.id))
+        assert restored.approval_manager.get_pending_resolutions() == [item]
+        restored.approval_manager.deferred_queue.resolve_persistent(queued)
+        assert reopened.deferred_queue_kv(session.id).list_keys() == []
+
+    # -- persistence across a reopen -------------------------------------------------------------
+
+    def test_sessions_survive_a_reopen(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path, workspace: Path
+    ) -> None:
+        session = AgentSession("persist me").with_workspace(workspace).with_model("m")
+        for message in sample_messages():
+            session.add_message(message)
+        session.metadata.title = "kept"
+        session.budget_tracker.record_cost(0.5)
+        store.save(session)
+        session.clear_messages()
+        session.add_message(Message.system("summary"))
+        store.save(session)
+        history = _as_json(store.history(session.id))
+
+        reopened = SessionStore(self._reopen(backend, data_dir))
+        loaded = reopened.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(session.messages)
+        assert loaded.metadata.title == "kept" and loaded.budget_tracker.spent() == 0.5
+        assert loaded.workspace_path == workspace and loaded.model == "m"
+        assert _as_json(reopened.history(session.id)) == history
+
+    def test_revisions_survive_a_reopen(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        session.add_message(Message.user("m2"))
+        before = store.save(session)
+
+        other = self._reopen(backend, data_dir)
+        reopened = SessionStore(other)
+        loaded = reopened.load(session.id)
+        assert loaded is not None and reopened.revision_of(loaded) == before
+        loaded.add_message(Message.user("after reopen"))
+        after = reopened.save(loaded)
+        assert after > before
+        with pytest.raises(ConcurrencyError):
+            other.write(_change(session, expected=before, messages=[Message.user("stale")], base=3))
+        with pytest.raises(ConcurrencyError):
+            reopened.save(session)
+        final = reopened.load(session.id)
+        assert final is not None
+        assert [m.text() for m in final.messages] == ["m0", "m1", "m2", "after reopen"]
+
+    def test_listing_kv_and_workspace_state_survive_a_reopen(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path, workspace: Path
+    ) -> None:
+        ids = []
+        for i in range(3):
+            session = _session_with(i + 1).with_workspace(workspace)
+            store.save(session)
+            ids.append(session.id.bare)
+            self._tick()
+        store.save(_session_with(1))
+        before = store.list_sessions()
+        backend.kv().set("ns", "key", b"\0value\xff")
+        budget = WorkspaceBudgetSnapshot(total_spent_usd=7.25, last_updated=utcnow())
+        store.save_workspace_state(workspace, WorkspaceState(budget=budget))
+
+        reopened = SessionStore(self._reopen(backend, data_dir))
+        assert reopened.list_sessions() == before
+        assert [s.id for s in reopened.list_sessions(workspace=workspace)] == ids[::-1]
+        assert reopened.count() == 4 and reopened.count(workspace=workspace) == 3
+        assert reopened.backend.kv().get("ns", "key") == b"\0value\xff"
+        assert reopened.load_workspace_state(workspace).budget == budget
+
+    def test_two_open_instances_see_each_others_saves_and_conflict(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path
+    ) -> None:
+        session = _session_with(2)
+        store.save(session)
+        other = self._reopen(backend, data_dir, close_first=False)
+        second = SessionStore(other)
+        copy = second.load(session.id)
+        assert copy is not None
+        assert _as_json(copy.messages) == _as_json(session.messages)
+        copy.add_message(Message.user("from the second instance"))
+        second.save(copy)
+        session.add_message(Message.user("from the first instance"))
+        with pytest.raises(ConcurrencyError):
+            store.save(session)
+        seen = store.load(session.id)
+        assert seen is not None
+        assert [m.text() for m in seen.messages] == ["m0", "m1", "from the second instance"]
+        second.save(_session_with(1))
+        assert store.count() == 2
+        other.kv().set("shared", "key", b"v")
+        assert backend.kv().get("shared", "key") == b"v"
+
+    # -- hostile input ---------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("bad_id", HOSTILE_IDS)
+    def test_hostile_session_ids_are_refused(
+        self, backend: StorageBackend, store: SessionStore, bad_id: str
+    ) -> None:
+        store.save(_session_with(1))
+        with pytest.raises(InvalidSessionId):
+            store.load(bad_id)
+        with pytest.raises(InvalidSessionId):
+            store.load(bad_id, tail=1)
+        with pytest.raises(InvalidSessionId):
+            store.load_document(bad_id)
+        with pytest.raises(InvalidSessionId):
+            store.delete(bad_id)
+        with pytest.raises(InvalidSessionId):
+            store.history(bad_id)
+        with pytest.raises(InvalidSessionId):
+            store.append_messages(bad_id, [Message.user("x")])
+        with pytest.raises(InvalidSessionId):
+            store.deferred_queue_kv(bad_id)
+        assert backend.count_sessions() == 1
+
+    def test_equivalent_id_spellings_reach_the_same_session(self, store: SessionStore) -> None:
+        session = _session_with(1)
+        store.save(session)
+        bare = session.id.bare
+        spellings = [
+            bare.upper(),
+            f"{{{bare}}}",
+            bare.replace("-", ""),
+            f"session:{bare}",
+            f"urn:uuid:{bare}",
+            f"  {bare} ",
+        ]
+        for spelling in spellings:
+            loaded = store.load(spelling)
+            assert loaded is not None and loaded.id == session.id, spelling
+        store.append_messages(bare.upper(), [Message.user("via upper case")])
+        assert [s.id for s in store.list_sessions()] == [bare]
+        assert store.delete(bare.upper()) is True
+        assert store.load(bare) is None
+
+    def test_hostile_text_round_trips_verbatim(self, store: SessionStore) -> None:
+        session = AgentSession(HOSTILE_TEXTS[2])
+        session.metadata.title = "Title with 'quotes', \"doubles\", \\ and \U0001f680"
+        session.metadata.custom = {text: text for text in HOSTILE_TEXTS}
+        session.metadata.tags = list(HOSTILE_TEXTS)
+        session.with_model("model'; --")
+        for text in HOSTILE_TEXTS:
+            session.add_message(Message.user(text))
+            session.add_message(
+                Message.assistant_with_tools([ToolCall(id=text, name=text, arguments={text: text})])
+            )
+            session.add_message(Message.tool_result(ToolCallResult.success(text, text)))
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(session.messages)
+        assert loaded.metadata.model_dump() == session.metadata.model_dump()
+        assert loaded.system_prompt == HOSTILE_TEXTS[2]
+        assert loaded.model == "model'; --"
+        [summary] = store.list_sessions()
+        assert summary.title == session.metadata.title and summary.model == "model'; --"
+        tail = store.load(session.id, tail=1)
+        assert tail is not None
+        assert _as_json(tail.messages) == _as_json(session.messages[-1:])
+
+    def test_a_one_megabyte_message_round_trips(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        big = ("0123456789abcdef\u00e9\U0001f680\0" * 55_000)[: 1 << 20]
+        session = _session_with(1)
+        session.add_message(Message.user(big))
+        store.save(session)
+        session.add_message(Message.assistant(big[::-1]))
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert loaded.messages[1].text() == big
+        assert loaded.messages[2].text() == big[::-1]
+        record = backend.load(session.id.bare, tail=1)
+        assert record is not None and record.messages == [Message.assistant(big[::-1]).to_json()]
+
+
+__all__ = ["HOSTILE_IDS", "HOSTILE_TEXTS", "StorageConformance", "sample_messages"]
