@@ -1,0 +1,948 @@
+"""The ``file`` storage backend: the original's ``<dir>/<uuid>.json`` documents, shared with Rust.
+
+This is the compatibility backend: a directory written by the Rust astrid loads and lists here,
+and what is written here the Rust astrid reads.
+
+Layout of ``<dir>`` (default ``<home>/sessions``):
+
+* ``<uuid>.json``: one session, the original's pretty document. ``messages`` holds the active
+  messages. astrid's own keys, which the original ignores, ride in the same document:
+  ``astrid_revision``, ``astrid_updated_at`` and, only when some messages were replaced (by a
+  summary), ``astrid_archived_messages`` (``[{"seq", "message"}]``). A document without them
+  (written by Rust) has revision 0 and its file mtime as last activity.
+* ``.locks/<uuid>.lock`` and ``.locks/index.lock``: ``flock`` files that make read-modify-write
+  safe across processes. Lock files are never removed (removing a lock file races with waiters).
+* ``.astrid-index.json``: a listing cache (id → summary and the file's inode, mtime and size).
+  It is revalidated against the directory on every listing, so files written by Rust, changed
+  or removed behind astrid's back are picked up; only those files are parsed.
+
+Every write goes to ``<uuid>.json.tmp.<random>`` (0600, ``O_EXCL``), is fsynced, renamed over the
+document and the directory is fsynced. Directories astrid creates are 0700, files 0600.
+
+Known limit: the Rust astrid drops unknown keys when it saves, so a session it saves loses its
+astrid revision (back to 0) and its archived messages. A stale astrid save is still refused (the
+revision or the message count no longer matches).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNotFound, StorageError
+from ..hookspecs import hookimpl
+from ..ids import validate_session_id
+from ..plugins import PluginContext
+from ..security.kv import KvStore, validate_name
+from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite, _workspace_key
+from ..timeutil import format_rfc3339, parse_rfc3339, to_utc, utcnow
+
+REVISION_KEY = "astrid_revision"
+UPDATED_AT_KEY = "astrid_updated_at"
+ARCHIVED_KEY = "astrid_archived_messages"
+ASTRID_KEYS = frozenset({REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY})
+"""The document keys astrid adds; the original ignores them."""
+
+INDEX_NAME = ".astrid-index.json"
+LOCKS_DIR = ".locks"
+INDEX_FORMAT = 1
+DOCUMENT_FORMAT = 1
+
+_Sig = tuple[int, int, int]
+"""(inode, mtime_ns, size) of a file: every atomic replace gives a new inode."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class FileOptions(BaseModel):
+    """Options of the ``file`` backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str | None = None
+    """The sessions directory; default ``<home>/sessions``."""
+    kv_directory: str | None = None
+    """The key-value directory; default ``kv`` next to the sessions directory."""
+
+
+class _Corrupt(Exception):
+    """A session file that cannot be used (the reason, without the path)."""
+
+
+@dataclass(frozen=True)
+class _Doc:
+    data: dict[str, Any]
+    messages: list[Any]
+    archived: list[tuple[int, Any]]
+    revision: int
+    updated_at: datetime
+    sig: _Sig
+
+
+@dataclass(frozen=True)
+class _Entry:
+    sig: _Sig
+    summary: SessionSummary | None
+    error: str | None
+    data: dict[str, Any]
+    """The entry as stored in the index file (kept so rewriting the index is cheap)."""
+
+
+# -- small filesystem helpers --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    """Turn ``OSError`` into ``StorageError`` naming what failed."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"file store: {what}: {exc}") from exc
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) if needed; a directory created here is 0700."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
+    os.chmod(path, 0o700)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> _Sig:
+    """Write ``data`` to a private temp file, fsync, rename over ``path``; return its signature."""
+    tmp = path.with_name(f"{path.name}.tmp.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _acquire(path: Path) -> int:
+    """Open ``path`` (created 0600) and take an exclusive ``flock``; closing the fd releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mtime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+# -- the document --------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, sid: str, sig: _Sig) -> _Doc:
+    """Check and split a session file's bytes; ``_Corrupt`` says why it cannot be used."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Corrupt(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Corrupt(f"a session document must be a JSON object, got {type(data).__name__}")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise _Corrupt("key 'messages' is missing or not a list")
+    if "id" in data:
+        inner = data["id"]
+        try:
+            inner_id = str(uuid.UUID(inner.strip())) if isinstance(inner, str) else None
+        except ValueError:
+            inner_id = None
+        if inner_id is None:
+            raise _Corrupt(f"key 'id': {str(inner)[:80]!r} is not a UUID")
+        if inner_id != sid:
+            raise _Corrupt(f"key 'id' is {inner_id} but the file is named {sid}.json")
+    revision = data.get(REVISION_KEY, 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise _Corrupt(f"key {REVISION_KEY!r} must be a non-negative integer")
+    if UPDATED_AT_KEY in data:
+        try:
+            updated_at = parse_rfc3339(data[UPDATED_AT_KEY])
+        except ValueError as exc:
+            raise _Corrupt(f"key {UPDATED_AT_KEY!r}: {exc}") from None
+        if not isinstance(updated_at, datetime):
+            raise _Corrupt(f"key {UPDATED_AT_KEY!r} must be an RFC 3339 string")
+    else:
+        updated_at = _mtime(sig[1])
+    archived: list[tuple[int, Any]] = []
+    raw_archived = data.get(ARCHIVED_KEY, [])
+    if not isinstance(raw_archived, list):
+        raise _Corrupt(f"key {ARCHIVED_KEY!r} must be a list")
+    for i, item in enumerate(raw_archived):
+        seq = item.get("seq") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or "message" not in item
+            or isinstance(seq, bool)
+            or not isinstance(seq, int)
+            or (archived and seq <= archived[-1][0])
+        ):
+            raise _Corrupt(
+                f"key {ARCHIVED_KEY!r}[{i}] must be {{'seq': int, 'message': ...}} "
+                "with increasing seqs"
+            )
+        archived.append((seq, item["message"]))
+    return _Doc(data, messages, archived, revision, updated_at, sig)
+
+
+def _compose(
+    state: dict[str, Any],
+    messages: list[Any],
+    revision: int,
+    updated_at: datetime,
+    archived: list[tuple[int, Any]],
+) -> dict[str, Any]:
+    """The full document: state keys in order, ``messages`` after ``user_id``, astrid keys last."""
+    keys = [k for k in state if k != "messages" and k not in ASTRID_KEYS]
+    anchor = "user_id" if "user_id" in keys else "id" if "id" in keys else None
+    doc: dict[str, Any] = {}
+    if anchor is None:
+        doc["messages"] = messages
+    for key in keys:
+        doc[key] = state[key]
+        if key == anchor:
+            doc["messages"] = messages
+    doc[REVISION_KEY] = revision
+    doc[UPDATED_AT_KEY] = format_rfc3339(updated_at)
+    if archived:
+        doc[ARCHIVED_KEY] = [{"seq": seq, "message": m} for seq, m in archived]
+    return doc
+
+
+def _encode(doc: dict[str, Any], path: Path) -> bytes:
+    """Pretty JSON like ``serde_json::to_string_pretty`` (2 spaces, raw UTF-8)."""
+    try:
+        return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"{path}: cannot encode the session: {exc}") from exc
+
+
+def _next_seq(archived: list[tuple[int, Any]]) -> int:
+    return archived[-1][0] + 1 if archived else 0
+
+
+def _summary_of(
+    sid: str, data: dict[str, Any], count: int, revision: int, updated_at: datetime
+) -> SessionSummary:
+    """A listing row read from a document (lenient: odd fields fall back to defaults)."""
+    meta = data.get("metadata")
+    title = meta.get("title") if isinstance(meta, dict) else None
+    try:
+        created = parse_rfc3339(data.get("created_at"))
+    except ValueError:
+        created = None
+    tokens = data.get("token_count")
+    ws = data.get("workspace_path")
+    model = data.get("model")
+    parent = data.get("parent_id")
+    try:
+        parent_id = str(uuid.UUID(parent)) if isinstance(parent, str) else None
+    except ValueError:
+        parent_id = None
+    return SessionSummary(
+        id=sid,
+        title=title if isinstance(title, str) else None,
+        created_at=created if isinstance(created, datetime) else updated_at,
+        updated_at=updated_at,
+        message_count=count,
+        token_count=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0,
+        workspace_path=_workspace_key(ws) if isinstance(ws, str) and ws else None,
+        model=model if isinstance(model, str) else None,
+        parent_id=parent_id,
+        revision=revision,
+    )
+
+
+def _normalized(summary: SessionSummary, **changes: Any) -> SessionSummary:
+    """``summary`` with ``changes`` applied and its times made aware UTC."""
+    new = replace(summary, **changes)
+    return replace(new, created_at=to_utc(new.created_at), updated_at=to_utc(new.updated_at))
+
+
+def _us(moment: datetime) -> int:
+    return (to_utc(moment) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(value: Any) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected microseconds since the epoch")
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _entry(sig: _Sig, summary: SessionSummary | None, error: str | None = None) -> _Entry:
+    """An index entry with its JSON form (times as integer microseconds, cheap to read)."""
+    ino, mtime_ns, size = sig
+    data: dict[str, Any] = {"ino": ino, "mtime_ns": mtime_ns, "size": size}
+    if summary is None:
+        data["error"] = error or "unreadable"
+    else:
+        data.update(
+            title=summary.title,
+            created_us=_us(summary.created_at),
+            updated_us=_us(summary.updated_at),
+            message_count=summary.message_count,
+            token_count=summary.token_count,
+            workspace_path=summary.workspace_path,
+            model=summary.model,
+            parent_id=summary.parent_id,
+            revision=summary.revision,
+        )
+    return _Entry(sig, summary, data.get("error"), data)
+
+
+def _entry_from_json(sid: str, raw: Any) -> _Entry | None:
+    """An index entry, or None if it is malformed (the file is then parsed again)."""
+    try:
+        sig = (_int(raw["ino"]), _int(raw["mtime_ns"]), _int(raw["size"]))
+        if "error" in raw:
+            return _Entry(sig, None, str(raw["error"]), raw)
+        summary = SessionSummary(
+            id=sid,
+            title=_opt_str(raw["title"]),
+            created_at=_from_us(raw["created_us"]),
+            updated_at=_from_us(raw["updated_us"]),
+            message_count=_int(raw["message_count"]),
+            token_count=_int(raw["token_count"]),
+            workspace_path=_opt_str(raw["workspace_path"]),
+            model=_opt_str(raw["model"]),
+            parent_id=_opt_str(raw["parent_id"]),
+            revision=_int(raw["revision"]),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return _Entry(sig, summary, None, raw)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("expected a string or null")
+
+
+_CANONICAL_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json")
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+
+class FileBackend:
+    """Sessions as the original's JSON documents in one directory, safe across processes."""
+
+    name = "file"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        kv_directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.kv_directory = (
+            Path(kv_directory) if kv_directory is not None else self.directory.parent / "kv"
+        )
+        self.parse_count = 0
+        """How many session files this backend has parsed (tests and benchmarks read it)."""
+        self._lock = threading.RLock()
+        self._index_sig: _Sig | None = None
+        self._index: dict[str, _Entry] = {}
+        self._kv: FileKvStore | None = None
+
+    def __repr__(self) -> str:
+        return f"FileBackend({str(self.directory)!r})"
+
+    # -- paths and locks -------------------------------------------------------------------
+
+    def path_of(self, session_id: str) -> Path:
+        """The document path of a session (the id is validated first)."""
+        return self.directory / f"{validate_session_id(session_id)}.json"
+
+    def _ensure_dirs(self) -> None:
+        with _os_errors(f"cannot create {self.directory}"):
+            _private_dir(self.directory)
+            _private_dir(self.directory / LOCKS_DIR)
+
+    @contextlib.contextmanager
+    def _session_lock(self, sid: str) -> Iterator[None]:
+        with _os_errors(f"cannot lock session {sid}"):
+            fd = _acquire(self.directory / LOCKS_DIR / f"{sid}.lock")
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[bool]:
+        """Hold the directory-wide lock; yields False (unlocked) if the directory is read-only."""
+        fd: int | None
+        try:
+            _private_dir(self.directory / LOCKS_DIR)
+            fd = _acquire(self.directory / LOCKS_DIR / "index.lock")
+        except OSError:
+            fd = None
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    # -- reading documents -----------------------------------------------------------------
+
+    def _read(self, path: Path) -> tuple[bytes, _Sig] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"file store: cannot read {path}: {exc}") from exc
+        with _os_errors(f"cannot read {path}"), os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read()
+        self.parse_count += 1
+        return raw, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _load_doc(self, sid: str) -> _Doc | None:
+        path = self.directory / f"{sid}.json"
+        got = self._read(path)
+        if got is None:
+            return None
+        try:
+            return _decode(got[0], sid, got[1])
+        except _Corrupt as exc:
+            raise SerializationError(f"{path}: {exc}") from None
+
+    def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """The session (only its last ``tail`` active messages if given), or None."""
+        sid = validate_session_id(session_id)
+        doc = self._load_doc(sid)
+        if doc is None:
+            return None
+        total = len(doc.messages)
+        start = 0 if tail is None else max(0, total - tail)
+        state = {k: v for k, v in doc.data.items() if k != "messages" and k not in ASTRID_KEYS}
+        return SessionRecord(
+            state=state,
+            messages=doc.messages[start:],
+            message_offset=start,
+            message_count=total,
+            revision=doc.revision,
+            updated_at=doc.updated_at,
+        )
+
+    def history(self, session_id: str) -> list[HistoryEntry]:
+        """Archived then active messages, with strictly increasing, stable seqs."""
+        sid = validate_session_id(session_id)
+        doc = self._load_doc(sid)
+        if doc is None:
+            return []
+        rows = [HistoryEntry(seq, False, m) for seq, m in doc.archived]
+        base = _next_seq(doc.archived)
+        rows += [HistoryEntry(base + i, True, m) for i, m in enumerate(doc.messages)]
+        return rows
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write_doc(self, sid: str, doc: dict[str, Any]) -> _Sig:
+        path = self.directory / f"{sid}.json"
+        data = _encode(doc, path)
+        with _os_errors(f"cannot write {path}"):
+            return _atomic_write(path, data)
+
+    def write(self, change: SessionWrite) -> int:
+        """Apply one save under the session lock; ``ConcurrencyError`` on a stale revision."""
+        sid = validate_session_id(change.session_id)
+        self._ensure_dirs()
+        with self._session_lock(sid):
+            current = self._load_doc(sid)
+            stored = current.revision if current is not None else None
+            if stored != change.expected_revision:
+                raise ConcurrencyError(
+                    f"session {sid}: stale save (based on revision "
+                    f"{change.expected_revision}, stored revision is {stored})"
+                )
+            archived = list(current.archived) if current is not None else []
+            existing = list(current.messages) if current is not None else []
+            if current is not None and not change.replace and len(existing) != change.base_count:
+                raise ConcurrencyError(
+                    f"session {sid}: stale save (based on {change.base_count} "
+                    f"messages, {len(existing)} stored)"
+                )
+            if change.replace:
+                base = _next_seq(archived)
+                archived.extend((base + i, m) for i, m in enumerate(existing))
+                active = list(change.messages)
+            else:
+                active = existing + list(change.messages)
+            revision = (stored or 0) + 1
+            updated_at = to_utc(change.summary.updated_at)
+            sig = self._write_doc(
+                sid, _compose(change.state, active, revision, updated_at, archived)
+            )
+            summary = _normalized(
+                change.summary,
+                message_count=len(active),
+                revision=revision,
+                updated_at=updated_at,
+            )
+            self._index_put(sid, _entry(sig, summary))
+            return revision
+
+    def append(
+        self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
+    ) -> tuple[int, int]:
+        """Append under the session lock regardless of revision; ``SessionNotFound`` if absent."""
+        sid = validate_session_id(session_id)
+        if not (self.directory / f"{sid}.json").exists():
+            raise SessionNotFound(f"session {sid} not found in the file store {self.directory}")
+        self._ensure_dirs()
+        with self._session_lock(sid):
+            current = self._load_doc(sid)
+            if current is None:
+                raise SessionNotFound(f"session {sid} not found in the file store {self.directory}")
+            active = [*current.messages, *messages]
+            revision = current.revision + 1
+            now = utcnow()
+            sig = self._write_doc(
+                sid, _compose(current.data, active, revision, now, current.archived)
+            )
+            if summary is not None:
+                row = _normalized(
+                    summary, message_count=len(active), revision=revision, updated_at=now
+                )
+            else:
+                row = _summary_of(sid, current.data, len(active), revision, now)
+            self._index_put(sid, _entry(sig, row))
+            return revision, len(active)
+
+    def delete(self, session_id: str) -> bool:
+        """Remove a session file (and its history); False if it did not exist."""
+        sid = validate_session_id(session_id)
+        path = self.directory / f"{sid}.json"
+        if not path.exists():
+            return False
+        self._ensure_dirs()
+        with self._session_lock(sid):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise StorageError(f"file store: cannot delete {path}: {exc}") from exc
+            with _os_errors(f"cannot sync {self.directory}"):
+                _fsync_dir(self.directory)
+            self._index_drop(sid)
+            return True
+
+    # -- the index -------------------------------------------------------------------------
+
+    def _read_index(self) -> dict[str, _Entry]:
+        """The index (cached while the index file keeps its signature); {} if unreadable."""
+        path = self.directory / INDEX_NAME
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if sig == self._index_sig:
+                    return self._index
+                raw = fh.read()
+        except FileNotFoundError:
+            sig = None
+            raw = None
+        except OSError:
+            return {}
+        if sig is None and self._index_sig is None:
+            return self._index
+        entries: dict[str, _Entry] = {}
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
+            sessions = data.get("sessions")
+            if isinstance(sessions, dict):
+                for sid, raw_entry in sessions.items():
+                    entry = _entry_from_json(sid, raw_entry)
+                    if entry is not None:
+                        entries[sid] = entry
+        self._index, self._index_sig = entries, sig
+        return entries
+
+    def _write_index(self, entries: dict[str, _Entry]) -> None:
+        """Replace the index file (a cache: atomic, not fsynced) and remember it."""
+        doc = {
+            "format": INDEX_FORMAT,
+            "sessions": {sid: e.data for sid, e in entries.items()},
+        }
+        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        sig = _atomic_write(self.directory / INDEX_NAME, data, durable=False)
+        self._index, self._index_sig = entries, sig
+
+    def _index_update(self, sid: str, entry: _Entry | None) -> None:
+        # The index is only a cache: if it cannot be written, the next listing sees the file's
+        # new signature and parses it again, so the error is not the caller's.
+        with self._lock, self._index_lock() as locked:
+            entries = dict(self._read_index())
+            if entry is None:
+                if entries.pop(sid, None) is None:
+                    return
+            else:
+                entries[sid] = entry
+            if locked:
+                with contextlib.suppress(OSError):
+                    self._write_index(entries)
+
+    def _index_put(self, sid: str, entry: _Entry) -> None:
+        self._index_update(sid, entry)
+
+    def _index_drop(self, sid: str) -> None:
+        self._index_update(sid, None)
+
+    def _scan(self) -> tuple[dict[str, _Sig], list[tuple[Path, str]]]:
+        """Stat the session files (no parsing); misnamed ones become problems."""
+        found: dict[str, _Sig] = {}
+        problems: list[tuple[Path, str]] = []
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return found, problems
+        with entries:
+            for item in entries:
+                name = item.name
+                if not _CANONICAL_NAME.fullmatch(name):
+                    if name.startswith(".") or not name.endswith(".json") or ".tmp" in name:
+                        continue
+                    try:
+                        canonical = uuid.UUID(name[: -len(".json")])
+                    except ValueError:
+                        continue
+                    problems.append(
+                        (
+                            Path(item.path),
+                            f"the file name is not the canonical lowercase id "
+                            f"({canonical}.json); not loaded",
+                        )
+                    )
+                    continue
+                try:
+                    st = item.stat()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    problems.append((Path(item.path), f"cannot stat: {exc}"))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    problems.append((Path(item.path), "not a regular file"))
+                    continue
+                found[name[: -len(".json")]] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return found, problems
+
+    def _parse_entry(self, sid: str, sig: _Sig) -> _Entry | None:
+        """Parse one file into an index entry (an error entry if corrupt; None if gone)."""
+        try:
+            got = self._read(self.directory / f"{sid}.json")
+        except StorageError as exc:
+            return _entry(sig, None, str(exc))
+        if got is None:
+            return None
+        try:
+            doc = _decode(got[0], sid, got[1])
+        except _Corrupt as exc:
+            return _entry(got[1], None, str(exc))
+        summary = _summary_of(sid, doc.data, len(doc.messages), doc.revision, doc.updated_at)
+        return _entry(doc.sig, summary)
+
+    def _refresh(self) -> tuple[dict[str, _Entry], list[tuple[Path, str]]]:
+        """The index revalidated against the directory; only new or changed files are parsed."""
+        if not self.directory.is_dir():
+            return {}, []
+        with self._lock, self._index_lock() as locked:
+            index = self._read_index()
+            found, problems = self._scan()
+            fresh: dict[str, _Entry] = {}
+            parsed = False
+            for sid, sig in found.items():
+                entry = index.get(sid)
+                if entry is None or entry.sig != sig:
+                    parsed = True
+                    entry = self._parse_entry(sid, sig)
+                    if entry is None:
+                        continue
+                fresh[sid] = entry
+            if parsed or fresh.keys() != index.keys():
+                self._index = fresh
+                if locked:
+                    with contextlib.suppress(OSError):
+                        self._write_index(fresh)
+            for sid, entry in fresh.items():
+                if entry.summary is None:
+                    problems.append((self.directory / f"{sid}.json", entry.error or "unreadable"))
+            problems.sort(key=lambda p: str(p[0]))
+            return fresh, problems
+
+    def _sorted(self, workspace: str | None) -> list[SessionSummary]:
+        entries, _problems = self._refresh()
+        rows = [e.summary for e in entries.values() if e.summary is not None]
+        if workspace is not None:
+            rows = [r for r in rows if r.workspace_path == workspace]
+        rows.sort(key=lambda r: (-r.updated_at.timestamp(), r.id))
+        return rows
+
+    def list_sessions(
+        self, *, workspace: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """A page of summaries, newest activity first; corrupt files are skipped (see problems)."""
+        return self._sorted(workspace)[offset : offset + limit]
+
+    def count_sessions(self, *, workspace: str | None = None) -> int:
+        """How many readable sessions (optionally in one workspace)."""
+        return len(self._sorted(workspace))
+
+    def problems(self) -> list[tuple[Path, str]]:
+        """Session files that cannot be listed or loaded (corrupt, misnamed), after a rescan."""
+        return self._refresh()[1]
+
+    # -- the rest of the protocol ----------------------------------------------------------
+
+    def kv(self) -> KvStore:
+        """The file key-value store (``kv_directory``)."""
+        with self._lock:
+            if self._kv is None:
+                self._kv = FileKvStore(self.kv_directory)
+            return self._kv
+
+    def schema_version(self) -> int:
+        """The document format version: 1."""
+        return DOCUMENT_FORMAT
+
+    def close(self) -> None:
+        """Nothing to release (files are opened per operation)."""
+
+
+# -- the key-value store -------------------------------------------------------------------
+
+_MAX_NAME = 200
+"""Longer encoded names are replaced by ``~<sha256>`` (file names are limited to 255 bytes)."""
+
+
+def _encode_name(kind: str, value: str) -> tuple[str, bool]:
+    """The file name for a namespace or key, and whether it is a hashed (long) name."""
+    validate_name(kind, value)
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"invalid key: {kind} {value!r} is not valid Unicode") from None
+    name = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    if len(name) <= _MAX_NAME:
+        return name, False
+    return "~" + hashlib.sha256(raw).hexdigest(), True
+
+
+def _decode_name(name: str) -> str | None:
+    """The key a (non-hashed) file name encodes, or None if it is not one of ours."""
+    try:
+        value = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8")
+    except ValueError:
+        return None
+    encoded = base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii").rstrip("=")
+    return value if encoded == name and value else None
+
+
+class FileKvStore:
+    """A ``KvStore`` with one file per (namespace, key): ``<dir>/<b64 ns>/<b64 key>``."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"FileKvStore({str(self.directory)!r})"
+
+    def _paths(self, namespace: str, key: str) -> tuple[Path, Path, Path | None]:
+        ns_name, _ = _encode_name("namespace", namespace)
+        key_name, hashed = _encode_name("key", key)
+        ns_dir = self.directory / ns_name
+        return ns_dir, ns_dir / key_name, ns_dir / f"{key_name}.key" if hashed else None
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        """The value stored under ``key``, or None when absent."""
+        _, path, _ = self._paths(namespace, key)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"file kv store: cannot read {path}: {exc}") from exc
+
+    def set(self, namespace: str, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` atomically (0600 file in a 0700 directory)."""
+        ns_dir, path, name_file = self._paths(namespace, key)
+        data = bytes(value)
+        with _os_errors(f"cannot write {path}"):
+            for attempt in range(3):
+                _private_dir(self.directory)
+                _private_dir(ns_dir)
+                try:
+                    if name_file is not None:
+                        _atomic_write(name_file, key.encode("utf-8"))
+                    _atomic_write(path, data)
+                    return
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+
+    def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key``; True if it existed."""
+        ns_dir, path, name_file = self._paths(namespace, key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"file kv store: cannot delete {path}: {exc}") from exc
+        if name_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name_file)
+        with _os_errors(f"cannot sync {ns_dir}"):
+            _fsync_dir(ns_dir)
+        return True
+
+    def exists(self, namespace: str, key: str) -> bool:
+        """True if ``key`` is stored in ``namespace``."""
+        _, path, _ = self._paths(namespace, key)
+        return path.is_file()
+
+    def _value_files(self, namespace: str) -> tuple[Path, list[str]]:
+        ns_name, _ = _encode_name("namespace", namespace)
+        ns_dir = self.directory / ns_name
+        try:
+            names = [n for n in os.listdir(ns_dir) if "." not in n]
+        except FileNotFoundError:
+            return ns_dir, []
+        except OSError as exc:
+            raise StorageError(f"file kv store: cannot list {ns_dir}: {exc}") from exc
+        return ns_dir, names
+
+    def list_keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace``, sorted."""
+        ns_dir, names = self._value_files(namespace)
+        keys: list[str] = []
+        for name in names:
+            if name.startswith("~"):
+                try:
+                    key: str | None = (ns_dir / f"{name}.key").read_text(encoding="utf-8")
+                except (OSError, ValueError):
+                    key = None
+            else:
+                key = _decode_name(name)
+            if key:
+                keys.append(key)
+        return sorted(keys)
+
+    def clear_namespace(self, namespace: str) -> int:
+        """Remove every key of ``namespace``; return how many were removed."""
+        ns_dir, names = self._value_files(namespace)
+        removed = 0
+        for name in names:
+            try:
+                os.unlink(ns_dir / name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"file kv store: cannot delete {ns_dir / name}: {exc}") from exc
+            removed += 1
+            if name.startswith("~"):
+                with contextlib.suppress(OSError):
+                    os.unlink(ns_dir / f"{name}.key")
+        if names:
+            with contextlib.suppress(OSError):
+                os.rmdir(ns_dir)
+            with contextlib.suppress(OSError):
+                _fsync_dir(self.directory)
+        return removed
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def _create(options: FileOptions, context: PluginContext) -> FileBackend:
+    directory = (
+        Path(options.directory).expanduser()
+        if options.directory is not None
+        else Path(context.home) / "sessions"
+    )
+    kv_directory = (
+        Path(options.kv_directory).expanduser() if options.kv_directory is not None else None
+    )
+    return FileBackend(directory, kv_directory=kv_directory)
+
+
+@hookimpl
+def register_storage_backends(register: Any) -> None:
+    """Register the ``file`` backend."""
+    register(
+        "file",
+        _create,
+        FileOptions,
+        "The original's <home>/sessions/<uuid>.json documents (compatible with the Rust astrid).",
+    )
+
+
+__all__ = ["FileBackend", "FileKvStore", "FileOptions", "PluginContext"]
