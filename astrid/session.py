@@ -276,11 +276,14 @@ class AgentSession:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_document(self, *, git_capture: GitCapture | None = None) -> SessionDocument:
+    def to_document(
+        self, *, git_capture: GitCapture | None = None, include_messages: bool = True
+    ) -> SessionDocument:
         """The persisted form (the original's ``SerializableSession``).
 
         Git state is captured only when ``git_capture`` is given and a workspace is set;
-        otherwise the last known state is written back unchanged.
+        otherwise the last known state is written back unchanged. Without messages the
+        document is the session's state alone (what a store writes next to new messages).
         """
         self.record_approvals()
         if git_capture is not None and self.workspace_path is not None:
@@ -288,7 +291,7 @@ class AgentSession:
         doc = SessionDocument(
             id=self.id.bare,
             user_id=self.user_id.hex(),
-            messages=list(self.messages),
+            messages=list(self.messages) if include_messages else [],
             system_prompt=self.system_prompt,
             created_at=self.created_at,
             token_count=self.token_count,

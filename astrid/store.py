@@ -23,7 +23,13 @@ from .errors import ConcurrencyError, SerializationError, StorageError
 from .ids import SessionId, validate_session_id
 from .messages import Message
 from .security.allowances import Allowance, dump_allowances, load_allowances
-from .security.budget import WorkspaceBudgetSnapshot, WorkspaceBudgetTracker
+from .security.budget import (
+    BudgetConfig,
+    BudgetTracker,
+    WorkspaceBudgetSnapshot,
+    WorkspaceBudgetTracker,
+)
+from .security.capabilities import CapabilityStore
 from .security.escape import EscapeState
 from .security.kv import KvStore, ScopedKvStore
 from .session import AgentSession, GitCapture
@@ -154,8 +160,8 @@ class _Mark:
     revision: int
     count: int
     offset: int
+    first: Message | None
     last: Message | None
-    messages_id: int = 0
 
 
 @dataclass
@@ -167,7 +173,8 @@ class WorkspaceState:
     escape: EscapeState | None = None
 
 
-def _workspace_key(path: str | Path) -> str:
+def workspace_key(path: str | Path) -> str:
+    """The canonical key of a workspace: its absolute path (no symlink resolution)."""
     return str(Path(path).expanduser().absolute())
 
 
@@ -180,13 +187,28 @@ class SessionStore:
         *,
         token_estimator: TokenEstimator | None = None,
         git_capture: GitCapture | None = None,
+        budget: BudgetConfig | None = None,
+        workspace_max_usd: float | None = None,
+        capabilities: CapabilityStore | None = None,
     ) -> None:
         self.backend = backend
         self.token_estimator = token_estimator
         self.git_capture = git_capture
+        self.budget = budget
+        self.workspace_max_usd = workspace_max_usd
+        self.capabilities = capabilities
         self._marks: weakref.WeakKeyDictionary[AgentSession, _Mark] = weakref.WeakKeyDictionary()
 
     # -- sessions --------------------------------------------------------------------------
+
+    def new_session(self, system_prompt: str = "", **kwargs: Any) -> AgentSession:
+        """A new (unsaved) session with this store's token estimator and budget limits."""
+        kwargs.setdefault("token_estimator", self.token_estimator)
+        if self.budget is not None:
+            kwargs.setdefault("budget_tracker", BudgetTracker(self.budget))
+        if self.capabilities is not None:
+            kwargs.setdefault("capabilities", self.capabilities)
+        return AgentSession(system_prompt, **kwargs)
 
     def save(self, session: AgentSession) -> int:
         """Save what changed since the session was loaded or last saved; return the revision.
@@ -203,10 +225,10 @@ class SessionStore:
         else:
             offset = mark.offset
             loaded = mark.count - mark.offset
-            unchanged_prefix = (
-                id(messages) == mark.messages_id
-                and len(messages) >= loaded
-                and (loaded == 0 or messages[loaded - 1] is mark.last)
+            # O(1) check that the persisted messages are still the prefix: the same first and
+            # last objects at the same places (messages are immutable).
+            unchanged_prefix = len(messages) >= loaded and (
+                loaded == 0 or (messages[0] is mark.first and messages[loaded - 1] is mark.last)
             )
             if unchanged_prefix:
                 change_messages = [m.to_json() for m in messages[loaded:]]
@@ -251,8 +273,10 @@ class SessionStore:
             return None
         data = dict(record.state)
         data["messages"] = record.messages
-        doc = SessionDocument.from_data(data, source=f"{self.backend.name} session {sid}")
+        doc = SessionDocument.from_data(data, source=self._source(sid))
         session = AgentSession.from_document(doc, token_estimator=self.token_estimator)
+        if self.capabilities is not None:
+            session.with_capability_store(self.capabilities)
         self._remember(session, record.revision, record.message_count, record.message_offset)
         return session
 
@@ -264,7 +288,7 @@ class SessionStore:
             return None
         data = dict(record.state)
         data["messages"] = record.messages
-        return SessionDocument.from_data(data, source=f"{self.backend.name} session {sid}")
+        return SessionDocument.from_data(data, source=self._source(sid))
 
     def revision_of(self, session: AgentSession) -> int | None:
         """The revision this store last loaded or saved for ``session`` (None if never)."""
@@ -286,12 +310,12 @@ class SessionStore:
         """A page of sessions, newest activity first, optionally in one workspace."""
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must be >= 0")
-        ws = _workspace_key(workspace) if workspace is not None else None
+        ws = workspace_key(workspace) if workspace is not None else None
         return self.backend.list_sessions(workspace=ws, limit=limit, offset=offset)
 
     def count(self, *, workspace: str | Path | None = None) -> int:
         """How many sessions are stored (optionally in one workspace)."""
-        ws = _workspace_key(workspace) if workspace is not None else None
+        ws = workspace_key(workspace) if workspace is not None else None
         return self.backend.count_sessions(workspace=ws)
 
     def most_recent(self) -> AgentSession | None:
@@ -329,7 +353,7 @@ class SessionStore:
 
     def load_workspace_state(self, workspace: str | Path) -> WorkspaceState:
         """The workspace's allowances, budget snapshot and escape paths (empty if none)."""
-        ns = f"ws:{_workspace_key(workspace)}"
+        ns = f"ws:{workspace_key(workspace)}"
         state = WorkspaceState()
         raw = self.kv(f"{ns}:allowances").get("all")
         if raw is not None:
@@ -344,7 +368,7 @@ class SessionStore:
 
     def save_workspace_state(self, workspace: str | Path, state: WorkspaceState) -> None:
         """Persist a workspace's allowances, budget snapshot and escape paths."""
-        ns = f"ws:{_workspace_key(workspace)}"
+        ns = f"ws:{workspace_key(workspace)}"
         self.kv(f"{ns}:allowances").set("all", dump_allowances(state.allowances).encode())
         if state.budget is not None:
             self.kv(f"{ns}:budget").set_json("all", state.budget.model_dump(mode="json"))
@@ -359,9 +383,14 @@ class SessionStore:
         max_usd: float | None = None,
         warn_at_percent: int = 80,
     ) -> WorkspaceBudgetTracker:
-        """Set the session's workspace and load that workspace's allowances, budget and escapes."""
+        """Set the session's workspace and load that workspace's allowances, budget and escapes.
+
+        ``max_usd`` defaults to the store's ``workspace_max_usd`` (None: unlimited).
+        """
+        if max_usd is None:
+            max_usd = self.workspace_max_usd
         state = self.load_workspace_state(workspace)
-        session.with_workspace(_workspace_key(workspace))
+        session.with_workspace(workspace_key(workspace))
         session.import_workspace_allowances(state.allowances)
         if state.budget is not None:
             tracker = WorkspaceBudgetTracker.restore(state.budget, max_usd, warn_at_percent)
@@ -387,8 +416,12 @@ class SessionStore:
         )
 
     def close(self) -> None:
-        """Close the backend."""
+        """Close the backend (and the capability store's backend, if it has one to close)."""
         self.backend.close()
+        cap_backend = self.capabilities.backend if self.capabilities is not None else None
+        closer = getattr(cap_backend, "close", None)
+        if callable(closer):
+            closer()
 
     def __enter__(self) -> SessionStore:
         return self
@@ -399,15 +432,16 @@ class SessionStore:
     # -- internals -------------------------------------------------------------------------
 
     def _state_of(self, session: AgentSession) -> dict[str, Any]:
-        saved = session.messages
-        session.messages = []
-        try:
-            doc = session.to_document(git_capture=self.git_capture)
-        finally:
-            session.messages = saved
+        doc = session.to_document(git_capture=self.git_capture, include_messages=False)
         data = doc.to_data()
         data.pop("messages", None)
         return data
+
+    def _source(self, session_id: str) -> str:
+        describe = getattr(self.backend, "describe", None)
+        if callable(describe):
+            return str(describe(session_id))
+        return f"{self.backend.name} session {session_id}"
 
     def _summary_of(
         self, session: AgentSession, state: dict[str, Any], count: int
@@ -420,7 +454,7 @@ class SessionStore:
             updated_at=utcnow(),
             message_count=count,
             token_count=session.token_count,
-            workspace_path=_workspace_key(ws) if ws else None,
+            workspace_path=workspace_key(ws) if ws else None,
             model=session.model,
             parent_id=session.parent_id.bare if session.parent_id else None,
         )
@@ -431,8 +465,8 @@ class SessionStore:
             revision=revision,
             count=count,
             offset=offset,
+            first=messages[0] if messages else None,
             last=messages[-1] if messages else None,
-            messages_id=id(messages),
         )
 
 
@@ -456,3 +490,42 @@ __all__ = [
     "StorageBackend",
     "WorkspaceState",
 ]
+
+
+def open_store(config: Any = None) -> SessionStore:
+    """A ``SessionStore`` built from configuration (a ``LoadedConfig``, a path, or discovery).
+
+    The backend, token estimator and git capture are the implementations the config names.
+    """
+    from .config import LoadedConfig, load_config
+    from .plugins import PluginContext, get_implementation
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+    cfg = loaded.config
+    context = PluginContext(home=loaded.home)
+    where = loaded.where
+    backend = get_implementation(
+        "storage", cfg.storage.backend, where=f"{where}: key 'storage.backend'"
+    ).create(cfg.storage.options, context)
+    estimator = get_implementation(
+        "token_estimator", cfg.tokens.estimator, where=f"{where}: key 'tokens.estimator'"
+    ).create(cfg.tokens.options, context)
+    capture = get_implementation(
+        "git_capture", cfg.git.capture, where=f"{where}: key 'git.capture'"
+    ).create(cfg.git.options, context)
+    cap_backend = get_implementation(
+        "capability_store", cfg.capabilities.store, where=f"{where}: key 'capabilities.store'"
+    ).create(cfg.capabilities.options, context)
+    budget = BudgetConfig(
+        session_max_usd=cfg.budget.session_max_usd,
+        per_action_max_usd=cfg.budget.per_action_max_usd,
+        warn_at_percent=cfg.budget.warn_at_percent,
+    )
+    return SessionStore(
+        backend,
+        token_estimator=estimator,
+        git_capture=capture,
+        budget=budget,
+        workspace_max_usd=cfg.budget.workspace_max_usd,
+        capabilities=CapabilityStore(cap_backend),
+    )

@@ -50,7 +50,7 @@ from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..plugins import PluginContext
 from ..security.kv import KvStore, validate_name
-from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite, _workspace_key
+from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite, workspace_key
 from ..timeutil import format_rfc3339, parse_rfc3339, to_utc, utcnow
 
 REVISION_KEY = "astrid_revision"
@@ -299,7 +299,7 @@ def _summary_of(
         updated_at=updated_at,
         message_count=count,
         token_count=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0,
-        workspace_path=_workspace_key(ws) if isinstance(ws, str) and ws else None,
+        workspace_path=workspace_key(ws) if isinstance(ws, str) and ws else None,
         model=model if isinstance(model, str) else None,
         parent_id=parent_id,
         revision=revision,
@@ -468,6 +468,10 @@ class FileBackend:
             return _decode(got[0], sid, got[1])
         except _Corrupt as exc:
             raise SerializationError(f"{path}: {exc}") from None
+
+    def describe(self, session_id: str) -> str:
+        """Where a session lives, for error messages: its file."""
+        return str(self.directory / f"{validate_session_id(session_id)}.json")
 
     def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
         """The session (only its last ``tail`` active messages if given), or None."""
