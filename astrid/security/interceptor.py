@@ -1,0 +1,514 @@
+"""The security interceptor: the one gate every sensitive action passes before it runs.
+
+A port of the original ``SecurityInterceptor``. ``intercept`` runs, in order: the policy (a
+block is final), an existing capability token, the budget reservation, a policy allowance, and
+finally the ``ApprovalManager`` (allowance, then the human, else a deferral). Every decision is
+written to an audit log.
+
+Our deliberate differences from the original (design §5 items 4 and 5):
+
+* A NaN, infinite or negative ``estimated_cost`` raises ``InvalidCost`` before anything else
+  happens (the original let a NaN estimate through).
+* The budget reservation is returned in ``InterceptResult.reservation`` so the caller can settle
+  it with the real cost; it is released when the approval is denied or deferred, or when the
+  approval step fails or is cancelled (the original kept the money reserved).
+* A session or workspace approval creates its allowance from a glob-*escaped* pattern
+  (``pattern_for_action``), and "approve always" mints a token whose pattern matches the
+  concrete resource only (``literal_resource_pattern``): approving ``/tmp/*`` never grants
+  ``/tmp/other``.
+* A budget denial is audited like every other denial (the original returned it unaudited).
+* A single-use capability token is consumed when it authorizes an action.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from astrid.errors import ApprovalError, CapabilityError, InvalidCost
+from astrid.ids import SessionId
+from astrid.security import approvals
+from astrid.security.actions import SensitiveAction
+from astrid.security.allowances import Allowance as AllowanceRecord
+from astrid.security.allowances import pattern_for_action
+from astrid.security.budget import BudgetValidator, BudgetWarning, DualReservation
+from astrid.security.capabilities import (
+    AuditEntryId,
+    CapabilityToken,
+    ResourcePattern,
+    TokenScope,
+)
+from astrid.security.crypto import KeyPair
+from astrid.security.deferred import FallbackBehavior, format_resolution_id
+from astrid.security.globs import escape_glob
+from astrid.security.policy import Allowed as PolicyAllowedResult
+from astrid.security.policy import Blocked, SecurityPolicy, action_resource
+from astrid.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from astrid.session import AgentSession
+
+__all__ = [
+    "ALLOW_ALWAYS_TTL",
+    "Allowance",
+    "ApprovalDeferred",
+    "ApprovalDenied",
+    "AuditEntry",
+    "AuditLog",
+    "AuditOutcome",
+    "Capability",
+    "CapabilityCreated",
+    "InterceptProof",
+    "InterceptResult",
+    "PolicyAllowed",
+    "PolicyBlocked",
+    "SecurityInterceptor",
+    "SessionApproval",
+    "UserApproval",
+    "WorkspaceApproval",
+    "literal_resource_pattern",
+]
+
+ALLOW_ALWAYS_TTL = timedelta(hours=1)
+"""How long a capability minted by an "approve always" decision lives."""
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+class PolicyBlocked(ApprovalError):
+    """The security policy blocks the action outright."""
+
+    def __init__(self, tool: str, reason: str) -> None:
+        super().__init__(f"blocked by policy: {tool}: {reason}")
+        self.tool = tool
+        self.reason = reason
+
+
+class ApprovalDenied(ApprovalError):
+    """The human (or the failure to queue a deferral) denied the action."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"approval denied: {reason}")
+        self.reason = reason
+
+
+class ApprovalDeferred(ApprovalError):
+    """Nobody could answer now: the action was queued; the agent applies ``fallback``."""
+
+    def __init__(self, resolution_id: UUID, fallback: FallbackBehavior) -> None:
+        super().__init__(
+            f"action deferred (resolution: {format_resolution_id(resolution_id)}, "
+            f"fallback: {fallback})"
+        )
+        self.resolution_id = resolution_id
+        self.fallback = fallback
+
+
+# --------------------------------------------------------------------------------------------
+# proofs and results
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAllowed:
+    """The policy allows the action without any approval."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """An existing capability token authorized the action."""
+
+    token_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """An existing allowance (stored earlier or by a custom approval) authorized the action."""
+
+    allowance_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class UserApproval:
+    """A human approved this one action; ``approval_id`` is the audit entry of the approval."""
+
+    approval_id: AuditEntryId
+
+
+@dataclass(frozen=True, slots=True)
+class SessionApproval:
+    """A human approved for the session; ``allowance_id`` is the session allowance created."""
+
+    allowance_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceApproval:
+    """A human approved for the workspace; ``allowance_id`` is the allowance created."""
+
+    allowance_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityCreated:
+    """A human approved always: a capability token was minted."""
+
+    token_id: UUID
+    approval_id: AuditEntryId
+
+
+InterceptProof = (
+    PolicyAllowed
+    | Capability
+    | Allowance
+    | UserApproval
+    | SessionApproval
+    | WorkspaceApproval
+    | CapabilityCreated
+)
+"""How an action that passed the interceptor was authorized."""
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptResult:
+    """A passed intercept: the proof, any budget warning and the open budget reservation."""
+
+    proof: InterceptProof
+    budget_warning: BudgetWarning | None = None
+    reservation: DualReservation | None = None
+    audit_id: AuditEntryId | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# audit
+
+
+class AuditOutcome(StrEnum):
+    """Whether an audited action was let through."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One security decision: who, what, the outcome, the proof or the reason."""
+
+    id: AuditEntryId
+    session_id: SessionId
+    action_type: str
+    action: str
+    outcome: AuditOutcome
+    proof: InterceptProof | None = None
+    reason: str | None = None
+    timestamp: datetime = field(default_factory=utcnow)
+
+
+class AuditLog:
+    """A thread-safe, in-memory, append-only audit log (subclass it to persist entries)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[AuditEntry] = []
+
+    def append(self, entry: AuditEntry) -> None:
+        """Record ``entry``."""
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[AuditEntry]:
+        """Every entry, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
+    def session_entries(self, session_id: SessionId) -> list[AuditEntry]:
+        """The entries of one session, oldest first."""
+        with self._lock:
+            return [e for e in self._entries if e.session_id == session_id]
+
+    def count_session(self, session_id: SessionId) -> int:
+        """How many entries one session has."""
+        return len(self.session_entries(session_id))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __bool__(self) -> bool:
+        # An empty log is still a log: never let `log or default` replace it.
+        return True
+
+    def __repr__(self) -> str:
+        return f"AuditLog(entries={len(self)})"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def literal_resource_pattern(resource: str) -> ResourcePattern:
+    """A pattern matching exactly ``resource``, stable through ``ResourcePattern.new``.
+
+    A resource with ``*``, ``?`` or ``[`` becomes a glob with every metacharacter escaped (so it
+    still matches only itself after a JSON round trip, which re-parses with ``new``); any other
+    resource is an exact pattern. Raises ``InvalidPattern`` for a ``..`` segment.
+    """
+    if any(ch in resource for ch in "*?["):
+        return ResourcePattern.new(escape_glob(resource))
+    return ResourcePattern.exact(resource)
+
+
+def _require_cost(cost: float) -> float:
+    """``cost`` as a float; ``InvalidCost`` for a non-number, NaN, infinity or a negative."""
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise InvalidCost(f"invalid estimated cost {cost!r}: expected a number of USD")
+    value = float(cost)
+    if not math.isfinite(value) or value < 0:
+        raise InvalidCost(
+            f"invalid estimated cost {value!r}: a cost must be a finite, non-negative number"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the interceptor
+
+
+class SecurityInterceptor:
+    """Policy, capability, budget and approval checks for one session, with an audit trail.
+
+    The stores are read from ``session`` at each call, so a store or manager the session swaps
+    in (for example a persistent deferred queue) is used from then on.
+    """
+
+    def __init__(
+        self,
+        session: AgentSession,
+        policy: SecurityPolicy,
+        keypair: KeyPair,
+        *,
+        workspace_root: Path | None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.session = session
+        self.policy = policy
+        self.keypair = keypair
+        self.workspace_root = None if workspace_root is None else Path(workspace_root)
+        self.audit: AuditLog = audit if audit is not None else AuditLog()
+
+    @property
+    def budget_validator(self) -> BudgetValidator:
+        """A validator over the session's budget and its workspace budget (if any)."""
+        return BudgetValidator(self.session.budget_tracker, self.session.workspace_budget_tracker)
+
+    def settle(self, reservation: DualReservation, actual_cost: float) -> bool:
+        """Settle a reservation from ``intercept`` with the real cost; False if already closed."""
+        return self.budget_validator.settle(reservation, actual_cost)
+
+    def release(self, reservation: DualReservation) -> bool:
+        """Hand a reservation from ``intercept`` back in full; False if already closed."""
+        return self.budget_validator.release(reservation)
+
+    async def intercept(
+        self,
+        action: SensitiveAction,
+        context: str,
+        estimated_cost: float | None = None,
+    ) -> InterceptResult:
+        """Authorize ``action`` or raise (PolicyBlocked, BudgetExceeded, ApprovalDenied, ...)."""
+        cost = None if estimated_cost is None else _require_cost(estimated_cost)
+
+        # 1. Policy: a block is final.
+        policy_result = self.policy.check(action)
+        if isinstance(policy_result, Blocked):
+            self._audit_denied(action, policy_result.reason)
+            raise PolicyBlocked(action.action_type, policy_result.reason)
+
+        # 2. An existing capability token.
+        mapped = action_resource(action)
+        if mapped is not None:
+            token = self.session.capabilities.find_capability(*mapped)
+            if token is not None:
+                result = self._authorize_with_token(action, token, cost)
+                if result is not None:
+                    return result
+
+        # 3. Budget: reserve the estimate on both budgets.
+        reservation = self._reserve(action, cost)
+        try:
+            # 4. The policy needs no approval.
+            if isinstance(policy_result, PolicyAllowedResult):
+                return self._allowed(action, PolicyAllowed(), reservation)
+            # 5. Allowance, human, or deferral.
+            return await self._approve(action, context, reservation)
+        except BaseException:
+            if reservation is not None:
+                self.budget_validator.release(reservation)
+            raise
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _reserve(self, action: SensitiveAction, cost: float | None) -> DualReservation | None:
+        if cost is None:
+            return None
+        try:
+            return self.budget_validator.reserve(cost)
+        except ApprovalError as exc:
+            self._audit_denied(action, str(exc))
+            raise
+
+    def _authorize_with_token(
+        self, action: SensitiveAction, token: CapabilityToken, cost: float | None
+    ) -> InterceptResult | None:
+        reservation = self._reserve(action, cost)
+        if token.single_use:
+            try:
+                self.session.capabilities.use_token(token.id)
+            except CapabilityError:
+                # Used up, revoked or expired since the lookup: fall through to the approval.
+                if reservation is not None:
+                    self.budget_validator.release(reservation)
+                return None
+        try:
+            return self._allowed(action, Capability(token.id), reservation)
+        except BaseException:
+            if reservation is not None:
+                self.budget_validator.release(reservation)
+            raise
+
+    async def _approve(
+        self, action: SensitiveAction, context: str, reservation: DualReservation | None
+    ) -> InterceptResult:
+        outcome = await self.session.approval_manager.check_approval(
+            action, context, self.workspace_root
+        )
+        if isinstance(outcome, approvals.Denied):
+            self._audit_denied(action, outcome.reason)
+            raise ApprovalDenied(outcome.reason)
+        if isinstance(outcome, approvals.Deferred):
+            error = ApprovalDeferred(outcome.resolution_id, outcome.fallback)
+            self._audit_denied(action, str(error))
+            raise error
+
+        proof = outcome.proof
+        if isinstance(proof, approvals.AllowanceProof | approvals.CustomAllowance):
+            return self._allowed(action, Allowance(proof.allowance_id), reservation)
+
+        approval_id = AuditEntryId.new()
+        if isinstance(proof, approvals.OneTimeApproval):
+            return self._allowed(action, UserApproval(approval_id), reservation, approval_id)
+        if isinstance(proof, approvals.SessionApproval | approvals.WorkspaceApproval):
+            session_only = isinstance(proof, approvals.SessionApproval)
+            granted = self._create_allowance(action, session_only=session_only)
+            final: InterceptProof
+            if granted is None:
+                final = UserApproval(approval_id)
+            elif session_only:
+                final = SessionApproval(granted)
+            else:
+                final = WorkspaceApproval(granted)
+            return self._allowed(action, final, reservation, approval_id)
+
+        # AlwaysAllow: record the approval, mint the capability, record the grant.
+        self._audit(action, AuditOutcome.ALLOWED, UserApproval(approval_id), None, approval_id)
+        token_id = self._mint_capability(action, approval_id)
+        minted: InterceptProof = (
+            UserApproval(approval_id)
+            if token_id is None
+            else CapabilityCreated(token_id, approval_id)
+        )
+        return self._allowed(action, minted, reservation)
+
+    def _create_allowance(self, action: SensitiveAction, *, session_only: bool) -> UUID | None:
+        """Store an escaped-pattern allowance for ``action``; None if it has no pattern."""
+        pattern = pattern_for_action(action)
+        if pattern is None:
+            return None
+        allowance = AllowanceRecord.create(
+            pattern,
+            session_only=session_only,
+            workspace_root=self.workspace_root,
+            signer=self.keypair.sign,
+        )
+        try:
+            if session_only:
+                self.session.add_session_allowance(allowance)
+            else:
+                self.session.allowance_store.add_allowance(allowance)
+        except Exception:
+            return None
+        return allowance.id
+
+    def _mint_capability(self, action: SensitiveAction, approval_id: AuditEntryId) -> UUID | None:
+        """Mint and store a 1 h persistent token for exactly this resource; None on failure."""
+        mapped = action_resource(action)
+        if mapped is None:
+            return None
+        resource, permission = mapped
+        try:
+            token = CapabilityToken.create(
+                literal_resource_pattern(resource),
+                [permission],
+                TokenScope.PERSISTENT,
+                self.keypair.key_id,
+                approval_id,
+                self.keypair,
+                ALLOW_ALWAYS_TTL,
+            )
+            self.session.capabilities.add(token)
+        except Exception:
+            return None
+        return token.id
+
+    # -- audit --------------------------------------------------------------------------------
+
+    def _allowed(
+        self,
+        action: SensitiveAction,
+        proof: InterceptProof,
+        reservation: DualReservation | None,
+        entry_id: AuditEntryId | None = None,
+    ) -> InterceptResult:
+        audit_id = self._audit(action, AuditOutcome.ALLOWED, proof, None, entry_id)
+        warning = reservation.warning if reservation is not None else None
+        return InterceptResult(proof, warning, reservation, audit_id)
+
+    def _audit_denied(self, action: SensitiveAction, reason: str) -> AuditEntryId:
+        return self._audit(action, AuditOutcome.DENIED, None, reason, None)
+
+    def _audit(
+        self,
+        action: SensitiveAction,
+        outcome: AuditOutcome,
+        proof: InterceptProof | None,
+        reason: str | None,
+        entry_id: AuditEntryId | None,
+    ) -> AuditEntryId:
+        entry = AuditEntry(
+            id=entry_id if entry_id is not None else AuditEntryId.new(),
+            session_id=self.session.id,
+            action_type=action.action_type,
+            action=action.summary(),
+            outcome=outcome,
+            proof=proof,
+            reason=reason,
+        )
+        self.audit.append(entry)
+        return entry.id
+
+    def __repr__(self) -> str:
+        return (
+            f"SecurityInterceptor(session={self.session.id}, policy={self.policy!r}, "
+            f"workspace_root={self.workspace_root!r}, audit={self.audit!r})"
+        )
