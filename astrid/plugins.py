@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "astrid.default_plugins.token_estimators",
     "astrid.default_plugins.git_capture",
     "astrid.default_plugins.capability_stores",
+    "astrid.default_plugins.summarizers",
+    "astrid.default_plugins.scripted_provider",
+    "astrid.default_plugins.builtin_tools",
 )
 
 ENTRY_POINT_GROUP = "astrid"
@@ -39,6 +42,9 @@ KINDS: dict[str, str] = {
     "token_estimator": "register_token_estimators",
     "capability_store": "register_capability_stores",
     "git_capture": "register_git_capture",
+    "summarizer": "register_summarizers",
+    "llm_provider": "register_llm_providers",
+    "tool": "register_tools",
 }
 """Registry kind → the hook that fills it."""
 
@@ -79,6 +85,7 @@ class Implementation:
 class _State:
     manager: pluggy.PluginManager | None = None
     registries: dict[str, dict[str, Implementation]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 _state = _State()
@@ -113,6 +120,8 @@ def _new_manager() -> pluggy.PluginManager:
                 f"plugin {ep.name!r} (entry point {ep.value!r}) failed to load: {exc}"
             ) from exc
         pm.register(plugin, name=ep.name)
+        if ep.dist is not None:
+            _state.versions[ep.name] = ep.dist.version
     return pm
 
 
@@ -120,6 +129,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, created (and plugins loaded) on first use."""
     with _lock:
         if _state.manager is None:
+            _state.versions = {}
             _state.manager = _new_manager()
             _state.registries = {}
         return _state.manager
@@ -203,12 +213,10 @@ def get_implementation(kind: str, name: str, *, where: str = "") -> Implementati
 def plugin_info() -> list[dict[str, Any]]:
     """Installed plugins: name, version, hooks implemented (for ``astrid plugins``)."""
     pm = get_plugin_manager()
-    dists = {getattr(plugin, "__name__", None): dist for plugin, dist in pm.list_plugin_distinfo()}
     out: list[dict[str, Any]] = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        dist = dists.get(getattr(plugin, "__name__", None))
-        version = dist.version if dist is not None else _builtin_version(name)
+        version = _state.versions.get(name) or _builtin_version(name)
         out.append({"name": name, "version": version, "hooks": hooks})
     return out
 

@@ -1,0 +1,224 @@
+"""The plugin manager: built-ins registered like plugins, entry points, allowlist, duplicates."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from astrid import hookimpl, hookspecs
+from astrid.errors import PluginError
+from astrid.plugins import (
+    KINDS,
+    load_plugins,
+    plugin_info,
+    register_plugin,
+    registry,
+    unregister_plugin,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("ASTRID_LOAD_PLUGINS", raising=False)
+    load_plugins()
+    yield
+    monkeypatch.delenv("ASTRID_LOAD_PLUGINS", raising=False)
+    load_plugins()
+
+
+def test_builtins_are_registered() -> None:
+    assert {"memory", "file", "sqlite"} <= set(registry("storage"))
+    assert {"content", "original"} <= set(registry("token_estimator"))
+    assert {"fs", "subprocess", "none"} <= set(registry("git_capture"))
+    assert {"memory", "file", "sqlite"} <= set(registry("capability_store"))
+    assert registry("storage")["sqlite"].plugin == "astrid.default_plugins.sqlite_storage"
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(PluginError, match="unknown registry kind"):
+        registry("nope")
+
+
+class _Opts(BaseModel):
+    level: int = 1
+
+
+class _Dup:
+    @hookimpl
+    def register_storage_backends(self, register: Any) -> None:
+        register("memory", lambda options, context: None)
+
+
+class _Custom:
+    @hookimpl
+    def register_token_estimators(self, register: Any) -> None:
+        register("words", lambda options, context: ("words", options.level), _Opts, "by words")
+
+
+def test_duplicate_names_are_an_error_naming_both_plugins() -> None:
+    register_plugin(_Dup(), name="dup-plugin")
+    try:
+        with pytest.raises(PluginError, match=r"'memory' is registered by two plugins.*dup-plugin"):
+            registry("storage")
+    finally:
+        unregister_plugin("dup-plugin")
+    assert "memory" in registry("storage")
+
+
+def test_in_process_plugin_registers_an_implementation(tmp_path: Path) -> None:
+    from astrid.plugins import PluginContext, get_implementation
+
+    register_plugin(_Custom(), name="custom")
+    impl = get_implementation("token_estimator", "words")
+    assert impl.plugin == "custom" and impl.description == "by words"
+    assert impl.create({"level": 3}, PluginContext(home=tmp_path)) == ("words", 3)
+    with pytest.raises(PluginError, match="valid choices: content, original, words"):
+        get_implementation("token_estimator", "nope")
+
+
+def test_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRID_LOAD_PLUGINS", "astrid.default_plugins.memory_storage")
+    load_plugins()
+    assert set(registry("storage")) == {"memory"}
+    assert registry("token_estimator") == {}
+    monkeypatch.setenv("ASTRID_LOAD_PLUGINS", "")
+    load_plugins()
+    assert registry("storage") == {}
+
+
+def test_plugin_info_lists_names_versions_and_hooks() -> None:
+    info = {row["name"]: row for row in plugin_info()}
+    row = info["astrid.default_plugins.memory_storage"]
+    assert row["hooks"] == ["register_storage_backends"]
+    assert row["version"]
+
+
+def test_entry_point_plugins_are_discovered(tmp_path: Path) -> None:
+    """A real distribution (dist-info with an entry point) on sys.path is loaded by name."""
+    site = tmp_path / "site"
+    pkg = site / "astrid_hello"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            from astrid import hookimpl
+
+            @hookimpl
+            def register_token_estimators(register):
+                register("hello", lambda options, context: "hi")
+            """
+        )
+    )
+    dist = site / "astrid_hello-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: astrid-hello\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[astrid]\nhello = astrid_hello\n")
+    script = textwrap.dedent(
+        """
+        import sys
+        from astrid.plugins import registry, plugin_info
+        r = registry("token_estimator")
+        assert "hello" in r and r["hello"].plugin == "hello", r
+        info = {row["name"]: row for row in plugin_info()}
+        assert info["hello"]["version"] == "1.2.3", info["hello"]
+        print("ok")
+        """
+    )
+    env = {"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    env["ASTRID_LOAD_PLUGINS"] = "astrid.default_plugins.memory_storage"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from astrid.plugins import registry; print(sorted(registry('token_estimator')))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_every_hook_is_documented_and_tested() -> None:
+    hooks = sorted(
+        name
+        for name in dir(hookspecs)
+        if name.startswith("register_") or name.endswith("_tool_call")
+    )
+    assert set(KINDS.values()) <= set(hooks)
+    docs = (ROOT / "docs" / "plugin-authors.md").read_text()
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
+    for hook in hooks:
+        assert re.search(rf"\b{hook}\b", docs), (
+            f"{hook} is not documented in docs/plugin-authors.md"
+        )
+        assert re.search(rf"def {hook}\b", tests), f"no test implements {hook}"
+
+
+def test_importing_astrid_stays_light() -> None:
+    code = (
+        "import sys, astrid; "
+        "bad = [m for m in ('sqlite3', 'cryptography', 'click') if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+class _GitAndCaps:
+    @hookimpl
+    def register_git_capture(self, register: Any) -> None:
+        from astrid import GitState
+
+        register("fixed", lambda options, context: lambda path: GitState(branch="b", commit="c"))
+
+    @hookimpl
+    def register_capability_stores(self, register: Any) -> None:
+        from astrid.security.capabilities import MemoryCapabilityBackend
+
+        register("scratch", lambda options, context: MemoryCapabilityBackend())
+
+
+def test_git_capture_and_capability_store_plugins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astrid.security.capabilities import CapabilityBackend
+    from astrid.store import open_store
+
+    register_plugin(_GitAndCaps(), name="git-and-caps")
+    monkeypatch.setenv("ASTRID_HOME", str(tmp_path))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[storage]\nbackend = "memory"\n[git]\ncapture = "fixed"\n'
+        '[capabilities]\nstore = "scratch"\n'
+    )
+    store = open_store(cfg)
+    session = store.new_session("p").with_workspace(tmp_path)
+    store.save(session)
+    loaded = store.load(session.id)
+    assert loaded is not None and loaded.git_state is not None
+    assert (loaded.git_state.branch, loaded.git_state.commit) == ("b", "c")
+    backend = registry("capability_store")["scratch"].create({}, _ctx(tmp_path))
+    assert isinstance(backend, CapabilityBackend)
+
+
+def _ctx(home: Path) -> Any:
+    from astrid.plugins import PluginContext
+
+    return PluginContext(home=home)
