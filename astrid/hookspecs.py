@@ -56,3 +56,51 @@ def register_git_capture(register: Any) -> None:
 
     ``factory(options, context)`` returns a callable ``(Path) -> GitState | None``.
     """
+
+
+# -- context --------------------------------------------------------------------------------
+
+
+@hookspec
+def register_summarizers(register: Any) -> None:
+    """Register summarizers used by the context manager to compact old turns.
+
+    ``factory(options, context)`` returns an ``astrid.context.Summarizer`` (an object with
+    ``async summarize(messages, *, provider=None) -> str``).
+    """
+
+
+# -- the turn loop --------------------------------------------------------------------------
+
+
+@hookspec
+def register_llm_providers(register: Any) -> None:
+    """Register LLM providers.
+
+    ``factory(options, context)`` returns an ``astrid.llm.LLMProvider`` (``stream`` yields
+    ``astrid.llm`` stream events: text deltas, tool calls, usage, done, error).
+    """
+
+
+@hookspec
+def register_tools(register: Any) -> None:
+    """Register tools the agent may call.
+
+    ``factory(options, context)`` returns an ``astrid.tools.Tool`` (name, description, JSON
+    schema of its arguments, ``async run(arguments, ctx) -> str``).
+    """
+
+
+@hookspec(firstresult=True)
+def pre_tool_call(session: Any, tool_name: str, arguments: Any) -> str | None:
+    """Called before a tool runs; return a reason (a non-empty string) to block the call.
+
+    The first plugin that returns a reason wins; the model receives it as an error result.
+    """
+
+
+@hookspec
+def post_tool_call(
+    session: Any, tool_name: str, arguments: Any, result: str, is_error: bool
+) -> None:
+    """Called after a tool ran (or failed, with ``is_error`` True). Informational."""

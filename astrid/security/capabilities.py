@@ -691,6 +691,11 @@ class CapabilityStore:
         """True if a persistent backend is attached."""
         return self._backend is not None
 
+    @property
+    def backend(self) -> CapabilityBackend | None:
+        """The persistence backend (None: tokens live in memory only)."""
+        return self._backend
+
     def _decode(self, data: str) -> CapabilityToken:
         try:
             return CapabilityToken.model_validate_json(data)
