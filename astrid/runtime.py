@@ -1,0 +1,896 @@
+"""``AgentRuntime``: the async turn loop (LLM, tools, approvals, budget, sub-agents).
+
+A port of the original ``runtime`` module (spec §6.3 to §6.7) with these deliberate fixes:
+
+* the loop has an iteration cap (``max_iterations``) and raises ``MaxIterationsExceeded``;
+* budgets are enforced: before each LLM call an estimate (the session's tokens as input plus
+  ``estimated_output_tokens``, priced per model) is reserved on the session and workspace
+  budgets and later settled with the real usage, or released when no usage came;
+* tool-call arguments are buffered per call id; malformed JSON is an error result naming the
+  parse error (the original silently used ``{}``);
+* text that comes with tool calls is kept, as an assistant text message before the tool calls;
+* every tool call gets a result message, even when the turn fails half-way;
+* the interceptor and the workspace boundary use the session's workspace when it has one;
+* outside-workspace paths are approved through the interceptor and the approval manager (the
+  original asked the frontend directly), ``~`` is expanded and relative paths are resolved
+  against the working directory before the boundary check;
+* one save per top-level turn, in ``finally`` (also when the turn fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .context import ContextManager, SummarizationResult, cut_utf8
+from .errors import AstridError, BudgetExceeded, PluginError
+from .llm import (
+    Done,
+    LLMProvider,
+    StreamError,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolDefinition,
+    Usage,
+)
+from .messages import Message, ToolCall, ToolCallResult
+from .plugins import Implementation, NoOptions, PluginContext, get_plugin_manager, registry
+from .security.actions import (
+    ExecuteCommand,
+    FileDelete,
+    FileRead,
+    FileWriteOutsideSandbox,
+    McpToolCall,
+    RiskLevel,
+    SensitiveAction,
+)
+from .security.approvals import ApprovalHandler
+from .security.budget import BudgetValidator, BudgetWarning, DualReservation
+from .security.escape import (
+    EscapeDecision,
+    EscapeOperation,
+    EscapeRequest,
+    PathCheck,
+    WorkspaceBoundary,
+    WorkspaceConfig,
+    resolve_path,
+)
+from .security.interceptor import (
+    AuditLog,
+    CapabilityCreated,
+    InterceptProof,
+    SecurityInterceptor,
+)
+from .security.interceptor import SessionApproval as SessionApprovalProof
+from .security.policy import SecurityPolicy
+from .session import AgentSession
+from .store import SessionStore
+from .subagents import SubAgentExecutor, SubAgentId, SubAgentPool
+from .tools import Tool, ToolContext, ToolError, tool_definition
+
+if TYPE_CHECKING:
+    from .security.crypto import KeyPair
+
+__all__ = [
+    "DEFAULT_INPUT_PER_MILLION",
+    "DEFAULT_OUTPUT_PER_MILLION",
+    "MAX_TOOL_OUTPUT_BYTES",
+    "PATH_ARGUMENT_KEYS",
+    "AgentRuntime",
+    "LLMError",
+    "MaxIterationsExceeded",
+    "ModelPricing",
+    "RuntimeConfig",
+    "ToolCallRecord",
+    "TurnResult",
+    "classify_tool_call",
+    "extract_paths_from_args",
+    "infer_operation",
+    "risk_level_for",
+    "tokens_to_usd",
+    "truncate_output",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INPUT_PER_MILLION = 3.0
+"""The original's hard-coded input price: $3 per million tokens."""
+
+DEFAULT_OUTPUT_PER_MILLION = 15.0
+"""The original's hard-coded output price: $15 per million tokens."""
+
+MAX_TOOL_OUTPUT_BYTES = 30_000
+"""Tool output longer than this (UTF-8 bytes) is cut, with a notice."""
+
+PATH_ARGUMENT_KEYS: frozenset[str] = frozenset(
+    {
+        "path",
+        "file",
+        "file_path",
+        "filepath",
+        "filename",
+        "directory",
+        "dir",
+        "target",
+        "source",
+        "destination",
+        "src",
+        "dst",
+        "input",
+        "output",
+        "uri",
+        "url",
+        "cwd",
+        "working_directory",
+    }
+)
+"""Top-level argument keys (lower-cased) whose string values may be paths."""
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class LLMError(AstridError):
+    """The LLM provider failed or its stream reported an error."""
+
+
+class MaxIterationsExceeded(AstridError):
+    """The model kept calling tools past the configured iteration cap."""
+
+    def __init__(self, max_iterations: int) -> None:
+        super().__init__(
+            f"turn stopped: the model was still calling tools after {max_iterations} LLM calls "
+            f"(max_iterations = {max_iterations})"
+        )
+        self.max_iterations = max_iterations
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+class ModelPricing(BaseModel):
+    """Prices of one model in USD per million input and output tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_million: float = Field(default=DEFAULT_INPUT_PER_MILLION, ge=0, allow_inf_nan=False)
+    output_per_million: float = Field(
+        default=DEFAULT_OUTPUT_PER_MILLION, ge=0, allow_inf_nan=False
+    )
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """The USD cost of the given token counts (negative counts count as 0)."""
+        return (
+            max(0, input_tokens) * self.input_per_million
+            + max(0, output_tokens) * self.output_per_million
+        ) / 1_000_000
+
+
+def tokens_to_usd(input_tokens: int, output_tokens: int) -> float:
+    """The original's cost: $3 per million input and $15 per million output tokens."""
+    return ModelPricing().cost(input_tokens, output_tokens)
+
+
+def _default_workspace() -> WorkspaceConfig:
+    try:
+        return WorkspaceConfig.new(os.getcwd())
+    except OSError:
+        return WorkspaceConfig.new(".")
+
+
+class RuntimeConfig(BaseModel):
+    """Settings of an ``AgentRuntime`` (the original's ``RuntimeConfig`` plus our additions)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_context_tokens: int = Field(default=100_000, ge=0)
+    summarization_threshold: float = Field(default=0.85, allow_inf_nan=False)
+    keep_recent_count: int = Field(default=10, ge=0)
+    auto_summarize: bool = True
+    system_prompt: str = ""
+    max_iterations: int = Field(default=25, ge=1)
+    max_concurrent_subagents: int = Field(default=4, ge=0)
+    max_subagent_depth: int = Field(default=3, ge=0)
+    default_subagent_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    workspace: WorkspaceConfig = Field(default_factory=_default_workspace)
+    pricing: dict[str, ModelPricing] = Field(default_factory=dict)
+    default_pricing: ModelPricing = Field(default_factory=ModelPricing)
+    estimated_output_tokens: int = Field(default=1024, ge=0)
+    max_tool_output_bytes: int = Field(default=MAX_TOOL_OUTPUT_BYTES, ge=1)
+
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _workspace_from_path(cls, value: Any) -> Any:
+        if isinstance(value, str | os.PathLike):
+            return WorkspaceConfig.new(value)
+        return value
+
+    def pricing_for(self, model: str) -> ModelPricing:
+        """The prices of ``model`` (the default prices for an unlisted model)."""
+        return self.pricing.get(model, self.default_pricing)
+
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        """The USD cost of ``input_tokens`` and ``output_tokens`` on ``model``."""
+        return self.pricing_for(model).cost(input_tokens, output_tokens)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """One tool call of a turn and the result the model received."""
+
+    call: ToolCall
+    result: ToolCallResult
+
+
+@dataclass
+class TurnResult:
+    """What one turn produced: the final text, the tool calls, usage, cost and warnings."""
+
+    text: str = ""
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+    cost_usd: float = 0.0
+    warnings: list[BudgetWarning] = field(default_factory=list)
+    iterations: int = 0
+    summarization: SummarizationResult | None = None
+
+
+# -- helpers (the original's, with tests) ---------------------------------------------------
+
+
+def _path_value(value: str) -> str | None:
+    if value.startswith("file://"):
+        return value[len("file://") :]
+    if "://" in value:
+        return None
+    if value.startswith(("/", "~/", "./", "../")):
+        return value
+    return None
+
+
+def extract_paths_from_args(args: Any) -> list[str]:
+    """Path-looking top-level string values of path-like keys (the original's rule).
+
+    A value counts if it starts with ``file://`` (stripped) or, without ``://``, with ``/``,
+    ``~/``, ``./`` or ``../``.
+    """
+    if not isinstance(args, Mapping):
+        return []
+    paths: list[str] = []
+    for key, value in args.items():
+        if not isinstance(key, str) or key.lower() not in PATH_ARGUMENT_KEYS:
+            continue
+        if isinstance(value, str):
+            path = _path_value(value)
+            if path is not None:
+                paths.append(path)
+    return paths
+
+
+_OPERATION_RULES: tuple[tuple[tuple[str, ...], EscapeOperation], ...] = (
+    (("read", "get", "cat"), EscapeOperation.READ),
+    (("write", "set", "put", "edit", "update"), EscapeOperation.WRITE),
+    (("create", "mkdir", "touch", "new"), EscapeOperation.CREATE),
+    (("delete", "remove", "rm"), EscapeOperation.DELETE),
+    (("exec", "run", "launch"), EscapeOperation.EXECUTE),
+    (("list", "ls", "dir"), EscapeOperation.LIST),
+)
+
+
+def infer_operation(tool_name: str) -> EscapeOperation:
+    """The operation a tool performs, by lower-cased substring (first match; default Read)."""
+    name = tool_name.lower()
+    for needles, operation in _OPERATION_RULES:
+        if any(needle in name for needle in needles):
+            return operation
+    return EscapeOperation.READ
+
+
+def risk_level_for(operation: EscapeOperation) -> RiskLevel:
+    """Read and list are Medium, write and create High, delete and execute Critical."""
+    if operation in (EscapeOperation.READ, EscapeOperation.LIST):
+        return RiskLevel.MEDIUM
+    if operation in (EscapeOperation.WRITE, EscapeOperation.CREATE):
+        return RiskLevel.HIGH
+    return RiskLevel.CRITICAL
+
+
+def _first_string(args: Mapping[str, Any], keys: Iterable[str]) -> str | None:
+    for key in keys:
+        value = args.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def classify_tool_call(
+    name: str, args: Mapping[str, Any], resolve: Callable[[str], str] | None = None
+) -> SensitiveAction:
+    """The original's built-in rules (§6.6): bash, file writes, file reads, else a tool call.
+
+    ``resolve`` maps a ``path``/``file_path`` argument to the absolute path the action names.
+    """
+    if name == "bash":
+        return ExecuteCommand(command=_first_string(args, ("command",)) or "bash")
+    if name in ("write_file", "edit_file"):
+        path = _first_string(args, ("file_path", "path"))
+        return FileWriteOutsideSandbox(
+            path=resolve(path) if path and resolve else (path or "unknown")
+        )
+    if name in ("read_file", "glob", "grep", "list_directory"):
+        path = _first_string(args, ("file_path", "path"))
+        if path is not None:
+            return FileRead(path=resolve(path) if resolve else path)
+        pattern = _first_string(args, ("pattern",))
+        return FileRead(path=pattern if pattern is not None else (resolve(".") if resolve else "."))
+    return McpToolCall(server="builtin", tool=name)
+
+
+def truncate_output(text: str, limit: int = MAX_TOOL_OUTPUT_BYTES) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes (whole characters) plus a notice, if longer."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return text
+    return (
+        cut_utf8(text, limit)
+        + f"\n\n[output truncated: {size} bytes in total, showing the first {limit}]"
+    )
+
+
+def _escape_action(operation: EscapeOperation, path: str) -> SensitiveAction:
+    if operation in (EscapeOperation.READ, EscapeOperation.LIST):
+        return FileRead(path=path)
+    if operation is EscapeOperation.DELETE:
+        return FileDelete(path=path)
+    return FileWriteOutsideSandbox(path=path)
+
+
+def _action_path(action: SensitiveAction) -> str | None:
+    if isinstance(action, FileRead | FileWriteOutsideSandbox | FileDelete):
+        return action.path
+    return None
+
+
+# -- the runtime ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Response:
+    text: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    parse_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Turn:
+    session: AgentSession
+    ctx: ToolContext
+    interceptor: SecurityInterceptor
+    boundary: WorkspaceBoundary
+    result: TurnResult = field(default_factory=TurnResult)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def _checked_tool(impl: Implementation, context: PluginContext) -> Tool:
+    tool = impl.create(None, context)
+    if not isinstance(tool, Tool):
+        raise PluginError(
+            f"tool {impl.name!r} (plugin {impl.plugin or '?'}) is not a Tool: it needs name, "
+            "description, input_schema and an async run(arguments, ctx)"
+        )
+    return tool
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+class AgentRuntime:
+    """Runs agent turns: the LLM loop, tool dispatch through security checks, budgets, saves.
+
+    One runtime may serve many sessions; run one turn at a time per session. The runtime owns
+    one sub-agent pool shared by every turn.
+    """
+
+    def __init__(
+        self,
+        provider: LLMProvider,
+        *,
+        store: SessionStore | None = None,
+        config: RuntimeConfig | None = None,
+        tools: Iterable[Tool] | None = None,
+        policy: SecurityPolicy | None = None,
+        keypair: KeyPair | None = None,
+        context_manager: ContextManager | None = None,
+        approval_handler: ApprovalHandler | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.config = config if config is not None else RuntimeConfig()
+        self.plugin_manager = plugin_manager if plugin_manager is not None else (
+            get_plugin_manager()
+        )
+        self.tools: dict[str, Tool] = {}
+        for tool in tools if tools is not None else self._registered_tools(plugin_manager):
+            if tool.name in self.tools:
+                raise ValueError(f"two tools are named {tool.name!r}")
+            self.tools[tool.name] = tool
+        self.policy = policy if policy is not None else SecurityPolicy.default()
+        if keypair is None:
+            from .security.crypto import KeyPair
+
+            keypair = KeyPair.generate()
+        self.keypair = keypair
+        self.context_manager = context_manager if context_manager is not None else (
+            ContextManager(
+                self.config.max_context_tokens,
+                threshold=self.config.summarization_threshold,
+                keep_recent=self.config.keep_recent_count,
+            )
+        )
+        self.approval_handler = approval_handler
+        self.audit = audit if audit is not None else AuditLog()
+        self.pool = SubAgentPool(
+            self.config.max_concurrent_subagents, self.config.max_subagent_depth
+        )
+        self._boundaries: dict[str, WorkspaceBoundary] = {}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _registered_tools(plugin_manager: pluggy.PluginManager | None) -> list[Tool]:
+        from .config import astrid_home
+
+        context = PluginContext(home=astrid_home())
+        if plugin_manager is None:
+            return [_checked_tool(impl, context) for impl in registry("tool").values()]
+        found: dict[str, Implementation] = {}
+
+        def register(
+            name: str,
+            factory: Callable[[Any, PluginContext], Any],
+            options: type[BaseModel] = NoOptions,
+            description: str = "",
+        ) -> None:
+            if name in found:
+                raise ValueError(f"tool {name!r} is registered twice")
+            found[name] = Implementation("tool", name, factory, options, description, "")
+
+        plugin_manager.hook.register_tools(register=register)
+        return [_checked_tool(impl, context) for impl in found.values()]
+
+    def add_tool(self, tool: Tool) -> None:
+        """Offer one more tool to the model (a host tool next to the registered ones)."""
+        if tool.name in self.tools:
+            raise ValueError(f"the runtime already has a tool named {tool.name!r}")
+        self.tools[tool.name] = tool
+
+    def tool_definitions(self) -> list[ToolDefinition]:
+        """The definitions the provider is given, in registration order."""
+        return [tool_definition(tool) for tool in self.tools.values()]
+
+    def create_session(self, system_prompt: str | None = None) -> AgentSession:
+        """A new session (through the store when there is one) with the provider's model."""
+        prompt = self.config.system_prompt if system_prompt is None else system_prompt
+        session = self.store.new_session(prompt) if self.store is not None else AgentSession(prompt)
+        return session.with_model(self.provider.model)
+
+    def workspace_root(self, session: AgentSession) -> Path:
+        """The session's workspace, or the configured root (absolute)."""
+        root = session.workspace_path if session.workspace_path is not None else (
+            Path(self.config.workspace.root)
+        )
+        return Path(os.path.abspath(root))
+
+    def boundary_for(self, root: Path) -> WorkspaceBoundary:
+        """The workspace boundary of ``root`` (the configured rules, that root)."""
+        key = str(root)
+        boundary = self._boundaries.get(key)
+        if boundary is None:
+            config = self.config.workspace.model_copy(update={"root": key})
+            boundary = WorkspaceBoundary(config)
+            self._boundaries[key] = boundary
+        return boundary
+
+    def _prepare(self, session: AgentSession) -> None:
+        if self.approval_handler is not None:
+            session.approval_manager.register_handler(self.approval_handler)
+
+    def _new_turn(self, session: AgentSession, parent_subagent_id: SubAgentId | None) -> _Turn:
+        root = self.workspace_root(session)
+        spawner = SubAgentExecutor(
+            self.pool,
+            session,
+            self._run_child,
+            parent_subagent_id=parent_subagent_id,
+            default_timeout=self.config.default_subagent_timeout,
+            store=self.store,
+        )
+        ctx = ToolContext(
+            session=session, workspace_root=root, cwd=root, store=self.store, spawner=spawner
+        )
+        interceptor = SecurityInterceptor(
+            session, self.policy, self.keypair, workspace_root=root, audit=self.audit
+        )
+        return _Turn(session, ctx, interceptor, self.boundary_for(root))
+
+    # -- turns ------------------------------------------------------------------------------
+
+    async def run_turn(self, session: AgentSession, user_input: str) -> TurnResult:
+        """One top-level turn: add the input, summarize if needed, loop, save once (always)."""
+        self._prepare(session)
+        turn = self._new_turn(session, None)
+        failed = True
+        try:
+            session.add_message(Message.user(user_input))
+            if self.config.auto_summarize and self.context_manager.needs_summarization(session):
+                turn.result.summarization = await self.context_manager.summarize(
+                    session, provider=self.provider, store=self.store
+                )
+            await self._run_loop(turn)
+            failed = False
+            return self._finish(turn)
+        finally:
+            session.record_approvals()
+            self._save(session, quiet=failed)
+
+    async def run_subagent_turn(
+        self, session: AgentSession, prompt: str, subagent_id: SubAgentId
+    ) -> TurnResult:
+        """A sub-agent's turn: no summarization and no save (the executor saves the child)."""
+        self._prepare(session)
+        turn = self._new_turn(session, subagent_id)
+        try:
+            session.add_message(Message.user(prompt))
+            await self._run_loop(turn)
+            return self._finish(turn)
+        finally:
+            session.record_approvals()
+
+    async def _run_child(self, session: AgentSession, prompt: str, subagent_id: SubAgentId) -> None:
+        await self.run_subagent_turn(session, prompt, subagent_id)
+
+    def _finish(self, turn: _Turn) -> TurnResult:
+        turn.result.usage = Usage(turn.input_tokens, turn.output_tokens)
+        return turn.result
+
+    def _save(self, session: AgentSession, *, quiet: bool) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(session)
+        except Exception:
+            if not quiet:
+                raise
+            logger.warning("could not save session %s after a failed turn", session.id.bare,
+                           exc_info=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run_loop(self, turn: _Turn) -> None:
+        session = turn.session
+        definitions = self.tool_definitions()
+        for iteration in range(1, self.config.max_iterations + 1):
+            turn.result.iterations = iteration
+            response = await self._call_llm(turn, definitions)
+            if response.calls:
+                if response.text.strip():
+                    session.add_message(Message.assistant(response.text))
+                session.add_message(Message.assistant_with_tools(response.calls))
+                await self._execute_calls(turn, response)
+                continue
+            turn.result.text = response.text
+            if response.text:
+                session.add_message(Message.assistant(response.text))
+            return
+        raise MaxIterationsExceeded(self.config.max_iterations)
+
+    def _system_prompt(self, session: AgentSession) -> str:
+        prompt = session.system_prompt
+        if session.plugin_context:
+            return f"{session.plugin_context}\n\n{prompt}"
+        return prompt
+
+    def _reserve(self, session: AgentSession, validator: BudgetValidator) -> DualReservation:
+        model = session.model or self.provider.model
+        input_tokens = max(0, session.token_count)
+        output_tokens = self.config.estimated_output_tokens
+        estimate = self.config.cost_usd(model, input_tokens, output_tokens)
+        try:
+            return validator.reserve(estimate)
+        except BudgetExceeded as exc:
+            session_tracker = session.budget_tracker
+            limits = session_tracker.config()
+            text = (
+                f"budget exceeded: the next LLM call to {model!r} needs an estimated "
+                f"${estimate:.4f} ({input_tokens} input + {output_tokens} output tokens); "
+                f"session spend ${session_tracker.spent():.4f} of a ${limits.session_max_usd:.2f} "
+                f"limit (per call at most ${limits.per_action_max_usd:.2f})"
+            )
+            workspace = session.workspace_budget_tracker
+            if workspace is not None:
+                maximum = workspace.max_usd()
+                limit = "no limit" if maximum is None else f"a ${maximum:.2f} limit"
+                text += f"; workspace spend ${workspace.spent():.4f} of {limit}"
+            raise BudgetExceeded(f"{text} [{exc}]") from exc
+
+    async def _call_llm(self, turn: _Turn, definitions: Sequence[ToolDefinition]) -> _Response:
+        session = turn.session
+        model = session.model or self.provider.model
+        validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
+        reservation = self._reserve(session, validator)
+        if reservation.warning is not None:
+            turn.result.warnings.append(reservation.warning)
+        usage_in = usage_out = 0
+        got_usage = False
+        response = _Response()
+        text: list[str] = []
+        names: dict[str, str] = {}
+        buffers: dict[str, list[str]] = {}
+        order: list[str] = []
+        last_id: str | None = None
+        stream: AsyncIterator[Any] | None = None
+        try:
+            try:
+                stream = self.provider.stream(
+                    list(session.messages), definitions, self._system_prompt(session)
+                )
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        text.append(event.text)
+                    elif isinstance(event, ToolCallStart):
+                        if event.id not in names:
+                            order.append(event.id)
+                        names[event.id] = event.name
+                        buffers[event.id] = []
+                        last_id = event.id
+                    elif isinstance(event, ToolCallDelta):
+                        key = event.id if event.id in buffers else last_id
+                        if key is not None:
+                            buffers[key].append(event.args_delta)
+                    elif isinstance(event, ToolCallEnd):
+                        continue
+                    elif isinstance(event, Usage):
+                        got_usage = True
+                        usage_in += max(0, event.input_tokens)
+                        usage_out += max(0, event.output_tokens)
+                    elif isinstance(event, StreamError):
+                        raise LLMError(f"LLM stream error: {event.message}")
+                    elif isinstance(event, Done):
+                        break
+            except (AstridError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                label = getattr(self.provider, "name", type(self.provider).__name__)
+                raise LLMError(f"LLM provider {label!r} failed: {_error_text(exc)}") from exc
+            finally:
+                closer = getattr(stream, "aclose", None)
+                if closer is not None:
+                    try:
+                        await closer()
+                    except Exception:
+                        logger.debug("closing the provider stream failed", exc_info=True)
+        finally:
+            if got_usage:
+                cost = self.config.cost_usd(model, usage_in, usage_out)
+                validator.settle(reservation, cost)
+                turn.result.cost_usd += cost
+                turn.input_tokens += usage_in
+                turn.output_tokens += usage_out
+            else:
+                validator.release(reservation)
+        response.text = "".join(text)
+        for call_id in order:
+            raw = "".join(buffers.get(call_id, []))
+            arguments: Any = {}
+            if raw.strip():
+                try:
+                    arguments = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    response.parse_errors[call_id] = f"invalid JSON ({exc}) in {raw[:200]!r}"
+                    arguments = {}
+                else:
+                    if not isinstance(arguments, dict):
+                        response.parse_errors[call_id] = (
+                            f"arguments must be a JSON object, got {type(arguments).__name__}"
+                        )
+                        arguments = {}
+            response.calls.append(ToolCall(id=call_id, name=names[call_id], arguments=arguments))
+        return response
+
+    # -- tools ------------------------------------------------------------------------------
+
+    async def _execute_calls(self, turn: _Turn, response: _Response) -> None:
+        session = turn.session
+        done = 0
+        try:
+            for call in response.calls:
+                result = await self._execute_tool_call(
+                    turn, call, response.parse_errors.get(call.id)
+                )
+                session.add_message(Message.tool_result(result))
+                turn.result.tool_calls.append(ToolCallRecord(call, result))
+                done += 1
+        except BaseException as exc:
+            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else _error_text(exc)
+            for call in response.calls[done:]:
+                result = ToolCallResult.error(
+                    call.id, f"Tool call not executed: the turn was aborted ({reason})"
+                )
+                session.add_message(Message.tool_result(result))
+                turn.result.tool_calls.append(ToolCallRecord(call, result))
+            raise
+
+    def _classify(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> SensitiveAction:
+        custom = getattr(tool, "classify", None)
+        if callable(custom):
+            action: SensitiveAction | None = custom(args, ctx)
+            if action is not None:
+                return action
+        return classify_tool_call(tool.name, args, lambda p: resolve_path(ctx.resolve_path(p)))
+
+    def _boundary_paths(self, args: dict[str, Any], ctx: ToolContext) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for key, value in args.items():
+            if not isinstance(key, str) or key.lower() not in PATH_ARGUMENT_KEYS:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                continue
+            path = _path_value(value)
+            if path is None:
+                if "://" in value:
+                    continue
+                path = value
+            found.append((value, resolve_path(ctx.resolve_path(path))))
+        return found
+
+    async def _check_boundary(
+        self, turn: _Turn, tool: Tool, args: dict[str, Any], action: SensitiveAction
+    ) -> tuple[str | None, list[tuple[str, EscapeOperation]]]:
+        """An error text if a path is refused; paths left to the action's own approval."""
+        session = turn.session
+        boundary = turn.boundary
+        operation = infer_operation(tool.name)
+        covered: list[tuple[str, EscapeOperation]] = []
+        for raw, path in self._boundary_paths(args, turn.ctx):
+            if session.escape_handler.is_allowed(path, boundary.config.never_allowed):
+                continue
+            check = boundary.check(path)
+            if check.is_allowed():
+                continue
+            if check is PathCheck.NEVER_ALLOWED:
+                if boundary.is_never_allowed(path):
+                    return f"Access to {raw} is blocked — this is a protected system path", []
+                return f"Access to {raw} denied — outside workspace (escape policy: deny)", []
+            if _action_path(action) == path:
+                covered.append((path, operation))
+                continue
+            escape = _escape_action(operation, path)
+            context = (
+                f"Workspace escape: tool {tool.name} wants to {operation} {path} "
+                "outside the workspace"
+            )
+            try:
+                passed = await turn.interceptor.intercept(escape, context)
+            except AstridError as exc:
+                return f"Access to {raw} denied — outside workspace: {exc}", []
+            self._close_reservation(turn, passed.reservation, passed.budget_warning)
+            self._remember_escape(session, path, operation, passed.proof)
+        return None, covered
+
+    @staticmethod
+    def _remember_escape(
+        session: AgentSession, path: str, operation: EscapeOperation, proof: InterceptProof
+    ) -> None:
+        if isinstance(proof, SessionApprovalProof):
+            decision = EscapeDecision.ALLOW_SESSION
+        elif isinstance(proof, CapabilityCreated):
+            decision = EscapeDecision.ALLOW_ALWAYS
+        else:
+            return
+        request = EscapeRequest.new(path, operation, "approved through the approval manager")
+        session.escape_handler.process_decision(request, decision)
+
+    def _close_reservation(
+        self, turn: _Turn, reservation: DualReservation | None, warning: BudgetWarning | None
+    ) -> None:
+        if warning is not None:
+            turn.result.warnings.append(warning)
+        if reservation is not None:
+            turn.interceptor.release(reservation)
+
+    async def _execute_tool_call(
+        self, turn: _Turn, call: ToolCall, parse_error: str | None
+    ) -> ToolCallResult:
+        name = call.name
+        if parse_error is not None:
+            return ToolCallResult.error(
+                call.id, f"Invalid arguments for tool {name}: {parse_error}"
+            )
+        tool = self.tools.get(name)
+        if tool is None:
+            available = ", ".join(sorted(self.tools)) or "none"
+            return ToolCallResult.error(
+                call.id, f"Unknown tool: {name} (available tools: {available})"
+            )
+        args: dict[str, Any] = dict(call.arguments) if isinstance(call.arguments, dict) else {}
+        ctx = turn.ctx
+        session = turn.session
+        try:
+            action = self._classify(tool, args, ctx)
+        except Exception as exc:
+            return ToolCallResult.error(
+                call.id, f"Cannot classify the call to {name}: {_error_text(exc)}"
+            )
+
+        refused, covered = await self._check_boundary(turn, tool, args, action)
+        if refused is not None:
+            return ToolCallResult.error(call.id, refused)
+
+        try:
+            reason = self.plugin_manager.hook.pre_tool_call(
+                session=session, tool_name=name, arguments=args
+            )
+        except Exception as exc:
+            logger.warning("pre_tool_call hook failed for %s", name, exc_info=True)
+            return ToolCallResult.error(
+                call.id, f"Tool call blocked: a pre_tool_call hook failed: {_error_text(exc)}"
+            )
+        if reason:
+            return ToolCallResult.error(call.id, f"Tool call blocked: {reason}")
+
+        try:
+            passed = await turn.interceptor.intercept(action, f"Built-in tool: {name}")
+        except AstridError as exc:
+            return ToolCallResult.error(call.id, _error_text(exc))
+        self._close_reservation(turn, passed.reservation, passed.budget_warning)
+        for path, operation in covered:
+            self._remember_escape(session, path, operation, passed.proof)
+
+        try:
+            output = await tool.run(args, ctx)
+            content = output if isinstance(output, str) else str(output)
+            is_error = False
+        except asyncio.CancelledError:
+            raise
+        except ToolError as exc:
+            content = _error_text(exc)
+            is_error = True
+        except Exception as exc:
+            content = f"Tool {name} failed: {type(exc).__name__}: {exc}"
+            is_error = True
+        content = truncate_output(content, self.config.max_tool_output_bytes)
+
+        try:
+            self.plugin_manager.hook.post_tool_call(
+                session=session, tool_name=name, arguments=args, result=content, is_error=is_error
+            )
+        except Exception:
+            logger.warning("post_tool_call hook failed for %s", name, exc_info=True)
+        if is_error:
+            return ToolCallResult.error(call.id, content)
+        return ToolCallResult.success(call.id, content)
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentRuntime(provider={getattr(self.provider, 'name', '?')!r}, "
+            f"tools={sorted(self.tools)}, store={self.store is not None}, pool={self.pool!r})"
+        )
