@@ -92,6 +92,43 @@ class BudgetSection(_Section):
     workspace_max_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
+class LlmSection(_Section):
+    """``[llm]``: the LLM provider the runtime talks to."""
+
+    provider: str = "scripted"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SummarizerSection(_Section):
+    """``[summarizer]``: how old turns are summarised when the context fills up."""
+
+    name: str = "extractive"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeSection(_Section):
+    """``[runtime]``: the turn loop, context window and sub-agent limits."""
+
+    max_context_tokens: int = Field(default=100_000, ge=0)
+    summarization_threshold: float = Field(default=0.85, ge=0.5, le=0.95, allow_inf_nan=False)
+    keep_recent_count: int = Field(default=10, ge=0)
+    auto_summarize: bool = True
+    system_prompt: str = ""
+    max_iterations: int = Field(default=25, ge=1)
+    max_concurrent_subagents: int = Field(default=4, ge=0)
+    max_subagent_depth: int = Field(default=3, ge=0)
+    default_subagent_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    estimated_output_tokens: int = Field(default=1024, ge=0)
+    workspace_root: str | None = None
+
+
+class PricingEntry(_Section):
+    """``[pricing."<model>"]``: USD per million tokens of one model."""
+
+    input_per_million: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    output_per_million: float = Field(default=15.0, ge=0, allow_inf_nan=False)
+
+
 class AstridConfig(_Section):
     """The whole configuration; every section has defaults."""
 
@@ -100,8 +137,22 @@ class AstridConfig(_Section):
     git: GitSection = Field(default_factory=GitSection)
     capabilities: CapabilitiesSection = Field(default_factory=CapabilitiesSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    llm: LlmSection = Field(default_factory=LlmSection)
+    summarizer: SummarizerSection = Field(default_factory=SummarizerSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    pricing: dict[str, PricingEntry] = Field(default_factory=dict)
 
-    @field_validator("storage", "tokens", "git", "capabilities", "budget", mode="before")
+    @field_validator(
+        "storage",
+        "tokens",
+        "git",
+        "capabilities",
+        "budget",
+        "llm",
+        "summarizer",
+        "runtime",
+        mode="before",
+    )
     @classmethod
     def _table(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, dict | BaseModel):
@@ -115,6 +166,8 @@ PLUGGABLE: tuple[tuple[str, str, str], ...] = (
     ("tokens", "estimator", "token_estimator"),
     ("git", "capture", "git_capture"),
     ("capabilities", "store", "capability_store"),
+    ("llm", "provider", "llm_provider"),
+    ("summarizer", "name", "summarizer"),
 )
 
 
@@ -263,6 +316,31 @@ session_max_usd = 100.0
 per_action_max_usd = 10.0
 warn_at_percent = 80
 # workspace_max_usd = 500.0
+
+[llm]
+# The LLM provider: "scripted" (offline, replays [llm.options] script) or a plugin's provider.
+provider = "scripted"
+
+[summarizer]
+# How old turns are compacted: "extractive" (offline) or "llm" (asks the provider).
+name = "extractive"
+
+[runtime]
+max_context_tokens = 100000
+summarization_threshold = 0.85
+keep_recent_count = 10
+auto_summarize = true
+max_iterations = 25
+max_concurrent_subagents = 4
+max_subagent_depth = 3
+default_subagent_timeout = 300.0
+estimated_output_tokens = 1024
+# workspace_root = "/path/to/project"   (default: the current directory)
+
+# Prices in USD per million tokens, per model (unlisted models: 3.0 in, 15.0 out).
+# [pricing."claude-sonnet-4-20250514"]
+# input_per_million = 3.0
+# output_per_million = 15.0
 """
 
 

@@ -894,3 +894,65 @@ class AgentRuntime:
             f"AgentRuntime(provider={getattr(self.provider, 'name', '?')!r}, "
             f"tools={sorted(self.tools)}, store={self.store is not None}, pool={self.pool!r})"
         )
+
+
+def open_runtime(
+    config: Any = None,
+    *,
+    approval_handler: ApprovalHandler | None = None,
+    tools: Iterable[Tool] | None = None,
+    policy: SecurityPolicy | None = None,
+) -> AgentRuntime:
+    """An ``AgentRuntime`` built from configuration (a ``LoadedConfig``, a path, or discovery).
+
+    The store, LLM provider, summarizer, limits and pricing are the ones the config names.
+    """
+    from .config import LoadedConfig, load_config
+    from .plugins import get_implementation
+    from .store import open_store
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+    cfg = loaded.config
+    context = PluginContext(home=loaded.home)
+    where = loaded.where
+    provider = get_implementation(
+        "llm_provider", cfg.llm.provider, where=f"{where}: key 'llm.provider'"
+    ).create(cfg.llm.options, context)
+    summarizer = get_implementation(
+        "summarizer", cfg.summarizer.name, where=f"{where}: key 'summarizer.name'"
+    ).create(cfg.summarizer.options, context)
+    rt = cfg.runtime
+    runtime_config = RuntimeConfig(
+        max_context_tokens=rt.max_context_tokens,
+        summarization_threshold=rt.summarization_threshold,
+        keep_recent_count=rt.keep_recent_count,
+        auto_summarize=rt.auto_summarize,
+        system_prompt=rt.system_prompt,
+        max_iterations=rt.max_iterations,
+        max_concurrent_subagents=rt.max_concurrent_subagents,
+        max_subagent_depth=rt.max_subagent_depth,
+        default_subagent_timeout=rt.default_subagent_timeout,
+        estimated_output_tokens=rt.estimated_output_tokens,
+        workspace=rt.workspace_root or os.getcwd(),
+        pricing={
+            model: ModelPricing(
+                input_per_million=p.input_per_million, output_per_million=p.output_per_million
+            )
+            for model, p in cfg.pricing.items()
+        },
+    )
+    context_manager = ContextManager(
+        rt.max_context_tokens,
+        threshold=rt.summarization_threshold,
+        keep_recent=rt.keep_recent_count,
+        summarizer=summarizer,
+    )
+    return AgentRuntime(
+        provider,
+        store=open_store(loaded),
+        config=runtime_config,
+        tools=tools,
+        policy=policy,
+        context_manager=context_manager,
+        approval_handler=approval_handler,
+    )

@@ -1,0 +1,74 @@
+"""``open_runtime``: the runtime built from TOML (provider, summarizer, limits, pricing)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from astrid.errors import ConfigError
+from astrid.runtime import MaxIterationsExceeded, open_runtime
+
+CONFIG = """
+[storage]
+backend = "sqlite"
+
+[llm]
+provider = "scripted"
+
+[llm.options]
+model = "priced-model"
+script = [
+  [{text = "hello there"}, {usage = {input_tokens = 1000000, output_tokens = 1000000}}],
+  [{tool_call = {id = "c1", name = "list_directory", arguments = {path = "."}}}],
+  [{tool_call = {id = "c2", name = "list_directory", arguments = {path = "."}}}],
+]
+
+[runtime]
+max_iterations = 2
+workspace_root = "{workspace}"
+
+[pricing."priced-model"]
+input_per_million = 1.5
+output_per_million = 2.5
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ASTRID_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ASTRID_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "astrid.toml"
+    path.write_text(CONFIG.replace("{workspace}", str(tmp_path)))
+    return path
+
+
+def test_runtime_uses_configured_provider_pricing_and_store(config_file: Path) -> None:
+    runtime = open_runtime(config_file)
+    assert runtime.config.max_iterations == 2
+    assert runtime.config.pricing_for("priced-model").input_per_million == 1.5
+    assert runtime.context_manager.summarizer.name == "extractive"
+    session = runtime.store.new_session("p") if runtime.store else None
+    assert session is not None
+    result = asyncio.run(runtime.run_turn(session, "hi"))
+    assert result.text == "hello there"
+    assert result.cost_usd == pytest.approx(4.0)  # 1M in at $1.5 + 1M out at $2.5
+    assert session.budget_tracker.spent() == pytest.approx(4.0)
+    loaded = runtime.store.load(session.id)
+    assert loaded is not None and len(loaded.messages) == 2
+    # the configured iteration cap stops a model that keeps calling tools
+    with pytest.raises(MaxIterationsExceeded, match="max_iterations = 2"):
+        asyncio.run(runtime.run_turn(session, "loop"))
+    runtime.store.close()
+
+
+def test_unknown_provider_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASTRID_HOME", str(tmp_path))
+    path = tmp_path / "c.toml"
+    path.write_text('[llm]\nprovider = "gpt-nine"\n')
+    with pytest.raises(ConfigError, match="'llm.provider'.*valid choices: scripted"):
+        open_runtime(path)
