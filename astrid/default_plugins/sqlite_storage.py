@@ -1,0 +1,806 @@
+"""The ``sqlite`` storage backend (the default): sessions, messages and key-value data in one file.
+
+Layout (JSON is stored as TEXT so ``sqlite3`` and Datasette can read it):
+
+* ``sessions``: one row per session: the document minus its messages (``state``), the summary
+  columns a listing needs, the revision and the next message sequence number.
+* ``messages``: append-only, one row per message ever stored (``active`` 0 once replaced, e.g. by
+  a summary), keyed by ``(session_id, seq)``. The active messages are always the session's last
+  ``message_count`` sequence numbers (a replace deactivates them all, then appends), so full and
+  tail loads are range scans of the primary key.
+* ``kv``: the scoped key-value store (deferred queues, workspace state, capability tokens).
+* ``_astrid_migrations``: the named migrations applied (``PRAGMA user_version`` = their number).
+
+The database runs in WAL mode. Every write is one ``BEGIN IMMEDIATE`` transaction, so several
+threads and several processes may share a file; a lock that outlasts ``busy_timeout`` is retried
+with backoff inside the backend. Saving one more message costs the same at any session length:
+the session row keeps the active message count, nothing is counted or rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import (
+    ConcurrencyError,
+    SchemaVersionError,
+    SerializationError,
+    SessionNotFound,
+    StorageError,
+)
+from ..hookspecs import hookimpl
+from ..plugins import PluginContext
+from ..security.kv import validate_name
+from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
+from ..timeutil import parse_rfc3339, to_utc, utcnow
+
+DEFAULT_FILENAME = "astrid.db"
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_RETRIES = 6
+"""How many times a write that found the database locked beyond ``busy_timeout`` is retried."""
+
+_T = TypeVar("_T")
+_Mode = Literal["read", "write", "single"]
+
+
+class SqliteOptions(BaseModel):
+    """Options of the ``sqlite`` backend.
+
+    ``path`` defaults to ``<home>/astrid.db``; a relative path is taken relative to ``<home>``.
+    ``synchronous``: with WAL, ``NORMAL`` (the default) is durable against a crash of the process
+    (a committed save survives; the file always opens cleanly) but the last commits may be lost
+    on power loss or an OS crash; ``FULL`` fsyncs every commit and is durable against power loss
+    too, at the cost of one fsync per save.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def _m0001_sessions(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY,
+            revision INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            title TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            message_count INTEGER NOT NULL,
+            token_count INTEGER NOT NULL,
+            workspace_path TEXT,
+            model TEXT,
+            parent_id TEXT,
+            next_seq INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (updated_at DESC, id)"
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS sessions_by_workspace "
+        "ON sessions (workspace_path, updated_at DESC, id) WHERE workspace_path IS NOT NULL"
+    )
+
+
+def _m0002_messages(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS messages (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            active INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def _m0003_kv(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS kv (
+            namespace TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (namespace, key)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
+    ("0001_sessions", _m0001_sessions),
+    ("0002_messages", _m0002_messages),
+    ("0003_kv", _m0003_kv),
+)
+"""The migration ladder: applied in order, each once, each in its own transaction."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def format_timestamp(value: datetime) -> str:
+    """Fixed-width RFC 3339 UTC with microseconds (sorts as text in time order)."""
+    v = value if value.tzinfo is UTC else to_utc(value)
+    return v.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_format_created = functools.lru_cache(maxsize=256)(format_timestamp)
+"""``created_at`` of a session never changes: format it once."""
+
+
+def _parse_timestamp(text: str) -> datetime:
+    try:
+        return to_utc(datetime.fromisoformat(text))
+    except (TypeError, ValueError):
+        parsed: datetime = parse_rfc3339(text)
+        return parsed
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps_fast(value: Any) -> str:
+    return pydantic_core.to_json(value, inf_nan_mode="constants").decode("utf-8")
+
+
+def _pick_encoder() -> Callable[[Any], str]:
+    """Compact UTF-8 JSON: pydantic-core's encoder (3x faster) when it writes NaN as json does."""
+    try:
+        if _dumps_fast({"x": [float("nan"), "é"]}) == _ENCODER.encode({"x": [float("nan"), "é"]}):
+            return _dumps_fast
+    except (TypeError, ValueError):
+        pass
+    return _ENCODER.encode
+
+
+_dumps = _pick_encoder()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _make_private_dirs(directory: Path) -> None:
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class SqliteBackend:
+    """Sessions in a SQLite file; one connection per backend, guarded by a lock."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise StorageError(f"sqlite: synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if busy_timeout_ms < 0:
+            raise StorageError("sqlite: busy_timeout_ms must be >= 0")
+        self.path = Path(path).expanduser().absolute()
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self.synchronous = synchronous
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._kv = SqliteKvStore(self)
+        self._open()
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def _not_ours(self, why: str = "") -> StorageError:
+        suffix = f" ({why})" if why else ""
+        return StorageError(f"{self.path} is not an astrid SQLite database{suffix}")
+
+    def _open(self) -> None:
+        try:
+            _make_private_dirs(self.path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory of {self.path}: {exc}") from exc
+        if self.path.exists():
+            self._check_header()
+        else:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                self._check_header()
+            except OSError as exc:
+                raise StorageError(f"cannot create {self.path}: {exc}") from exc
+            else:
+                try:
+                    os.fchmod(fd, 0o600)
+                finally:
+                    os.close(fd)
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from exc
+        self._conn = conn
+        try:
+            self._configure(conn)
+            self._migrate()
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+        self._private_sidecars()
+
+    def _check_header(self) -> None:
+        if self.path.is_dir():
+            raise self._not_ours("it is a directory")
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {exc}") from exc
+        if header and header != SQLITE_HEADER:
+            raise self._not_ours("the file is not a SQLite database")
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        def setup(c: sqlite3.Connection) -> None:
+            # PRAGMA values cannot be bound; both are validated above (an int and a literal).
+            c.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms:d}")
+            mode = c.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch the database to WAL mode")
+            c.execute(f"PRAGMA synchronous = {self.synchronous}")
+            c.execute("PRAGMA foreign_keys = ON")
+
+        self._run(setup, "single")
+
+    def _migrate(self) -> None:
+        known = [name for name, _ in MIGRATIONS]
+
+        def bootstrap(c: sqlite3.Connection) -> set[str]:
+            tables = {
+                row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if tables and "_astrid_migrations" not in tables:
+                raise self._not_ours("it holds tables of another application")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS _astrid_migrations "
+                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            return self._check_version(c, known)
+
+        applied = self._run(bootstrap, "write")
+        for index, (name, migration) in enumerate(MIGRATIONS, start=1):
+            if name in applied:
+                continue
+
+            def step(
+                c: sqlite3.Connection,
+                name: str = name,
+                migration: Callable[[sqlite3.Connection], None] = migration,
+                index: int = index,
+            ) -> None:
+                done = self._check_version(c, known)
+                if name in done:
+                    return
+                migration(c)
+                c.execute(
+                    "INSERT INTO _astrid_migrations (name, applied_at) VALUES (?, ?)",
+                    (name, format_timestamp(utcnow())),
+                )
+                c.execute(f"PRAGMA user_version = {index:d}")
+
+            self._run(step, "write")
+
+        def settle(c: sqlite3.Connection) -> None:
+            self._check_version(c, known)
+            c.execute(f"PRAGMA user_version = {len(MIGRATIONS):d}")
+
+        if self._run(lambda c: int(c.execute("PRAGMA user_version").fetchone()[0]), "single") != (
+            len(MIGRATIONS)
+        ):
+            self._run(settle, "write")
+
+    def _check_version(self, c: sqlite3.Connection, known: list[str]) -> set[str]:
+        version = int(c.execute("PRAGMA user_version").fetchone()[0])
+        names = {str(row[0]) for row in c.execute("SELECT name FROM _astrid_migrations")}
+        unknown = sorted(names - set(known))
+        if version > len(known) or unknown:
+            schema = max(version, len(names))
+            detail = f"; unknown migrations: {', '.join(unknown)}" if unknown else ""
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer astrid (schema {schema}, this astrid "
+                f"knows {len(known)}){detail}"
+            )
+        return names
+
+    def _private_sidecars(self) -> None:
+        for suffix in ("-wal", "-shm"):
+            sidecar = self.path.with_name(self.path.name + suffix)
+            try:
+                if sidecar.exists() and (sidecar.stat().st_mode & 0o777) != 0o600:
+                    os.chmod(sidecar, 0o600)
+            except OSError:
+                continue
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode) -> _T:
+        """Run ``fn`` in a transaction (``write``: BEGIN IMMEDIATE, ``read``: a snapshot).
+
+        A database lock outlasting ``busy_timeout`` is retried with backoff; other SQLite
+        errors become ``StorageError`` naming the file.
+        """
+        delay = 0.02
+        attempt = 0
+        while True:
+            with self._lock:
+                conn = self._conn
+                if conn is None:
+                    raise StorageError(f"the SQLite store {self.path} is closed")
+                try:
+                    if mode == "single":
+                        return fn(conn)
+                    conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
+                    try:
+                        result = fn(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        raise
+                    return result
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or attempt >= BUSY_RETRIES:
+                        raise self._storage_error(exc) from exc
+                except sqlite3.DatabaseError as exc:
+                    if "not a database" in str(exc):
+                        raise self._not_ours(str(exc)) from exc
+                    raise self._storage_error(exc) from exc
+                except sqlite3.Error as exc:
+                    raise self._storage_error(exc) from exc
+            attempt += 1
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        return StorageError(f"SQLite store {self.path}: {exc}")
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """The session (only its last ``tail`` active messages if given), or None."""
+        if tail is not None and tail < 0:
+            raise ValueError("tail must be >= 0")
+
+        def read(c: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row = c.execute(
+                "SELECT state, revision, message_count, updated_at, next_seq "
+                "FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            count, next_seq = int(row[2]), int(row[4])
+            wanted = count if tail is None else min(tail, count)
+            bodies = c.execute(
+                "SELECT body FROM messages WHERE session_id = ? AND seq >= ? AND active = 1 "
+                "ORDER BY seq",
+                (session_id, next_seq - wanted),
+            ).fetchall()
+            return (*row[:4], bodies)
+
+        found = self._run(read, "read")
+        if found is None:
+            return None
+        state_text, revision, count, updated_at, bodies = found
+        state = self._decode(state_text, session_id, "state")
+        if not isinstance(state, dict):
+            raise SerializationError(
+                f"{self.path}: session {session_id}: stored state is a JSON "
+                f"{type(state).__name__}, not an object"
+            )
+        messages = [self._decode(b[0], session_id, "message") for b in bodies]
+        return SessionRecord(
+            state=state,
+            messages=messages,
+            message_offset=int(count) - len(messages),
+            message_count=int(count),
+            revision=int(revision),
+            updated_at=_parse_timestamp(updated_at),
+        )
+
+    def _decode(self, text: Any, session_id: str, what: str) -> Any:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"{self.path}: session {session_id}: stored {what} is not valid JSON: {exc}"
+            ) from None
+
+    def _encode(self, value: Any, session_id: str, what: str) -> str:
+        try:
+            return _dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"session {session_id}: the {what} cannot be encoded as JSON: {exc}"
+            ) from exc
+
+    def write(self, change: SessionWrite) -> int:
+        """Apply one save in one transaction; ``ConcurrencyError`` on a stale revision."""
+        sid = change.session_id
+        state = self._encode(change.state, sid, "state")
+        bodies = [self._encode(m, sid, "message") for m in change.messages]
+        summary = change.summary
+        created = _format_created(summary.created_at)
+        updated = format_timestamp(summary.updated_at)
+
+        def apply(c: sqlite3.Connection) -> int:
+            row = c.execute(
+                "SELECT revision, message_count, next_seq FROM sessions WHERE id = ?", (sid,)
+            ).fetchone()
+            current = int(row[0]) if row is not None else None
+            if current != change.expected_revision:
+                raise ConcurrencyError(
+                    f"session {sid}: stale save (based on revision "
+                    f"{change.expected_revision}, stored revision is {current})"
+                )
+            if row is None:
+                revision, count, next_seq = 0, 0, 0
+            else:
+                revision, count, next_seq = current or 0, int(row[1]), int(row[2])
+                if change.replace:
+                    c.execute(
+                        "UPDATE messages SET active = 0 "
+                        "WHERE session_id = ? AND seq >= ? AND active = 1",
+                        (sid, next_seq - count),
+                    )
+                    count = 0
+                elif count != change.base_count:
+                    raise ConcurrencyError(
+                        f"session {sid}: stale save (based on {change.base_count} "
+                        f"messages, {count} stored)"
+                    )
+            self._insert(c, sid, next_seq, bodies)
+            revision += 1
+            values = (
+                revision,
+                state,
+                summary.title,
+                created,
+                updated,
+                count + len(bodies),
+                int(summary.token_count),
+                summary.workspace_path,
+                summary.model,
+                summary.parent_id,
+                next_seq + len(bodies),
+                sid,
+            )
+            if row is None:
+                c.execute(
+                    "INSERT INTO sessions (revision, state, title, created_at, updated_at, "
+                    "message_count, token_count, workspace_path, model, parent_id, next_seq, id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+            else:
+                c.execute(
+                    "UPDATE sessions SET revision = ?, state = ?, title = ?, created_at = ?, "
+                    "updated_at = ?, message_count = ?, token_count = ?, workspace_path = ?, "
+                    "model = ?, parent_id = ?, next_seq = ? WHERE id = ?",
+                    values,
+                )
+            return revision
+
+        return self._run(apply, "write")
+
+    @staticmethod
+    def _insert(c: sqlite3.Connection, sid: str, first_seq: int, bodies: list[str]) -> None:
+        if len(bodies) == 1:
+            c.execute(
+                "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)",
+                (sid, first_seq, bodies[0]),
+            )
+        elif bodies:
+            c.executemany(
+                "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)",
+                [(sid, first_seq + i, body) for i, body in enumerate(bodies)],
+            )
+
+    def append(
+        self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
+    ) -> tuple[int, int]:
+        """Append regardless of revision; ``SessionNotFound`` if the session does not exist."""
+        bodies = [self._encode(m, session_id, "message") for m in messages]
+        updated = format_timestamp(utcnow())
+
+        def apply(c: sqlite3.Connection) -> tuple[int, int]:
+            row = c.execute(
+                "SELECT revision, message_count, next_seq FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(
+                    f"session {session_id} not found in the SQLite store {self.path}"
+                )
+            revision, count, next_seq = int(row[0]) + 1, int(row[1]) + len(bodies), int(row[2])
+            self._insert(c, session_id, next_seq, bodies)
+            if summary is None:
+                c.execute(
+                    "UPDATE sessions SET revision = ?, updated_at = ?, message_count = ?, "
+                    "next_seq = ? WHERE id = ?",
+                    (revision, updated, count, next_seq + len(bodies), session_id),
+                )
+            else:
+                c.execute(
+                    "UPDATE sessions SET revision = ?, updated_at = ?, message_count = ?, "
+                    "next_seq = ?, title = ?, created_at = ?, token_count = ?, "
+                    "workspace_path = ?, model = ?, parent_id = ? WHERE id = ?",
+                    (
+                        revision,
+                        updated,
+                        count,
+                        next_seq + len(bodies),
+                        summary.title,
+                        _format_created(summary.created_at),
+                        int(summary.token_count),
+                        summary.workspace_path,
+                        summary.model,
+                        summary.parent_id,
+                        session_id,
+                    ),
+                )
+            return revision, count
+
+        return self._run(apply, "write")
+
+    def delete(self, session_id: str) -> bool:
+        """Remove a session row and its messages; False if absent."""
+
+        def apply(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            return c.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+        return self._run(apply, "write")
+
+    def list_sessions(
+        self, *, workspace: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """A page of summaries, newest activity first (ties by id), from the columns only."""
+        columns = (
+            "SELECT id, title, created_at, updated_at, message_count, token_count, "
+            "workspace_path, model, parent_id, revision FROM sessions "
+        )
+        if workspace is None:
+            sql = columns + "ORDER BY updated_at DESC, id LIMIT ? OFFSET ?"
+            params: tuple[Any, ...] = (limit, offset)
+        else:
+            sql = columns + "WHERE workspace_path = ? ORDER BY updated_at DESC, id LIMIT ? OFFSET ?"
+            params = (workspace, limit, offset)
+        rows = self._run(lambda c: c.execute(sql, params).fetchall(), "single")
+        return [
+            SessionSummary(
+                id=r[0],
+                title=r[1],
+                created_at=_parse_timestamp(r[2]),
+                updated_at=_parse_timestamp(r[3]),
+                message_count=int(r[4]),
+                token_count=int(r[5]),
+                workspace_path=r[6],
+                model=r[7],
+                parent_id=r[8],
+                revision=int(r[9]),
+            )
+            for r in rows
+        ]
+
+    def count_sessions(self, *, workspace: str | None = None) -> int:
+        """How many sessions (optionally in one workspace)."""
+        if workspace is None:
+            return self._run(
+                lambda c: int(c.execute("SELECT count(*) FROM sessions").fetchone()[0]), "single"
+            )
+        return self._run(
+            lambda c: int(
+                c.execute(
+                    "SELECT count(*) FROM sessions WHERE workspace_path = ?", (workspace,)
+                ).fetchone()[0]
+            ),
+            "single",
+        )
+
+    def history(self, session_id: str) -> list[HistoryEntry]:
+        """Every message ever stored for the session, replaced ones included, by sequence."""
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT seq, active, body FROM messages WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            ).fetchall(),
+            "single",
+        )
+        return [
+            HistoryEntry(int(seq), bool(active), self._decode(body, session_id, "message"))
+            for seq, active, body in rows
+        ]
+
+    def kv(self) -> SqliteKvStore:
+        """The key-value store in the same database file."""
+        return self._kv
+
+    def schema_version(self) -> int:
+        """The applied schema version (``PRAGMA user_version``: the number of migrations)."""
+        return self._run(lambda c: int(c.execute("PRAGMA user_version").fetchone()[0]), "single")
+
+    def migrations(self) -> list[tuple[str, str]]:
+        """The applied migrations as (name, applied_at), in name order."""
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT name, applied_at FROM _astrid_migrations ORDER BY name"
+            ).fetchall(),
+            "single",
+        )
+        return [(str(n), str(a)) for n, a in rows]
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend({str(self.path)!r})"
+
+
+class SqliteKvStore:
+    """A ``KvStore`` in the ``kv`` table of a ``SqliteBackend``'s database."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        """The value stored under ``key``, or None when absent."""
+        validate_name("namespace", namespace)
+        validate_name("key", key)
+        row = self._backend._run(
+            lambda c: c.execute(
+                "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone(),
+            "single",
+        )
+        return None if row is None else bytes(row[0])
+
+    def set(self, namespace: str, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``, replacing any previous value."""
+        validate_name("namespace", namespace)
+        validate_name("key", key)
+        data = bytes(value)
+        self._backend._run(
+            lambda c: c.execute(
+                "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                (namespace, key, data),
+            ),
+            "write",
+        )
+
+    def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key``; True if it existed."""
+        validate_name("namespace", namespace)
+        validate_name("key", key)
+        return self._backend._run(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+                ).rowcount
+                > 0
+            ),
+            "write",
+        )
+
+    def exists(self, namespace: str, key: str) -> bool:
+        """True if ``key`` is stored in ``namespace``."""
+        return self.get(namespace, key) is not None
+
+    def list_keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace``, sorted."""
+        validate_name("namespace", namespace)
+        rows = self._backend._run(
+            lambda c: c.execute("SELECT key FROM kv WHERE namespace = ?", (namespace,)).fetchall(),
+            "single",
+        )
+        return sorted(str(r[0]) for r in rows)
+
+    def clear_namespace(self, namespace: str) -> int:
+        """Remove every key of ``namespace``; return how many were removed."""
+        validate_name("namespace", namespace)
+        return self._backend._run(
+            lambda c: int(c.execute("DELETE FROM kv WHERE namespace = ?", (namespace,)).rowcount),
+            "write",
+        )
+
+    def __repr__(self) -> str:
+        return f"SqliteKvStore({str(self._backend.path)!r})"
+
+
+def resolve_path(path: str | None, home: Path) -> Path:
+    """The database file: ``<home>/astrid.db`` by default; relative paths under ``home``."""
+    if path is None:
+        return Path(home) / DEFAULT_FILENAME
+    return Path(home).expanduser() / Path(path).expanduser()
+
+
+def _create(options: SqliteOptions, context: PluginContext) -> SqliteBackend:
+    return SqliteBackend(
+        resolve_path(options.path, context.home),
+        busy_timeout_ms=options.busy_timeout_ms,
+        synchronous=options.synchronous,
+    )
+
+
+@hookimpl
+def register_storage_backends(register: Any) -> None:
+    """Register the ``sqlite`` backend."""
+    register(
+        "sqlite",
+        lambda options, context: _create(options, context),
+        SqliteOptions,
+        "One SQLite file (WAL) at <home>/astrid.db: append-only messages, fast listing.",
+    )
+
+
+__all__ = [
+    "MIGRATIONS",
+    "SqliteBackend",
+    "SqliteKvStore",
+    "SqliteOptions",
+    "resolve_path",
+]
