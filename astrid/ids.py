@@ -13,12 +13,13 @@ from .errors import InvalidSessionId
 class SessionId:
     """A session identifier: a UUID; ``str()`` gives ``session:<uuid>``, ``.bare`` the UUID."""
 
-    __slots__ = ("_uuid",)
+    __slots__ = ("_bare", "_uuid")
 
     def __init__(self, value: uuid.UUID) -> None:
         if not isinstance(value, uuid.UUID):
             raise InvalidSessionId(f"session id must be a UUID, got {value!r}")
         self._uuid = value
+        self._bare = str(value)
 
     @classmethod
     def new(cls) -> SessionId:
@@ -54,7 +55,7 @@ class SessionId:
     @property
     def bare(self) -> str:
         """The plain lowercase hyphenated UUID (file names, JSON)."""
-        return str(self._uuid)
+        return self._bare
 
     def __str__(self) -> str:
         return f"session:{self._uuid}"

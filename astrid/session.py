@@ -23,7 +23,7 @@ from .security.capabilities import CapabilityStore
 from .security.deferred import DeferredResolutionStore
 from .security.escape import EscapeHandler, WorkspaceBoundary, WorkspaceConfig
 from .security.kv import ScopedKvStore
-from .timeutil import to_utc, utcnow
+from .timeutil import format_rfc3339, to_utc, utcnow
 from .tokens import DEFAULT_ESTIMATOR, TokenEstimator
 
 GitCapture = Callable[[Path], GitState | None]
@@ -89,6 +89,7 @@ class AgentSession:
         self.token_estimator: TokenEstimator = token_estimator or DEFAULT_ESTIMATOR
         self.extra_fields: dict[str, Any] = {}
         self._approvals_counted = 0
+        self._created_text: tuple[datetime, str] | None = None
 
     # -- constructors (the original's names) ------------------------------------------------
 
@@ -285,30 +286,39 @@ class AgentSession:
         otherwise the last known state is written back unchanged. Without messages the
         document is the session's state alone (what a store writes next to new messages).
         """
+        data = self.state_data(git_capture=git_capture)
+        data["messages"] = list(self.messages) if include_messages else []
+        return SessionDocument.from_data(data, source=f"session {self.id.bare}")
+
+    def state_data(self, *, git_capture: GitCapture | None = None) -> dict[str, Any]:
+        """The document without its messages, as JSON-ready data (the store's hot path)."""
         self.record_approvals()
         if git_capture is not None and self.workspace_path is not None:
             self.git_state = git_capture(self.workspace_path)
-        doc = SessionDocument(
+        if self._created_text is None or self._created_text[0] != self.created_at:
+            self._created_text = (self.created_at, format_rfc3339(self.created_at))
+        data: dict[str, Any] = dict(
             id=self.id.bare,
             user_id=self.user_id.hex(),
-            messages=list(self.messages) if include_messages else [],
             system_prompt=self.system_prompt,
-            created_at=self.created_at,
+            created_at=self._created_text[1],
             token_count=self.token_count,
-            metadata=self.metadata.model_copy(deep=True),
-            allowances=self._session_allowances_for_export(),
-            budget_snapshot=self.budget_tracker.snapshot(),
-            escape_state=self.escape_handler.export_state(),
+            metadata=self.metadata.model_dump(mode="json"),
+            allowances=[
+                a.model_dump(mode="json")
+                for a in self.allowance_store.export_session_allowances()
+            ],
+            budget_snapshot=self.budget_tracker.snapshot().model_dump(mode="json"),
+            escape_state=self.escape_handler.export_state().model_dump(mode="json"),
             workspace_path=str(self.workspace_path) if self.workspace_path is not None else None,
             model=self.model,
-            git_state=self.git_state.model_copy() if self.git_state is not None else None,
-            parent_id=self.parent_id.bare if self.parent_id is not None else None,
-            **self.extra_fields,
+            git_state=self.git_state.model_dump(mode="json") if self.git_state else None,
         )
-        return doc
-
-    def _session_allowances_for_export(self) -> list[Allowance]:
-        return self.allowance_store.export_session_allowances()
+        if self.parent_id is not None:
+            data["parent_id"] = self.parent_id.bare
+        for key, value in self.extra_fields.items():
+            data.setdefault(key, value)
+        return data
 
     @classmethod
     def from_document(

@@ -432,10 +432,7 @@ class SessionStore:
     # -- internals -------------------------------------------------------------------------
 
     def _state_of(self, session: AgentSession) -> dict[str, Any]:
-        doc = session.to_document(git_capture=self.git_capture, include_messages=False)
-        data = doc.to_data()
-        data.pop("messages", None)
-        return data
+        return session.state_data(git_capture=self.git_capture)
 
     def _source(self, session_id: str) -> str:
         describe = getattr(self.backend, "describe", None)

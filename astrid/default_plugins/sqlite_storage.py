@@ -482,6 +482,41 @@ class SqliteBackend:
         created = _format_created(summary.created_at)
         updated = format_timestamp(summary.updated_at)
 
+        def fast_append(c: sqlite3.Connection) -> int | None:
+            # The common case in one statement: compare-and-set the revision and message
+            # count, bump next_seq, and learn where the new messages go.
+            n = len(bodies)
+            row = c.execute(
+                "UPDATE sessions SET revision = revision + 1, state = ?, title = ?, "
+                "updated_at = ?, message_count = message_count + ?, token_count = ?, "
+                "workspace_path = ?, model = ?, parent_id = ?, next_seq = next_seq + ? "
+                "WHERE id = ? AND revision = ? AND message_count = ? "
+                "RETURNING revision, next_seq",
+                (
+                    state,
+                    summary.title,
+                    updated,
+                    n,
+                    int(summary.token_count),
+                    summary.workspace_path,
+                    summary.model,
+                    summary.parent_id,
+                    n,
+                    sid,
+                    change.expected_revision,
+                    change.base_count,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            self._insert(c, sid, int(row[1]) - n, bodies)
+            return int(row[0])
+
+        if change.expected_revision is not None and not change.replace:
+            done = self._run(fast_append, "write")
+            if done is not None:
+                return done
+
         def apply(c: sqlite3.Connection) -> int:
             row = c.execute(
                 "SELECT revision, message_count, next_seq FROM sessions WHERE id = ?", (sid,)
