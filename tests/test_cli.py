@@ -1,0 +1,712 @@
+"""The ``astrid`` command: every command and its error paths, against a real temporary home.
+
+Most tests use click's ``CliRunner``; some run ``python -m astrid.cli`` in a subprocess to check
+what a user really sees (exit codes, one-line errors, no traceback without ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from astrid import Message, SessionDocument
+from astrid.cli import cli, main, parse_duration
+from astrid.config import load_config
+from astrid.plugins import load_plugins
+from astrid.store import SessionStore, open_store
+from astrid.timeutil import format_rfc3339, utcnow
+
+ROOT = Path(__file__).resolve().parent.parent
+RUST_ID = "6f1c2a8e-0b7d-4f4e-9a51-2d3c4b5a6978"
+
+# spec/original-runtime.md §2.7, verbatim: a document as the Rust astrid writes it.
+RUST_DOCUMENT = """{
+  "id": "6f1c2a8e-0b7d-4f4e-9a51-2d3c4b5a6978",
+  "user_id": "0102030405060708",
+  "messages": [
+    {"role": "user", "content": "Read a.txt"},
+    {"role": "assistant", "content": [
+      {"id": "call_1", "name": "read_file", "arguments": {"file_path": "/ws/a.txt"}}]},
+    {"role": "tool", "content": {"call_id": "call_1", "content": "hello", "is_error": false}},
+    {"role": "assistant", "content": "It says hello"}
+  ],
+  "system_prompt": "You are ...",
+  "created_at": "2026-02-22T03:48:10.123456789Z",
+  "token_count": 205,
+  "metadata": {"title": null, "tags": [], "turn_count": 0, "tool_call_count": 1,
+               "approval_count": 0, "custom": {}},
+  "allowances": [],
+  "budget_snapshot": {"session_spent_usd": 0.0123,
+                      "config": {"session_max_usd": 100.0, "per_action_max_usd": 10.0,
+                                 "warn_at_percent": 80},
+                      "last_updated": "2026-02-22T03:50:00.000000001Z"},
+  "escape_state": {"remembered_paths": []},
+  "workspace_path": "/ws",
+  "model": "claude-sonnet-4-20250514",
+  "git_state": {"branch": "main", "commit": "0123abcd..."}
+}
+"""
+
+
+@dataclass(frozen=True)
+class Env:
+    """The temporary home, working directory and the environment of a subprocess."""
+
+    root: Path
+    home: Path
+    work: Path
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASTRID_")}
+        env["ASTRID_HOME"] = str(self.home)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("ASTRID_HOME", str(home))
+    monkeypatch.delenv("ASTRID_CONFIG", raising=False)
+    monkeypatch.delenv("ASTRID_LOAD_PLUGINS", raising=False)
+    monkeypatch.chdir(work)
+    load_plugins()
+    yield Env(tmp_path, home, work)
+    load_plugins()
+
+
+def astrid(*args: str, input: str | None = None) -> Result:
+    """Run the command in-process (CliRunner); stdout and stderr are kept apart."""
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def astrid_process(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m astrid.cli`` in a subprocess with the test's home and cwd."""
+    return subprocess.run(
+        [sys.executable, "-m", "astrid.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env.child_env(),
+        cwd=env.work,
+        timeout=120,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The single ``astrid: error:`` line of stderr (asserting there is exactly one line)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("astrid: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def file_config(env: Env, name: str = "file") -> Path:
+    base = env.root / name
+    return write_config(
+        env.root / f"{name}.toml",
+        f'[storage]\nbackend = "file"\n[storage.options]\ndirectory = "{base}/sessions"\n'
+        f'[capabilities]\nstore = "file"\n[capabilities.options]\ndirectory = "{base}/caps"\n',
+    )
+
+
+def sqlite_config(env: Env, name: str = "sql") -> Path:
+    base = env.root / name
+    return write_config(
+        env.root / f"{name}.toml",
+        f'[storage]\nbackend = "sqlite"\n[storage.options]\npath = "{base}/astrid.db"\n'
+        f'[capabilities]\nstore = "sqlite"\n[capabilities.options]\npath = "{base}/caps.db"\n',
+    )
+
+
+def store_for(config: Path | None = None) -> SessionStore:
+    return open_store(load_config(config))
+
+
+def make_session(store: SessionStore, n: int, *, workspace: Path | None = None) -> str:
+    session = store.new_session(f"prompt {n}")
+    if workspace is not None:
+        session.with_workspace(workspace)
+    for i in range(n):
+        session.add_message(Message.user(f"question {i}"))
+        session.add_message(Message.assistant(f"answer {i}"))
+    store.save(session)
+    return session.id.bare
+
+
+def rust_doc(session_id: str = RUST_ID, last_updated: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(RUST_DOCUMENT)
+    data["id"] = session_id
+    if last_updated is not None:
+        data["budget_snapshot"]["last_updated"] = last_updated
+    return data
+
+
+# -- help, version, entry point -------------------------------------------------------------
+
+COMMANDS = [
+    [],
+    ["sessions"],
+    ["sessions", "list"],
+    ["sessions", "show"],
+    ["sessions", "export"],
+    ["sessions", "import"],
+    ["sessions", "delete"],
+    ["sessions", "prune"],
+    ["config"],
+    ["config", "init"],
+    ["config", "show"],
+    ["config", "validate"],
+    ["config", "path"],
+    ["plugins"],
+    ["migrate"],
+    ["doctor"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "astrid")
+def test_every_command_has_help_saying_what_it_does(command: list[str]) -> None:
+    result = astrid(*command, "--help")
+    assert result.exit_code == 0, result.output
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith("Usage: ")
+    assert rest.split("\n")[0].strip(), "the first help line says what the command does"
+
+
+def test_version_and_main_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert "astrid" in capsys.readouterr().out
+
+
+def test_usage_error_exits_2() -> None:
+    assert astrid("sessions", "frobnicate").exit_code == 2
+    assert astrid("sessions", "list", "--limit", "-1").exit_code == 2
+    assert astrid("sessions", "prune").exit_code == 2  # --older-than is required
+
+
+# -- sessions list ----------------------------------------------------------------------------
+
+
+def test_list_pages_newest_first_and_filters_by_workspace(env: Env) -> None:
+    assert astrid("sessions", "list").stdout.strip() == "no sessions"
+    ws = env.root / "ws"
+    with store_for() as store:
+        ids = [make_session(store, n, workspace=ws if n == 2 else None) for n in (1, 2, 3)]
+    newest_first = list(reversed(ids))
+
+    result = astrid("sessions", "list", "--limit", "2")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["id", "updated", "messages", "tokens", "title", "workspace"]
+    assert [line.split()[0] for line in lines[1:3]] == newest_first[:2]
+    assert "1-2 of 3; next page: --offset 2" in result.stdout
+
+    page = json.loads(astrid("sessions", "list", "--offset", "2", "--json").stdout)
+    assert page["total"] == 3 and [s["id"] for s in page["sessions"]] == newest_first[2:]
+    assert page["sessions"][0]["message_count"] == 2
+
+    only = json.loads(astrid("sessions", "list", "--workspace", str(ws), "--json").stdout)
+    assert [s["id"] for s in only["sessions"]] == [ids[1]]
+    assert only["sessions"][0]["workspace_path"] == str(ws)
+
+
+# -- show, delete: missing and invalid ids --------------------------------------------------
+
+
+def test_show_missing_session_exits_3_and_invalid_id_is_one_line() -> None:
+    missing = str(uuid.uuid4())
+    result = astrid("sessions", "show", missing)
+    assert result.exit_code == 3
+    assert missing in one_error_line(result.stderr)
+    assert "not found" in result.stderr
+
+    bad = astrid("sessions", "show", "not-a-uuid")
+    assert bad.exit_code == 2
+    assert "invalid session id 'not-a-uuid'" in one_error_line(bad.stderr)
+    assert astrid("sessions", "delete", "--yes", missing).exit_code == 3
+    assert astrid("sessions", "export", missing).exit_code == 3
+
+
+def test_show_prints_messages_metadata_budget_allowances_git_and_parent(env: Env) -> None:
+    with store_for() as store:
+        parent = store.new_session("You are the parent.")
+        parent.add_message(Message.user("hello"))
+        store.save(parent)
+        child = parent.child("You are the child.")
+        child.add_message(Message.user("a sub task"))
+        child.budget_tracker.record_cost(0.25)
+        store.save(child)
+        child_id = child.id.bare
+    result = astrid("sessions", "show", child_id)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"session {child_id}" in out
+    assert f"parent:          {parent.id.bare}" in out
+    assert "$0.2500 spent of $100.00" in out
+    assert "allowances:      0" in out and "git:             -" in out
+    assert out.splitlines()[-1].split() == ["1", "user", "a", "sub", "task"]
+
+    view = json.loads(astrid("sessions", "show", child_id, "--json", "--messages", "0").stdout)
+    assert view["parent_id"] == parent.id.bare and view["messages"] == []
+    assert view["message_count"] == 1 and view["budget"]["spent_usd"] == 0.25
+
+
+# -- import / show / export of the original's documents -------------------------------------
+
+
+def test_import_rust_document_then_show_and_export_round_trip(env: Env) -> None:
+    source = env.work / "rust.json"
+    source.write_text(RUST_DOCUMENT, encoding="utf-8")
+    result = astrid("sessions", "import", str(source))
+    assert result.exit_code == 0, result.output
+    assert "imported 1, replaced 0, skipped 0, failed 0" in result.stdout
+
+    shown = astrid("sessions", "show", RUST_ID)
+    assert shown.exit_code == 0
+    for expected in (
+        "git:             main @ 0123abcd...",
+        "model:           claude-sonnet-4-20250514",
+        "budget:          $0.0123 spent of $100.00",
+        "messages:        4 (205 tokens)",
+        '-> read_file {"file_path":"/ws/a.txt"}',
+        "<- call_1: hello",
+        "It says hello",
+        "updated:         2026-02-22 03:50:00Z",  # the document's last save, not the import
+    ):
+        assert expected in shown.stdout, expected
+
+    exported = astrid("sessions", "export", RUST_ID)
+    assert exported.exit_code == 0
+    expected_doc = SessionDocument.from_json_text(RUST_DOCUMENT).to_data()
+    assert json.loads(exported.stdout) == expected_doc
+    assert exported.stdout.startswith('{\n  "id": ')  # the original's pretty format
+
+    again = astrid("sessions", "import", str(source))
+    assert again.exit_code == 0 and "skipped 1" in again.stdout and "--overwrite" in again.stdout
+    replaced = astrid("sessions", "import", "--overwrite", str(source))
+    assert replaced.exit_code == 0 and "replaced 1" in replaced.stdout
+
+    # JSON Lines out of the default SQLite store, into a file store: the same documents.
+    out = env.work / "all.jsonl"
+    assert astrid("sessions", "export", "--all", "--format", "jsonl", "-o", str(out)).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert len(out.read_text().splitlines()) == 1
+    files = file_config(env)
+    into_files = astrid("--config", str(files), "sessions", "import", str(out))
+    assert into_files.exit_code == 0 and "imported 1" in into_files.stdout
+    stored = env.root / "file" / "sessions" / f"{RUST_ID}.json"
+    on_disk = SessionDocument.from_json_text(stored.read_bytes()).to_data()
+    assert on_disk.pop("astrid_revision") == 1  # the file backend's own keys ride along
+    assert on_disk.pop("astrid_updated_at") == "2026-02-22T03:50:00Z"
+    assert on_disk == expected_doc
+
+
+def test_import_directory_written_by_the_rust_astrid(env: Env) -> None:
+    sessions = env.root / "rust-home" / "sessions"
+    sessions.mkdir(parents=True)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for sid in ids:
+        (sessions / f"{sid}.json").write_text(json.dumps(rust_doc(sid), indent=2))
+    (sessions / f"{ids[0]}.json.tmp").write_text("{half")  # the original's temp file: ignored
+    result = astrid("sessions", "import", str(sessions))
+    assert result.exit_code == 0, result.output
+    assert "imported 3" in result.stdout
+    listed = json.loads(astrid("sessions", "list", "--json").stdout)
+    assert sorted(s["id"] for s in listed["sessions"]) == sorted(ids)
+
+
+def test_import_reports_each_bad_document_and_continues(env: Env) -> None:
+    good, bad_user = str(uuid.uuid4()), str(uuid.uuid4())
+    broken = rust_doc(bad_user)
+    broken["user_id"] = "xyz"
+    lines = [json.dumps(rust_doc(good)), "{not json", json.dumps(broken), ""]
+    source = env.work / "mixed.jsonl"
+    source.write_text("\n".join(lines), encoding="utf-8")
+    result = astrid("sessions", "import", str(source))
+    assert result.exit_code == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and "Traceback" not in result.stderr
+    assert errors[0].startswith(f"astrid: error: {source}:2: invalid JSON")
+    assert errors[1].startswith(f"astrid: error: {source}:3: ") and "user_id" in errors[1]
+    assert "imported 1, replaced 0, skipped 0, failed 2" in result.stdout
+    assert astrid("sessions", "show", good).exit_code == 0
+
+    array = env.work / "array.json"
+    array.write_text(json.dumps([rust_doc(str(uuid.uuid4())), {"id": "nope"}]))
+    result = astrid("sessions", "import", "--format", "json", str(array))
+    assert result.exit_code == 1
+    assert f"astrid: error: {array}[1]: " in result.stderr
+    assert "imported 1" in result.stdout
+
+    assert astrid("sessions", "import", str(env.work / "absent.json")).exit_code == 2
+
+
+def test_export_needs_ids_or_all(env: Env) -> None:
+    assert astrid("sessions", "export").exit_code == 2
+    assert astrid("sessions", "export", "--all", RUST_ID).exit_code == 2
+    empty = astrid("sessions", "export", "--all")
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == []
+    with store_for() as store:
+        ids = [make_session(store, 1), make_session(store, 2)]
+    both = json.loads(astrid("sessions", "export", *ids).stdout)
+    assert [d["id"] for d in both] == ids and len(both[1]["messages"]) == 4
+
+
+# -- delete and prune -------------------------------------------------------------------------
+
+
+def test_delete_asks_unless_yes(env: Env) -> None:
+    with store_for() as store:
+        sid = make_session(store, 1)
+    refused = astrid("sessions", "delete", sid, input="n\n")
+    assert refused.exit_code == 1 and "Delete session" in refused.stderr
+    assert astrid("sessions", "show", sid).exit_code == 0
+    accepted = astrid("sessions", "delete", sid, input="y\n")
+    assert accepted.exit_code == 0 and f"deleted {sid}" in accepted.stdout
+    assert astrid("sessions", "show", sid).exit_code == 3
+    with store_for() as store:
+        other = make_session(store, 1)
+    assert astrid("sessions", "delete", "--yes", other).exit_code == 0
+
+
+def test_prune_by_last_activity_with_dry_run(env: Env) -> None:
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    docs = [
+        rust_doc(old, last_updated="2020-01-01T00:00:00Z"),
+        rust_doc(recent, last_updated=format_rfc3339(utcnow() - timedelta(days=1))),
+    ]
+    source = env.work / "docs.json"
+    source.write_text(json.dumps(docs))
+    assert astrid("sessions", "import", str(source)).exit_code == 0
+
+    dry = astrid("sessions", "prune", "--older-than", "30d", "--dry-run")
+    assert dry.exit_code == 0
+    assert "would delete 1 session(s)" in dry.stdout and old in dry.stdout
+    assert recent not in dry.stdout
+    assert astrid("sessions", "show", old).exit_code == 0
+
+    report = json.loads(astrid("sessions", "prune", "--older-than", "2w", "--json").stdout)
+    assert report["sessions"] == [old] and report["dry_run"] is False
+    assert astrid("sessions", "show", old).exit_code == 3
+    assert astrid("sessions", "show", recent).exit_code == 0
+
+    bad = astrid("sessions", "prune", "--older-than", "soon")
+    assert bad.exit_code == 2 and "invalid duration" in bad.stderr
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("90m") == timedelta(minutes=90)
+    assert parse_duration("12h") == timedelta(hours=12)
+    assert parse_duration("30d") == timedelta(days=30)
+    assert parse_duration("2w") == timedelta(weeks=2)
+    assert parse_duration("1d12h") == timedelta(hours=36)
+    for bad in ("", "30", "d", "3x", "-1d", "1d garbage"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_config_init_show_validate_and_path(env: Env) -> None:
+    path = astrid("config", "path")
+    assert path.stdout.splitlines() == ["(none: defaults)", f"home: {env.home}"]
+    assert astrid("config", "validate").stdout.strip() == "ok: (none: defaults)"
+
+    init = astrid("config", "init")
+    target = env.home / "config.toml"
+    assert init.exit_code == 0 and target.is_file() and f"wrote {target}" in init.stdout
+    again = astrid("config", "init")
+    assert again.exit_code == 1 and "--force" in one_error_line(again.stderr)
+    assert astrid("config", "init", "--force").exit_code == 0
+    assert astrid("config", "path").stdout.splitlines()[0] == str(target)
+    assert astrid("config", "validate").stdout.strip() == f"ok: {target}"
+
+    custom = write_config(env.work / "astrid.toml", "[budget]\nsession_max_usd = 5.0\n")
+    shown = json.loads(astrid("config", "show", "--json").stdout)
+    assert shown["file"] == str(custom)
+    assert shown["config"]["budget"]["session_max_usd"] == 5.0
+    assert shown["sources"]["budget.session_max_usd"] == str(custom)
+    assert shown["sources"]["storage.backend"] == "default"
+    assert shown["config"]["storage"]["options"]["busy_timeout_ms"] == 5000  # plugin default
+    text = astrid("config", "show").stdout
+    assert any(
+        line.split() == ["budget.session_max_usd", "5.0", str(custom)] for line in text.splitlines()
+    )
+    assert any(
+        line.split() == ["storage.backend", '"sqlite"', "default"] for line in text.splitlines()
+    )
+
+
+def test_bad_config_is_one_line_naming_file_and_key(env: Env) -> None:
+    bad = write_config(env.work / "astrid.toml", '[storage]\nbakend = "sqlite"\n')
+    for command in (["sessions", "list"], ["config", "validate"], ["doctor"], ["config", "show"]):
+        result = astrid(*command)
+        assert result.exit_code == 1, command
+        line = one_error_line(result.stderr)
+        assert str(bad) in line and "storage.bakend" in line
+    # `config path` still finds the broken file.
+    assert astrid("config", "path").stdout.splitlines()[0] == str(bad)
+    unknown = write_config(env.work / "astrid.toml", '[storage]\nbackend = "cloud"\n')
+    line = one_error_line(astrid("sessions", "list").stderr)
+    assert str(unknown) in line and "'cloud'" in line and "sqlite" in line
+    missing = astrid("--config", str(env.work / "nope.toml"), "sessions", "list")
+    assert missing.exit_code == 1 and "config file not found" in one_error_line(missing.stderr)
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+
+def test_plugins_lists_versions_hooks_and_implementations() -> None:
+    text = astrid("plugins").stdout
+    assert "astrid.default_plugins.sqlite_storage" in text
+    assert "register_storage_backends" in text
+    data = json.loads(astrid("plugins", "--json").stdout)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    file_plugin = by_name["astrid.default_plugins.file_storage"]
+    assert file_plugin["version"] and file_plugin["hooks"] == ["register_storage_backends"]
+    storage = {i["name"] for i in data["implementations"]["storage"]}
+    assert {"file", "memory", "sqlite"} <= storage
+    assert set(data["implementations"]) >= {"storage", "token_estimator", "git_capture"}
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def test_doctor_ok_on_an_empty_and_a_healthy_store() -> None:
+    result = astrid("doctor")
+    assert result.exit_code == 0 and "ok: 0 sessions checked" in result.stdout
+    with store_for() as store:
+        make_session(store, 2)
+    result = astrid("doctor")
+    assert result.exit_code == 0, result.output
+    assert "schema version" in result.stdout and "ok: 1 sessions checked" in result.stdout
+
+
+def test_corrupt_file_store_doctor_reports_the_path_and_list_still_works(env: Env) -> None:
+    config = file_config(env)
+    with store_for(config) as store:
+        ids = [make_session(store, 1), make_session(store, 2)]
+    broken = env.root / "file" / "sessions" / f"{uuid.uuid4()}.json"
+    broken.write_text('{"id": ', encoding="utf-8")
+
+    listed = astrid("--config", str(config), "sessions", "list", "--json")
+    assert listed.exit_code == 0
+    assert sorted(s["id"] for s in json.loads(listed.stdout)["sessions"]) == sorted(ids)
+    assert "astrid doctor" in listed.stderr
+
+    result = astrid("--config", str(config), "doctor")
+    assert result.exit_code == 1
+    assert f"{broken}: invalid JSON" in result.stdout
+    assert "1 problem(s)" in result.stdout
+    report = json.loads(astrid("--config", str(config), "doctor", "--json").stdout)
+    assert report["ok"] is False and report["sessions_checked"] == 2
+    assert [p["location"] for p in report["problems"]] == [str(broken)]
+    # A corrupt session can still be deleted.
+    sid = broken.name.removesuffix(".json")
+    assert astrid("--config", str(config), "sessions", "delete", "--yes", sid).exit_code == 0
+    assert astrid("--config", str(config), "doctor").exit_code == 0
+
+
+def test_doctor_reports_a_corrupt_sqlite_row_and_a_newer_schema(env: Env) -> None:
+    with store_for() as store:
+        good, bad = make_session(store, 1), make_session(store, 1)
+    db = env.home / "astrid.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sessions SET state = '{broken' WHERE id = ?", (bad,))
+    result = astrid("doctor")
+    assert result.exit_code == 1
+    assert f"{db}: session {bad}: stored state is not valid JSON" in result.stdout
+    assert good not in result.stdout
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    newer = astrid("doctor", "--json")
+    assert newer.exit_code == 1
+    [problem] = json.loads(newer.stdout)["problems"]
+    assert "newer astrid" in problem["problem"]
+
+
+# -- migrate ----------------------------------------------------------------------------------
+
+
+def populate(store: SessionStore, workspace: Path) -> list[str]:
+    """Sessions with summarized history, a child, workspace state, a deferred key, a revocation."""
+    first = store.new_session("You are first.")
+    store.attach_workspace(first, workspace)
+    for i in range(3):
+        first.add_message(Message.user(f"question {i}"))
+        first.add_message(Message.assistant(f"answer {i}"))
+    first.budget_tracker.record_cost(0.5)
+    store.save(first)
+    first.messages = [Message.system("summary of the first four"), *first.messages[-2:]]
+    store.save(first)  # a rewrite: the replaced messages stay in the history
+    first.add_message(Message.user("after the summary"))
+    store.save(first)
+    store.save_workspace_of(first)
+    store.deferred_queue_kv(first.id).set("pending", b'{"x": 1}')
+    child = first.child("You are a child.")
+    child.add_message(Message.user("sub task"))
+    store.save(child)
+    ids = [first.id.bare, child.id.bare]
+    for n in range(4):
+        ids.append(make_session(store, n))
+    assert store.capabilities is not None and store.capabilities.backend is not None
+    store.capabilities.backend.add_revoked(str(uuid.uuid4()))
+    return ids
+
+
+def assert_same_stores(a: SessionStore, b: SessionStore, ids: list[str], workspace: Path) -> None:
+    assert [s.id for s in a.list_sessions(limit=100)] == [s.id for s in b.list_sessions(limit=100)]
+    for sid in ids:
+        doc_a, doc_b = a.load_document(sid), b.load_document(sid)
+        assert doc_a is not None and doc_b is not None
+        assert doc_a.to_data() == doc_b.to_data()
+        hist_a = [(h.active, h.message) for h in a.backend.history(sid)]
+        hist_b = [(h.active, h.message) for h in b.backend.history(sid)]
+        assert hist_a == hist_b
+        assert a.deferred_queue_kv(sid).list_keys() == b.deferred_queue_kv(sid).list_keys()
+    assert a.load_workspace_state(workspace) == b.load_workspace_state(workspace)
+    assert a.capabilities is not None and b.capabilities is not None
+    assert a.capabilities.backend is not None and b.capabilities.backend is not None
+    assert a.capabilities.backend.revoked_ids() == b.capabilities.backend.revoked_ids()
+
+
+def test_migrate_file_to_sqlite_to_file_keeps_every_message_and_resumes(env: Env) -> None:
+    files, sql, files2 = file_config(env), sqlite_config(env), file_config(env, "file2")
+    workspace = env.root / "ws"
+    with store_for(files) as source:
+        ids = populate(source, workspace)
+        first_doc = source.load_document(ids[0])
+        assert first_doc is not None and len(source.history(ids[0])) > len(first_doc.messages)
+
+    first = astrid("migrate", "--from", str(files), "--to", str(sql))
+    assert first.exit_code == 0, first.output
+    assert f"copied {len(ids)}, skipped 0" in first.stdout
+    assert f"verified: {len(ids)} sessions" in first.stdout
+    assert "migrating sessions" in first.stderr  # the progress bar goes to stderr
+
+    second = astrid("migrate", "--from", str(files), "--to", str(sql), "--batch", "2")
+    assert second.exit_code == 0 and f"copied 0, skipped {len(ids)}" in second.stdout
+
+    # Resume after a partial copy: one session missing, one with a different message count.
+    with store_for(sql) as target:
+        target.delete(ids[2])
+        target.append_messages(ids[3], [Message.user("only in the target")])
+    third = astrid("migrate", "--from", str(files), "--to", str(sql))
+    assert third.exit_code == 0 and f"copied 2, skipped {len(ids) - 2}" in third.stdout
+
+    back = astrid("migrate", "--from", str(sql), "--to", str(files2))
+    assert back.exit_code == 0, back.output
+    with store_for(files) as a, store_for(sql) as b, store_for(files2) as c:
+        assert_same_stores(a, b, ids, workspace)
+        assert_same_stores(a, c, ids, workspace)
+
+
+def test_migrate_refuses_the_same_store_and_reports_what_it_cannot_copy(env: Env) -> None:
+    files = file_config(env)
+    twin = write_config(env.root / "twin.toml", files.read_text())
+    same = astrid("migrate", "--from", str(files), "--to", str(twin))
+    assert same.exit_code == 1 and "same store" in one_error_line(same.stderr)
+    assert astrid("migrate", "--from", str(files), "--to", str(files)).exit_code == 2
+
+    with store_for(files) as store:
+        make_session(store, 1)
+    broken = env.root / "file" / "sessions" / f"{uuid.uuid4()}.json"
+    broken.write_text("[]")
+    result = astrid("migrate", "--from", str(files), "--to", str(sqlite_config(env)))
+    assert result.exit_code == 1
+    assert str(broken) in result.stderr and "migration incomplete" in result.stderr
+    assert "copied 1" in result.stdout
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def test_demo_runs_a_scripted_session_into_the_default_store(env: Env) -> None:
+    result = astrid("demo")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "[approval] Read: " in out and "[approval] MCP tool call: builtin/task" in out
+    assert "[summary]" in out and "[sub-agent] session " in out
+    assert "You're welcome!" in out and "messages (last" in out
+    assert (env.home / "astrid.db").is_file()
+    listed = json.loads(astrid("sessions", "list", "--json").stdout)["sessions"]
+    parents = [s for s in listed if s["parent_id"] is None]
+    children = [s for s in listed if s["parent_id"] is not None]
+    assert len(parents) == 1 and len(children) == 1
+    assert children[0]["parent_id"] == parents[0]["id"]
+    view = json.loads(astrid("sessions", "show", parents[0]["id"], "--json").stdout)
+    assert view["history_count"] > view["message_count"]  # summarized, nothing lost
+    assert view["metadata"]["approval_count"] == 2
+    assert astrid("doctor").exit_code == 0
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def test_process_fresh_home_lists_nothing_and_doctor_is_ok(env: Env) -> None:
+    listed = astrid_process(env, "sessions", "list")
+    assert listed.returncode == 0 and listed.stdout.strip() == "no sessions"
+    doctor = astrid_process(env, "doctor")
+    assert doctor.returncode == 0 and "ok: 0 sessions checked" in doctor.stdout
+
+
+def test_process_errors_are_one_line_and_debug_shows_the_traceback(env: Env) -> None:
+    bad = write_config(env.work / "astrid.toml", "[storage]\nfoo = 1\n")
+    result = astrid_process(env, "sessions", "list")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert str(bad) in line and "storage.foo" in line
+    debug = astrid_process(env, "--debug", "sessions", "list")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+    bad.unlink()
+
+    missing = astrid_process(env, "sessions", "show", str(uuid.uuid4()))
+    assert missing.returncode == 3 and "not found" in one_error_line(missing.stderr)
+    invalid = astrid_process(env, "sessions", "show", "12345")
+    assert invalid.returncode == 2 and "invalid session id" in one_error_line(invalid.stderr)
+
+
+def test_process_import_show_export_and_migrate(env: Env) -> None:
+    source = env.work / "rust.json"
+    source.write_text(RUST_DOCUMENT, encoding="utf-8")
+    assert astrid_process(env, "sessions", "import", str(source)).returncode == 0
+    shown = astrid_process(env, "sessions", "show", RUST_ID)
+    assert shown.returncode == 0 and "It says hello" in shown.stdout
+    exported = astrid_process(env, "sessions", "export", RUST_ID)
+    assert json.loads(exported.stdout) == SessionDocument.from_json_text(RUST_DOCUMENT).to_data()
+
+    defaults = write_config(env.root / "defaults.toml", "")  # the default SQLite store
+    files = file_config(env)
+    migrated = astrid_process(env, "migrate", "--from", str(defaults), "--to", str(files))
+    assert migrated.returncode == 0, migrated.stderr
+    assert "verified: 1 sessions, 4 messages" in migrated.stdout
+    assert "migrating sessions" in migrated.stderr
+    assert (env.root / "file" / "sessions" / f"{RUST_ID}.json").is_file()
+    rerun = astrid_process(env, "migrate", "--from", str(defaults), "--to", str(files))
+    assert rerun.returncode == 0 and "copied 0, skipped 1" in rerun.stdout
