@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/astrid demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check astrid tests examples
