@@ -23,44 +23,45 @@ class Permission(StrEnum):
         return self.value
 
 
-_RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-
-
-class RiskLevel(StrEnum):
-    """How risky an action is; ordered Low < Medium < High < Critical."""
-
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
+class OrderedStrEnum(StrEnum):
+    """A string enum whose members compare by declaration order, not alphabetically."""
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def rank(self) -> int:
-        """Position in the Low < Medium < High < Critical order."""
-        return _RISK_ORDER[self.value]
+        """Position in declaration order (0 for the first member)."""
+        return type(self)._member_names_.index(self.name)
 
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, RiskLevel):
+        if not isinstance(other, type(self)):
             return NotImplemented
         return self.rank < other.rank
 
     def __le__(self, other: object) -> bool:
-        if not isinstance(other, RiskLevel):
+        if not isinstance(other, type(self)):
             return NotImplemented
         return self.rank <= other.rank
 
     def __gt__(self, other: object) -> bool:
-        if not isinstance(other, RiskLevel):
+        if not isinstance(other, type(self)):
             return NotImplemented
         return self.rank > other.rank
 
     def __ge__(self, other: object) -> bool:
-        if not isinstance(other, RiskLevel):
+        if not isinstance(other, type(self)):
             return NotImplemented
         return self.rank >= other.rank
+
+
+class RiskLevel(OrderedStrEnum):
+    """How risky an action is; ordered Low < Medium < High < Critical."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
 
     def requires_approval(self) -> bool:
         """High and Critical actions need an approval."""

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from astrid.errors import ResolutionNotFound, StorageError
-from astrid.security.actions import Permission, RiskLevel, SensitiveAction
+from astrid.security.actions import OrderedStrEnum, Permission, RiskLevel, SensitiveAction
 from astrid.security.kv import ScopedKvStore
 from astrid.timeutil import Timestamp, to_utc, utcnow
 
@@ -132,44 +132,13 @@ class ApprovalRequest(BaseModel):
 # Deferred item types
 # ---------------------------------------------------------------------------
 
-_PRIORITY_ORDER = {"low": 0, "normal": 1, "high": 2, "critical": 3}
-
-
-class Priority(StrEnum):
+class Priority(OrderedStrEnum):
     """How urgent a deferred item is; ordered Low < Normal < High < Critical."""
 
     LOW = "low"
     NORMAL = "normal"
     HIGH = "high"
     CRITICAL = "critical"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def rank(self) -> int:
-        """Position in the Low < Normal < High < Critical order."""
-        return _PRIORITY_ORDER[self.value]
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return self.rank < other.rank
-
-    def __le__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return self.rank <= other.rank
-
-    def __gt__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return self.rank > other.rank
-
-    def __ge__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return self.rank >= other.rank
 
 
 class FallbackBehavior(StrEnum):
