@@ -207,14 +207,16 @@ def find_config_file(explicit: str | Path | None = None) -> Path | None:
     return None
 
 
-def _format_errors(where: str, exc: ValidationError, prefix: str = "") -> str:
+def _format_errors(
+    where: str, exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
     parts = []
     for err in exc.errors()[:5]:
         head = prefix.split(".") if prefix else []
         loc = ".".join(str(p) for p in [*head, *err["loc"]] if p != "")
         if err["type"] == "extra_forbidden":
             parent = loc.rpartition(".")[0]
-            allowed = _allowed_keys(parent)
+            allowed = sorted(model.model_fields) if model is not None else _allowed_keys(parent)
             hint = f"; valid keys: {', '.join(allowed)}" if allowed else ""
             parts.append(f"unknown key {loc!r}{hint}")
         else:
@@ -259,7 +261,7 @@ def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") ->
             impl.options.model_validate(sect.options)
         except ValidationError as exc:
             raise ConfigError(
-                _format_errors(where, exc, prefix=f"{section}.options")
+                _format_errors(where, exc, prefix=f"{section}.options", model=impl.options)
                 + f" (options of {kind} {name!r})"
             ) from None
 

@@ -453,6 +453,18 @@ class AgentRuntime:
         )
         self._boundaries: dict[str, WorkspaceBoundary] = {}
 
+    def close(self) -> None:
+        """Cancel running sub-agents and close the store (the runtime is done)."""
+        self.pool.cancel_all()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> AgentRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- setup ------------------------------------------------------------------------------
 
     @staticmethod

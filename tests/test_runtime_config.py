@@ -61,7 +61,12 @@ def test_runtime_uses_configured_provider_pricing_and_store(config_file: Path) -
     # the configured iteration cap stops a model that keeps calling tools
     with pytest.raises(MaxIterationsExceeded, match="max_iterations = 2"):
         asyncio.run(runtime.run_turn(session, "loop"))
-    runtime.store.close()
+    with runtime:
+        pass
+    from astrid.errors import StorageError
+
+    with pytest.raises(StorageError, match="closed"):
+        runtime.store.load(session.id)
 
 
 def test_unknown_provider_is_a_config_error(
