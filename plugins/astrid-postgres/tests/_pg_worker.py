@@ -1,0 +1,62 @@
+"""A separate process for the multi-process tests: waits for ``go`` on stdin, then works.
+
+Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]``
+
+* ``append``: append COUNT messages ``WRITER:i`` with ``SessionStore.append_messages``.
+* ``save``: COUNT times load the tail, add ``WRITER:i`` and save, retrying on ConcurrencyError.
+* ``open``: open the backend (applying migrations) and report the schema version.
+
+Prints ``ready`` once connected, then one JSON line with what it did.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+from astrid.errors import ConcurrencyError
+from astrid.messages import Message
+from astrid.store import SessionStore
+
+from astrid_postgres.backend import PostgresBackend
+
+
+def main(argv: list[str]) -> None:
+    """Run one worker."""
+    mode, dsn, schema = argv[:3]
+    if mode == "open":
+        print("ready", flush=True)
+        sys.stdin.readline()
+        backend = PostgresBackend(dsn, schema=schema, min_size=0, max_size=1)
+        print(json.dumps({"version": backend.schema_version()}), flush=True)
+        backend.close()
+        return
+    session_id, writer, count = argv[3], argv[4], int(argv[5])
+    store = SessionStore(PostgresBackend(dsn, schema=schema, min_size=1, max_size=1))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    retries = 0
+    for i in range(count):
+        message = Message.user(f"{writer}:{i}")
+        if mode == "append":
+            store.append_messages(session_id, [message])
+            time.sleep(random.random() / 1000)
+            continue
+        while True:
+            session = store.load(session_id, tail=1)
+            assert session is not None
+            session.add_message(message)
+            try:
+                store.save(session)
+                break
+            except ConcurrencyError:
+                retries += 1
+                time.sleep(random.random() / 500)
+    print(json.dumps({"retries": retries}), flush=True)
+    store.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
