@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/astrid-postgres
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,12 +20,41 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check astrid tests examples
-	$(BIN)/mypy astrid
+	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres
 
 typecheck: lint
 
+# The PostgreSQL plugin's tests start a throwaway server on 127.0.0.1 (initdb/pg_ctl from
+# Debian's postgresql package); outside CI they skip with a message when none can be started.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (docs/performance.md). `make bench` is the scaled-down run; the full one is
+# `make bench BENCH_ARGS=`. `make bench-peers` installs the peers into benchmarks/.peers-venv
+# (never into .venv) together with this checkout, and compares in one run.
+.PHONY: bench bench-peers
+BENCH_ARGS ?= --quick
+PEERS_ARGS ?= --quick
+PEERS_VENV := benchmarks/.peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+$(PEERS_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e .
+	@# Each peer on its own: one that fails to install is reported by peers.py and skipped.
+	-$(PEERS_VENV)/bin/python -m pip install --quiet openai-agents
+	-$(PEERS_VENV)/bin/python -m pip install --quiet langgraph langgraph-checkpoint-sqlite
+	-$(PEERS_VENV)/bin/python -m pip install --quiet 'google-adk[db]' aiosqlite 'sqlalchemy[asyncio]'
+	-$(PEERS_VENV)/bin/python -m pip install --quiet pyinstrument
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py $(PEERS_ARGS)
