@@ -281,7 +281,7 @@ def load_config(path: str | Path | None = None) -> LoadedConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, or int() of 4300+ digits
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     return LoadedConfig(parse_config(data, where=str(source)), source, home)
 

@@ -139,7 +139,7 @@ class SessionDocument(BaseModel):
         """Decode a document; errors name ``source`` and the offending key."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SerializationError(f"{source}: invalid JSON: {exc}") from None
         return cls.from_data(data, source=source)
 

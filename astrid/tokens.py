@@ -31,7 +31,7 @@ class TokenEstimator(Protocol):
 
 
 def _bytes_to_tokens(text: str) -> int:
-    return (len(text.encode("utf-8")) + 3) // 4
+    return (len(text.encode("utf-8", "surrogatepass")) + 3) // 4
 
 
 def _compact(value: object) -> str:
@@ -46,7 +46,7 @@ class OriginalEstimator:
     def estimate(self, message: Message) -> int:
         """Text bytes // 4, or a flat 100 for tool calls, tool results and multi-part content."""
         if isinstance(message.content, str):
-            return len(message.content.encode("utf-8")) // 4
+            return len(message.content.encode("utf-8", "surrogatepass")) // 4
         return 100
 
 

@@ -188,7 +188,7 @@ def _decode(raw: bytes, sid: str, sig: _Sig) -> _Doc:
     """Check and split a session file's bytes; ``_Corrupt`` says why it cannot be used."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Corrupt(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _Corrupt(f"a session document must be a JSON object, got {type(data).__name__}")
@@ -617,7 +617,7 @@ class FileBackend:
         entries: dict[str, _Entry] = {}
         try:
             data = json.loads(raw) if raw is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
             sessions = data.get("sessions")

@@ -177,7 +177,7 @@ class ScopedKvStore:
             return None
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise SerializationError(
                 f"serialization error: invalid JSON under key {key!r} "
                 f"in namespace {self._namespace!r}: {exc}"

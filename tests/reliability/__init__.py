@@ -1,0 +1,1 @@
+"""Reliability tests: crashes (SIGKILL), concurrent writer processes, hostile and broken input."""
