@@ -698,28 +698,24 @@ def _write_session(
     summary: SessionSummary,
     existing: SessionRecord | None,
 ) -> int:
-    """Write a whole session through the backend: replaced messages first, then active ones.
+    """Write a whole session, its replaced messages and its active ones, in ONE backend write.
 
-    Over an existing session the write replaces its messages (they stay in its history).
+    Over an existing session the write replaces its messages (they stay in its history). A kill
+    at any moment leaves either the previous state or the complete new one.
     """
     revision = existing.revision if existing is not None else None
-    base = existing.message_count if existing is not None else 0
-    steps = [archived, active] if archived else [active]
-    for messages in steps:
-        revision = store.backend.write(
-            SessionWrite(
-                session_id=summary.id,
-                expected_revision=revision,
-                state=state,
-                messages=list(messages),
-                base_count=base,
-                replace=revision is not None,
-                summary=replace(summary, message_count=len(messages)),
-            )
+    return store.backend.write(
+        SessionWrite(
+            session_id=summary.id,
+            expected_revision=revision,
+            state=state,
+            messages=list(active),
+            base_count=existing.message_count if existing is not None else 0,
+            replace=existing is not None,
+            summary=replace(summary, message_count=len(active)),
+            archived=list(archived),
         )
-        base = len(messages)
-    assert revision is not None
-    return revision
+    )
 
 
 def _import_one(store: SessionStore, item: _Incoming, overwrite: bool) -> str:

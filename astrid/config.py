@@ -12,9 +12,16 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import ConfigError, PluginError
 
@@ -51,8 +58,35 @@ def _check_home(path: Path, source: str) -> None:
         raise ConfigError(f"{source} must not contain '..', got {str(path)!r}")
 
 
+def _allows_bool(annotation: Any) -> bool:
+    """True if a field of this type may hold a boolean (TOML true/false)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_allows_bool(arg) for arg in get_args(annotation))
+
+
+def _bool_misuse(model: type[BaseModel], data: Any) -> str | None:
+    """The first key of ``data`` holding a boolean where ``model`` wants something else."""
+    if not isinstance(data, dict):
+        return None
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is not None and isinstance(value, bool) and not _allows_bool(field.annotation):
+            return str(key)
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1; in a config file that is always a mistake.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _allows_bool(field.annotation):
+            raise ValueError("expected a number or a string, not a boolean")
+        return value
 
 
 class StorageSection(_Section):
@@ -257,6 +291,12 @@ def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") ->
             impl = get_implementation(kind, name, where=f"{where}: key '{section}.{key}'")
         except PluginError as exc:
             raise ConfigError(str(exc)) from None
+        misuse = _bool_misuse(impl.options, sect.options)
+        if misuse is not None:
+            raise ConfigError(
+                f"{where}: key '{section}.options.{misuse}': expected a number or a string, "
+                f"not a boolean (options of {kind} {name!r})"
+            )
         try:
             impl.options.model_validate(sect.options)
         except ValidationError as exc:

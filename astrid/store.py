@@ -30,7 +30,7 @@ from .security.budget import (
     WorkspaceBudgetTracker,
 )
 from .security.capabilities import CapabilityStore
-from .security.escape import EscapeState
+from .security.escape import EscapeState, WorkspaceBoundary, WorkspaceConfig
 from .security.kv import KvStore, ScopedKvStore
 from .session import AgentSession, GitCapture
 from .timeutil import to_utc, utcnow
@@ -78,6 +78,11 @@ class SessionWrite:
     ``expected_revision`` None means "create; must not exist". With ``replace`` False the backend
     appends ``messages`` after ``base_count`` stored ones; with ``replace`` True the active
     messages become ``messages`` and the previous ones stay in the session's history.
+
+    ``archived``: messages to record in the session's history as already replaced, before
+    ``messages``; only for a create or a replace — used by migrations and imports, so a session
+    and its history are written in one atomic write. Backends raise ``ValueError`` when it is
+    non-empty on a plain append (``expected_revision`` set and ``replace`` False).
     """
 
     session_id: str
@@ -87,6 +92,20 @@ class SessionWrite:
     base_count: int
     replace: bool
     summary: SessionSummary
+    archived: Sequence[Any] = ()
+
+    @property
+    def is_append(self) -> bool:
+        """True for a plain append (an existing session, ``replace`` False)."""
+        return self.expected_revision is not None and not self.replace
+
+    def check_archived(self) -> None:
+        """Raise ``ValueError`` if ``archived`` is given on a plain append."""
+        if self.archived and self.is_append:
+            raise ValueError(
+                f"session {self.session_id}: archived messages can only be written by a create "
+                "or a replace, not by an append (expected_revision set and replace False)"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,11 @@ class StorageBackend(Protocol):
         """Apply one save atomically and return the new revision.
 
         Raises ``ConcurrencyError`` when the stored revision is not ``expected_revision``.
+        On a create or a replace, ``change.archived`` goes into the session's history (as
+        replaced messages, after any previously stored ones and before ``change.messages``)
+        in the same atomic write; the active messages are ``change.messages`` only. A
+        non-empty ``archived`` on a plain append raises ``ValueError`` (before anything is
+        written).
         """
         ...
 
@@ -398,7 +422,9 @@ class SessionStore:
             tracker = WorkspaceBudgetTracker(max_usd, warn_at_percent)
         session.with_workspace_budget(tracker)
         if state.escape is not None:
-            session.escape_handler.restore_state(state.escape)
+            # Stored paths are re-checked: a tampered workspace state cannot unlock /etc.
+            boundary = WorkspaceBoundary(WorkspaceConfig.new(workspace_key(workspace)))
+            session.escape_handler.restore_state(state.escape, boundary=boundary)
         return tracker
 
     def save_workspace_of(self, session: AgentSession) -> None:

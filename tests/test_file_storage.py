@@ -555,6 +555,8 @@ def mode(path: Path) -> int:
 @pytest.mark.usefixtures("umask_022")
 def test_files_are_private_and_the_parent_is_left_alone(tmp_path: Path) -> None:
     home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
     sessions = home / "sessions"
     backend = FileBackend(sessions)
     store = SessionStore(backend)
@@ -563,7 +565,7 @@ def test_files_are_private_and_the_parent_is_left_alone(tmp_path: Path) -> None:
     store.kv("deferred:x").set("k", b"v")
     store.list_sessions()
 
-    assert mode(home) == 0o755  # the original chmod-ed the parent; astrid does not
+    assert mode(home) == 0o755  # the original chmod-ed an existing parent; astrid does not
     assert mode(sessions) == 0o700
     assert mode(sessions / ".locks") == 0o700
     assert mode(sessions / f"{session.id.bare}.json") == 0o600

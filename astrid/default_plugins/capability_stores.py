@@ -28,7 +28,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import StorageError
+from ..errors import SchemaVersionError, StorageError
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.capabilities import MemoryCapabilityBackend
@@ -349,8 +349,7 @@ class SqliteCapabilityBackend:
         """The database file."""
         return self._path
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -358,6 +357,15 @@ class SqliteCapabilityBackend:
                 "(name TEXT PRIMARY KEY, applied_at TEXT)"
             )
             applied = {row[0] for row in conn.execute("SELECT name FROM _astrid_migrations")}
+            known = {name for name, _ in CAPABILITY_MIGRATIONS}
+            unknown = sorted(
+                n for n in applied if n.startswith("capabilities_") and n not in known
+            )
+            if unknown:
+                raise SchemaVersionError(
+                    f"{self._path} was written by a newer astrid (unknown capability "
+                    f"migrations: {', '.join(unknown)}); upgrade astrid to open it"
+                )
             for name, statements in CAPABILITY_MIGRATIONS:
                 if name in applied:
                     continue

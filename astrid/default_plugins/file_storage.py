@@ -123,7 +123,7 @@ def _private_dir(path: Path) -> None:
     except FileExistsError:
         return
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -513,6 +513,7 @@ class FileBackend:
     def write(self, change: SessionWrite) -> int:
         """Apply one save under the session lock; ``ConcurrencyError`` on a stale revision."""
         sid = validate_session_id(change.session_id)
+        change.check_archived()
         self._ensure_dirs()
         with self._session_lock(sid):
             current = self._load_doc(sid)
@@ -535,6 +536,10 @@ class FileBackend:
                 active = list(change.messages)
             else:
                 active = existing + list(change.messages)
+            # Messages recorded as already replaced (a create or a replace only): after the
+            # stored history, before the active ones (whose seqs follow the archived ones).
+            base = _next_seq(archived)
+            archived.extend((base + i, m) for i, m in enumerate(change.archived))
             revision = (stored or 0) + 1
             updated_at = to_utc(change.summary.updated_at)
             sig = self._write_doc(

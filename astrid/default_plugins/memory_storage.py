@@ -64,6 +64,7 @@ class MemoryBackend:
 
     def write(self, change: SessionWrite) -> int:
         """Apply one save; ``ConcurrencyError`` on a stale revision."""
+        change.check_archived()
         with self._lock:
             entry = self._sessions.get(change.session_id)
             current = entry.revision if entry is not None else None
@@ -83,6 +84,9 @@ class MemoryBackend:
             if change.replace:
                 new.archived.extend(new.messages)
                 new.messages = []
+            for message in change.archived:
+                new.archived.append((new.next_seq, copy.deepcopy(message)))
+                new.next_seq += 1
             for message in change.messages:
                 new.messages.append((new.next_seq, copy.deepcopy(message)))
                 new.next_seq += 1

@@ -153,12 +153,24 @@ _format_created = functools.lru_cache(maxsize=256)(format_timestamp)
 """``created_at`` of a session never changes: format it once."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _parse_timestamp(text: str) -> datetime:
+    """A stored timestamp; an unreadable one (edited by hand) counts as the epoch.
+
+    One bad row must not break listing the others: it sorts last and ``astrid doctor``
+    reports the session when it fails to load.
+    """
     try:
         return to_utc(datetime.fromisoformat(text))
     except (TypeError, ValueError):
-        parsed: datetime = parse_rfc3339(text)
-        return parsed
+        pass
+    try:
+        parsed = parse_rfc3339(text)
+    except (TypeError, ValueError):
+        return _EPOCH
+    return parsed if isinstance(parsed, datetime) else _EPOCH
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -269,6 +281,7 @@ class SqliteBackend:
             raise StorageError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
         try:
+            self._refuse_foreign(conn)
             self._configure(conn)
             self._migrate()
         except BaseException:
@@ -287,6 +300,17 @@ class SqliteBackend:
             raise StorageError(f"cannot read {self.path}: {exc}") from exc
         if header and header != SQLITE_HEADER:
             raise self._not_ours("the file is not a SQLite database")
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Refuse another application's database before changing anything in it (e.g. WAL)."""
+
+        def look(c: sqlite3.Connection) -> set[str]:
+            rows = c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {row[0] for row in rows}
+
+        tables = self._run(look, "single")
+        if tables and "_astrid_migrations" not in tables:
+            raise self._not_ours("it holds tables of another application")
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         def setup(c: sqlite3.Connection) -> None:
@@ -460,7 +484,7 @@ class SqliteBackend:
     def _decode(self, text: Any, session_id: str, what: str) -> Any:
         try:
             return json.loads(text)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"{self.path}: session {session_id}: stored {what} is not valid JSON: {exc}"
             ) from None
@@ -476,8 +500,10 @@ class SqliteBackend:
     def write(self, change: SessionWrite) -> int:
         """Apply one save in one transaction; ``ConcurrencyError`` on a stale revision."""
         sid = change.session_id
+        change.check_archived()
         state = self._encode(change.state, sid, "state")
         bodies = [self._encode(m, sid, "message") for m in change.messages]
+        archived = [self._encode(m, sid, "message") for m in change.archived]
         summary = change.summary
         created = _format_created(summary.created_at)
         updated = format_timestamp(summary.updated_at)
@@ -512,7 +538,7 @@ class SqliteBackend:
             self._insert(c, sid, int(row[1]) - n, bodies)
             return int(row[0])
 
-        if change.expected_revision is not None and not change.replace:
+        if change.is_append:
             done = self._run(fast_append, "write")
             if done is not None:
                 return done
@@ -543,6 +569,9 @@ class SqliteBackend:
                         f"session {sid}: stale save (based on {change.base_count} "
                         f"messages, {count} stored)"
                     )
+            # Replaced messages first, so the active ones stay the last ``count`` seqs.
+            self._insert(c, sid, next_seq, archived, active=False)
+            next_seq += len(archived)
             self._insert(c, sid, next_seq, bodies)
             revision += 1
             values = (
@@ -578,17 +607,18 @@ class SqliteBackend:
         return self._run(apply, "write")
 
     @staticmethod
-    def _insert(c: sqlite3.Connection, sid: str, first_seq: int, bodies: list[str]) -> None:
+    def _insert(
+        c: sqlite3.Connection, sid: str, first_seq: int, bodies: list[str], *, active: bool = True
+    ) -> None:
+        sql = (
+            "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)"
+            if active
+            else "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 0, ?)"
+        )
         if len(bodies) == 1:
-            c.execute(
-                "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)",
-                (sid, first_seq, bodies[0]),
-            )
+            c.execute(sql, (sid, first_seq, bodies[0]))
         elif bodies:
-            c.executemany(
-                "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)",
-                [(sid, first_seq + i, body) for i, body in enumerate(bodies)],
-            )
+            c.executemany(sql, [(sid, first_seq + i, body) for i, body in enumerate(bodies)])
 
     def append(
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None

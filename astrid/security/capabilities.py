@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -48,7 +48,7 @@ from astrid.security.crypto import (
     sha256_hex,
     verify_signature,
 )
-from astrid.security.globs import GlobSyntaxError, compile_glob
+from astrid.security.globs import GlobSyntaxError, compile_glob, escape_glob
 from astrid.timeutil import Timestamp, to_utc, utcnow
 
 __all__ = [
@@ -127,7 +127,16 @@ class ResourcePattern:
 
     @classmethod
     def exact(cls, pattern: str) -> ResourcePattern:
-        """An exact-match pattern (never a glob), still rejecting path traversal."""
+        """A pattern matching exactly ``pattern``, still rejecting path traversal.
+
+        Tokens store patterns as plain strings that are re-read with ``new``; so a string
+        with ``*``, ``?`` or ``[`` becomes a glob with every metacharacter escaped, which
+        matches only itself now and after any reload (the original silently widened it).
+        """
+        if any(ch in pattern for ch in "*?["):
+            if _contains_path_traversal(pattern):
+                raise _traversal_error(pattern)
+            return cls(escape_glob(pattern), glob=True)
         return cls(pattern, glob=False)
 
     @classmethod
@@ -746,13 +755,22 @@ class CapabilityStore:
             and token.has_valid_signature()
         )
 
-    def find_capability(self, resource: str, permission: Permission) -> CapabilityToken | None:
-        """The first live token granting ``permission`` on ``resource`` (session first)."""
+    def find_capability(
+        self,
+        resource: str,
+        permission: Permission,
+        *,
+        trusted_issuers: Collection[bytes] | None = None,
+    ) -> CapabilityToken | None:
+        """The first live token granting ``permission`` on ``resource`` (session first).
+
+        With ``trusted_issuers``, tokens issued by any other key are ignored, so a token
+        planted in a shared store by someone else's key authorizes nothing.
+        """
         with self._lock:
-            for token in list(self._session.values()):
-                if self._usable(token, resource, permission):
-                    return token
-            for token in self._persistent_tokens():
+            for token in [*self._session.values(), *self._persistent_tokens()]:
+                if trusted_issuers is not None and bytes(token.issuer) not in trusted_issuers:
+                    continue
                 if self._usable(token, resource, permission):
                     return token
             return None

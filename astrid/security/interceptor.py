@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -47,7 +48,6 @@ from astrid.security.capabilities import (
 )
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import FallbackBehavior, format_resolution_id
-from astrid.security.globs import escape_glob
 from astrid.security.policy import Allowed as PolicyAllowedResult
 from astrid.security.policy import Blocked, SecurityPolicy, action_resource
 from astrid.timeutil import utcnow
@@ -264,8 +264,6 @@ def literal_resource_pattern(resource: str) -> ResourcePattern:
     still matches only itself after a JSON round trip, which re-parses with ``new``); any other
     resource is an exact pattern. Raises ``InvalidPattern`` for a ``..`` segment.
     """
-    if any(ch in resource for ch in "*?["):
-        return ResourcePattern.new(escape_glob(resource))
     return ResourcePattern.exact(resource)
 
 
@@ -300,12 +298,17 @@ class SecurityInterceptor:
         *,
         workspace_root: Path | None,
         audit: AuditLog | None = None,
+        trusted_issuers: Iterable[bytes] = (),
     ) -> None:
         self.session = session
         self.policy = policy
         self.keypair = keypair
         self.workspace_root = None if workspace_root is None else Path(workspace_root)
         self.audit: AuditLog = audit if audit is not None else AuditLog()
+        # Only tokens this runtime's key (or a key the host trusts) issued authorize actions.
+        self.trusted_issuers: frozenset[bytes] = frozenset(
+            {keypair.public_key_bytes, *(bytes(k) for k in trusted_issuers)}
+        )
 
     @property
     def budget_validator(self) -> BudgetValidator:
@@ -338,7 +341,9 @@ class SecurityInterceptor:
         # 2. An existing capability token.
         mapped = action_resource(action)
         if mapped is not None:
-            token = self.session.capabilities.find_capability(*mapped)
+            token = self.session.capabilities.find_capability(
+                *mapped, trusted_issuers=self.trusted_issuers
+            )
             if token is not None:
                 result = self._authorize_with_token(action, token, cost)
                 if result is not None:

@@ -130,8 +130,9 @@ def _change(
     messages: Sequence[Message],
     base: int,
     replace: bool = False,
+    archived: Sequence[Message] = (),
 ) -> SessionWrite:
-    """A raw ``SessionWrite`` for ``session`` (what the facade would send)."""
+    """A raw ``SessionWrite`` for ``session`` (what the facade, or a migration, would send)."""
     state = session.to_document().to_data()
     state.pop("messages", None)
     count = len(messages) if replace else base + len(messages)
@@ -152,6 +153,7 @@ def _change(
             workspace_path=None,
             model=session.model,
         ),
+        archived=_as_json(archived),
     )
 
 
@@ -709,6 +711,117 @@ class StorageConformance:
         assert record.message_count == 2 and record.message_offset == 1
         [listed] = store.list_sessions()
         assert listed.message_count == 2
+
+    def test_a_create_can_carry_archived_messages_in_the_same_write(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = AgentSession("p")
+        old = _texts(3, "old")
+        active = [Message.system("summary"), Message.user("a1")]
+        revision = backend.write(
+            _change(session, expected=None, messages=active, base=0, archived=old)
+        )
+        assert _as_json(store.history(session.id)) == _as_json([*old, *active])
+        entries = backend.history(session.id.bare)
+        assert [e.active for e in entries] == [False, False, False, True, True]
+        seqs = [e.seq for e in entries]
+        assert seqs == sorted(set(seqs))
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == revision
+        assert record.messages == _as_json(active)
+        assert record.message_count == 2 and record.message_offset == 0
+        tail = backend.load(session.id.bare, tail=1)
+        assert tail is not None
+        assert tail.messages == _as_json(active[1:]) and tail.message_offset == 1
+        [listed] = store.list_sessions()
+        assert listed.message_count == 2
+
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(active)
+        loaded.add_message(Message.user("a2"))
+        store.save(loaded)
+        again = store.load(session.id)
+        assert again is not None
+        assert _as_json(again.messages) == _as_json([*active, Message.user("a2")])
+        entries = backend.history(session.id.bare)
+        assert [e.message for e in entries] == _as_json([*old, *active, Message.user("a2")])
+        assert [e.active for e in entries] == [False] * 3 + [True] * 3
+        seqs = [e.seq for e in entries]
+        assert seqs == sorted(set(seqs))
+
+    def test_a_replace_can_carry_archived_messages_in_the_same_write(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(2)
+        current = store.save(session)
+        imported = _texts(2, "imported")
+        active = [Message.system("summary")]
+        revision = backend.write(
+            _change(
+                session, expected=current, messages=active, base=2, replace=True, archived=imported
+            )
+        )
+        assert revision > current
+        entries = backend.history(session.id.bare)
+        assert [e.message for e in entries] == _as_json([*_texts(2), *imported, *active])
+        assert [e.active for e in entries] == [False, False, False, False, True]
+        seqs = [e.seq for e in entries]
+        assert seqs == sorted(set(seqs))
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(active)
+        record = backend.load(session.id.bare, tail=5)
+        assert record is not None
+        assert record.message_count == 1 and record.messages == _as_json(active)
+        loaded.add_message(Message.user("next"))
+        store.save(loaded)
+        again = store.load(session.id)
+        assert again is not None
+        assert _as_json(again.messages) == _as_json([*active, Message.user("next")])
+
+    def test_archived_messages_on_a_plain_append_are_refused(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        session = _session_with(2)
+        current = store.save(session)
+        with pytest.raises(ValueError, match="archived"):
+            backend.write(
+                _change(
+                    session,
+                    expected=current,
+                    messages=[Message.user("m2")],
+                    base=2,
+                    archived=[Message.user("never stored")],
+                )
+            )
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == current
+        assert record.messages == _as_json(session.messages)
+        assert [e.message for e in backend.history(session.id.bare)] == _as_json(session.messages)
+
+    def test_archived_messages_survive_a_reopen(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path
+    ) -> None:
+        session = AgentSession("p")
+        old = _texts(2, "old")
+        active = [Message.system("summary"), Message.user("a1")]
+        backend.write(_change(session, expected=None, messages=active, base=0, archived=old))
+        before = backend.history(session.id.bare)
+
+        other = self._reopen(backend, data_dir)
+        assert other.history(session.id.bare) == before
+        reopened = SessionStore(other)
+        loaded = reopened.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(active)
+        loaded.add_message(Message.user("a2"))
+        reopened.save(loaded)
+        entries = other.history(session.id.bare)
+        assert [e.message for e in entries] == _as_json([*old, *active, Message.user("a2")])
+        assert [e.active for e in entries] == [False, False, True, True, True]
 
     # -- listing ---------------------------------------------------------------------------------
 

@@ -394,9 +394,17 @@ def test_a_damaged_database_row_is_a_typed_error_for_that_session_only(
         conn.execute(sql, (value, victim.id.bare))
         conn.commit()
         conn.close()
-        with pytest.raises(SerializationError) as info:
-            store.load(victim.id)
-        assert victim.id.bare in str(info.value)
+        if case.endswith("-at-garbage"):
+            # Listing columns only: the document itself is intact, so the session still
+            # loads, and the unreadable time (read as the epoch) does not break the listing.
+            loaded = store.load(victim.id)
+            assert loaded is not None and len(loaded.messages) == len(victim.messages)
+            listed = {row.id: row for row in store.list_sessions()}
+            assert listed[victim.id.bare].updated_at.year == 1970 or case.startswith("created")
+        else:
+            with pytest.raises(SerializationError) as info:
+                store.load(victim.id)
+            assert victim.id.bare in str(info.value)
         _assert_others_intact(store, good)
     finally:
         store.close()

@@ -575,11 +575,14 @@ def test_pattern_public_api() -> None:
     assert exact != other
     assert hash(exact) != hash(other)
     assert hash(exact) == hash(ResourcePattern.new("mcp://filesystem:read_file"))
-    # exact() never compiles a glob, so "*" is literal there.
+    # exact() makes "*" literal, and keeps it literal through a reload: the stored string is
+    # an escaped glob (the original stored "mcp://s:*", which re-read as a wildcard).
     literal = ResourcePattern.exact("mcp://s:*")
-    assert not literal.is_glob()
+    assert literal.as_str() == "mcp://s:\\*"
     assert literal.matches("mcp://s:*")
     assert not literal.matches("mcp://s:tool")
+    reread = ResourcePattern.new(literal.as_str())
+    assert reread.matches("mcp://s:*") and not reread.matches("mcp://s:tool")
 
 
 def test_pattern_helpers() -> None:
