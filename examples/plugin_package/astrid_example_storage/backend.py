@@ -8,8 +8,10 @@ Layout of the directory (default ``<home>/jsonl``):
   object: ``op`` (``save`` or ``append``), ``revision``, ``replace``, ``first_seq``/``next_seq``
   (the sequence numbers of its ``messages``), ``messages`` (only the new ones), ``state`` (saves
   only: the session document without its messages) and ``summary`` (the listing row after this
-  line). A line counts once its final newline is written: a line cut short by a crash is ignored
-  by readers and cut off by the next writer, so the file always opens cleanly.
+  line). A save that creates or replaces may also carry ``archived``: messages recorded in the
+  history as already replaced, numbered from ``archived_seq`` (just before ``first_seq``). A
+  line counts once its final newline is written: a line cut short by a crash is ignored by
+  readers and cut off by the next writer, so the file always opens cleanly.
 * ``locks/<uuid>.lock``: ``flock`` files (exclusive for writers, shared for readers). They are
   never removed, so a waiter never locks a file that another process just deleted.
 * ``kv/<sha256 of the namespace>.json``: one namespace of the key-value store,
@@ -242,6 +244,10 @@ class JsonlBackend:
             if record.get("replace"):
                 archived.extend(active)
                 active = []
+            replaced = record.get("archived") or []
+            if replaced:
+                start = int(record["archived_seq"])
+                archived.extend((start + i, m) for i, m in enumerate(replaced))
             first = int(record["first_seq"])
             active.extend((first + i, m) for i, m in enumerate(record["messages"]))
             if record["op"] == "save":
@@ -348,8 +354,18 @@ class JsonlBackend:
                 _fsync_dir(self._sessions)
 
     def write(self, change: SessionWrite) -> int:
-        """Append one save; ``ConcurrencyError`` unless ``expected_revision`` is the stored one."""
+        """Append one save; ``ConcurrencyError`` unless ``expected_revision`` is the stored one.
+
+        ``change.archived`` (a create or a replace only) rides in the same line, so the session
+        and its history are one atomic write.
+        """
         sid = validate_session_id(change.session_id)
+        archived = list(change.archived)
+        if archived and change.expected_revision is not None and not change.replace:
+            raise ValueError(
+                f"session {sid}: archived messages can only be written by a create or a "
+                "replace, not by an append"
+            )
         path = self._path(sid)
         with self._open_for_append(sid, create=change.expected_revision is None) as (fd, last):
             current = int(last["revision"]) if last is not None else None
@@ -370,20 +386,25 @@ class JsonlBackend:
             summary = dataclasses.replace(
                 change.summary, message_count=kept + len(change.messages), revision=revision
             )
-            self._append_line(
-                fd,
+            record: dict[str, Any] = {
+                "op": "save",
+                "revision": revision,
+                "replace": change.replace and last is not None,
+            }
+            if archived:
+                record["archived_seq"] = next_seq
+                record["archived"] = archived
+                next_seq += len(archived)
+            record.update(
                 {
-                    "op": "save",
-                    "revision": revision,
-                    "replace": change.replace and last is not None,
                     "first_seq": next_seq,
                     "next_seq": next_seq + len(change.messages),
                     "messages": list(change.messages),
                     "state": change.state,
                     "summary": _summary_to_json(summary),
-                },
-                path,
+                }
             )
+            self._append_line(fd, record, path)
             return revision
 
     def append(

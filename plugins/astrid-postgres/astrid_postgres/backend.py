@@ -201,15 +201,17 @@ class PostgresBackend:
             updated_at=to_utc(updated_at),
         )
 
-    def _insert(self, c: Conn, sid: str, first_seq: int, bodies: list[str]) -> None:
+    def _insert(
+        self, c: Conn, sid: str, first_seq: int, bodies: list[str], *, active: bool = True
+    ) -> None:
         if bodies:
             c.execute(
                 self._q(
                     "INSERT INTO {s}.messages (session_id, seq, active, body) "
-                    "SELECT %s, %s + t.n - 1, true, t.body "
+                    "SELECT %s, %s + t.n - 1, %s, t.body "
                     "FROM unnest(%s::text[]) WITH ORDINALITY AS t(body, n)"
                 ),
-                (sid, first_seq, bodies),
+                (sid, first_seq, active, bodies),
             )
 
     def _stale(self, c: Conn, sid: str, expected: int | None, base: int) -> ConcurrencyError:
@@ -233,8 +235,11 @@ class PostgresBackend:
         Creating and appending are one statement each (one round trip): a conditional
         ``INSERT ... ON CONFLICT DO NOTHING`` or ``UPDATE ... WHERE revision = expected``, with
         the messages inserted by the same statement. A replace is a transaction that locks the
-        row with ``SELECT ... FOR UPDATE`` first.
+        row with ``SELECT ... FOR UPDATE`` first. ``change.archived`` (a create or a replace
+        only) is inserted inactive, before the active messages, by the same statement or
+        transaction.
         """
+        change.check_archived()
         sid = change.session_id
         summary = change.summary
         title, model, workspace, parent, flags = _summary_columns(summary)
@@ -243,6 +248,8 @@ class PostgresBackend:
             "state": self._encode(change.state, sid, "state"),
             "bodies": [self._encode(m, sid, "message") for m in change.messages],
             "n": len(change.messages),
+            "archived": [self._encode(m, sid, "message") for m in change.archived],
+            "na": len(change.archived),
             "title": title,
             "created": summary.created_at,
             "updated": summary.updated_at,
@@ -264,17 +271,21 @@ class PostgresBackend:
         return result
 
     def _create(self, c: Conn, p: dict[str, Any]) -> int:
+        if p["archived"]:
+            # The archived messages take the first seqs (inactive), the active ones the last.
+            p = {**p, "bodies": p["archived"] + p["bodies"]}
         row = c.execute(
             self._q(
                 "WITH created AS ("
                 " INSERT INTO {s}.sessions (id, revision, state, title, created_at, updated_at,"
                 " message_count, token_count, workspace_path, model, parent_id, next_seq,"
                 " nul_escaped) VALUES (%(sid)s, 1, %(state)s, %(title)s, %(created)s,"
-                " %(updated)s, %(n)s, %(tokens)s, %(workspace)s, %(model)s, %(parent)s, %(n)s,"
-                " %(flags)s) ON CONFLICT (id) DO NOTHING RETURNING id"
+                " %(updated)s, %(n)s, %(tokens)s, %(workspace)s, %(model)s, %(parent)s,"
+                " %(na)s::bigint + %(n)s::bigint, %(flags)s) ON CONFLICT (id) DO NOTHING"
+                " RETURNING id"
                 "), stored AS ("
                 " INSERT INTO {s}.messages (session_id, seq, active, body)"
-                " SELECT created.id, t.n - 1, true, t.body FROM created,"
+                " SELECT created.id, t.n - 1, t.n > %(na)s::bigint, t.body FROM created,"
                 " unnest(%(bodies)s::text[]) WITH ORDINALITY AS t(body, n)"
                 ") SELECT count(*) FROM created"
             ),
@@ -326,6 +337,9 @@ class PostgresBackend:
             ),
             (sid, next_seq - count),
         )
+        # Archived messages first (inactive), so the active ones stay the last seqs.
+        self._insert(c, sid, next_seq, p["archived"], active=False)
+        next_seq += p["na"]
         self._insert(c, sid, next_seq, p["bodies"])
         revision = int(row[0]) + 1
         c.execute(
