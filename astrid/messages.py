@@ -25,6 +25,9 @@ class MessageRole(StrEnum):
     TOOL = "tool"
 
 
+_ROLES: dict[str, MessageRole] = {role.value: role for role in MessageRole}
+
+
 class ToolCall(BaseModel):
     """A tool call requested by the assistant."""
 
@@ -250,6 +253,12 @@ class Message(BaseModel):
     @classmethod
     def from_json(cls, value: Any) -> Message:
         """Decode one stored message; shapes astrid does not know are kept verbatim."""
+        if type(value) is dict and len(value) == 2:
+            # Fast path for the common shape: a known role with text content round-trips exactly.
+            role_text, content = value.get("role"), value.get("content")
+            known = _ROLES.get(role_text) if isinstance(role_text, str) else None
+            if known is not None and type(content) is str:
+                return cls(role=known, content=content)
         if not isinstance(value, dict) or not isinstance(value.get("role"), str):
             return cls(role="", content=OpaqueContent(value=value), verbatim=(value,))
         raw_role: str = value["role"]
