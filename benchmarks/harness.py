@@ -158,7 +158,9 @@ def table(rows: Iterable[Row], *, title: str = "") -> str:
     for r in rows:
         n = f"{r.n:,}" if r.n is not None else ""
         if r.median is None:
-            lines.append(f"{r.op:<32}{r.system:<24}{n:>7}  {'-':>10} {'':>19}  {'':<8}{'':>5}  {r.note}")
+            lines.append(
+                f"{r.op:<32}{r.system:<24}{n:>7}  {'-':>10} {'':>19}  {'':<8}{'':>5}  {r.note}"
+            )
             continue
         spread = ""
         if r.p10 is not None and r.p90 is not None and r.runs > 1:

@@ -152,7 +152,7 @@ def workdir(prefix: str = "astrid-bench-") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def json_bytes(i: int) -> int:
     """Compact UTF-8 JSON size of message ``i`` of the mix."""
     body = astrid_message(i).to_json()
@@ -170,9 +170,7 @@ def messages_json_bytes(session: Any) -> int:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("GIT_")
-    } | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_AUTHOR_NAME": "bench",
@@ -235,9 +233,9 @@ class Turn:
         self.env = env
         self.mutation_ns = 0
         if security is not None:
+            from astrid.security.actions import McpToolCall
             from astrid.security.allowances import Allowance, ExactTool
             from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest
-            from astrid.security.actions import McpToolCall
 
             self._Allowance = Allowance
             self._ExactTool = ExactTool
@@ -267,7 +265,9 @@ class Turn:
         if self.security == "growing":
             # A new session allowance and a new AllowAlways escape path every turn.
             s.add_session_allowance(
-                self._Allowance.create(self._ExactTool(server="fs", tool=f"t{i}"), session_only=True)
+                self._Allowance.create(
+                    self._ExactTool(server="fs", tool=f"t{i}"), session_only=True
+                )
             )
             s.escape_handler.process_decision(
                 self._Request.new(env.escape_dir(i), self._Op.READ, "bench"),
@@ -384,7 +384,11 @@ def append_rows(
                     mutation_us.append(turn.mutation_ns / n / 1000)
                     store.close()
                     if disk and backend != "memory":
-                        last_disk = (dir_bytes(where), messages_json_bytes(session), len(session.messages))
+                        last_disk = (
+                            dir_bytes(where),
+                            messages_json_bytes(session),
+                            len(session.messages),
+                        )
             steps.sort()
             extra = {
                 "single_append_p50_us": steps[len(steps) // 2],
@@ -395,7 +399,11 @@ def append_rows(
                 extra["untimed_runtime_mutation_us_per_turn"] = sum(mutation_us) / len(mutation_us)
             rows.append(
                 summarize(
-                    op, system, n, "us/msg", samples,
+                    op,
+                    system,
+                    n,
+                    "us/msg",
+                    samples,
                     sample=f"loop of {n} appends from empty, total/N",
                     note=f"loop; single append p50 {steps[len(steps) // 2]:.0f} p99 "
                     f"{extra['single_append_p99_us']:.0f} us",
@@ -426,10 +434,18 @@ def append_rows(
                 store.close()
                 last_disk = None
                 if disk and backend != "memory":
-                    last_disk = (dir_bytes(where), messages_json_bytes(session), len(session.messages))
+                    last_disk = (
+                        dir_bytes(where),
+                        messages_json_bytes(session),
+                        len(session.messages),
+                    )
             rows.append(
                 summarize(
-                    op, system, n, "us/msg", samples,
+                    op,
+                    system,
+                    n,
+                    "us/msg",
+                    samples,
                     sample=f"one append+save at size {n} (after a bulk save)",
                     note=f"at N: {k} single appends after bulk pre-grow"
                     + ("; O(N) per save" if backend in ("memory", "file") else ""),
@@ -442,12 +458,20 @@ def append_rows(
                 on_disk, js, count = last_disk
                 rows.append(
                     value_row(
-                        "disk_bytes_per_msg", system, n, "B/msg", on_disk / count,
+                        "disk_bytes_per_msg",
+                        system,
+                        n,
+                        "B/msg",
+                        on_disk / count,
                         sample="all files of the store / messages",
                         note=f"{on_disk / js:.2f}x the compact JSON ({js / count:.0f} B/msg); "
                         f"{count} msgs",
-                        extra={"bytes": on_disk, "json_bytes": js, "messages": count,
-                               "ratio_to_json": on_disk / js},
+                        extra={
+                            "bytes": on_disk,
+                            "json_bytes": js,
+                            "messages": count,
+                            "ratio_to_json": on_disk / js,
+                        },
                     )
                 )
     return rows
@@ -492,20 +516,27 @@ def load_rows(backend: str, plan: Plan) -> list[Row]:
             store.save(session)
             sid = session.id
             del session
-            whole = time_us(lambda: store.load(sid), plan.load_runs.get(n, 5), warmup=1,
-                            budget_s=plan.budget_s)
-            tail = time_us(lambda: store.load(sid, tail=20), plan.tail_runs, warmup=3,
-                           budget_s=plan.budget_s)
+            whole = time_us(
+                lambda: store.load(sid), plan.load_runs.get(n, 5), warmup=1, budget_s=plan.budget_s
+            )
+            tail = time_us(
+                lambda: store.load(sid, tail=20), plan.tail_runs, warmup=3, budget_s=plan.budget_s
+            )
             loaded = store.load(sid)
             assert loaded is not None and len(loaded.messages) == n
             store.close()
         rows.append(
-            summarize("load_whole", system, n, "ms", [x / 1000 for x in whole],
-                      sample="store.load(id): an AgentSession with N validated Messages")
+            summarize(
+                "load_whole",
+                system,
+                n,
+                "ms",
+                [x / 1000 for x in whole],
+                sample="store.load(id): an AgentSession with N validated Messages",
+            )
         )
         rows.append(
-            summarize("load_tail20", system, n, "us", tail,
-                      sample="store.load(id, tail=20)")
+            summarize("load_tail20", system, n, "us", tail, sample="store.load(id, tail=20)")
         )
     return rows
 
@@ -542,14 +573,21 @@ def list_row(backend: str, plan: Plan) -> Row:
             note = f"warm index; cold first listing {extra['cold_first_listing_ms']:.0f} ms"
         page = store.list_sessions(limit=50)
         assert len(page) == 50 and store.count() == m
-        samples = time_us(lambda: store.list_sessions(limit=50), plan.list_runs,
-                          budget_s=plan.budget_s)
+        samples = time_us(
+            lambda: store.list_sessions(limit=50), plan.list_runs, budget_s=plan.budget_s
+        )
         store.close()
     if m < plan.list_sessions:
         note = (note + "; " if note else "") + f"M capped at {m:,}"
     return summarize(
-        "list50", system, m, "ms", [x / 1000 for x in samples],
-        sample=f"list_sessions(limit=50) out of M={m} sessions", note=note, extra=extra,
+        "list50",
+        system,
+        m,
+        "ms",
+        [x / 1000 for x in samples],
+        sample=f"list_sessions(limit=50) out of M={m} sessions",
+        note=note,
+        extra=extra,
     )
 
 
@@ -607,22 +645,43 @@ def compact_rows(backend: str, plan: Plan) -> list[Row]:
         loop.close()
     ext = sorted(extractive)[len(extractive) // 2]
     return [
-        summarize("compact", system, n, "ms", compact,
-                  sample=f"ContextManager(keep_recent={KEEP_RECENT}).summarize(session, store=store)"
-                  f" of {n}, fixed 2 KB summary",
-                  note=f"both saves included; history keeps {history} messages; the "
-                  f"extractive summarizer itself adds {ext:.0f} ms",
-                  extra={"extractive_summarizer_ms": ext, "history_messages": history}),
-        summarize("load_after_compact", system, n, "us", reload_,
-                  sample="store.load(id) after compaction", note=f"{kept} messages loaded"),
+        summarize(
+            "compact",
+            system,
+            n,
+            "ms",
+            compact,
+            sample=f"ContextManager(keep_recent={KEEP_RECENT}).summarize(session, store=store)"
+            f" of {n}, fixed 2 KB summary",
+            note=f"both saves included; history keeps {history} messages; the "
+            f"extractive summarizer itself adds {ext:.0f} ms",
+            extra={"extractive_summarizer_ms": ext, "history_messages": history},
+        ),
+        summarize(
+            "load_after_compact",
+            system,
+            n,
+            "us",
+            reload_,
+            sample="store.load(id) after compaction",
+            note=f"{kept} messages loaded",
+        ),
     ]
 
 
 # -- 8: concurrency --------------------------------------------------------------------------
 
 
-def _writer(backend: str, where: str, sid: str, proc: int, count: int, barrier: Any, out: Any,
-            synchronous: str) -> None:
+def _writer(
+    backend: str,
+    where: str,
+    sid: str,
+    proc: int,
+    count: int,
+    barrier: Any,
+    out: Any,
+    synchronous: str,
+) -> None:
     from harness import ensure_paths
 
     ensure_paths()
@@ -698,8 +757,10 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
     system = system_name(backend, plan.sqlite_synchronous)
     if backend == "memory":
         why = "the memory backend lives in one process"
-        return [na_row("concurrent_one_session", system, None, why),
-                na_row("concurrent_distinct", system, None, why)]
+        return [
+            na_row("concurrent_one_session", system, None, why),
+            na_row("concurrent_distinct", system, None, why),
+        ]
     from astrid.store import SessionStore
 
     count = min(plan.per_proc, plan.per_proc_max.get(backend, plan.per_proc))
@@ -719,8 +780,14 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
                 reports, wall = run_writers(
                     _writer,
                     lambda p, barrier, out: (
-                        backend, str(where), sids[0 if mode == "one_session" else p], p, count,
-                        barrier, out, plan.sqlite_synchronous,
+                        backend,
+                        str(where),
+                        sids[0 if mode == "one_session" else p],
+                        p,
+                        count,
+                        barrier,
+                        out,
+                        plan.sqlite_synchronous,
                     ),
                     plan.procs,
                 )
@@ -733,7 +800,9 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
                 store.close()
             marks = check_marks(bodies, plan.procs, count)
             errors = sum(r["errors"] for r in reports)
-            first_error = first_error or next((r["first_error"] for r in reports if r["first_error"]), "")
+            first_error = first_error or next(
+                (r["first_error"] for r in reports if r["first_error"]), ""
+            )
             totals["errors"] += errors
             for key in ("lost", "duplicated", "reordered"):
                 totals[key] += marks[key]
@@ -749,7 +818,11 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
             note += f"; first error: {first_error[:120]}"
         rows.append(
             summarize(
-                f"concurrent_{mode}", system, plan.procs * count, "msg/s", throughputs,
+                f"concurrent_{mode}",
+                system,
+                plan.procs * count,
+                "msg/s",
+                throughputs,
                 sample=f"{plan.procs} processes x {count} append_messages calls, msgs/wall second",
                 note=note,
                 extra=dict(totals, per_process=count, procs=plan.procs),
@@ -766,8 +839,12 @@ SECURITY_VARIANTS = ("bounded", "single_use", "growing")
 OPS = ("create", "append", "security", "load", "list", "compact", "concurrency")
 
 
-def run_backend(backend: str, plan: Plan, ops: tuple[str, ...] = OPS,
-                log: Callable[[str], None] = lambda s: None) -> list[Row]:
+def run_backend(
+    backend: str,
+    plan: Plan,
+    ops: tuple[str, ...] = OPS,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[Row]:
     rows: list[Row] = []
 
     def stage(name: str, fn: Callable[[], list[Row]]) -> None:

@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import sqlite3
-import tempfile
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -36,7 +36,9 @@ from harness import ensure_paths
 
 ensure_paths()
 
-from harness import (  # noqa: E402
+from datetime import UTC
+
+from harness import (
     Row,
     dir_bytes,
     dump_json,
@@ -47,7 +49,7 @@ from harness import (  # noqa: E402
     time_us,
     value_row,
 )
-from ours import (  # noqa: E402
+from ours import (
     Plan,
     append_rows,
     check_marks,
@@ -62,8 +64,8 @@ from ours import (  # noqa: E402
     with_sync,
     workdir,
 )
-from targets import own_targets, peer_targets  # noqa: E402
-from workload import Spec, marked_spec, spec  # noqa: E402
+from targets import own_targets, peer_targets
+from workload import Spec, marked_spec, spec
 
 OURS = "astrid/sqlite"
 OURS_FULL = "astrid/sqlite(FULL)"
@@ -89,12 +91,20 @@ def _disk_row(system: str, n: int, where: Path, messages: int, note: str = "") -
     on_disk = dir_bytes(where)
     js = _json_total(messages)
     return value_row(
-        "disk_bytes_per_msg", system, n, "B/msg", on_disk / messages,
+        "disk_bytes_per_msg",
+        system,
+        n,
+        "B/msg",
+        on_disk / messages,
         sample="all files of the store / messages",
         note=f"{on_disk / js:.2f}x the compact JSON of the same messages; {messages} msgs"
         + (f"; {note}" if note else ""),
-        extra={"bytes": on_disk, "json_bytes": js, "messages": messages,
-               "ratio_to_json": on_disk / js},
+        extra={
+            "bytes": on_disk,
+            "json_bytes": js,
+            "messages": messages,
+            "ratio_to_json": on_disk / js,
+        },
     )
 
 
@@ -105,8 +115,12 @@ def openai_item(s: Spec) -> dict[str, Any]:
     if s.kind in ("user", "assistant"):
         return {"role": s.kind, "content": s.text}
     if s.kind == "tool_call":
-        return {"type": "function_call", "call_id": s.call_id, "name": s.tool_name,
-                "arguments": json.dumps(s.arguments)}
+        return {
+            "type": "function_call",
+            "call_id": s.call_id,
+            "name": s.tool_name,
+            "arguments": json.dumps(s.arguments),
+        }
     return {"type": "function_call_output", "call_id": s.call_id, "output": s.text}
 
 
@@ -150,8 +164,14 @@ class OpenAIPeer:
         return text + " (the SDK's defaults: WAL, Python's default synchronous)"
 
     def run(self, ops: tuple[str, ...]) -> list[Row]:
-        rows: list[Row] = [na_row("create", self.system, None,
-                                  "no create call; the first add_items creates the session row")]
+        rows: list[Row] = [
+            na_row(
+                "create",
+                self.system,
+                None,
+                "no create call; the first add_items creates the session row",
+            )
+        ]
         if "append" in ops and not self.paired:
             rows += asyncio.run(self.append())
         if "load" in ops and not self.paired:
@@ -183,12 +203,18 @@ class OpenAIPeer:
                     s.close()
                     last = _disk_row(self.system, n, where, n)
             steps.sort()
-            rows.append(summarize(
-                "append_save", self.system, n, "us/msg", samples,
-                sample=f"loop of {n} add_items([item]) from empty, total/N",
-                note=f"loop; single add_items p50 {steps[len(steps) // 2]:.0f} p99 "
-                f"{steps[int(len(steps) * 0.99)]:.0f} us",
-            ))
+            rows.append(
+                summarize(
+                    "append_save",
+                    self.system,
+                    n,
+                    "us/msg",
+                    samples,
+                    sample=f"loop of {n} add_items([item]) from empty, total/N",
+                    note=f"loop; single add_items p50 {steps[len(steps) // 2]:.0f} p99 "
+                    f"{steps[int(len(steps) * 0.99)]:.0f} us",
+                )
+            )
             if last is not None:
                 rows.append(last)
         return rows
@@ -199,16 +225,29 @@ class OpenAIPeer:
             with workdir() as where:
                 s = self.SQLiteSession("bench", str(where / "openai.db"))
                 await s.add_items([openai_item(spec(i)) for i in range(n)])
-                whole = await _atime(lambda: s.get_items(), self.plan.load_runs.get(n, 5),
-                                     self.plan.budget_s)
-                tail = await _atime(lambda: s.get_items(limit=20), self.plan.tail_runs,
-                                    self.plan.budget_s)
+                whole = await _atime(
+                    lambda: s.get_items(), self.plan.load_runs.get(n, 5), self.plan.budget_s
+                )
+                tail = await _atime(
+                    lambda: s.get_items(limit=20), self.plan.tail_runs, self.plan.budget_s
+                )
                 assert len(await s.get_items()) == n
                 s.close()
-            rows.append(summarize("load_whole", self.system, n, "ms", [x / 1000 for x in whole],
-                                  sample="await get_items(): N JSON items"))
-            rows.append(summarize("load_tail20", self.system, n, "us", tail,
-                                  sample="await get_items(limit=20)"))
+            rows.append(
+                summarize(
+                    "load_whole",
+                    self.system,
+                    n,
+                    "ms",
+                    [x / 1000 for x in whole],
+                    sample="await get_items(): N JSON items",
+                )
+            )
+            rows.append(
+                summarize(
+                    "load_tail20", self.system, n, "us", tail, sample="await get_items(limit=20)"
+                )
+            )
         return rows
 
     async def compact(self) -> list[Row]:
@@ -232,8 +271,15 @@ class OpenAIPeer:
         note = "emulated: get_items + clear_session + add_items(summary + last 20); the old items are deleted"
         return [
             summarize("compact", self.system, n, "ms", compact, sample="see note", note=note),
-            summarize("load_after_compact", self.system, n, "us", reload_,
-                      sample="await get_items()", note=f"{KEEP + 1} items"),
+            summarize(
+                "load_after_compact",
+                self.system,
+                n,
+                "us",
+                reload_,
+                sample="await get_items()",
+                note=f"{KEEP + 1} items",
+            ),
         ]
 
     def concurrency(self) -> list[Row]:
@@ -244,13 +290,23 @@ class OpenAIPeer:
             tp, tot, first = [], {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}, ""
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
-                    sids = ["shared"] if mode == "one_session" else [f"s{p}" for p in range(plan.procs)]
+                    sids = (
+                        ["shared"]
+                        if mode == "one_session"
+                        else [f"s{p}" for p in range(plan.procs)]
+                    )
                     init = self.SQLiteSession("init", str(where / "openai.db"))
                     init.close()
                     reports, wall = run_writers(
                         _openai_writer,
-                        lambda p, b, o: (str(where), sids[0 if mode == "one_session" else p],
-                                         p, count, b, o),
+                        lambda p, b, o: (
+                            str(where),
+                            sids[0 if mode == "one_session" else p],
+                            p,
+                            count,
+                            b,
+                            o,
+                        ),
                         plan.procs,
                     )
                     bodies: list[str] = []
@@ -282,18 +338,35 @@ async def _atime(make: Callable[[], Any], runs: int, budget_s: float) -> list[fl
     return out
 
 
-def _conc_row(system: str, mode: str, plan: Plan, count: int, tp: list[float],
-              tot: dict[str, int], first: str, extra_note: str = "") -> Row:
-    note = (f"errors {tot['errors']}, lost {tot['lost']}, duplicated {tot['duplicated']}, "
-            f"reordered {tot['reordered']} (over {plan.concurrency_runs} run(s) of "
-            f"{plan.procs}x{count})")
+def _conc_row(
+    system: str,
+    mode: str,
+    plan: Plan,
+    count: int,
+    tp: list[float],
+    tot: dict[str, int],
+    first: str,
+    extra_note: str = "",
+) -> Row:
+    note = (
+        f"errors {tot['errors']}, lost {tot['lost']}, duplicated {tot['duplicated']}, "
+        f"reordered {tot['reordered']} (over {plan.concurrency_runs} run(s) of "
+        f"{plan.procs}x{count})"
+    )
     if extra_note:
         note += "; " + extra_note
     if first:
         note += f"; first error: {first[:120]}"
-    return summarize(f"concurrent_{mode}", system, plan.procs * count, "msg/s", tp,
-                     sample=f"{plan.procs} processes x {count} appends, msgs/wall second",
-                     note=note, extra=dict(tot, per_process=count, procs=plan.procs))
+    return summarize(
+        f"concurrent_{mode}",
+        system,
+        plan.procs * count,
+        "msg/s",
+        tp,
+        sample=f"{plan.procs} processes x {count} appends, msgs/wall second",
+        note=note,
+        extra=dict(tot, per_process=count, procs=plan.procs),
+    )
 
 
 # ============================================================================ LangGraph
@@ -307,8 +380,11 @@ def lg_message(s: Spec, msg_id: str) -> Any:
     if s.kind == "assistant":
         return AIMessage(s.text, id=msg_id)
     if s.kind == "tool_call":
-        return AIMessage("", id=msg_id, tool_calls=[
-            {"name": s.tool_name, "args": s.arguments or {}, "id": s.call_id}])
+        return AIMessage(
+            "",
+            id=msg_id,
+            tool_calls=[{"name": s.tool_name, "args": s.arguments or {}, "id": s.call_id}],
+        )
     return ToolMessage(s.text, tool_call_id=s.call_id, id=msg_id)
 
 
@@ -353,16 +429,22 @@ def _lg_writer(where: str, thread: str, proc: int, count: int, barrier: Any, out
 
 
 def _lg_body(m: Any) -> str:
-    return json.dumps({"content": m.content, "id": m.id,
-                       "tool_call_id": getattr(m, "tool_call_id", None),
-                       "tool_calls": getattr(m, "tool_calls", None)}, default=str)
+    return json.dumps(
+        {
+            "content": m.content,
+            "id": m.id,
+            "tool_call_id": getattr(m, "tool_call_id", None),
+            "tool_calls": getattr(m, "tool_calls", None),
+        },
+        default=str,
+    )
 
 
 class LangGraphPeer:
     system = LANGGRAPH
 
     def __init__(self, plan: Plan) -> None:
-        import langgraph.checkpoint.sqlite  # noqa: F401
+        import langgraph.checkpoint.sqlite
         import langgraph.graph  # noqa: F401
 
         self.plan = plan
@@ -371,16 +453,22 @@ class LangGraphPeer:
         with workdir() as where:
             conn = _lg_connect(where / "langgraph.db")
             graph = lg_graph(conn)
-            graph.invoke({"messages": [lg_message(spec(0), "0")]},
-                         {"configurable": {"thread_id": "d"}})
+            graph.invoke(
+                {"messages": [lg_message(spec(0), "0")]}, {"configurable": {"thread_id": "d"}}
+            )
             text = "sqlite: " + _pragmas(conn)
             conn.close()
-        return text + (" (SqliteSaver sets WAL; synchronous is Python's default); every invoke "
-                       "writes checkpoints holding the whole state")
+        return text + (
+            " (SqliteSaver sets WAL; synchronous is Python's default); every invoke "
+            "writes checkpoints holding the whole state"
+        )
 
     def run(self, ops: tuple[str, ...]) -> list[Row]:
-        rows: list[Row] = [na_row("create", self.system, None,
-                                  "threads are implicit; the first invoke creates one")]
+        rows: list[Row] = [
+            na_row(
+                "create", self.system, None, "threads are implicit; the first invoke creates one"
+            )
+        ]
         if "append" in ops or "load" in ops:
             rows += self.append_and_load(ops)
         rows.append(na_row("list50", self.system, None, "no API to list threads"))
@@ -410,26 +498,56 @@ class LangGraphPeer:
                             samples.append((time.perf_counter_ns() - t0) / 1000)
                             if len(samples) >= 5 and time.perf_counter() > deadline:
                                 break
-                    rows.append(summarize(
-                        "append_save", self.system, n, "us/msg", samples,
-                        sample=f"one invoke of one message at size {n}",
-                        note=f"at N: {len(samples)} invokes after a bulk invoke; each writes "
-                        "the whole state: O(N)",
-                    ))
+                    rows.append(
+                        summarize(
+                            "append_save",
+                            self.system,
+                            n,
+                            "us/msg",
+                            samples,
+                            sample=f"one invoke of one message at size {n}",
+                            note=f"at N: {len(samples)} invokes after a bulk invoke; each writes "
+                            "the whole state: O(N)",
+                        )
+                    )
                     count = len(graph.get_state(cfg).values["messages"])
                     conn.close()
-                    rows.append(_disk_row(self.system, n, where, count,
-                                          "includes the bulk checkpoint and every later one"))
+                    rows.append(
+                        _disk_row(
+                            self.system,
+                            n,
+                            where,
+                            count,
+                            "includes the bulk checkpoint and every later one",
+                        )
+                    )
                     conn = _lg_connect(where / "langgraph.db")
                     graph = lg_graph(conn)
                 if "load" in ops:
-                    whole = time_us(lambda: graph.get_state(cfg), self.plan.load_runs.get(n, 5),
-                                    warmup=1, budget_s=self.plan.budget_s)
-                    rows.append(summarize("load_whole", self.system, n, "ms",
-                                          [x / 1000 for x in whole],
-                                          sample="graph.get_state(config): the latest checkpoint"))
-                    rows.append(na_row("load_tail20", self.system, n,
-                                       "no partial load: a checkpoint holds the whole state"))
+                    whole = time_us(
+                        lambda: graph.get_state(cfg),
+                        self.plan.load_runs.get(n, 5),
+                        warmup=1,
+                        budget_s=self.plan.budget_s,
+                    )
+                    rows.append(
+                        summarize(
+                            "load_whole",
+                            self.system,
+                            n,
+                            "ms",
+                            [x / 1000 for x in whole],
+                            sample="graph.get_state(config): the latest checkpoint",
+                        )
+                    )
+                    rows.append(
+                        na_row(
+                            "load_tail20",
+                            self.system,
+                            n,
+                            "no partial load: a checkpoint holds the whole state",
+                        )
+                    )
                 conn.close()
         return rows
 
@@ -448,8 +566,16 @@ class LangGraphPeer:
                 t0 = time.perf_counter_ns()
                 msgs = graph.get_state(cfg).values["messages"]
                 keep = msgs[-KEEP:]
-                graph.invoke({"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES),
-                                           SystemMessage(SUMMARY, id="summary"), *keep]}, cfg)
+                graph.invoke(
+                    {
+                        "messages": [
+                            RemoveMessage(id=REMOVE_ALL_MESSAGES),
+                            SystemMessage(SUMMARY, id="summary"),
+                            *keep,
+                        ]
+                    },
+                    cfg,
+                )
                 compact.append((time.perf_counter_ns() - t0) / 1e6)
                 t0 = time.perf_counter_ns()
                 state = graph.get_state(cfg)
@@ -459,8 +585,15 @@ class LangGraphPeer:
         note = "get_state + invoke(RemoveMessage(REMOVE_ALL) + summary + last 20) (the documented pattern)"
         return [
             summarize("compact", self.system, n, "ms", compact, sample="see note", note=note),
-            summarize("load_after_compact", self.system, n, "us", reload_,
-                      sample="graph.get_state(config)", note=f"{kept} messages"),
+            summarize(
+                "load_after_compact",
+                self.system,
+                n,
+                "us",
+                reload_,
+                sample="graph.get_state(config)",
+                note=f"{kept} messages",
+            ),
         ]
 
     def concurrency(self) -> list[Row]:
@@ -471,14 +604,24 @@ class LangGraphPeer:
             tp, tot, first = [], {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}, ""
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
-                    threads = ["shared"] if mode == "one_session" else [f"t{p}" for p in range(plan.procs)]
+                    threads = (
+                        ["shared"]
+                        if mode == "one_session"
+                        else [f"t{p}" for p in range(plan.procs)]
+                    )
                     conn = _lg_connect(where / "langgraph.db")
                     lg_graph(conn).checkpointer.setup()
                     conn.close()
                     reports, wall = run_writers(
                         _lg_writer,
-                        lambda p, b, o: (str(where), threads[0 if mode == "one_session" else p],
-                                         p, count, b, o),
+                        lambda p, b, o: (
+                            str(where),
+                            threads[0 if mode == "one_session" else p],
+                            p,
+                            count,
+                            b,
+                            o,
+                        ),
                         plan.procs,
                     )
                     conn = _lg_connect(where / "langgraph.db")
@@ -494,8 +637,18 @@ class LangGraphPeer:
                     tot[key] += marks[key]
                 first = first or next((r["first_error"] for r in reports if r["first_error"]), "")
                 tp.append(plan.procs * count / wall)
-            rows.append(_conc_row(self.system, mode, plan, count, tp, tot, first,
-                                  f"capped at {count}/process (O(N) per invoke)"))
+            rows.append(
+                _conc_row(
+                    self.system,
+                    mode,
+                    plan,
+                    count,
+                    tp,
+                    tot,
+                    first,
+                    f"capped at {count}/process (O(N) per invoke)",
+                )
+            )
         return rows
 
 
@@ -507,20 +660,34 @@ def adk_event(s: Spec, invocation: str) -> Any:
     from google.genai import types
 
     if s.kind == "user":
-        return Event(author="user", invocation_id=invocation,
-                     content=types.Content(role="user", parts=[types.Part(text=s.text)]))
+        return Event(
+            author="user",
+            invocation_id=invocation,
+            content=types.Content(role="user", parts=[types.Part(text=s.text)]),
+        )
     if s.kind == "assistant":
-        return Event(author="agent", invocation_id=invocation,
-                     content=types.Content(role="model", parts=[types.Part(text=s.text)]))
+        return Event(
+            author="agent",
+            invocation_id=invocation,
+            content=types.Content(role="model", parts=[types.Part(text=s.text)]),
+        )
     if s.kind == "tool_call":
-        part = types.Part(function_call=types.FunctionCall(
-            id=s.call_id, name=s.tool_name, args=s.arguments or {}))
-        return Event(author="agent", invocation_id=invocation,
-                     content=types.Content(role="model", parts=[part]))
-    part = types.Part(function_response=types.FunctionResponse(
-        id=s.call_id, name=s.tool_name, response={"result": s.text}))
-    return Event(author="agent", invocation_id=invocation,
-                 content=types.Content(role="user", parts=[part]))
+        part = types.Part(
+            function_call=types.FunctionCall(id=s.call_id, name=s.tool_name, args=s.arguments or {})
+        )
+        return Event(
+            author="agent",
+            invocation_id=invocation,
+            content=types.Content(role="model", parts=[part]),
+        )
+    part = types.Part(
+        function_response=types.FunctionResponse(
+            id=s.call_id, name=s.tool_name, response={"result": s.text}
+        )
+    )
+    return Event(
+        author="agent", invocation_id=invocation, content=types.Content(role="user", parts=[part])
+    )
 
 
 def _adk_service(where: Path) -> Any:
@@ -533,8 +700,12 @@ async def _adk_bulk_events(svc: Any, session: Any, n: int, start: int = 0) -> No
     """Setup only: insert n events in one transaction through ADK's own ORM classes."""
     schema = svc._get_schema_classes()
     async with svc._rollback_on_exception_session() as sql:
-        sql.add_all([schema.StorageEvent.from_event(session, adk_event(spec(i), f"inv{i // 6}"))
-                     for i in range(start, start + n)])
+        sql.add_all(
+            [
+                schema.StorageEvent.from_event(session, adk_event(spec(i), f"inv{i // 6}"))
+                for i in range(start, start + n)
+            ]
+        )
         await sql.commit()
 
 
@@ -543,8 +714,12 @@ def _adk_writer(where: str, sid: str, proc: int, count: int, barrier: Any, out: 
 
     async def go() -> dict[str, Any]:
         svc = _adk_service(Path(where))
-        session = await svc.get_session(app_name="bench", user_id="u", session_id=sid,
-                                        config=GetSessionConfig(num_recent_events=0))
+        session = await svc.get_session(
+            app_name="bench",
+            user_id="u",
+            session_id=sid,
+            config=GetSessionConfig(num_recent_events=0),
+        )
         errors, first, retries = 0, "", 0
         barrier.wait()
         start = time.monotonic()
@@ -559,16 +734,25 @@ def _adk_writer(where: str, sid: str, proc: int, count: int, barrier: Any, out: 
                         # The documented recovery: reload the session and retry.
                         retries += 1
                         session = await svc.get_session(
-                            app_name="bench", user_id="u", session_id=sid,
-                            config=GetSessionConfig(num_recent_events=0))
+                            app_name="bench",
+                            user_id="u",
+                            session_id=sid,
+                            config=GetSessionConfig(num_recent_events=0),
+                        )
                         continue
                     errors += 1
                     first = first or f"{type(exc).__name__}: {exc}"
                     break
         end = time.monotonic()
         await svc.close()
-        return {"proc": proc, "errors": errors, "first_error": first, "start": start,
-                "end": end, "retries": retries}
+        return {
+            "proc": proc,
+            "errors": errors,
+            "first_error": first,
+            "start": start,
+            "end": end,
+            "retries": retries,
+        }
 
     out.put(asyncio.run(go()))
 
@@ -592,8 +776,10 @@ class AdkPeer:
                     jm = (await c.exec_driver_sql("PRAGMA journal_mode")).scalar()
                     sync = (await c.exec_driver_sql("PRAGMA synchronous")).scalar()
                 await svc.close()
-            return (f"sqlite (aiosqlite via SQLAlchemy): journal_mode={jm}, synchronous="
-                    f"{_SYNC.get(sync, sync)} ({sync}) (ADK's defaults)")
+            return (
+                f"sqlite (aiosqlite via SQLAlchemy): journal_mode={jm}, synchronous="
+                f"{_SYNC.get(sync, sync)} ({sync}) (ADK's defaults)"
+            )
 
         return asyncio.run(go())
 
@@ -613,24 +799,41 @@ class AdkPeer:
             rows += await self.load()
         if "list" in ops:
             rows.append(await self.list50())
-        rows.append(na_row("compact", self.system, None,
-                           "compaction needs an LLM summarizer in the runner; events are kept"))
+        rows.append(
+            na_row(
+                "compact",
+                self.system,
+                None,
+                "compaction needs an LLM summarizer in the runner; events are kept",
+            )
+        )
         return rows
 
     async def create(self) -> Row:
         with workdir() as where:
             svc = _adk_service(where)
             await svc.create_session(app_name="bench", user_id="u")
-            samples = await _atime(lambda: svc.create_session(app_name="bench", user_id="u"),
-                                   self.plan.create_runs, self.plan.budget_s)
+            samples = await _atime(
+                lambda: svc.create_session(app_name="bench", user_id="u"),
+                self.plan.create_runs,
+                self.plan.budget_s,
+            )
             await svc.close()
-        return summarize("create", self.system, None, "us", samples,
-                         sample="await create_session(app_name, user_id)")
+        return summarize(
+            "create",
+            self.system,
+            None,
+            "us",
+            samples,
+            sample="await create_session(app_name, user_id)",
+        )
 
     async def append(self) -> list[Row]:
         rows = []
         for n in self.plan.sizes:
-            if n <= self.plan.loop_max.get("sqlite", n) and not (self.plan.budget_s < 5 and n > 1000):
+            if n <= self.plan.loop_max.get("sqlite", n) and not (
+                self.plan.budget_s < 5 and n > 1000
+            ):
                 samples, last = [], None
                 runs = min(self.plan.loop_runs.get(n, 1), 2 if n <= 1000 else 1)
                 for _ in range(runs):
@@ -646,9 +849,17 @@ class AdkPeer:
                         samples.append(total / n / 1000)
                         await svc.close()
                         last = _disk_row(self.system, n, where, n)
-                rows.append(summarize("append_save", self.system, n, "us/msg", samples,
-                                      sample=f"loop of {n} append_event from empty, total/N",
-                                      note="loop"))
+                rows.append(
+                    summarize(
+                        "append_save",
+                        self.system,
+                        n,
+                        "us/msg",
+                        samples,
+                        sample=f"loop of {n} append_event from empty, total/N",
+                        note="loop",
+                    )
+                )
                 if last is not None:
                     rows.append(last)
             else:
@@ -656,9 +867,12 @@ class AdkPeer:
                     svc = _adk_service(where)
                     session = await svc.create_session(app_name="bench", user_id="u")
                     await _adk_bulk_events(svc, session, n)
-                    session = await svc.get_session(app_name="bench", user_id="u",
-                                                    session_id=session.id,
-                                                    config=self.GetSessionConfig(num_recent_events=0))
+                    session = await svc.get_session(
+                        app_name="bench",
+                        user_id="u",
+                        session_id=session.id,
+                        config=self.GetSessionConfig(num_recent_events=0),
+                    )
                     samples = []
                     for j in range(2 + self.plan.at_n_samples):
                         ev = adk_event(spec(n + j), "tail")
@@ -667,9 +881,17 @@ class AdkPeer:
                         if j >= 2:
                             samples.append((time.perf_counter_ns() - t0) / 1000)
                     await svc.close()
-                rows.append(summarize("append_save", self.system, n, "us/msg", samples,
-                                      sample=f"one append_event at size {n}",
-                                      note="at N: after a bulk insert through ADK's ORM classes"))
+                rows.append(
+                    summarize(
+                        "append_save",
+                        self.system,
+                        n,
+                        "us/msg",
+                        samples,
+                        sample=f"one append_event at size {n}",
+                        note="at N: after a bulk insert through ADK's ORM classes",
+                    )
+                )
         return rows
 
     async def load(self) -> list[Row]:
@@ -682,19 +904,37 @@ class AdkPeer:
 
                 def get(tail: int | None = None) -> Any:
                     cfg = None if tail is None else self.GetSessionConfig(num_recent_events=tail)
-                    return svc.get_session(app_name="bench", user_id="u", session_id=session.id,
-                                           config=cfg)
+                    return svc.get_session(
+                        app_name="bench", user_id="u", session_id=session.id, config=cfg
+                    )
 
-                whole = await _atime(lambda: get(), self.plan.load_runs.get(n, 5),
-                                     self.plan.budget_s)
+                whole = await _atime(
+                    lambda: get(), self.plan.load_runs.get(n, 5), self.plan.budget_s
+                )
                 tail = await _atime(lambda: get(20), self.plan.tail_runs, self.plan.budget_s)
                 assert len((await get()).events) == n
                 await svc.close()
-            rows.append(summarize("load_whole", self.system, n, "ms", [x / 1000 for x in whole],
-                                  sample="await get_session(): a Session with N Events",
-                                  note="session set up by a bulk insert through ADK's ORM"))
-            rows.append(summarize("load_tail20", self.system, n, "us", tail,
-                                  sample="await get_session(config=num_recent_events=20)"))
+            rows.append(
+                summarize(
+                    "load_whole",
+                    self.system,
+                    n,
+                    "ms",
+                    [x / 1000 for x in whole],
+                    sample="await get_session(): a Session with N Events",
+                    note="session set up by a bulk insert through ADK's ORM",
+                )
+            )
+            rows.append(
+                summarize(
+                    "load_tail20",
+                    self.system,
+                    n,
+                    "us",
+                    tail,
+                    sample="await get_session(config=num_recent_events=20)",
+                )
+            )
         return rows
 
     async def list50(self) -> Row:
@@ -703,31 +943,56 @@ class AdkPeer:
             svc = _adk_service(where)
             await svc.create_session(app_name="bench", user_id="u")
             schema = svc._get_schema_classes()
-            from datetime import datetime, timezone
+            from datetime import datetime
 
-            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            now = datetime.now(UTC).replace(tzinfo=None)
             async with svc._rollback_on_exception_session() as sql:
-                sql.add_all([schema.StorageSession(app_name="bench", user_id="u", id=f"s{i:05d}",
-                                                   state={}, create_time=now, update_time=now)
-                             for i in range(m - 1)])
+                sql.add_all(
+                    [
+                        schema.StorageSession(
+                            app_name="bench",
+                            user_id="u",
+                            id=f"s{i:05d}",
+                            state={},
+                            create_time=now,
+                            update_time=now,
+                        )
+                        for i in range(m - 1)
+                    ]
+                )
                 await sql.commit()
             resp = await svc.list_sessions(app_name="bench", user_id="u")
             assert len(resp.sessions) == m
-            samples = await _atime(lambda: svc.list_sessions(app_name="bench", user_id="u"),
-                                   self.plan.list_runs, self.plan.budget_s)
+            samples = await _atime(
+                lambda: svc.list_sessions(app_name="bench", user_id="u"),
+                self.plan.list_runs,
+                self.plan.budget_s,
+            )
             await svc.close()
-        return summarize("list50", self.system, m, "ms", [x / 1000 for x in samples],
-                         sample=f"await list_sessions(app_name, user_id) of M={m}",
-                         note="no paging: returns all M sessions; set up by a bulk insert")
+        return summarize(
+            "list50",
+            self.system,
+            m,
+            "ms",
+            [x / 1000 for x in samples],
+            sample=f"await list_sessions(app_name, user_id) of M={m}",
+            note="no paging: returns all M sessions; set up by a bulk insert",
+        )
 
     def concurrency(self) -> list[Row]:
         plan = self.plan
         count = plan.per_proc if plan.per_proc < 1000 else 250
         rows = []
         for mode in ("one_session", "distinct"):
-            tp, tot, first, retries = [], {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}, "", 0
+            tp, tot, first, retries = (
+                [],
+                {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0},
+                "",
+                0,
+            )
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
+
                     async def setup() -> list[str]:
                         svc = _adk_service(where)
                         ids = []
@@ -739,8 +1004,14 @@ class AdkPeer:
                     sids = asyncio.run(setup())
                     reports, wall = run_writers(
                         _adk_writer,
-                        lambda p, b, o: (str(where), sids[0 if mode == "one_session" else p],
-                                         p, count, b, o),
+                        lambda p, b, o: (
+                            str(where),
+                            sids[0 if mode == "one_session" else p],
+                            p,
+                            count,
+                            b,
+                            o,
+                        ),
                         plan.procs,
                     )
 
@@ -761,11 +1032,20 @@ class AdkPeer:
                     tot[key] += marks[key]
                 first = first or next((r["first_error"] for r in reports if r["first_error"]), "")
                 tp.append(plan.procs * count / wall)
-            rows.append(_conc_row(self.system, mode, plan, count, tp, tot, first,
-                                  f"{retries} StaleSessionError retries (reload + retry)"
-                                  + (f"; capped at {count}/process" if count < plan.per_proc else "")))
+            rows.append(
+                _conc_row(
+                    self.system,
+                    mode,
+                    plan,
+                    count,
+                    tp,
+                    tot,
+                    first,
+                    f"{retries} StaleSessionError retries (reload + retry)"
+                    + (f"; capped at {count}/process" if count < plan.per_proc else ""),
+                )
+            )
         return rows
-
 
 
 # ============================================================================ paired with OpenAI
@@ -777,10 +1057,10 @@ class AdkPeer:
 
 
 def _ours_loop(n: int, synchronous: str) -> tuple[float, list[float], Path | None, Any]:
-    from astrid.store import SessionStore
-
     from ours import make_backend, messages_json_bytes
     from workload import astrid_message
+
+    from astrid.store import SessionStore
 
     where = Path(tempfile.mkdtemp(prefix="astrid-bench-"))
     store = SessionStore(make_backend("sqlite", where, synchronous))
@@ -832,39 +1112,60 @@ def paired_append(plan: Plan, openai_cls: Any, full_sync: bool) -> list[Row]:
                     if system == OURS:
                         on_disk = dir_bytes(where)
                         disk[system] = value_row(
-                            "disk_bytes_per_msg", system, n, "B/msg", on_disk / n,
+                            "disk_bytes_per_msg",
+                            system,
+                            n,
+                            "B/msg",
+                            on_disk / n,
                             sample="all files of the store / messages",
                             note=f"{on_disk / js:.2f}x the compact JSON ({js / n:.0f} B/msg); {n} msgs",
-                            extra={"bytes": on_disk, "json_bytes": js, "messages": n,
-                                   "ratio_to_json": on_disk / js})
+                            extra={
+                                "bytes": on_disk,
+                                "json_bytes": js,
+                                "messages": n,
+                                "ratio_to_json": on_disk / js,
+                            },
+                        )
                 shutil.rmtree(where, ignore_errors=True)
                 per[system].append(mean)
                 steps[system].extend(st)
         for system in systems:
             st = sorted(steps[system])
-            rows.append(summarize(
-                "append_save", system, n, "us/msg", per[system],
-                sample=f"loop of {n} appends from empty, total/N; rounds interleaved with the others",
-                note=f"loop, interleaved; single append p50 {st[len(st) // 2]:.0f} p99 "
-                f"{st[int(len(st) * 0.99)]:.0f} us",
-            ))
+            rows.append(
+                summarize(
+                    "append_save",
+                    system,
+                    n,
+                    "us/msg",
+                    per[system],
+                    sample=f"loop of {n} appends from empty, total/N; rounds interleaved with the others",
+                    note=f"loop, interleaved; single append p50 {st[len(st) // 2]:.0f} p99 "
+                    f"{st[int(len(st) * 0.99)]:.0f} us",
+                )
+            )
             if system in disk:
                 rows.append(disk[system])
         for system in systems[:-1]:
             ratios = [a / b for a, b in zip(per[system], per[OPENAI], strict=True)]
-            rows.append(summarize(
-                "append_save_ratio", system, n, "x", ratios,
-                sample="per round: astrid us/msg / OpenAI us/msg (same round)",
-                note="ratio to openai/SQLiteSession, per interleaved round",
-            ))
+            rows.append(
+                summarize(
+                    "append_save_ratio",
+                    system,
+                    n,
+                    "x",
+                    ratios,
+                    sample="per round: astrid us/msg / OpenAI us/msg (same round)",
+                    note="ratio to openai/SQLiteSession, per interleaved round",
+                )
+            )
     return rows
 
 
 def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
-    from astrid.store import SessionStore
-
     from ours import make_backend
     from workload import astrid_message
+
+    from astrid.store import SessionStore
 
     rows: list[Row] = []
     for n in plan.sizes:
@@ -911,20 +1212,48 @@ def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
                     ys.append((t2 - t1) / 1000 / scale)
                     if len(xs) >= 5 and time.perf_counter() > deadline:
                         break
-                sample = ("store.load(id)" if what == "load_whole" else "store.load(id, tail=20)")
-                osample = ("await get_items()" if what == "load_whole" else "await get_items(limit=20)")
-                rows.append(summarize(what, OURS, n, unit, xs, sample=sample + "; interleaved",
-                                      note="interleaved with OpenAI"))
-                rows.append(summarize(what, OPENAI, n, unit, ys, sample=osample + "; interleaved",
-                                      note="interleaved with astrid"))
-                rows.append(summarize(f"{what}_ratio", OURS, n, "x",
-                                      [x / y for x, y in zip(xs, ys, strict=True)],
-                                      sample="per pair of calls: astrid / OpenAI",
-                                      note="ratio to openai/SQLiteSession, per interleaved pair"))
+                sample = "store.load(id)" if what == "load_whole" else "store.load(id, tail=20)"
+                osample = (
+                    "await get_items()" if what == "load_whole" else "await get_items(limit=20)"
+                )
+                rows.append(
+                    summarize(
+                        what,
+                        OURS,
+                        n,
+                        unit,
+                        xs,
+                        sample=sample + "; interleaved",
+                        note="interleaved with OpenAI",
+                    )
+                )
+                rows.append(
+                    summarize(
+                        what,
+                        OPENAI,
+                        n,
+                        unit,
+                        ys,
+                        sample=osample + "; interleaved",
+                        note="interleaved with astrid",
+                    )
+                )
+                rows.append(
+                    summarize(
+                        f"{what}_ratio",
+                        OURS,
+                        n,
+                        "x",
+                        [x / y for x, y in zip(xs, ys, strict=True)],
+                        sample="per pair of calls: astrid / OpenAI",
+                        note="ratio to openai/SQLiteSession, per interleaved pair",
+                    )
+                )
             oa.close()
             loop.close()
             store.close()
     return rows
+
 
 # ============================================================================ driver
 
@@ -963,7 +1292,9 @@ def _pick(rows: list[Row], op: str, system: str, n: int | None) -> Row | None:
 def comparison(rows: list[Row], peers: list[str]) -> str:
     systems = [OURS, OURS_FULL, *peers]
     width = 28
-    head = f"{'operation':<24}{'N':>7} {'unit':<7}" + "".join(f"{s[:width - 2]:>{width}}" for s in systems)
+    head = f"{'operation':<24}{'N':>7} {'unit':<7}" + "".join(
+        f"{s[: width - 2]:>{width}}" for s in systems
+    )
     lines = [head, "-" * len(head)]
     for op, n, unit in COMPARE:
         base = _pick(rows, op, OURS, n)
@@ -985,8 +1316,10 @@ def comparison(rows: list[Row], peers: list[str]) -> str:
             n_text = f"{any_row.n:,}" if any_row is not None and any_row.n else ""
         lines.append(f"{op:<24}{n_text:>7} {unit:<7}" + "".join(f"{c:>{width}}" for c in cells))
     lines.append("")
-    lines.append("(x) = astrid/sqlite divided by that column: below 1 astrid is faster/smaller for "
-                 "times and bytes; above 1 astrid is faster for msg/s.")
+    lines.append(
+        "(x) = astrid/sqlite divided by that column: below 1 astrid is faster/smaller for "
+        "times and bytes; above 1 astrid is faster for msg/s."
+    )
     return "\n".join(lines)
 
 
@@ -997,8 +1330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--ops", default=",".join(OPS))
-    parser.add_argument("--no-full-sync", action="store_true",
-                        help="skip astrid with synchronous=FULL (the equal-durability line)")
+    parser.add_argument(
+        "--no-full-sync",
+        action="store_true",
+        help="skip astrid with synchronous=FULL (the equal-durability line)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
@@ -1014,7 +1350,9 @@ def main(argv: list[str] | None = None) -> int:
     problems: dict[str, str] = {}
 
     # astrid, in this process.
-    def ours(name: str, fn: Callable[[], list[Row]], fallback: Callable[[], list[Row]] | None = None) -> None:
+    def ours(
+        name: str, fn: Callable[[], list[Row]], fallback: Callable[[], list[Row]] | None = None
+    ) -> None:
         t0 = time.perf_counter()
         log(f"  astrid: {name} ...")
         try:
@@ -1044,16 +1382,22 @@ def main(argv: list[str] | None = None) -> int:
         ours("create", lambda: [create_row("sqlite", plan)])
     if "append" in ops:
         if openai_cls is not None:
-            ours("append, interleaved with OpenAI", lambda: paired_append(plan, openai_cls, full_sync),
-                 lambda: append_rows("sqlite", plan, None, disk=True))
+            ours(
+                "append, interleaved with OpenAI",
+                lambda: paired_append(plan, openai_cls, full_sync),
+                lambda: append_rows("sqlite", plan, None, disk=True),
+            )
         else:
             ours("append", lambda: append_rows("sqlite", plan, None, disk=True))
             if full_sync:
                 ours("append (FULL)", lambda: append_rows("sqlite", with_sync(plan, "FULL"), None))
     if "load" in ops:
         if openai_cls is not None:
-            ours("load, interleaved with OpenAI", lambda: paired_loads(plan, openai_cls),
-                 lambda: load_rows("sqlite", plan))
+            ours(
+                "load, interleaved with OpenAI",
+                lambda: paired_loads(plan, openai_cls),
+                lambda: load_rows("sqlite", plan),
+            )
         else:
             ours("load", lambda: load_rows("sqlite", plan))
     if "list" in ops:
@@ -1103,8 +1447,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(dump_json(payload))
         return 0
-    print(f"astrid vs peers ({payload['mode']} run, {elapsed:.0f} s, one process per side "
-          "except the concurrency runs)")
+    print(
+        f"astrid vs peers ({payload['mode']} run, {elapsed:.0f} s, one process per side "
+        "except the concurrency runs)"
+    )
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print("durability settings:")
     for s, d in durabilities.items():

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ensure_paths, time_us  # noqa: E402
+from harness import ensure_paths, time_us
 
 ensure_paths()
 
-from ours import SecurityEnv, Turn, make_backend, new_session, new_store, workdir  # noqa: E402
-from workload import astrid_message  # noqa: E402
+from ours import SecurityEnv, Turn, make_backend, new_session, new_store, workdir
+from workload import astrid_message
 
 
 def med(samples: list[float]) -> float:
@@ -171,7 +171,9 @@ def security(mode: str | None, steps: int = 300) -> None:
 
     with workdir() as where:
         env = SecurityEnv(where)
-        print(f"capture_fs of the bench repo: {med(time_us(lambda: capture_fs(env.repo), 3000)):.1f} us")
+        print(
+            f"capture_fs of the bench repo: {med(time_us(lambda: capture_fs(env.repo), 3000)):.1f} us"
+        )
         for variant in ("bounded", "single_use", "growing"):
             for size in (1_000, 10_000):
                 for git in (True, False):
@@ -194,14 +196,28 @@ def security(mode: str | None, steps: int = 300) -> None:
                         samples.append((time.perf_counter_ns() - t0) / 1000)
                     st = time_us(lambda: store._state_of(sess), n if variant == "bounded" else 10)
                     state_bytes = len(json.dumps(store._state_of(sess)))
-                    print(f"  {variant:<10} N={size:<6} git={'fs ' if git else 'off'} "
-                          f"append+save {med(samples):9.1f} us; state_data {med(st):9.1f} us; "
-                          f"state {state_bytes:,} B; allowance entries "
-                          f"{sess.allowance_store.count():,}")
+                    print(
+                        f"  {variant:<10} N={size:<6} git={'fs ' if git else 'off'} "
+                        f"append+save {med(samples):9.1f} us; state_data {med(st):9.1f} us; "
+                        f"state {state_bytes:,} B; allowance entries "
+                        f"{sess.allowance_store.count():,}"
+                    )
                     if mode and git and size == 10_000 and variant != "bounded":
-                        profiled(lambda: [(turn.untimed(size + 1000 + k), turn.step(size + 1000 + k)) for k in range(5)], mode)
+                        profiled(
+                            lambda: [
+                                (turn.untimed(size + 1000 + k), turn.step(size + 1000 + k))
+                                for k in range(5)
+                            ],
+                            mode,
+                        )
                     if mode and git and size == 1_000 and variant == "bounded":
-                        profiled(lambda: [(turn.untimed(size + 1000 + k), turn.step(size + 1000 + k)) for k in range(300)], mode)
+                        profiled(
+                            lambda: [
+                                (turn.untimed(size + 1000 + k), turn.step(size + 1000 + k))
+                                for k in range(300)
+                            ],
+                            mode,
+                        )
                     store.close()
 
 
@@ -224,11 +240,19 @@ def load(mode: str | None, size: int = 10_000) -> None:
         record = b.load(sid.bare)
         assert record is not None
         conn = b._conn
-        sql = med(time_us(lambda: conn.execute(
-            "SELECT body FROM messages WHERE session_id = ? AND active = 1 ORDER BY seq",
-            (sid.bare,)).fetchall(), 7, warmup=1))
-        rows = conn.execute("SELECT body FROM messages WHERE session_id = ? ORDER BY seq",
-                            (sid.bare,)).fetchall()
+        sql = med(
+            time_us(
+                lambda: conn.execute(
+                    "SELECT body FROM messages WHERE session_id = ? AND active = 1 ORDER BY seq",
+                    (sid.bare,),
+                ).fetchall(),
+                7,
+                warmup=1,
+            )
+        )
+        rows = conn.execute(
+            "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (sid.bare,)
+        ).fetchall()
         decode = med(time_us(lambda: [json.loads(r[0]) for r in rows], 7, warmup=1))
         data = dict(record.state)
         data["messages"] = record.messages
@@ -251,7 +275,9 @@ def load(mode: str | None, size: int = 10_000) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="?", default="all", choices=["append", "security", "load", "all"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["append", "security", "load", "all"]
+    )
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args()

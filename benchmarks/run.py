@@ -24,9 +24,9 @@ from harness import ensure_paths
 
 ensure_paths()
 
-from harness import dump_json, machine, table  # noqa: E402
-from ours import BACKENDS, OPS, Plan, durability, run_backend, system_name, with_sync  # noqa: E402
-from targets import own_targets  # noqa: E402
+from harness import dump_json, machine, table
+from ours import BACKENDS, OPS, Plan, durability, run_backend, system_name, with_sync
+from targets import own_targets
 
 OP_TITLES = """\
 create                       1. create a session: new_session + first save
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     systems = [system_name(b, plan.sqlite_synchronous) for b in backends]
     verdicts = [t for s in systems for t in own_targets(rows, s)]
-    durabilities = {system_name(b, plan.sqlite_synchronous): durability(b, plan.sqlite_synchronous)
-                    for b in backends}
+    durabilities = {
+        system_name(b, plan.sqlite_synchronous): durability(b, plan.sqlite_synchronous)
+        for b in backends
+    }
     payload = {
         "mode": "quick" if args.quick else "full",
         "machine": info,
@@ -111,14 +113,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _ORDER = [
-    "create", "append_save", "append_save_security_bounded", "append_save_security_single_use",
+    "create",
+    "append_save",
+    "append_save_security_bounded",
+    "append_save_security_single_use",
     "append_save_security_growing",
-    "load_whole", "load_tail20", "list50", "compact", "load_after_compact",
-    "concurrent_one_session", "concurrent_distinct", "disk_bytes_per_msg",
+    "load_whole",
+    "load_tail20",
+    "list50",
+    "compact",
+    "load_after_compact",
+    "concurrent_one_session",
+    "concurrent_distinct",
+    "disk_bytes_per_msg",
 ]
 
 
-def OPS_ORDER(op: str) -> int:  # noqa: N802
+def OPS_ORDER(op: str) -> int:
     return _ORDER.index(op) if op in _ORDER else len(_ORDER)
 
 

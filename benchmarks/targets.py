@@ -19,13 +19,17 @@ def _ratio(a: Row | None, b: Row | None) -> float | None:
     return a.median / b.median  # type: ignore[operator]
 
 
-def own_targets(rows: list[Row], system: str, small: int = 1_000, big: int = 10_000) -> list[Target]:
+def own_targets(
+    rows: list[Row], system: str, small: int = 1_000, big: int = 10_000
+) -> list[Target]:
     """Targets that need only astrid's own figures, for one backend."""
     out: list[Target] = []
     a1, a10 = find(rows, "append_save", system, small), find(rows, "append_save", system, big)
     r = _ratio(a10, a1)
     if r is None:
-        out.append(Target(f"{system} append+save at {big:,} <= {FLAT_MAX}x at {small:,}", None, "missing"))
+        out.append(
+            Target(f"{system} append+save at {big:,} <= {FLAT_MAX}x at {small:,}", None, "missing")
+        )
     else:
         same = a1 is not None and a10 is not None and a1.note[:4] == a10.note[:4]
         how = "" if same else " (different methods: loop vs at-N)"
@@ -45,12 +49,20 @@ def own_targets(rows: list[Row], system: str, small: int = 1_000, big: int = 10_
             if r is None:
                 out.append(Target(name, None, "missing"))
             else:
-                out.append(Target(name, r <= SECURITY_MAX,
-                                  f"{sec.median:.0f} / {plain.median:.0f} us = {r:.2f}x"))  # type: ignore[union-attr]
+                out.append(
+                    Target(
+                        name,
+                        r <= SECURITY_MAX,
+                        f"{sec.median:.0f} / {plain.median:.0f} us = {r:.2f}x",
+                    )
+                )  # type: ignore[union-attr]
     tail = find(rows, "load_tail20", system, big)
     out.append(
-        Target(f"{system} tail 20 of {big:,} <= 1 ms", None if tail is None else tail.median <= TAIL_MAX_US,  # type: ignore[operator]
-               "missing" if tail is None else f"{tail.median:.0f} us")
+        Target(
+            f"{system} tail 20 of {big:,} <= 1 ms",
+            None if tail is None else tail.median <= TAIL_MAX_US,  # type: ignore[operator]
+            "missing" if tail is None else f"{tail.median:.0f} us",
+        )
     )
     lst = find(rows, "list50", system)
     if lst is None:
@@ -98,8 +110,10 @@ def peer_targets(rows: list[Row], ours: str, openai: str) -> list[Target]:
     (``*_ratio`` rows), else on the ratio of the medians.
     """
     out: list[Target] = []
-    checks = [("append_save", n, APPEND_VS_OPENAI_MAX, "us/msg", "append+save", "")
-              for n in (1_000, 10_000)]
+    checks = [
+        ("append_save", n, APPEND_VS_OPENAI_MAX, "us/msg", "append+save", "")
+        for n in (1_000, 10_000)
+    ]
     checks.append(("load_whole", 10_000, LOAD_VS_OPENAI_MAX, "ms", "whole load", " get_items()"))
     for op, n, limit, unit, label, suffix in checks:
         a, b = find(rows, op, ours, n), find(rows, op, openai, n)
@@ -109,8 +123,10 @@ def peer_targets(rows: list[Row], ours: str, openai: str) -> list[Target]:
         if r is None or a is None or b is None:
             out.append(Target(name, None, "missing"))
             continue
-        how = (f"median of per-round ratios {r:.2f}x [p10-p90 {paired.p10:.2f}-{paired.p90:.2f}]"
-               if paired is not None else f"{r:.2f}x")
-        out.append(Target(name, r <= limit,
-                          f"{a.median:.1f} vs {b.median:.1f} {unit}; {how}"))
+        how = (
+            f"median of per-round ratios {r:.2f}x [p10-p90 {paired.p10:.2f}-{paired.p90:.2f}]"
+            if paired is not None
+            else f"{r:.2f}x"
+        )
+        out.append(Target(name, r <= limit, f"{a.median:.1f} vs {b.median:.1f} {unit}; {how}"))
     return out

@@ -27,13 +27,71 @@ CYCLE = 6
 
 Kind = Literal["user", "assistant", "tool_call", "tool_result"]
 
-_WORDS = (
-    "agent session tool call result context budget allowance escape workspace git commit "
-    "branch message summary token model provider request response stream window cut keep "
-    "recent history store backend sqlite file memory index list page load tail append save "
-    "revision state capability approval policy deferred queue runtime plugin hook lorem ipsum "
-    "dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore"
-).split()
+_WORDS = [
+    "agent",
+    "session",
+    "tool",
+    "call",
+    "result",
+    "context",
+    "budget",
+    "allowance",
+    "escape",
+    "workspace",
+    "git",
+    "commit",
+    "branch",
+    "message",
+    "summary",
+    "token",
+    "model",
+    "provider",
+    "request",
+    "response",
+    "stream",
+    "window",
+    "cut",
+    "keep",
+    "recent",
+    "history",
+    "store",
+    "backend",
+    "sqlite",
+    "file",
+    "memory",
+    "index",
+    "list",
+    "page",
+    "load",
+    "tail",
+    "append",
+    "save",
+    "revision",
+    "state",
+    "capability",
+    "approval",
+    "policy",
+    "deferred",
+    "queue",
+    "runtime",
+    "plugin",
+    "hook",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+]
 
 
 def _pool(size: int, count: int, seed: int) -> list[str]:
@@ -86,7 +144,9 @@ def spec(i: int) -> Spec:
     if slot == 4:
         args = {"path": f"/work/src/module_{i % 97}.py", "max_bytes": 2048}
         return Spec(i, "tool_call", call_id=call_id, tool_name="read_file", arguments=args)
-    return Spec(i, "tool_result", text(i, TOOL_RESULT_BYTES), call_id=call_id, tool_name="read_file")
+    return Spec(
+        i, "tool_result", text(i, TOOL_RESULT_BYTES), call_id=call_id, tool_name="read_file"
+    )
 
 
 def astrid_message(i: int) -> Any:
@@ -107,10 +167,15 @@ def marked_spec(proc: int, k: int) -> Spec:
     base = spec(k)
     tag = f"<p{proc}k{k}>"
     if base.kind == "tool_call":
-        return Spec(k, "tool_call", call_id=f"p{proc}k{k}", tool_name=base.tool_name,
-                    arguments=base.arguments)
+        return Spec(
+            k,
+            "tool_call",
+            call_id=f"p{proc}k{k}",
+            tool_name=base.tool_name,
+            arguments=base.arguments,
+        )
     size = len(base.text)
-    body = tag + base.text[len(tag):size]
+    body = tag + base.text[len(tag) : size]
     call_id = f"p{proc}k{k}" if base.kind == "tool_result" else ""
     return Spec(k, base.kind, body, call_id=call_id, tool_name=base.tool_name)
 
