@@ -14,36 +14,11 @@ from hypothesis import strategies as st
 from astrid import AgentSession, SessionDocument
 from astrid.errors import SerializationError
 from astrid.timeutil import format_rfc3339
-
-ILLUSTRATIVE = """{
-  "id": "6f1c2a8e-0b7d-4f4e-9a51-2d3c4b5a6978",
-  "user_id": "0102030405060708",
-  "messages": [
-    {"role": "user", "content": "Read a.txt"},
-    {"role": "assistant", "content": [
-      {"id": "call_1", "name": "read_file", "arguments": {"file_path": "/ws/a.txt"}}]},
-    {"role": "tool", "content": {"call_id": "call_1", "content": "hello", "is_error": false}},
-    {"role": "assistant", "content": "It says hello"}
-  ],
-  "system_prompt": "You are ...",
-  "created_at": "2026-02-22T03:48:10.123456789Z",
-  "token_count": 205,
-  "metadata": {"title": null, "tags": [], "turn_count": 0, "tool_call_count": 1,
-               "approval_count": 0, "custom": {}},
-  "allowances": [],
-  "budget_snapshot": {"session_spent_usd": 0.0123,
-                      "config": {"session_max_usd": 100.0, "per_action_max_usd": 10.0,
-                                 "warn_at_percent": 80},
-                      "last_updated": "2026-02-22T03:50:00.000000001Z"},
-  "escape_state": {"remembered_paths": []},
-  "workspace_path": "/ws",
-  "model": "claude-sonnet-4-20250514",
-  "git_state": {"branch": "main", "commit": "0123abcd"}
-}"""
+from tests.originals import RUST_DOCUMENT
 
 
 def test_the_originals_illustrative_document_loads() -> None:
-    doc = SessionDocument.from_json_text(ILLUSTRATIVE, source="example.json")
+    doc = SessionDocument.from_json_text(RUST_DOCUMENT, source="example.json")
     session = AgentSession.from_document(doc)
     assert session.id.bare == "6f1c2a8e-0b7d-4f4e-9a51-2d3c4b5a6978"
     assert session.user_id == bytes(range(1, 9))
@@ -76,9 +51,9 @@ def test_errors_name_the_source_and_key() -> None:
     cases: list[tuple[str, str]] = [
         ("{not json", "invalid JSON"),
         ("[]", "JSON object"),
-        (ILLUSTRATIVE.replace('"token_count": 205', '"token_count": "x"'), "token_count"),
-        (ILLUSTRATIVE.replace('"0102030405060708"', '"zz"'), "user_id"),
-        (ILLUSTRATIVE.replace('"system_prompt": "You are ...",', ""), "system_prompt"),
+        (RUST_DOCUMENT.replace('"token_count": 205', '"token_count": "x"'), "token_count"),
+        (RUST_DOCUMENT.replace('"0102030405060708"', '"zz"'), "user_id"),
+        (RUST_DOCUMENT.replace('"system_prompt": "You are ...",', ""), "system_prompt"),
     ]
     for text, needle in cases:
         try:
