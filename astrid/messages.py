@@ -7,13 +7,10 @@ unknown role) is kept verbatim and written back unchanged, so loading never drop
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from .errors import SerializationError
 
 
 class MessageRole(StrEnum):
@@ -272,10 +269,3 @@ class Message(BaseModel):
             return message.model_copy(update={"verbatim": (value,)})
         return message
 
-
-def message_to_text(message: Message) -> str:
-    """Serialise one message to compact JSON text (the database backends' storage form)."""
-    try:
-        return json.dumps(message.to_json(), ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(f"message cannot be encoded as JSON: {exc}") from exc

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import ValidationError
+
 from .document import GitState, SessionDocument, describe_validation_error
 from .errors import ConcurrencyError, SerializationError, StorageError
 from .ids import SessionId, validate_session_id
@@ -494,8 +496,6 @@ class SessionStore:
 
 
 def _validated(model: Any, data: Any, where: str) -> Any:
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(data)
     except ValidationError as exc:

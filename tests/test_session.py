@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from astrid import AgentSession, Message, OriginalEstimator, SessionDocument, ToolCall
+from astrid import (
+    AgentSession,
+    ContentEstimator,
+    Message,
+    OriginalEstimator,
+    SessionDocument,
+    ToolCall,
+)
 from astrid.errors import SerializationError
 from astrid.messages import ToolCallResult
 from astrid.security.actions import FileRead, McpToolCall
@@ -366,3 +373,14 @@ def test_git_capture_runs_only_when_given() -> None:
     assert AgentSession.from_document(session.to_document()).git_state == GitState(
         branch="main", commit="abc"
     )
+
+
+def test_recount_tokens_uses_the_current_estimator() -> None:
+    session = AgentSession("p", token_estimator=OriginalEstimator())
+    session.add_message(Message.user("12345678"))
+    session.add_message(Message.assistant_with_tools([ToolCall(id="1", name="x")]))
+    assert session.token_count == 102
+    session.with_token_estimator(ContentEstimator())
+    recounted = session.recount_tokens()
+    assert recounted == session.token_count
+    assert recounted != 102 and recounted > 0
