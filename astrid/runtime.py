@@ -917,7 +917,9 @@ def open_runtime(
 ) -> AgentRuntime:
     """An ``AgentRuntime`` built from configuration (a ``LoadedConfig``, a path, or discovery).
 
-    The store, LLM provider, summarizer, limits and pricing are the ones the config names.
+    The store, LLM provider, summarizer, limits and pricing are the ones the config names. The
+    runtime's signing key lives at ``<home>/keys/runtime.key`` (created 0600 on first use), so
+    capability tokens it minted stay trusted after a restart.
     """
     from .config import LoadedConfig, load_config
     from .plugins import get_implementation
@@ -959,8 +961,11 @@ def open_runtime(
         keep_recent=rt.keep_recent_count,
         summarizer=summarizer,
     )
+    from .security.crypto import load_or_create_keypair
+
     return AgentRuntime(
         provider,
+        keypair=load_or_create_keypair(loaded.home / "keys" / "runtime.key"),
         store=open_store(loaded),
         config=runtime_config,
         tools=tools,

@@ -77,3 +77,27 @@ def test_unknown_provider_is_a_config_error(
     path.write_text('[llm]\nprovider = "gpt-nine"\n')
     with pytest.raises(ConfigError, match=r"'llm.provider'.*valid choices: scripted"):
         open_runtime(path)
+
+
+def test_runtime_key_survives_a_restart(config_file: Path, tmp_path: Path) -> None:
+    first = open_runtime(config_file)
+    key_file = tmp_path / "home" / "keys" / "runtime.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+    second = open_runtime(config_file)
+    assert first.keypair.public_key_bytes == second.keypair.public_key_bytes
+    first.close()
+    second.close()
+
+
+def test_a_damaged_runtime_key_is_an_error_not_replaced(
+    config_file: Path, tmp_path: Path
+) -> None:
+    from astrid.errors import AstridError
+
+    key_file = tmp_path / "home" / "keys" / "runtime.key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_bytes(b"short")
+    with pytest.raises(AstridError, match="32 bytes, found 5"):
+        open_runtime(config_file)
+    assert key_file.read_bytes() == b"short"

@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from astrid.errors import AstridError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -151,3 +155,51 @@ class KeyPair:
 
     def __repr__(self) -> str:
         return f"KeyPair(public_key={self.public_key_base64!r})"
+
+
+def load_or_create_keypair(path: Path) -> KeyPair:
+    """The key pair stored at ``path`` (32 raw seed bytes), created (0600, dir 0700) if absent.
+
+    A runtime keeps one key across restarts, so capability tokens and allowances it signed stay
+    trusted; a file of the wrong size is an error, never silently replaced.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        raise CryptoKeyError(f"{path}: cannot read the runtime key: {exc}") from exc
+    if data is not None:
+        if len(data) != PRIVATE_KEY_LEN:
+            raise CryptoKeyError(
+                f"{path}: a runtime key must be {PRIVATE_KEY_LEN} bytes, found {len(data)}"
+            )
+        return KeyPair.from_private_bytes(data)
+    keypair = KeyPair.generate()
+    created_dirs = []
+    parent = path.parent
+    while not parent.exists():
+        created_dirs.append(parent)
+        parent = parent.parent
+    for directory in reversed(created_dirs):
+        os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, keypair.private_bytes())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # never replaces a key another process created meanwhile
+    except FileExistsError:
+        os.unlink(tmp)
+        return load_or_create_keypair(path)
+    os.unlink(tmp)
+    return keypair
+
+
+class CryptoKeyError(AstridError):
+    """A stored key cannot be read or has the wrong size."""
