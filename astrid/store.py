@@ -11,6 +11,8 @@ The storage contract they honour is documented in ``docs/storage.md`` and checke
 
 from __future__ import annotations
 
+import functools
+import os
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -201,7 +203,15 @@ class WorkspaceState:
 
 def workspace_key(path: str | Path) -> str:
     """The canonical key of a workspace: its absolute path (no symlink resolution)."""
-    return str(Path(path).expanduser().absolute())
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        return _absolute_key(text)  # no ``~`` and no working directory: a pure function
+    return str(Path(text).expanduser().absolute())
+
+
+@functools.lru_cache(maxsize=1024)
+def _absolute_key(text: str) -> str:
+    return str(Path(text).absolute())
 
 
 class SessionStore:
@@ -294,7 +304,10 @@ class SessionStore:
         sid = validate_session_id(session_id)
         if tail is not None and tail < 0:
             raise ValueError("tail must be >= 0")
-        record = self.backend.load(sid, tail=tail)
+        decoded = getattr(self.backend, "load_decoded", None)
+        record = (
+            decoded(sid, tail=tail) if callable(decoded) else self.backend.load(sid, tail=tail)
+        )
         if record is None:
             return None
         data = dict(record.state)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from astrid.messages import (
     ImagePart,
     Message,
@@ -106,3 +109,58 @@ def test_known_message_round_trips_exactly() -> None:
     msg = Message.from_json(raw)
     assert msg.is_known and msg.verbatim is None
     assert msg.to_json() == raw
+
+
+# -- the unvalidated text constructor used by loading --------------------------------------
+
+
+def test_text_message_is_indistinguishable_from_a_validated_one() -> None:
+    import copy
+    import pickle
+
+    from astrid.messages import _FAST_TEXT
+
+    assert _FAST_TEXT  # the layout check passed with the installed pydantic
+    for role in MessageRole:
+        fast = Message.text_message(role, "héllo")
+        slow = Message(role=role, content="héllo")
+        assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+        assert fast.model_dump() == slow.model_dump()
+        assert fast.model_dump_json() == slow.model_dump_json()
+        assert fast.to_json() == slow.to_json() == {"role": role.value, "content": "héllo"}
+        assert fast.model_fields_set == slow.model_fields_set
+        assert pickle.loads(pickle.dumps(fast)) == slow
+        assert copy.deepcopy(fast) == slow and copy.copy(fast) == slow
+        changed = fast.model_copy(update={"content": "other"})
+        assert changed.text() == "other" and fast.text() == "héllo"
+        assert fast.model_fields_set == {"role", "content"}  # the shared set was not touched
+        with pytest.raises(ValidationError):
+            fast.content = "frozen"  # type: ignore[misc]
+
+
+def test_text_message_refuses_what_it_cannot_build_unchecked() -> None:
+    with pytest.raises(TypeError):
+        Message.text_message("user", "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Message.text_message(MessageRole.USER, b"x")  # type: ignore[arg-type]
+
+
+def test_from_json_fast_paths_match_the_general_decoder() -> None:
+    """Shapes astrid writes take the fast paths; near-misses keep their JSON verbatim."""
+    exact = [
+        {"role": "assistant", "content": [{"id": "c", "name": "fs:read", "arguments": {"a": 1}}]},
+        {"role": "tool", "content": {"call_id": "c", "content": "out", "is_error": True}},
+        {"role": "user", "content": "text"},
+    ]
+    for value in exact:
+        message = Message.from_json(value)
+        assert message.verbatim is None and message.is_known and message.to_json() == value
+    near = [
+        {"role": "assistant", "content": [{"name": "n", "id": "c", "arguments": {}}]},
+        {"role": "tool", "content": {"call_id": "c", "content": "out"}},
+        {"role": "tool", "content": {"call_id": "c", "content": "out", "is_error": 1}},
+        {"role": "assistant", "content": [{"id": "c", "name": "n", "arguments": {}, "x": 1}]},
+    ]
+    for value in near:
+        message = Message.from_json(value)
+        assert message.to_json() == value

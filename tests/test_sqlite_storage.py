@@ -572,11 +572,11 @@ def test_migrations_recorded_by_name_and_idempotent(db: Path) -> None:
     backend = SqliteBackend(db)
     applied = backend.migrations()
     assert [name for name, _ in applied] == [name for name, _ in MIGRATIONS]
-    assert backend.schema_version() == len(MIGRATIONS) == 3
+    assert backend.schema_version() == len(MIGRATIONS) == 5
     backend.close()
     again = SqliteBackend(db)
     assert again.migrations() == applied
-    assert again.schema_version() == 3
+    assert again.schema_version() == 5
     again.close()
     with sqlite3.connect(db) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -584,7 +584,7 @@ def test_migrations_recorded_by_name_and_idempotent(db: Path) -> None:
         mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
     raw.close()
     assert {"sessions", "messages", "kv", "_astrid_migrations"} <= tables
-    assert version == 3 and mode == "wal"
+    assert version == 5 and mode == "wal"
 
 
 def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
@@ -601,7 +601,7 @@ def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
     )
     raw.close()
     backend = SqliteBackend(path)
-    assert backend.schema_version() == 3
+    assert backend.schema_version() == 5
     assert backend.migrations()[0] == (name, "2020-01-01T00:00:00Z")
     assert [r.id for r in backend.list_sessions()] == ["x"]
     backend.kv().set("ns", "k", b"v")
@@ -614,7 +614,7 @@ def test_newer_user_version_is_refused(db: Path) -> None:
         raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(
-        SchemaVersionError, match=r"written by a newer astrid \(schema 99, this astrid knows 3\)"
+        SchemaVersionError, match=r"written by a newer astrid \(schema 99, this astrid knows 5\)"
     ) as info:
         SqliteBackend(db)
     assert str(db) in str(info.value)
@@ -624,10 +624,10 @@ def test_unknown_migration_name_is_refused(db: Path) -> None:
     SqliteBackend(db).close()
     with sqlite3.connect(db) as raw:
         raw.execute(
-            "INSERT INTO _astrid_migrations VALUES ('0004_from_the_future', '2030-01-01T00:00:00Z')"
+            "INSERT INTO _astrid_migrations VALUES ('0099_from_the_future', '2030-01-01T00:00:00Z')"
         )
     raw.close()
-    with pytest.raises(SchemaVersionError, match=r"schema 4, this astrid knows 3.*0004_from_the"):
+    with pytest.raises(SchemaVersionError, match=r"schema 6, this astrid knows 5.*0099_from_the"):
         SqliteBackend(db)
 
 
@@ -647,7 +647,7 @@ def test_storage_is_json_text_readable_by_sqlite(store: SessionStore, db: Path) 
             "SELECT json_extract(state, '$.metadata.title') FROM sessions"
         ).fetchone()
         roles = raw.execute(
-            "SELECT json_extract(body, '$.role') FROM messages ORDER BY seq"
+            "SELECT json_extract(body, '$.role') FROM message_json ORDER BY seq"
         ).fetchall()
         types = raw.execute("SELECT typeof(state), typeof(updated_at) FROM sessions").fetchone()
     raw.close()
@@ -936,3 +936,112 @@ def test_same_results_as_the_memory_backend(backend: SqliteBackend) -> None:
             )
         assert backend.history(sid) == memory.history(sid)
     assert json.dumps([h.message for h in backend.history(sid)]) == json.dumps(m)
+
+
+def test_text_messages_are_columns_and_other_messages_json(store: SessionStore, db: Path) -> None:
+    session = AgentSession("p")
+    call = ToolCall(id="c1", name="fs:read", arguments={"path": "a"})
+    session.add_message(Message.user("plain 'text' \u00e9"))
+    session.add_message(Message.assistant_with_tools([call]))
+    session.add_message(Message.tool_result(ToolCallResult.success("c1", "data")))
+    store.save(session)
+    session.add_message(Message.assistant("one more, through the append trigger"))
+    store.save(session)
+    with sqlite3.connect(db) as raw:
+        rows = raw.execute("SELECT role, text, body FROM messages ORDER BY seq").fetchall()
+        as_json = [json.loads(r[0]) for r in raw.execute("SELECT body FROM message_json")]
+    raw.close()
+    assert rows[0] == ("user", "plain 'text' \u00e9", None)
+    assert rows[1][:2] == (None, None) and json.loads(rows[1][2])["content"][0]["id"] == "c1"
+    assert rows[3] == ("assistant", "one more, through the append trigger", None)
+    assert as_json == [m.to_json() for m in session.messages]
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert [m.to_json() for m in loaded.messages] == [m.to_json() for m in session.messages]
+
+
+def test_foreign_text_shapes_keep_their_json(store: SessionStore, db: Path) -> None:
+    """Only ``{"role", "content": str}`` becomes columns; other shapes stay JSON, unchanged."""
+    shapes = [
+        {"content": "text first", "role": "user"},
+        {"role": "user", "content": "x", "name": "extra key"},
+        {"role": "oracle", "content": "an unknown role is still text"},
+    ]
+    session = AgentSession("p")
+    for shape in shapes:
+        session.add_message(Message.from_json(shape))
+    store.save(session)
+    with sqlite3.connect(db) as raw:
+        rows = raw.execute("SELECT role, text, body FROM messages ORDER BY seq").fetchall()
+    raw.close()
+    assert [r[2] is None for r in rows] == [True, False, True]
+    loaded = store.load(session.id)
+    assert loaded is not None
+    got = [m.to_json() for m in loaded.messages]
+    assert got == shapes
+
+
+def test_schema_3_database_is_migrated_with_its_messages(tmp_path: Path) -> None:
+    """A file written before the text columns (every message JSON in ``body``) still loads."""
+    path = tmp_path / "astrid.db"
+    session = _session(4, title="old")
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("CREATE TABLE _astrid_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    for index, (name, migration) in enumerate(MIGRATIONS[:3], start=1):
+        migration(raw)
+        raw.execute("INSERT INTO _astrid_migrations VALUES (?, ?)", (name, "2026-01-01T00:00:00Z"))
+        raw.execute(f"PRAGMA user_version = {index:d}")
+    state = session.state_data()
+    raw.execute(
+        "INSERT INTO sessions VALUES (?, 7, ?, 'old', ?, ?, 4, 0, NULL, NULL, NULL, 6)",
+        (
+            session.id.bare,
+            json.dumps(state),
+            "2026-01-01T00:00:00.000000Z",
+            "2026-01-02T00:00:00.000000Z",
+        ),
+    )
+    archived = {"role": "user", "content": "replaced long ago"}
+    raw.execute(
+        "INSERT INTO messages VALUES (?, 0, 0, ?)", (session.id.bare, json.dumps(archived))
+    )
+    raw.execute(
+        "INSERT INTO messages VALUES (?, 1, 0, ?)", (session.id.bare, json.dumps(archived))
+    )
+    for seq, message in enumerate(session.messages, start=2):
+        raw.execute(
+            "INSERT INTO messages VALUES (?, ?, 1, ?)",
+            (session.id.bare, seq, json.dumps(message.to_json())),
+        )
+    raw.close()
+    backend = SqliteBackend(path)
+    assert backend.schema_version() == len(MIGRATIONS)
+    store = SessionStore(backend)
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert [m.to_json() for m in loaded.messages] == [m.to_json() for m in session.messages]
+    assert [e.active for e in backend.history(session.id.bare)] == [False, False] + [True] * 4
+    loaded.add_message(Message.user("after the migration"))
+    assert store.save(loaded) == 8
+    again = store.load(session.id, tail=2)
+    assert again is not None and again.messages[-1].text() == "after the migration"
+    store.close()
+
+
+def test_stale_single_append_is_a_concurrency_error_and_writes_nothing(
+    store: SessionStore, db: Path
+) -> None:
+    session = _session(2)
+    store.save(session)
+    other = store.load(session.id)
+    assert other is not None
+    other.add_message(Message.user("first writer"))
+    store.save(other)
+    session.add_message(Message.user("stale writer"))
+    with pytest.raises(ConcurrencyError, match="stale save"):
+        store.save(session)
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert [m.text() for m in loaded.messages][-1] == "first writer"
+    assert len(loaded.messages) == 3

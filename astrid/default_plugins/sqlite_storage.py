@@ -7,12 +7,16 @@ Layout (JSON is stored as TEXT so ``sqlite3`` and Datasette can read it):
 * ``messages``: append-only, one row per message ever stored (``active`` 0 once replaced, e.g. by
   a summary), keyed by ``(session_id, seq)``. The active messages are always the session's last
   ``message_count`` sequence numbers (a replace deactivates them all, then appends), so full and
-  tail loads are range scans of the primary key.
+  tail loads are range scans of the primary key. A text message (``{"role", "content"}`` with
+  string content) is stored as its ``role`` and ``text`` columns, so loading it parses nothing;
+  any other message is its JSON in ``body``. The view ``message_json`` shows every row as JSON.
 * ``kv``: the scoped key-value store (deferred queues, workspace state, capability tokens).
 * ``_astrid_migrations``: the named migrations applied (``PRAGMA user_version`` = their number).
 
-The database runs in WAL mode. Every write is one ``BEGIN IMMEDIATE`` transaction, so several
-threads and several processes may share a file; a lock that outlasts ``busy_timeout`` is retried
+The database runs in WAL mode. Every write is one transaction (``BEGIN IMMEDIATE``, or a single
+statement: appending one message goes through the ``_astrid_append`` view, whose trigger
+compare-and-sets the session row and inserts the message), so several threads and several
+processes may share a file; a lock that outlasts ``busy_timeout`` is retried
 with backoff inside the backend. Saving one more message costs the same at any session length:
 the session row keeps the active message count, nothing is counted or rewritten.
 """
@@ -43,6 +47,7 @@ from ..errors import (
     StorageError,
 )
 from ..hookspecs import hookimpl
+from ..messages import Message, MessageRole
 from ..plugins import PluginContext
 from ..security.kv import validate_name
 from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
@@ -51,10 +56,14 @@ from ..timeutil import parse_rfc3339, to_utc, utcnow
 DEFAULT_FILENAME = "astrid.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_RETRIES = 6
+DEFAULT_MMAP_MB = 256
 """How many times a write that found the database locked beyond ``busy_timeout`` is retried."""
 
 _T = TypeVar("_T")
 _Mode = Literal["read", "write", "single"]
+_ROLES: dict[str, MessageRole] = {role.value: role for role in MessageRole}
+_Columns = tuple[str | None, str | None, str | None]
+"""A message as stored: ``(role, text, body)``; either ``text`` or ``body`` is set."""
 
 
 class SqliteOptions(BaseModel):
@@ -65,6 +74,8 @@ class SqliteOptions(BaseModel):
     (a committed save survives; the file always opens cleanly) but the last commits may be lost
     on power loss or an OS crash; ``FULL`` fsyncs every commit and is durable against power loss
     too, at the cost of one fsync per save.
+    ``mmap_size_mb``: how much of the file SQLite reads through a memory map instead of a
+    ``read()`` per page (loading a long session reads thousands of pages); 0 turns it off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +83,7 @@ class SqliteOptions(BaseModel):
     path: str | None = None
     busy_timeout_ms: int = Field(default=5000, ge=0)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    mmap_size_mb: int = Field(default=DEFAULT_MMAP_MB, ge=0)
 
 
 # -- schema ---------------------------------------------------------------------------------
@@ -132,10 +144,79 @@ def _m0003_kv(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m0004_message_columns(conn: sqlite3.Connection) -> None:
+    """Text messages get ``role``/``text`` columns (no JSON to parse); existing rows are copied."""
+    conn.execute(
+        """
+        CREATE TABLE messages_v2 (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            active INTEGER NOT NULL,
+            role TEXT,
+            text TEXT,
+            body TEXT,
+            PRIMARY KEY (session_id, seq),
+            CHECK ((text IS NULL) <> (body IS NULL)),
+            CHECK (text IS NULL OR role IS NOT NULL)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        "INSERT INTO messages_v2 (session_id, seq, active, body) "
+        "SELECT session_id, seq, active, body FROM messages"
+    )
+    conn.execute("DROP TABLE messages")
+    conn.execute("ALTER TABLE messages_v2 RENAME TO messages")
+    conn.execute(
+        """
+        CREATE VIEW IF NOT EXISTS message_json AS
+        SELECT session_id, seq, active,
+               coalesce(body, json_object('role', role, 'content', text)) AS body
+        FROM messages
+        """
+    )
+
+
+STALE_APPEND = "astrid: stale append"
+"""The message of the ``_astrid_append`` trigger's abort when the revision check fails."""
+
+
+def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
+    """One-statement append of one message: compare-and-set the session row, insert the row."""
+    conn.execute(
+        """
+        CREATE VIEW IF NOT EXISTS _astrid_append AS SELECT
+            NULL AS session_id, NULL AS expected_revision, NULL AS base_count, NULL AS state,
+            NULL AS title, NULL AS updated_at, NULL AS token_count, NULL AS workspace_path,
+            NULL AS model, NULL AS parent_id, NULL AS role, NULL AS text, NULL AS body
+        WHERE 0
+        """
+    )
+    conn.execute(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS _astrid_append_one INSTEAD OF INSERT ON _astrid_append
+        BEGIN
+            UPDATE sessions SET revision = revision + 1, state = NEW.state, title = NEW.title,
+                updated_at = NEW.updated_at, message_count = message_count + 1,
+                token_count = NEW.token_count, workspace_path = NEW.workspace_path,
+                model = NEW.model, parent_id = NEW.parent_id, next_seq = next_seq + 1
+            WHERE id = NEW.session_id AND revision = NEW.expected_revision
+                AND message_count = NEW.base_count;
+            SELECT RAISE(ABORT, '{STALE_APPEND}') WHERE changes() = 0;
+            INSERT INTO messages (session_id, seq, active, role, text, body)
+            SELECT NEW.session_id, next_seq - 1, 1, NEW.role, NEW.text, NEW.body
+            FROM sessions WHERE id = NEW.session_id;
+        END
+        """
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_sessions", _m0001_sessions),
     ("0002_messages", _m0002_messages),
     ("0003_kv", _m0003_kv),
+    ("0004_message_columns", _m0004_message_columns),
+    ("0005_append_trigger", _m0005_append_trigger),
 )
 """The migration ladder: applied in order, each once, each in its own transaction."""
 
@@ -231,14 +312,18 @@ class SqliteBackend:
         *,
         busy_timeout_ms: int = 5000,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        mmap_size_mb: int = DEFAULT_MMAP_MB,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise StorageError(f"sqlite: synchronous must be NORMAL or FULL, not {synchronous!r}")
         if busy_timeout_ms < 0:
             raise StorageError("sqlite: busy_timeout_ms must be >= 0")
+        if mmap_size_mb < 0:
+            raise StorageError("sqlite: mmap_size_mb must be >= 0")
         self.path = Path(path).expanduser().absolute()
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.synchronous = synchronous
+        self.mmap_size_mb = int(mmap_size_mb)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._kv = SqliteKvStore(self)
@@ -321,6 +406,7 @@ class SqliteBackend:
                 raise StorageError(f"{self.path}: cannot switch the database to WAL mode")
             c.execute(f"PRAGMA synchronous = {self.synchronous}")
             c.execute("PRAGMA foreign_keys = ON")
+            c.execute(f"PRAGMA mmap_size = {self.mmap_size_mb * 1024 * 1024:d}")
 
         self._run(setup, "single")
 
@@ -441,6 +527,22 @@ class SqliteBackend:
 
     def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
         """The session (only its last ``tail`` active messages if given), or None."""
+        return self._load(session_id, tail, self._messages_of)
+
+    def load_decoded(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """``load``, with the messages already ``Message`` objects (what ``SessionStore`` wants).
+
+        Text rows become messages without an intermediate JSON object: a whole load of a long
+        session allocates (and makes the garbage collector walk) half as many objects.
+        """
+        return self._load(session_id, tail, self._decoded_messages_of)
+
+    def _load(
+        self,
+        session_id: str,
+        tail: int | None,
+        decode: Callable[[list[tuple[Any, Any, Any]], str], list[Any]],
+    ) -> SessionRecord | None:
         if tail is not None and tail < 0:
             raise ValueError("tail must be >= 0")
 
@@ -454,24 +556,24 @@ class SqliteBackend:
                 return None
             count, next_seq = int(row[2]), int(row[4])
             wanted = count if tail is None else min(tail, count)
-            bodies = c.execute(
-                "SELECT body FROM messages WHERE session_id = ? AND seq >= ? AND active = 1 "
-                "ORDER BY seq",
+            rows = c.execute(
+                "SELECT role, text, body FROM messages "
+                "WHERE session_id = ? AND seq >= ? AND active = 1 ORDER BY seq",
                 (session_id, next_seq - wanted),
             ).fetchall()
-            return (*row[:4], bodies)
+            return (*row[:4], rows)
 
         found = self._run(read, "read")
         if found is None:
             return None
-        state_text, revision, count, updated_at, bodies = found
+        state_text, revision, count, updated_at, rows = found
         state = self._decode(state_text, session_id, "state")
         if not isinstance(state, dict):
             raise SerializationError(
                 f"{self.path}: session {session_id}: stored state is a JSON "
                 f"{type(state).__name__}, not an object"
             )
-        messages = [self._decode(b[0], session_id, "message") for b in bodies]
+        messages = decode(rows, session_id)
         return SessionRecord(
             state=state,
             messages=messages,
@@ -480,6 +582,63 @@ class SqliteBackend:
             revision=int(revision),
             updated_at=_parse_timestamp(updated_at),
         )
+
+    def _messages_of(self, rows: list[tuple[Any, Any, Any]], session_id: str) -> list[Any]:
+        """Stored ``(role, text, body)`` rows as JSON values: text rows need no parsing."""
+        loads = json.loads
+        out: list[Any] = []
+        append = out.append
+        for role, text, body in rows:
+            if type(text) is str and type(role) is str:
+                append({"role": role, "content": text})
+                continue
+            if text is None and type(body) is str:
+                try:
+                    append(loads(body))
+                    continue
+                except (ValueError, RecursionError):
+                    pass
+            append(self._bad_row(role, text, body, session_id))
+        return out
+
+    def _decoded_messages_of(
+        self, rows: list[tuple[Any, Any, Any]], session_id: str
+    ) -> list[Message]:
+        """Stored rows as ``Message`` objects (text rows of a known role built directly)."""
+        roles = _ROLES
+        from_json = Message.from_json
+        text_message = Message.text_message
+        loads = json.loads
+        out: list[Message] = []
+        append = out.append
+        for role, text, body in rows:
+            if type(text) is str and type(role) is str:
+                known = roles.get(role)
+                append(
+                    text_message(known, text)
+                    if known is not None
+                    else from_json({"role": role, "content": text})
+                )
+                continue
+            if text is None and type(body) is str:
+                try:
+                    append(from_json(loads(body)))
+                    continue
+                except (ValueError, RecursionError):
+                    pass
+            append(from_json(self._bad_row(role, text, body, session_id)))
+        return out
+
+    def _bad_row(self, role: Any, text: Any, body: Any, session_id: str) -> Any:
+        """Decode a row that failed the fast path, or raise naming the session and the fault."""
+        where = f"{self.path}: session {session_id}"
+        if type(text) is not str and text is not None:
+            raise SerializationError(f"{where}: stored message text is a {type(text).__name__}")
+        if text is not None:
+            raise SerializationError(f"{where}: stored text message has no role ({role!r})")
+        if body is None:
+            raise SerializationError(f"{where}: stored message has neither text nor body")
+        return self._decode(body, session_id, "message")
 
     def _decode(self, text: Any, session_id: str, what: str) -> Any:
         try:
@@ -497,21 +656,63 @@ class SqliteBackend:
                 f"session {session_id}: the {what} cannot be encoded as JSON: {exc}"
             ) from exc
 
+    def _columns(self, message: Any, session_id: str) -> _Columns:
+        """``(role, text, body)`` for a message: text messages as columns, others as JSON."""
+        if type(message) is dict and len(message) == 2 and next(iter(message)) == "role":
+            role, content = message["role"], message.get("content")
+            if type(role) is str and type(content) is str:
+                return role, content, None
+        return None, None, self._encode(message, session_id, "message")
+
+    def _guarded(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, sid: str) -> _T:
+        """``_run``, with text SQLite cannot store (lone surrogates) as ``SerializationError``."""
+        try:
+            return self._run(fn, mode)
+        except UnicodeEncodeError as exc:
+            raise SerializationError(
+                f"session {sid}: a message cannot be stored as UTF-8 text: {exc}"
+            ) from None
+
     def write(self, change: SessionWrite) -> int:
         """Apply one save in one transaction; ``ConcurrencyError`` on a stale revision."""
         sid = change.session_id
         change.check_archived()
         state = self._encode(change.state, sid, "state")
-        bodies = [self._encode(m, sid, "message") for m in change.messages]
-        archived = [self._encode(m, sid, "message") for m in change.archived]
+        rows = [self._columns(m, sid) for m in change.messages]
+        archived = [self._columns(m, sid) for m in change.archived]
         summary = change.summary
         created = _format_created(summary.created_at)
         updated = format_timestamp(summary.updated_at)
 
+        def append_one(c: sqlite3.Connection) -> bool:
+            # The common case in one statement (the trigger of the ``_astrid_append`` view):
+            # compare-and-set the revision and message count, then insert at ``next_seq``.
+            try:
+                c.execute(
+                    "INSERT INTO _astrid_append VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        change.expected_revision,
+                        change.base_count,
+                        state,
+                        summary.title,
+                        updated,
+                        int(summary.token_count),
+                        summary.workspace_path,
+                        summary.model,
+                        summary.parent_id,
+                        *rows[0],
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if STALE_APPEND in str(exc):
+                    return False
+                raise
+            return True
+
         def fast_append(c: sqlite3.Connection) -> int | None:
-            # The common case in one statement: compare-and-set the revision and message
-            # count, bump next_seq, and learn where the new messages go.
-            n = len(bodies)
+            # Several messages: one UPDATE compare-and-sets and learns where they go.
+            n = len(rows)
             row = c.execute(
                 "UPDATE sessions SET revision = revision + 1, state = ?, title = ?, "
                 "updated_at = ?, message_count = message_count + ?, token_count = ?, "
@@ -535,13 +736,17 @@ class SqliteBackend:
             ).fetchone()
             if row is None:
                 return None
-            self._insert(c, sid, int(row[1]) - n, bodies)
+            self._insert(c, sid, int(row[1]) - n, rows)
             return int(row[0])
 
-        if change.is_append:
-            done = self._run(fast_append, "write")
-            if done is not None:
-                return done
+        if change.is_append and change.expected_revision is not None:
+            if len(rows) == 1:
+                if self._guarded(append_one, "single", sid):
+                    return change.expected_revision + 1
+            else:
+                done = self._guarded(fast_append, "write", sid)
+                if done is not None:
+                    return done
 
         def apply(c: sqlite3.Connection) -> int:
             row = c.execute(
@@ -572,7 +777,7 @@ class SqliteBackend:
             # Replaced messages first, so the active ones stay the last ``count`` seqs.
             self._insert(c, sid, next_seq, archived, active=False)
             next_seq += len(archived)
-            self._insert(c, sid, next_seq, bodies)
+            self._insert(c, sid, next_seq, rows)
             revision += 1
             values = (
                 revision,
@@ -580,12 +785,12 @@ class SqliteBackend:
                 summary.title,
                 created,
                 updated,
-                count + len(bodies),
+                count + len(rows),
                 int(summary.token_count),
                 summary.workspace_path,
                 summary.model,
                 summary.parent_id,
-                next_seq + len(bodies),
+                next_seq + len(rows),
                 sid,
             )
             if row is None:
@@ -604,27 +809,31 @@ class SqliteBackend:
                 )
             return revision
 
-        return self._run(apply, "write")
+        return self._guarded(apply, "write", sid)
 
     @staticmethod
     def _insert(
-        c: sqlite3.Connection, sid: str, first_seq: int, bodies: list[str], *, active: bool = True
+        c: sqlite3.Connection,
+        sid: str,
+        first_seq: int,
+        rows: list[_Columns],
+        *,
+        active: bool = True,
     ) -> None:
         sql = (
-            "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 1, ?)"
-            if active
-            else "INSERT INTO messages (session_id, seq, active, body) VALUES (?, ?, 0, ?)"
+            "INSERT INTO messages (session_id, seq, active, role, text, body) "
+            f"VALUES (?, ?, {1 if active else 0}, ?, ?, ?)"
         )
-        if len(bodies) == 1:
-            c.execute(sql, (sid, first_seq, bodies[0]))
-        elif bodies:
-            c.executemany(sql, [(sid, first_seq + i, body) for i, body in enumerate(bodies)])
+        if len(rows) == 1:
+            c.execute(sql, (sid, first_seq, *rows[0]))
+        elif rows:
+            c.executemany(sql, [(sid, first_seq + i, *row) for i, row in enumerate(rows)])
 
     def append(
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
     ) -> tuple[int, int]:
         """Append regardless of revision; ``SessionNotFound`` if the session does not exist."""
-        bodies = [self._encode(m, session_id, "message") for m in messages]
+        rows = [self._columns(m, session_id) for m in messages]
         updated = format_timestamp(utcnow())
 
         def apply(c: sqlite3.Connection) -> tuple[int, int]:
@@ -636,13 +845,13 @@ class SqliteBackend:
                 raise SessionNotFound(
                     f"session {session_id} not found in the SQLite store {self.path}"
                 )
-            revision, count, next_seq = int(row[0]) + 1, int(row[1]) + len(bodies), int(row[2])
-            self._insert(c, session_id, next_seq, bodies)
+            revision, count, next_seq = int(row[0]) + 1, int(row[1]) + len(rows), int(row[2])
+            self._insert(c, session_id, next_seq, rows)
             if summary is None:
                 c.execute(
                     "UPDATE sessions SET revision = ?, updated_at = ?, message_count = ?, "
                     "next_seq = ? WHERE id = ?",
-                    (revision, updated, count, next_seq + len(bodies), session_id),
+                    (revision, updated, count, next_seq + len(rows), session_id),
                 )
             else:
                 c.execute(
@@ -653,7 +862,7 @@ class SqliteBackend:
                         revision,
                         updated,
                         count,
-                        next_seq + len(bodies),
+                        next_seq + len(rows),
                         summary.title,
                         _format_created(summary.created_at),
                         int(summary.token_count),
@@ -665,7 +874,7 @@ class SqliteBackend:
                 )
             return revision, count
 
-        return self._run(apply, "write")
+        return self._guarded(apply, "write", session_id)
 
     def delete(self, session_id: str) -> bool:
         """Remove a session row and its messages; False if absent."""
@@ -726,14 +935,16 @@ class SqliteBackend:
         """Every message ever stored for the session, replaced ones included, by sequence."""
         rows = self._run(
             lambda c: c.execute(
-                "SELECT seq, active, body FROM messages WHERE session_id = ? ORDER BY seq",
+                "SELECT seq, active, role, text, body FROM messages "
+                "WHERE session_id = ? ORDER BY seq",
                 (session_id,),
             ).fetchall(),
             "single",
         )
+        messages = self._messages_of([row[2:] for row in rows], session_id)
         return [
-            HistoryEntry(int(seq), bool(active), self._decode(body, session_id, "message"))
-            for seq, active, body in rows
+            HistoryEntry(int(row[0]), bool(row[1]), message)
+            for row, message in zip(rows, messages, strict=True)
         ]
 
     def kv(self) -> SqliteKvStore:
@@ -848,6 +1059,7 @@ def _create(options: SqliteOptions, context: PluginContext) -> SqliteBackend:
         resolve_path(options.path, context.home),
         busy_timeout_ms=options.busy_timeout_ms,
         synchronous=options.synchronous,
+        mmap_size_mb=options.mmap_size_mb,
     )
 
 

@@ -387,6 +387,36 @@ class StorageConformance:
         assert spent[0]["session_spent_usd"] == spent[1]["session_spent_usd"]
         assert spent[0]["config"] == spent[1]["config"]
 
+    def test_load_decoded_if_offered_matches_load(
+        self, backend: StorageBackend, store: SessionStore
+    ) -> None:
+        """``load_decoded`` (optional) returns what ``load`` does, messages as ``Message``."""
+        decoded = getattr(backend, "load_decoded", None)
+        if decoded is None:
+            pytest.skip(f"{backend.name} has no load_decoded (optional)")
+        session = AgentSession("p")
+        oracle = Message.from_json({"role": "oracle", "content": "an unknown role"})
+        for message in [*sample_messages(), oracle]:
+            session.add_message(message)
+        store.save(session)
+        missing = str(uuid.uuid4())
+        assert decoded(missing) is None and decoded(missing, tail=2) is None
+        for tail in (None, 0, 3, 1000):
+            plain = backend.load(session.id.bare, tail=tail)
+            built = decoded(session.id.bare, tail=tail)
+            assert plain is not None and built is not None
+            assert all(isinstance(m, Message) for m in built.messages)
+            assert [m.to_json() for m in built.messages] == plain.messages
+            assert [m.is_known for m in built.messages] == [
+                Message.from_json(m).is_known for m in plain.messages
+            ]
+            assert (built.state, built.revision, built.message_count, built.message_offset) == (
+                plain.state,
+                plain.revision,
+                plain.message_count,
+                plain.message_offset,
+            )
+
     def test_load_of_a_missing_session_is_none(
         self, backend: StorageBackend, store: SessionStore
     ) -> None:

@@ -360,6 +360,9 @@ def test_damaged_workspace_state_is_a_typed_error_for_that_workspace_only(
 
 # -- damaged rows (SQLite) ---------------------------------------------------------------------
 
+_NO_TEXT = "role = NULL, text = NULL,"
+"""Text messages are ``role``/``text`` columns: damaging ``body`` means making it the message."""
+
 DAMAGED_ROWS: dict[str, tuple[str, Any]] = {
     "state-not-json": ("UPDATE sessions SET state = ? WHERE id = ?", "{not json"),
     "state-an-array": ("UPDATE sessions SET state = ? WHERE id = ?", "[1, 2]"),
@@ -369,9 +372,18 @@ DAMAGED_ROWS: dict[str, tuple[str, Any]] = {
         json.dumps({"id": "x", "token_count": "many"}),
     ),
     "state-a-blob": ("UPDATE sessions SET state = ? WHERE id = ?", b"\xff\x00\xfe"),
-    "body-not-json": ("UPDATE messages SET body = ? WHERE session_id = ?", "{not json"),
-    "body-a-blob": ("UPDATE messages SET body = ? WHERE session_id = ?", b"\xff\xfe"),
-    "body-deeply-nested": ("UPDATE messages SET body = ? WHERE session_id = ?", "[" * 100_000),
+    "body-not-json": (f"UPDATE messages SET {_NO_TEXT} body = ? WHERE session_id = ?", "{not json"),
+    "body-a-blob": (f"UPDATE messages SET {_NO_TEXT} body = ? WHERE session_id = ?", b"\xff\xfe"),
+    "body-deeply-nested": (
+        f"UPDATE messages SET {_NO_TEXT} body = ? WHERE session_id = ?",
+        "[" * 100_000,
+    ),
+    "text-a-blob": ("UPDATE messages SET text = ? WHERE session_id = ?", b"\xff\xfe"),
+    "text-without-role": ("UPDATE messages SET role = ? WHERE session_id = ?", None),
+    "neither-text-nor-body": (
+        "UPDATE messages SET text = ?, body = NULL WHERE session_id = ?",
+        None,
+    ),
     "updated-at-garbage": ("UPDATE sessions SET updated_at = ? WHERE id = ?", "yesterday"),
     "created-at-garbage": ("UPDATE sessions SET created_at = ? WHERE id = ?", "yesterday"),
 }
@@ -391,6 +403,7 @@ def test_a_damaged_database_row_is_a_typed_error_for_that_session_only(
         store.save(victim)
         sql, value = DAMAGED_ROWS[case]
         conn = sqlite3.connect(db)
+        conn.execute("PRAGMA ignore_check_constraints = ON")  # a hand edit past the CHECKs
         conn.execute(sql, (value, victim.id.bare))
         conn.commit()
         conn.close()
