@@ -178,7 +178,8 @@ def _m0004_message_columns(conn: sqlite3.Connection) -> None:
 
 
 STALE_APPEND = "astrid: stale append"
-"""The message of the ``_astrid_append`` trigger's abort when the revision check fails."""
+"""The message of the ``_astrid_append`` trigger's abort when the revision check fails (the
+trigger's SQL spells it out: SQL text is always a constant)."""
 
 
 def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
@@ -193,7 +194,7 @@ def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute(
-        f"""
+        """
         CREATE TRIGGER IF NOT EXISTS _astrid_append_one INSTEAD OF INSERT ON _astrid_append
         BEGIN
             UPDATE sessions SET revision = revision + 1, state = NEW.state, title = NEW.title,
@@ -202,7 +203,7 @@ def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
                 model = NEW.model, parent_id = NEW.parent_id, next_seq = next_seq + 1
             WHERE id = NEW.session_id AND revision = NEW.expected_revision
                 AND message_count = NEW.base_count;
-            SELECT RAISE(ABORT, '{STALE_APPEND}') WHERE changes() = 0;
+            SELECT RAISE(ABORT, 'astrid: stale append') WHERE changes() = 0;
             INSERT INTO messages (session_id, seq, active, role, text, body)
             SELECT NEW.session_id, next_seq - 1, 1, NEW.role, NEW.text, NEW.body
             FROM sessions WHERE id = NEW.session_id;
@@ -822,7 +823,10 @@ class SqliteBackend:
     ) -> None:
         sql = (
             "INSERT INTO messages (session_id, seq, active, role, text, body) "
-            f"VALUES (?, ?, {1 if active else 0}, ?, ?, ?)"
+            "VALUES (?, ?, 1, ?, ?, ?)"
+            if active
+            else "INSERT INTO messages (session_id, seq, active, role, text, body) "
+            "VALUES (?, ?, 0, ?, ?, ?)"
         )
         if len(rows) == 1:
             c.execute(sql, (sid, first_seq, *rows[0]))
