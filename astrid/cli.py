@@ -1209,6 +1209,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     loaded = _load(ctx)
     problems: list[tuple[str, str]] = []
     checked = 0
+    swept = 0
     schema: int | None = None
     backend_name = loaded.config.storage.backend
     try:
@@ -1219,6 +1220,11 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         with store:
             backend_name = store.backend.name
             schema = store.backend.schema_version()
+            # Temporary files of killed writers (file backend): removed, reported, no problem.
+            swept = int(getattr(store.backend, "swept_temp_files", 0))
+            sweep = getattr(store.backend, "sweep_temp_files", None)
+            if callable(sweep):
+                swept += int(sweep())
             problems.extend(_backend_problems(store))
             for row in _all_summaries(store):
                 checked += 1
@@ -1249,12 +1255,15 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
                 "backend": backend_name,
                 "schema_version": schema,
                 "sessions_checked": checked,
+                "temp_files_removed": swept,
                 "problems": [{"location": w, "problem": p} for w, p in problems],
             }
         )
     else:
         if schema is not None:
             click.echo(f"store: {backend_name} (schema version {schema})")
+        if swept:
+            click.echo(f"removed {swept} orphaned temporary file(s) of killed writers")
         for where, what in problems:
             click.echo(f"{where}: {what}")
         if problems:

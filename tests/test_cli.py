@@ -505,6 +505,19 @@ def test_corrupt_file_store_doctor_reports_the_path_and_list_still_works(env: En
     assert astrid("--config", str(config), "doctor").exit_code == 0
 
 
+def test_doctor_removes_a_killed_writers_temp_file_and_says_so(env: Env) -> None:
+    config = file_config(env)
+    with store_for(config) as store:
+        sid = make_session(store, 1)
+    orphan = env.root / "file" / "sessions" / f"{sid}.json.tmp.{'ab' * 8}"
+    orphan.write_text("half a document", encoding="utf-8")  # nobody holds the session's lock
+    report = json.loads(astrid("--config", str(config), "doctor", "--json").stdout)
+    assert report["ok"] is True and report["temp_files_removed"] == 1
+    assert not orphan.exists()
+    again = astrid("--config", str(config), "doctor")
+    assert again.exit_code == 0 and "orphaned" not in again.stdout
+
+
 def test_doctor_reports_a_corrupt_sqlite_row_and_a_newer_schema(env: Env) -> None:
     with store_for() as store:
         good, bad = make_session(store, 1), make_session(store, 1)

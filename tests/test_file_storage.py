@@ -24,6 +24,7 @@ from astrid.default_plugins import file_storage
 from astrid.default_plugins.file_storage import (
     ARCHIVED_KEY,
     INDEX_NAME,
+    JOURNAL_NAME,
     REVISION_KEY,
     UPDATED_AT_KEY,
     FileBackend,
@@ -442,8 +443,9 @@ def test_listing_revalidates_against_the_directory(
     # removed behind astrid's back: dropped from the index
     rust.unlink()
     assert [s.id for s in store.list_sessions()] == [session.id.bare]
-    index = read_json(sessions_dir / INDEX_NAME)
-    assert set(index["sessions"]) == {session.id.bare}
+    fresh = FileBackend(sessions_dir)  # the cache on disk (snapshot + journal) agrees
+    assert [s.id for s in fresh.list_sessions()] == [session.id.bare]
+    assert fresh.parse_count == 0
 
     # a lost or garbled index is rebuilt
     (sessions_dir / INDEX_NAME).write_text("{not json", encoding="utf-8")
@@ -543,6 +545,8 @@ def test_files_are_private_and_the_parent_is_left_alone(tmp_path: Path) -> None:
     assert mode(sessions / ".locks") == 0o700
     assert mode(sessions / f"{session.id.bare}.json") == 0o600
     assert mode(sessions / INDEX_NAME) == 0o600
+    store.save(session)  # the second save of a session is journalled
+    assert mode(sessions / JOURNAL_NAME) == 0o600
     for lock in (sessions / ".locks").iterdir():
         assert mode(lock) == 0o600
     kv = home / "kv"
@@ -570,7 +574,7 @@ def test_no_temp_file_is_left_after_a_save(store: SessionStore, sessions_dir: Pa
     store.list_sessions()
     names = os.listdir(sessions_dir)
     assert not [n for n in names if ".tmp" in n]
-    assert sorted(names) == sorted([".locks", INDEX_NAME, f"{session.id.bare}.json"])
+    assert sorted(names) == sorted([".locks", INDEX_NAME, JOURNAL_NAME, f"{session.id.bare}.json"])
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,19 @@ Layout of ``<dir>`` (default ``<home>/sessions``):
   (written by Rust) has revision 0 and its file mtime as last activity.
 * ``.locks/<uuid>.lock`` and ``.locks/index.lock``: ``flock`` files that make read-modify-write
   safe across processes. Lock files are never removed (removing a lock file races with waiters).
-* ``.astrid-index.json``: a listing cache (id → summary and the file's inode, mtime and size).
-  It is revalidated against the directory on every listing, so files written by Rust, changed
-  or removed behind astrid's back are picked up; only those files are parsed.
+* ``.astrid-index.json`` and ``.astrid-index.log``: a listing cache (id → summary and the
+  file's inode, mtime and size): a snapshot plus a journal of one JSON line per change
+  (``[id, entry]`` or ``[id, null]``), appended under ``.locks/index.lock`` and folded into the
+  snapshot once it outgrows it, so a save costs the same at any number of sessions. The cache is
+  revalidated against the directory on every listing, so files written by Rust, changed or
+  removed behind astrid's back are picked up (only those are parsed), and a torn, garbled or
+  stale cache only costs parsing.
 
-Every write goes to ``<uuid>.json.tmp.<random>`` (0600, ``O_EXCL``), is fsynced, renamed over the
-document and the directory is fsynced. Directories astrid creates are 0700, files 0600.
+Every write goes to ``<name>.tmp.<16 hex>`` (0600, ``O_EXCL``), is fsynced, renamed over the
+target and the directory is fsynced. A session's temp file is only written under its
+``.locks/<uuid>.lock`` and the snapshot's under ``.locks/index.lock``, so when a backend opens it
+removes the temp files of a killed writer: those whose lock it can take at once (or, without a
+lock file, older than 15 minutes). Directories astrid creates are 0700, files 0600.
 
 Known limit: the Rust astrid drops unknown keys when it saves, so a session it saves loses its
 astrid revision (back to 0) and its archived messages. A stale astrid save is still refused (the
@@ -36,6 +43,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -60,7 +68,14 @@ ASTRID_KEYS = frozenset({REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY})
 """The document keys astrid adds; the original ignores them."""
 
 INDEX_NAME = ".astrid-index.json"
+JOURNAL_NAME = ".astrid-index.log"
 LOCKS_DIR = ".locks"
+JOURNAL_MIN_BYTES = 64 * 1024
+"""The journal is folded into the snapshot once larger than this and than the snapshot."""
+JOURNAL_MAX_READ = 256 * 1024 * 1024
+"""A journal larger than this is not read (treated as garbage, then replaced)."""
+ORPHAN_AGE_SECONDS = 15 * 60
+"""A temp file without a lock to test is an orphan once its mtime is this old."""
 INDEX_FORMAT = 1
 DOCUMENT_FORMAT = 1
 
@@ -175,6 +190,58 @@ def _acquire(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+_TEMP_NAME = re.compile(r"(?P<target>.+)\.tmp\.[0-9a-f]{16}")
+"""A temp file of ``_atomic_write``: ``<target>.tmp.<16 hex>``."""
+
+
+@contextlib.contextmanager
+def _lock_if_free(path: Path) -> Iterator[bool | None]:
+    """Try ``path``'s flock at once: True (taken), False (held elsewhere), None (no lock file)."""
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | flags)  # NFS emulates flock with write locks
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | flags)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            state: bool | None = True
+        except BlockingIOError:
+            state = False
+        except OSError:
+            state = None
+        yield state
+    finally:
+        os.close(fd)
+
+
+def _remove_temps(directory: Path, names: Sequence[str], state: bool | None, now: float) -> int:
+    """Unlink the temp files ``names`` if ``state`` says their lock is ours, or else if old."""
+    if state is False:
+        return 0
+    removed = 0
+    for name in names:
+        path = directory / name
+        try:
+            if state is None and now - path.lstat().st_mtime < ORPHAN_AGE_SECONDS:
+                continue
+            os.unlink(path)
+        except OSError:
+            continue
+        removed += 1
+    return removed
+
+
+def _sweep_kv_temps(directory: Path, names: Sequence[str]) -> int:
+    """Remove the old temp files among ``names`` in a kv namespace directory (kv has no locks)."""
+    temps = [n for n in names if ".tmp." in n and _TEMP_NAME.fullmatch(n)]
+    return _remove_temps(directory, temps, None, time.time()) if temps else 0
 
 
 def _mtime(ns: int) -> datetime:
@@ -366,6 +433,28 @@ def _entry_from_json(sid: str, raw: Any) -> _Entry | None:
     return _Entry(sig, summary, None, raw)
 
 
+def _journal_op(line: bytes) -> tuple[str, _Entry | None] | None:
+    """One journal line: (id, entry) for a put, (id, None) for a drop; None if malformed."""
+    try:
+        op = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(op, list) or len(op) != 2 or not isinstance(op[0], str):
+        return None
+    sid, raw = op
+    if raw is None:
+        return sid, None
+    if not isinstance(raw, dict):
+        return None
+    entry = _entry_from_json(sid, raw)
+    return None if entry is None else (sid, entry)
+
+
+def _compact_json(value: Any) -> bytes:
+    """Compact ASCII JSON (lone surrogates in a hand-edited title survive as escapes)."""
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("expected an integer")
@@ -403,8 +492,16 @@ class FileBackend:
         """How many session files this backend has parsed (tests and benchmarks read it)."""
         self._lock = threading.RLock()
         self._index_sig: _Sig | None = None
+        """The snapshot ``_index`` was loaded from (None: no snapshot)."""
         self._index: dict[str, _Entry] = {}
+        """The cached listing; replaced, never changed in place (listings iterate it unlocked)."""
+        self._journal_at: tuple[int, int] | None = None
+        """(inode, offset) of the journal replayed into ``_index`` so far."""
+        self._journal_bad = 0
+        """Malformed or torn journal lines seen since the snapshot was loaded."""
         self._kv: FileKvStore | None = None
+        self.swept_temp_files = self._sweep_temps()
+        """How many orphaned temp files opening this backend removed."""
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.directory)!r})"
@@ -600,63 +697,194 @@ class FileBackend:
             self._index_drop(sid)
             return True
 
+    # -- orphaned temp files --------------------------------------------------------------
+
+    def _sweep_temps(self) -> int:
+        """Remove the temp files of killed writers from the sessions directory (one listdir)."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return 0
+        by_lock: dict[str, list[str]] = {}
+        for name in names:
+            match = _TEMP_NAME.fullmatch(name) if ".tmp." in name else None
+            if match is None:
+                continue
+            target = match["target"]
+            if target == INDEX_NAME:
+                by_lock.setdefault("index", []).append(name)
+            elif _CANONICAL_NAME.fullmatch(target):
+                by_lock.setdefault(target[: -len(".json")], []).append(name)
+        removed = 0
+        now = time.time()
+        for lock, temps in by_lock.items():
+            with _lock_if_free(self.directory / LOCKS_DIR / f"{lock}.lock") as state:
+                removed += _remove_temps(self.directory, temps, state, now)
+        return removed
+
+    def sweep_temp_files(self) -> int:
+        """Remove orphaned temp files now (sessions directory and kv store); how many."""
+        with self._lock:
+            if self._kv is None:
+                self._kv = FileKvStore(self.kv_directory)
+            kv = self._kv
+        return self._sweep_temps() + kv.sweep_temp_files()
+
     # -- the index -------------------------------------------------------------------------
 
     def _read_index(self) -> dict[str, _Entry]:
-        """The index (cached while the index file keeps its signature); {} if unreadable."""
+        """The cached listing: the snapshot (re-read if it changed) plus the journal's new lines."""
         path = self.directory / INDEX_NAME
         try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # a FIFO would block every listing
+                    return {}
                 sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-                if sig == self._index_sig:
-                    return self._index
-                raw = fh.read()
+                raw = None if sig == self._index_sig else fh.read()
         except FileNotFoundError:
             sig = None
             raw = None
         except OSError:
             return {}
-        if sig is None and self._index_sig is None:
-            return self._index
-        entries: dict[str, _Entry] = {}
+        if sig != self._index_sig:
+            entries: dict[str, _Entry] = {}
+            try:
+                data = json.loads(raw) if raw is not None else None
+            except (ValueError, RecursionError):
+                data = None
+            if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
+                sessions = data.get("sessions")
+                if isinstance(sessions, dict):
+                    for sid, raw_entry in sessions.items():
+                        entry = _entry_from_json(sid, raw_entry)
+                        if entry is not None:
+                            entries[sid] = entry
+            self._index, self._index_sig = entries, sig
+            self._journal_at, self._journal_bad = None, 0
+        self._replay_journal()
+        return self._index
+
+    def _replay_journal(self) -> None:
+        """Apply the journal lines not replayed yet; torn or malformed ones are counted, skipped."""
         try:
-            data = json.loads(raw) if raw is not None else None
-        except (ValueError, RecursionError):
-            data = None
-        if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
-            sessions = data.get("sessions")
-            if isinstance(sessions, dict):
-                for sid, raw_entry in sessions.items():
-                    entry = _entry_from_json(sid, raw_entry)
-                    if entry is not None:
-                        entries[sid] = entry
-        self._index, self._index_sig = entries, sig
-        return entries
+            fd = os.open(
+                self.directory / JOURNAL_NAME,
+                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            )
+        except FileNotFoundError:
+            self._journal_at = None  # removed: what it said stays applied, and stays checked
+            return
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+            ino, offset = self._journal_at or (None, 0)
+            if ino != st.st_ino or st.st_size < offset:
+                offset = 0
+            if st.st_size == offset or not stat.S_ISREG(st.st_mode):
+                self._journal_at = (st.st_ino, offset)
+                return
+            if st.st_size - offset > JOURNAL_MAX_READ:
+                self._journal_at = (st.st_ino, st.st_size)
+                self._journal_bad += 1
+                return
+            chunks = []
+            want = st.st_size - offset
+            while want > 0:
+                chunk = os.pread(fd, want, offset + st.st_size - offset - want)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                want -= len(chunk)
+            data = b"".join(chunks)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        lines = data.split(b"\n")
+        bad = 1 if lines.pop() else 0  # the last piece is b"" unless the last line is torn
+        entries = dict(self._index)
+        for line in lines:
+            op = _journal_op(line) if line else None
+            if op is None:
+                bad += bool(line)
+            elif op[1] is None:
+                entries.pop(op[0], None)
+            else:
+                entries[op[0]] = op[1]
+        self._index = entries
+        self._journal_at = (st.st_ino, offset + len(data))
+        self._journal_bad += bad
 
     def _write_index(self, entries: dict[str, _Entry]) -> None:
-        """Replace the index file (a cache: atomic, not fsynced) and remember it."""
+        """Replace the snapshot (atomic, not fsynced), then remove the journal it absorbed."""
         doc = {
             "format": INDEX_FORMAT,
             "sessions": {sid: e.data for sid, e in entries.items()},
         }
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        sig = _atomic_write(self.directory / INDEX_NAME, data, durable=False)
+        sig = _atomic_write(self.directory / INDEX_NAME, _compact_json(doc), durable=False)
         self._index, self._index_sig = entries, sig
+        self._journal_at, self._journal_bad = None, 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / JOURNAL_NAME)
+
+    def _journal_append(self, data: bytes) -> int:
+        """Append lines in one ``O_APPEND`` write (not fsynced); the journal's new size."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(self.directory / JOURNAL_NAME, flags, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{JOURNAL_NAME} is not a regular file")
+            if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                data = b"\n" + data  # end a torn last line first: it stays one bad line
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return st.st_size + len(data)
+
+    def _index_commit(
+        self, ops: Sequence[tuple[str, _Entry | None]], state: dict[str, _Entry] | None = None
+    ) -> None:
+        """Journal ``ops`` (index lock held); fold into a new snapshot when the journal is big.
+
+        ``state`` is the whole listing when the caller has it (a refresh), saving a re-read.
+        """
+        try:
+            snapshot: int | None = os.stat(self.directory / INDEX_NAME).st_size
+        except FileNotFoundError:
+            snapshot = None
+        limit = max(JOURNAL_MIN_BYTES, snapshot or 0)
+        data = b"".join(
+            _compact_json([sid, None if e is None else e.data]) + b"\n" for sid, e in ops
+        )
+        compact = snapshot is None or self._journal_bad > 0
+        if not compact and state is not None and len(data) > limit // 2:
+            compact = True  # many changes (a first listing): one snapshot, not twice the bytes
+        if not compact and data:
+            compact = self._journal_append(data) > limit
+        if not compact:
+            return
+        if state is None:
+            state = dict(self._read_index())
+            for sid, entry in ops:
+                if entry is None:
+                    state.pop(sid, None)
+                else:
+                    state[sid] = entry
+        self._write_index(state)
 
     def _index_update(self, sid: str, entry: _Entry | None) -> None:
         # The index is only a cache: if it cannot be written, the next listing sees the file's
         # new signature and parses it again, so the error is not the caller's.
         with self._lock, self._index_lock() as locked:
-            entries = dict(self._read_index())
-            if entry is None:
-                if entries.pop(sid, None) is None:
-                    return
-            else:
-                entries[sid] = entry
             if locked:
                 with contextlib.suppress(OSError):
-                    self._write_index(entries)
+                    self._index_commit([(sid, entry)])
 
     def _index_put(self, sid: str, entry: _Entry) -> None:
         self._index_update(sid, entry)
@@ -726,20 +954,21 @@ class FileBackend:
             index = self._read_index()
             found, problems = self._scan()
             fresh: dict[str, _Entry] = {}
-            parsed = False
+            ops: list[tuple[str, _Entry | None]] = []
             for sid, sig in found.items():
                 entry = index.get(sid)
                 if entry is None or entry.sig != sig:
-                    parsed = True
                     entry = self._parse_entry(sid, sig)
                     if entry is None:
                         continue
+                    ops.append((sid, entry))
                 fresh[sid] = entry
-            if parsed or fresh.keys() != index.keys():
+            ops.extend((sid, None) for sid in index if sid not in fresh)
+            if ops or self._journal_bad:
                 self._index = fresh
                 if locked:
                     with contextlib.suppress(OSError):
-                        self._write_index(fresh)
+                        self._index_commit(ops, fresh)
             for sid, entry in fresh.items():
                 if entry.summary is None:
                     problems.append((self.directory / f"{sid}.json", entry.error or "unreadable"))
@@ -882,12 +1111,26 @@ class FileKvStore:
         ns_name, _ = _encode_name("namespace", namespace)
         ns_dir = self.directory / ns_name
         try:
-            names = [n for n in os.listdir(ns_dir) if "." not in n]
+            names = os.listdir(ns_dir)
         except FileNotFoundError:
             return ns_dir, []
         except OSError as exc:
             raise StorageError(f"file kv store: cannot list {ns_dir}: {exc}") from exc
-        return ns_dir, names
+        _sweep_kv_temps(ns_dir, names)
+        return ns_dir, [n for n in names if "." not in n]
+
+    def sweep_temp_files(self) -> int:
+        """Remove temp files of killed writers older than 15 minutes (kv writes take no lock)."""
+        try:
+            namespaces = os.listdir(self.directory)
+        except OSError:
+            return 0
+        removed = 0
+        for ns_name in namespaces:
+            with contextlib.suppress(OSError):
+                ns_dir = self.directory / ns_name
+                removed += _sweep_kv_temps(ns_dir, os.listdir(ns_dir))
+        return removed
 
     def list_keys(self, namespace: str) -> list[str]:
         """Every key of ``namespace``, sorted."""
