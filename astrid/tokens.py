@@ -30,8 +30,13 @@ class TokenEstimator(Protocol):
         ...
 
 
+def _utf8_size(text: str) -> int:
+    """UTF-8 bytes of ``text`` (lone surrogates count 3); ASCII text is not re-encoded."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _bytes_to_tokens(text: str) -> int:
-    return (len(text.encode("utf-8", "surrogatepass")) + 3) // 4
+    return (_utf8_size(text) + 3) // 4
 
 
 def _compact(value: object) -> str:
@@ -46,7 +51,7 @@ class OriginalEstimator:
     def estimate(self, message: Message) -> int:
         """Text bytes // 4, or a flat 100 for tool calls, tool results and multi-part content."""
         if isinstance(message.content, str):
-            return len(message.content.encode("utf-8", "surrogatepass")) // 4
+            return _utf8_size(message.content) // 4
         return 100
 
 
