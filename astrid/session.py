@@ -39,6 +39,15 @@ def _user_id(value: bytes | bytearray | Iterable[int]) -> bytes:
     return raw
 
 
+def _git_data(state: GitState | None) -> dict[str, Any] | None:
+    """``state.model_dump(mode="json")`` (None without a state); plain for the usual shape."""
+    if not state:
+        return None
+    if state.__pydantic_extra__ or type(state) is not GitState:
+        return state.model_dump(mode="json")
+    return {"branch": state.branch, "commit": state.commit}
+
+
 class AgentSession:
     """One agent conversation with its security state (allowances, approvals, budget, ...).
 
@@ -291,7 +300,11 @@ class AgentSession:
         return SessionDocument.from_data(data, source=f"session {self.id.bare}")
 
     def state_data(self, *, git_capture: GitCapture | None = None) -> dict[str, Any]:
-        """The document without its messages, as JSON-ready data (the store's hot path)."""
+        """The document without its messages, as JSON-ready data (the store's hot path).
+
+        The dict and the lists and dicts it holds directly are the caller's; deeper values (each
+        allowance's dict) may be shared with the stores' caches and must not be modified.
+        """
         self.record_approvals()
         if git_capture is not None and self.workspace_path is not None:
             self.git_state = git_capture(self.workspace_path)
@@ -304,15 +317,12 @@ class AgentSession:
             created_at=self._created_text[1],
             token_count=self.token_count,
             metadata=self.metadata.model_dump(mode="json"),
-            allowances=[
-                a.model_dump(mode="json")
-                for a in self.allowance_store.export_session_allowances()
-            ],
-            budget_snapshot=self.budget_tracker.snapshot().model_dump(mode="json"),
-            escape_state=self.escape_handler.export_state().model_dump(mode="json"),
+            allowances=self.allowance_store.export_session_allowances_data(),
+            budget_snapshot=self.budget_tracker.snapshot_data(),
+            escape_state=self.escape_handler.export_state_data(),
             workspace_path=str(self.workspace_path) if self.workspace_path is not None else None,
             model=self.model,
-            git_state=self.git_state.model_dump(mode="json") if self.git_state else None,
+            git_state=_git_data(self.git_state),
         )
         if self.parent_id is not None:
             data["parent_id"] = self.parent_id.bare

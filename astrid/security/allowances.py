@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -400,29 +402,80 @@ class AllowanceStore:
 
     Entries can carry an owner tag (the id of the session that added them, kept outside the
     JSON) so that ending one session clears only its own session allowances.
+
+    Used-up entries stay (the original counts them and ``consume_use`` still works on them),
+    but finds, exports and purges never look at them: those cost O(entries with uses left), not
+    O(every entry ever added).
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._entries: dict[UUID, Allowance] = {}
         self._owners: dict[UUID, str] = {}
+        self._live: dict[UUID, Allowance] = {}
+        """The entries with uses left, in the order of ``_entries``."""
+        self._expiry: list[tuple[datetime, int, UUID]] = []
+        """A heap of ``(expires_at, tie-breaker, id)``; stale items are skipped when popped."""
+        self._ticket = itertools.count()
+        self._version = 0
+        """Bumped by every change (keys the cached session export)."""
+        self._dumps: dict[UUID, tuple[Allowance, dict[str, Any]]] = {}
+        self._session_data: tuple[int, datetime, datetime | None, list[dict[str, Any]]] | None = (
+            None
+        )
 
     def _put(self, allowance: Allowance, owner: str | None) -> None:
-        self._entries[allowance.id] = allowance
+        allowance_id = allowance.id
+        previous = self._entries.get(allowance_id)
+        self._entries[allowance_id] = allowance
+        self._dumps.pop(allowance_id, None)
         if owner is None:
-            self._owners.pop(allowance.id, None)
+            self._owners.pop(allowance_id, None)
         else:
-            self._owners[allowance.id] = owner
+            self._owners[allowance_id] = owner
+        if not allowance.has_uses_remaining():
+            self._live.pop(allowance_id, None)
+        elif previous is None or allowance_id in self._live:
+            self._live[allowance_id] = allowance  # appended, or replaced in place
+        else:
+            # A used-up entry came back to life in its old place: rebuild the order (rare).
+            self._live = {k: a for k, a in self._entries.items() if a.has_uses_remaining()}
+        if allowance.expires_at is not None:
+            heapq.heappush(self._expiry, (allowance.expires_at, next(self._ticket), allowance_id))
+            if len(self._expiry) > 2 * len(self._entries) + 64:
+                self._expiry = [
+                    (a.expires_at, next(self._ticket), k)
+                    for k, a in self._entries.items()
+                    if a.expires_at is not None
+                ]
+                heapq.heapify(self._expiry)
+        self._version += 1
+
+    def _set_uses(self, allowance: Allowance, remaining: int) -> Allowance:
+        """Replace an entry by a copy with ``remaining`` uses (used up: out of ``_live``)."""
+        updated = allowance.model_copy(update={"uses_remaining": remaining})
+        self._entries[allowance.id] = updated
+        self._dumps.pop(allowance.id, None)
+        if remaining > 0:
+            if allowance.id in self._live:
+                self._live[allowance.id] = updated
+        else:
+            self._live.pop(allowance.id, None)
+        self._version += 1
+        return updated
 
     def _remove(self, allowance_id: UUID) -> None:
         del self._entries[allowance_id]
         self._owners.pop(allowance_id, None)
+        self._live.pop(allowance_id, None)
+        self._dumps.pop(allowance_id, None)
+        self._version += 1
 
     def _find(self, action: SensitiveAction, workspace_root: WorkspaceRoot) -> Allowance | None:
         now = utcnow()
-        for allowance in self._entries.values():
+        for allowance in self._live.values():
             if (
-                allowance.is_valid(now)
+                not allowance.is_expired(now)
                 and _root_matches(allowance, workspace_root)
                 and allowance.action_pattern.matches(action, workspace_root)
             ):
@@ -431,10 +484,15 @@ class AllowanceStore:
 
     def _purge_expired(self) -> int:
         now = utcnow()
-        expired = [a.id for a in self._entries.values() if a.is_expired(now)]
-        for allowance_id in expired:
-            self._remove(allowance_id)
-        return len(expired)
+        heap = self._expiry
+        removed = 0
+        while heap and heap[0][0] < now:
+            expires_at, _, allowance_id = heapq.heappop(heap)
+            current = self._entries.get(allowance_id)
+            if current is not None and current.expires_at == expires_at:
+                self._remove(allowance_id)
+                removed += 1
+        return removed
 
     def add_allowance(self, allowance: Allowance, owner: str | None = None) -> None:
         """Insert or replace (by id), without any validity check; ``owner`` tags the entry."""
@@ -481,9 +539,7 @@ class AllowanceStore:
             self._purge_expired()
             found = self._find(action, workspace_root)
             if found is not None and found.uses_remaining is not None:
-                self._entries[found.id] = found.model_copy(
-                    update={"uses_remaining": max(found.uses_remaining - 1, 0)}
-                )
+                self._set_uses(found, max(found.uses_remaining - 1, 0))
             return found
 
     def consume_use(self, allowance_id: UUID) -> bool:
@@ -495,7 +551,7 @@ class AllowanceStore:
             if allowance.uses_remaining is None:
                 return True
             remaining = max(allowance.uses_remaining - 1, 0)
-            self._entries[allowance_id] = allowance.model_copy(update={"uses_remaining": remaining})
+            self._set_uses(allowance, remaining)
             return remaining > 0
 
     def cleanup_expired(self) -> int:
@@ -517,14 +573,46 @@ class AllowanceStore:
     def export_session_allowances(self, owner: str | None = None) -> list[Allowance]:
         """Valid session entries (optionally only those tagged with ``owner``), for saving."""
         with self._lock:
+            return self._session_entries(utcnow(), owner)
+
+    def _session_entries(self, now: datetime, owner: str | None) -> list[Allowance]:
+        return [
+            a
+            for a in self._live.values()
+            if a.session_only
+            and not a.is_expired(now)
+            and (owner is None or self._owners.get(a.id) == owner)
+        ]
+
+    def export_session_allowances_data(self) -> list[dict[str, Any]]:
+        """``export_session_allowances()`` dumped to JSON-ready dicts, as every save writes it.
+
+        The dump is kept until the store changes or an exported entry expires, and each entry's
+        dump until that entry changes. The list is the caller's; the dicts in it are shared and
+        must not be modified.
+        """
+        with self._lock:
             now = utcnow()
-            return [
-                a
-                for a in self._entries.values()
-                if a.session_only
-                and a.is_valid(now)
-                and (owner is None or self._owners.get(a.id) == owner)
-            ]
+            cached = self._session_data
+            if (
+                cached is not None
+                and cached[0] == self._version
+                and cached[1] <= now
+                and (cached[2] is None or now <= cached[2])
+            ):
+                return list(cached[3])
+            exported = self._session_entries(now, None)
+            data = [self._dump(a) for a in exported]
+            until = min((a.expires_at for a in exported if a.expires_at is not None), default=None)
+            self._session_data = (self._version, now, until, data)
+            return list(data)
+
+    def _dump(self, allowance: Allowance) -> dict[str, Any]:
+        """``allowance.model_dump(mode="json")``, computed once per stored object."""
+        cached = self._dumps.get(allowance.id)
+        if cached is None or cached[0] is not allowance:
+            cached = self._dumps[allowance.id] = (allowance, allowance.model_dump(mode="json"))
+        return cached[1]
 
     def export_workspace_allowances(self) -> list[Allowance]:
         """Valid non-session entries tied to a workspace root, for the workspace store."""
@@ -532,8 +620,8 @@ class AllowanceStore:
             now = utcnow()
             return [
                 a
-                for a in self._entries.values()
-                if not a.session_only and a.workspace_root is not None and a.is_valid(now)
+                for a in self._live.values()
+                if not a.session_only and a.workspace_root is not None and not a.is_expired(now)
             ]
 
     def import_allowances(self, allowances: Iterable[Allowance], owner: str | None = None) -> None:

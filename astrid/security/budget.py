@@ -27,7 +27,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
-from astrid.timeutil import Timestamp, utcnow
+from astrid.timeutil import Timestamp, format_rfc3339, utcnow
 
 __all__ = [
     "Allowed",
@@ -391,6 +391,7 @@ class BudgetTracker(_Ledger):
     def __init__(self, config: BudgetConfig | None = None) -> None:
         super().__init__()
         self._config = config if config is not None else BudgetConfig.default()
+        self._config_data: tuple[BudgetConfig, dict[str, Any]] | None = None
 
     @classmethod
     def default(cls) -> BudgetTracker:
@@ -430,6 +431,27 @@ class BudgetTracker(_Ledger):
         with self._lock:
             spent = self._spent
         return BudgetSnapshot(session_spent_usd=spent, config=self._config, last_updated=utcnow())
+
+    def snapshot_data(self) -> dict[str, Any]:
+        """``snapshot().model_dump(mode="json")``, built directly: every save writes it.
+
+        The (immutable) config's dump is computed once; a subclass that overrides ``snapshot``
+        gets its own snapshot dumped.
+        """
+        if type(self).snapshot is not BudgetTracker.snapshot:
+            return self.snapshot().model_dump(mode="json")
+        with self._lock:
+            spent = self._spent
+        config = self._config
+        cached = self._config_data
+        if cached is None or cached[0] is not config:
+            dumped = BudgetSnapshot(session_spent_usd=0.0, config=config, last_updated=utcnow())
+            cached = self._config_data = (config, dumped.model_dump(mode="json")["config"])
+        return {
+            "session_spent_usd": spent,
+            "config": dict(cached[1]),
+            "last_updated": format_rfc3339(utcnow()),
+        }
 
     def __repr__(self) -> str:
         return (

@@ -478,6 +478,9 @@ class EscapeHandler:
     def __init__(self) -> None:
         self._remembered: set[str] = set()
         self._session: set[str] = set()
+        self._version = 0
+        """Bumped by every change to ``_remembered`` (keys the cached export)."""
+        self._exported: tuple[set[str], int, list[str]] | None = None
 
     @property
     def remembered_paths(self) -> frozenset[str]:
@@ -494,6 +497,7 @@ class EscapeHandler:
         path = _canonical_or_raw(request.path)
         if decision is EscapeDecision.ALLOW_ALWAYS:
             self._remembered.add(path)
+            self._version += 1
         elif decision is EscapeDecision.ALLOW_SESSION:
             self._session.add(path)
 
@@ -512,10 +516,25 @@ class EscapeHandler:
         """Forget every approved path."""
         self._session.clear()
         self._remembered.clear()
+        self._version += 1
 
     def export_state(self) -> EscapeState:
         """The AllowAlways paths, sorted (session paths are not persisted)."""
         return EscapeState(remembered_paths=sorted(self._remembered))
+
+    def export_state_data(self) -> dict[str, Any]:
+        """``export_state().model_dump(mode="json")``; the sorted paths are kept until they change.
+
+        Every save writes it, and sorting thousands of paths each time would dominate the save.
+        """
+        remembered = self._remembered
+        cached = self._exported
+        if cached is None or cached[0] is not remembered or cached[1] != self._version:
+            paths = sorted(remembered)
+            if not all(type(p) is str for p in paths):  # only ever str, unless set by hand
+                paths = self.export_state().model_dump(mode="json")["remembered_paths"]
+            cached = self._exported = (remembered, self._version, paths)
+        return {"remembered_paths": list(cached[2])}
 
     def restore_state(self, state: EscapeState, boundary: WorkspaceBoundary | None = None) -> None:
         """Merge remembered paths that are absolute and exist (stored canonical).
@@ -537,6 +556,7 @@ class EscapeHandler:
                 logger.warning("dropping never-allowed remembered escape path %r", raw)
                 continue
             self._remembered.add(canonical)
+            self._version += 1
 
     def copy(self) -> EscapeHandler:
         """An independent copy (the handler is held by value)."""
