@@ -36,6 +36,7 @@ from .errors import AstridError, InvalidSessionId, SerializationError, SessionNo
 from .ids import validate_session_id
 from .messages import ImagePart, Message, MessageRole, OpaqueContent, ToolCallResult
 from .plugins import KINDS, get_implementation, plugin_info, registry
+from .security.kv import KvStore, NamespaceListing, namespaces_of
 from .store import (
     SessionRecord,
     SessionStore,
@@ -1015,13 +1016,28 @@ def plugins_command(as_json: bool) -> None:
 # -- migrate -------------------------------------------------------------------------------
 
 
-def _kv_namespaces(rows: Sequence[SessionSummary]) -> list[str]:
+def _derived_namespaces(rows: Sequence[SessionSummary]) -> list[str]:
     """The key-value namespaces astrid derives from sessions and their workspaces."""
     names = [f"deferred:{r.id}" for r in rows]
     workspaces = sorted({r.workspace_path for r in rows if r.workspace_path})
     for ws in workspaces:
         names += [f"ws:{ws}:allowances", f"ws:{ws}:budget", f"ws:{ws}:escape"]
     return names
+
+
+def _kv_namespaces(
+    kv: KvStore, rows: Sequence[SessionSummary], failures: list[str]
+) -> tuple[list[str], bool]:
+    """Every namespace the source lists plus the derived ones, sorted; False if it cannot list."""
+    derived = _derived_namespaces(rows)
+    try:
+        listed = namespaces_of(kv)
+    except AstridError as exc:
+        failures.append(f"kv namespaces: cannot list them: {_one_line(exc)}")
+        listed = None
+    if listed is None:
+        return sorted(set(derived)), False
+    return sorted(set(listed) | set(derived)), True
 
 
 def _copy_session(
@@ -1076,15 +1092,17 @@ def _copy_capabilities(source: SessionStore, target: SessionStore) -> tuple[int,
 
 
 _MIGRATE_EPILOG = """\
-Copies each session's state, active messages and history (replaced messages included), the
-key-value namespaces astrid derives from sessions (each session's deferred-approval queue and
-each workspace's allowances, budget and escape paths) and the persistent capability tokens,
-revocations and used markers. Key-value namespaces that are not derived from a session or a
-workspace cannot be enumerated and are not copied.
+Copies each session's state, active messages and history (replaced messages included), every
+key-value namespace of the source (the deferred-approval queues, the workspaces' allowances,
+budgets and escape paths, and whatever hosts and plugins stored) and the persistent capability
+tokens, revocations and used markers. A source whose key-value store cannot list its namespaces
+(a backend without list_namespaces) gets only the namespaces derived from the sessions and their
+workspaces copied, and the summary says so.
 
 Resumable: a session already in the target with the same message count and history length is
 skipped; a different one is copied again. At the end the target is checked: every session
-present with the same message count; the exit status is 1 on any failure or mismatch.
+present with the same message count and every copied namespace with the same keys; the exit
+status is 1 on any failure or mismatch.
 """
 
 
@@ -1130,8 +1148,9 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
                 if outcome != "gone":
                     done.append(row)
         kv_keys = 0
+        kv_filled: set[str] = set()
         src_kv, dst_kv = source.backend.kv(), target.backend.kv()
-        namespaces = _kv_namespaces(done)
+        namespaces, listed = _kv_namespaces(src_kv, done, failures)
         for ns in namespaces:
             try:
                 for key in src_kv.list_keys(ns):
@@ -1139,6 +1158,7 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
                     if value is not None:
                         dst_kv.set(ns, key, value)
                         kv_keys += 1
+                        kv_filled.add(ns)
             except AstridError as exc:
                 failures.append(f"kv namespace {ns!r}: {_one_line(exc)}")
         tokens, revoked, used = _copy_capabilities(source, target)
@@ -1157,7 +1177,11 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
             else:
                 messages += row.message_count
         for ns in namespaces:
-            missing = set(src_kv.list_keys(ns)) - set(dst_kv.list_keys(ns))
+            try:
+                missing = set(src_kv.list_keys(ns)) - set(dst_kv.list_keys(ns))
+            except AstridError as exc:
+                mismatches.append(f"kv namespace {ns!r}: cannot verify: {_one_line(exc)}")
+                continue
             if missing:
                 mismatches.append(f"kv namespace {ns!r}: {len(missing)} keys missing")
     click.echo(
@@ -1165,10 +1189,17 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
         f"failed {len(failures)}"
         + (f", vanished during the run {counts['gone']}" if counts["gone"] else "")
     )
+    which = "every namespace the source lists" if listed else "derived namespaces only"
     click.echo(
-        f"kv: {kv_keys} keys in {len(namespaces)} namespaces; capabilities: {tokens} tokens, "
-        f"{revoked} revoked, {used} used"
+        f"kv: {kv_keys} keys in {len(kv_filled)} namespaces ({which}); capabilities: "
+        f"{tokens} tokens, {revoked} revoked, {used} used"
     )
+    if not isinstance(src_kv, NamespaceListing):
+        click.echo(
+            f"note: the source's key-value store ({src_kv!r}) cannot list its namespaces (no "
+            "list_namespaces): only the deferred-approval queues and workspace state derived "
+            "from the sessions were copied; other namespaces were left behind"
+        )
     for line in failures + mismatches:
         _error(line)
     if mismatches or failures:

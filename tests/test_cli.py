@@ -25,7 +25,10 @@ from click.testing import CliRunner, Result
 from astrid import Message, SessionDocument
 from astrid.cli import cli, main, parse_duration
 from astrid.config import load_config
-from astrid.plugins import load_plugins
+from astrid.default_plugins.sqlite_storage import SqliteBackend, SqliteOptions, resolve_path
+from astrid.hookspecs import hookimpl
+from astrid.plugins import load_plugins, register_plugin, unregister_plugin
+from astrid.security.kv import KvStore, namespaces_of
 from astrid.store import SessionStore, open_store
 from astrid.timeutil import format_rfc3339, utcnow
 from tests.originals import RUST_DOCUMENT, RUST_ID
@@ -628,6 +631,114 @@ def test_migrate_refuses_the_same_store_and_reports_what_it_cannot_copy(env: Env
     assert result.exit_code == 1
     assert str(broken) in result.stderr and "migration incomplete" in result.stderr
     assert "copied 1" in result.stdout
+
+
+def test_migrate_copies_namespaces_hosts_and_plugins_stored(env: Env) -> None:
+    sql, files, sql2 = sqlite_config(env), file_config(env), sqlite_config(env, "sql2")
+    long_ns = "plugin:" + "/deep" * 80  # longer than a file name in the file store
+    with store_for(sql) as source:
+        sid = make_session(source, 1)
+        notes = source.kv("host:notes")
+        notes.set("first", b"one")
+        notes.set_json("second", {"n": 2})
+        source.kv(long_ns).set("k", b"\x00\xff")
+        source.kv("host:emptied").set("gone", b"x")
+        source.kv("host:emptied").delete("gone")
+
+    there = astrid("migrate", "--from", str(sql), "--to", str(files))
+    assert there.exit_code == 0, there.output
+    assert "kv: 3 keys in 2 namespaces (every namespace the source lists)" in there.stdout
+    assert "note:" not in there.stdout
+    back = astrid("migrate", "--from", str(files), "--to", str(sql2))
+    assert back.exit_code == 0, back.output
+    assert "kv: 3 keys in 2 namespaces (every namespace the source lists)" in back.stdout
+
+    for config in (files, sql2):
+        with store_for(config) as store:
+            assert store.load(sid) is not None
+            kv = store.backend.kv()
+            assert namespaces_of(kv) == sorted(["host:notes", long_ns])
+            assert store.kv("host:notes").get("first") == b"one"
+            assert store.kv("host:notes").get_json("second") == {"n": 2}
+            assert store.kv(long_ns).get("k") == b"\x00\xff"
+
+
+class LegacyKv:
+    """A third party's ``KvStore`` written before ``list_namespaces``: the six methods only."""
+
+    def __init__(self, inner: KvStore) -> None:
+        self._inner = inner
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self._inner.get(namespace, key)
+
+    def set(self, namespace: str, key: str, value: bytes) -> None:
+        self._inner.set(namespace, key, value)
+
+    def delete(self, namespace: str, key: str) -> bool:
+        return self._inner.delete(namespace, key)
+
+    def exists(self, namespace: str, key: str) -> bool:
+        return self._inner.exists(namespace, key)
+
+    def list_keys(self, namespace: str) -> list[str]:
+        return self._inner.list_keys(namespace)
+
+    def clear_namespace(self, namespace: str) -> int:
+        return self._inner.clear_namespace(namespace)
+
+    def __repr__(self) -> str:
+        return f"LegacyKv({self._inner!r})"
+
+
+class LegacySqliteBackend(SqliteBackend):
+    """The sqlite backend behind a key-value store that cannot list its namespaces."""
+
+    name = "legacy-sqlite"
+
+    def kv(self) -> KvStore:  # type: ignore[override]
+        return LegacyKv(super().kv())
+
+
+class LegacyPlugin:
+    @hookimpl
+    def register_storage_backends(self, register: Any) -> None:
+        register(
+            "legacy-sqlite",
+            lambda options, context: LegacySqliteBackend(resolve_path(options.path, context.home)),
+            SqliteOptions,
+        )
+
+
+def test_migrate_from_a_kv_store_without_list_namespaces_copies_the_derived_ones(
+    env: Env,
+) -> None:
+    register_plugin(LegacyPlugin(), name="legacy-plugin")
+    try:
+        base = env.root / "legacy"
+        legacy = write_config(
+            env.root / "legacy.toml",
+            f'[storage]\nbackend = "legacy-sqlite"\n[storage.options]\n'
+            f'path = "{base}/astrid.db"\n'
+            f'[capabilities]\nstore = "sqlite"\n[capabilities.options]\npath = "{base}/caps.db"\n',
+        )
+        workspace = env.root / "ws"
+        with store_for(legacy) as source:
+            assert namespaces_of(source.backend.kv()) is None
+            ids = populate(source, workspace)
+            source.kv("host:notes").set("left", b"behind")
+        files = file_config(env)
+        result = astrid("migrate", "--from", str(legacy), "--to", str(files))
+        assert result.exit_code == 0, result.output
+        assert "(derived namespaces only)" in result.stdout
+        assert "note: the source's key-value store (LegacyKv(" in result.stdout
+        assert "cannot list its namespaces (no list_namespaces)" in result.stdout
+        with store_for(legacy) as a, store_for(files) as b:
+            assert_same_stores(a, b, ids, workspace)
+            assert b.deferred_queue_kv(ids[0]).get("pending") == b'{"x": 1}'
+            assert b.kv("host:notes").get("left") is None  # what the fallback cannot see
+    finally:
+        unregister_plugin("legacy-plugin")
 
 
 # -- demo -------------------------------------------------------------------------------------

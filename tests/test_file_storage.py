@@ -723,6 +723,48 @@ def test_kv_basics_and_layout(tmp_path: Path) -> None:
     with pytest.raises(InvalidKey):
         kv.clear_namespace("a\0")
 
+def test_kv_list_namespaces_reads_the_layout_and_ignores_what_is_not_a_namespace(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "kv"
+    kv = FileKvStore(root)
+    assert kv.list_namespaces() == [] and not root.exists()
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    long_ns = "ws:" + "/deep" * 80
+    kv.set("short", "k", b"v")
+    kv.set(long_ns, "all", b"{}")
+    [hashed] = [p for p in root.iterdir() if p.name.startswith("~")]
+    assert (hashed / ".namespace").read_text(encoding="utf-8") == long_ns
+    assert kv.list_keys(long_ns) == ["all"]  # the name file is not a key
+
+    # Directories and files that are not namespaces with keys are not listed.
+    (root / b64("emptied")).mkdir()  # a namespace whose last key was deleted
+    (root / b64("temps only")).mkdir()
+    (root / b64("temps only") / f"{b64('k')}.tmp.{'0' * 16}").write_bytes(b"partial")
+    (root / b64("orphaned long key")).mkdir()
+    (root / b64("orphaned long key") / ("~" + "0" * 64)).write_bytes(b"no .key file")
+    (root / b64("a file")).write_bytes(b"not a directory")
+    (root / "not base64!").mkdir()
+    (root / "not base64!" / b64("k")).write_bytes(b"v")
+    legacy = root / ("~" + "1" * 64)  # a long namespace written before names were kept
+    legacy.mkdir()
+    (legacy / b64("k")).write_bytes(b"v")
+    forged = root / ("~" + "2" * 64)  # a name file that does not hash to its directory
+    forged.mkdir()
+    (forged / ".namespace").write_text("forged")
+    (forged / b64("k")).write_bytes(b"v")
+    assert kv.list_namespaces() == sorted(["short", long_ns])
+
+    assert kv.clear_namespace(long_ns) == 1
+    assert not hashed.exists() and kv.list_namespaces() == ["short"]
+    kv.set(long_ns, "again", b"v")
+    assert kv.list_namespaces() == sorted(["short", long_ns])
+    assert kv.delete(long_ns, "again") is True
+    assert kv.list_namespaces() == ["short"]  # the directory and its name file stay, empty
+
 
 def test_the_store_kv_lives_next_to_the_sessions(
     store: SessionStore, sessions_dir: Path, tmp_path: Path

@@ -1019,6 +1019,12 @@ class FileBackend:
 _MAX_NAME = 200
 """Longer encoded names are replaced by ``~<sha256>`` (file names are limited to 255 bytes)."""
 
+_HASHED_NAME = re.compile(r"~[0-9a-f]{64}")
+"""The file name of a long namespace or key."""
+
+_NAMESPACE_FILE = ".namespace"
+"""In a long namespace's ``~<sha256>`` directory: the namespace's name (for listing)."""
+
 
 def _encode_name(kind: str, value: str) -> tuple[str, bool]:
     """The file name for a namespace or key, and whether it is a hashed (long) name."""
@@ -1044,7 +1050,8 @@ def _decode_name(name: str) -> str | None:
 
 
 class FileKvStore:
-    """A ``KvStore`` with one file per (namespace, key): ``<dir>/<b64 ns>/<b64 key>``."""
+    """A ``KvStore``, one file per (namespace, key): ``<dir>/<b64 ns>/<b64 key>``; a long name is
+    ``~<sha256>``, its text kept in ``.namespace`` (a namespace) or ``~<sha256>.key`` (a key)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -1057,6 +1064,11 @@ class FileKvStore:
         key_name, hashed = _encode_name("key", key)
         ns_dir = self.directory / ns_name
         return ns_dir, ns_dir / key_name, ns_dir / f"{key_name}.key" if hashed else None
+
+    def _namespace_file(self, namespace: str) -> Path | None:
+        """Where a long (hashed) namespace's name is kept; None for a short one."""
+        ns_name, hashed = _encode_name("namespace", namespace)
+        return self.directory / ns_name / _NAMESPACE_FILE if hashed else None
 
     def get(self, namespace: str, key: str) -> bytes | None:
         """The value stored under ``key``, or None when absent."""
@@ -1072,12 +1084,15 @@ class FileKvStore:
     def set(self, namespace: str, key: str, value: bytes) -> None:
         """Store ``value`` under ``key`` atomically (0600 file in a 0700 directory)."""
         ns_dir, path, name_file = self._paths(namespace, key)
+        ns_file = self._namespace_file(namespace)
         data = bytes(value)
         with _os_errors(f"cannot write {path}"):
             for attempt in range(3):
                 _private_dir(self.directory)
                 _private_dir(ns_dir)
                 try:
+                    if ns_file is not None and not ns_file.is_file():
+                        _atomic_write(ns_file, namespace.encode("utf-8"))
                     if name_file is not None:
                         _atomic_write(name_file, key.encode("utf-8"))
                     _atomic_write(path, data)
@@ -1132,21 +1147,66 @@ class FileKvStore:
                 removed += _sweep_kv_temps(ns_dir, os.listdir(ns_dir))
         return removed
 
+    @staticmethod
+    def _key_of(ns_dir: Path, name: str) -> str | None:
+        """The key a value file (named ``name``, in ``ns_dir``) holds, or None if not a value."""
+        if name.startswith("~"):
+            try:
+                return (ns_dir / f"{name}.key").read_text(encoding="utf-8") or None
+            except (OSError, ValueError):
+                return None
+        return _decode_name(name)
+
     def list_keys(self, namespace: str) -> list[str]:
         """Every key of ``namespace``, sorted."""
         ns_dir, names = self._value_files(namespace)
-        keys: list[str] = []
-        for name in names:
-            if name.startswith("~"):
-                try:
-                    key: str | None = (ns_dir / f"{name}.key").read_text(encoding="utf-8")
-                except (OSError, ValueError):
-                    key = None
-            else:
-                key = _decode_name(name)
-            if key:
-                keys.append(key)
+        keys = [key for key in (self._key_of(ns_dir, name) for name in names) if key]
         return sorted(keys)
+
+    def _namespace_of(self, ns_name: str) -> str | None:
+        """The namespace a directory of the store holds, or None if it is not one of ours."""
+        if ns_name.startswith("~"):
+            if not _HASHED_NAME.fullmatch(ns_name):
+                return None
+            try:
+                value: str | None = (self.directory / ns_name / _NAMESPACE_FILE).read_text(
+                    encoding="utf-8"
+                )
+            except (OSError, ValueError):
+                return None  # written before the name was kept, or a stray directory
+        else:
+            value = _decode_name(ns_name)
+        if value is None:
+            return None
+        try:
+            encoded, _ = _encode_name("namespace", value)
+        except InvalidKey:
+            return None
+        return value if encoded == ns_name else None
+
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted (empty directories are left out)."""
+        try:
+            ns_names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"file kv store: cannot list {self.directory}: {exc}") from exc
+        found: list[str] = []
+        for ns_name in ns_names:
+            namespace = self._namespace_of(ns_name)
+            if namespace is None:
+                continue
+            ns_dir = self.directory / ns_name
+            try:
+                names = os.listdir(ns_dir)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise StorageError(f"file kv store: cannot list {ns_dir}: {exc}") from exc
+            if any(self._key_of(ns_dir, n) for n in names if "." not in n):
+                found.append(namespace)
+        return sorted(found)
 
     def clear_namespace(self, namespace: str) -> int:
         """Remove every key of ``namespace``; return how many were removed."""
@@ -1164,8 +1224,16 @@ class FileKvStore:
                 with contextlib.suppress(OSError):
                     os.unlink(ns_dir / f"{name}.key")
         if names:
-            with contextlib.suppress(OSError):
+            ns_file = self._namespace_file(namespace)
+            if ns_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(ns_file)
+            try:
                 os.rmdir(ns_dir)
+            except OSError:
+                if ns_file is not None:  # not empty: a concurrent set; keep its namespace listed
+                    with contextlib.suppress(OSError):
+                        _atomic_write(ns_file, namespace.encode("utf-8"))
             with contextlib.suppress(OSError):
                 _fsync_dir(self.directory)
         return removed

@@ -1047,6 +1047,14 @@ class SqliteKvStore:
             "write",
         )
 
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted."""
+        rows = self._backend._run(
+            lambda c: c.execute("SELECT DISTINCT namespace FROM kv").fetchall(),
+            "single",
+        )
+        return sorted(str(r[0]) for r in rows)
+
     def __repr__(self) -> str:
         return f"SqliteKvStore({str(self._backend.path)!r})"
 

@@ -3,6 +3,9 @@
 The store is synchronous (backends are in-process). Values are bytes; every astrid user writes
 UTF-8 JSON through :class:`ScopedKvStore`. A namespace and a key must each be non-empty and free
 of NUL; every backend and the scoped view check this and raise :class:`InvalidKey`.
+
+``list_namespaces()`` is optional (backends written before it keep working): call it through
+:func:`namespaces_of`, which gives None for a store that cannot enumerate its namespaces.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from astrid.errors import InvalidKey, SerializationError
 __all__ = [
     "KvStore",
     "MemoryKvStore",
+    "NamespaceListing",
     "ScopedKvStore",
+    "namespaces_of",
     "validate_name",
 ]
 
@@ -35,7 +40,7 @@ def validate_name(kind: str, value: str) -> None:
 
 @runtime_checkable
 class KvStore(Protocol):
-    """A synchronous byte store organized by namespace."""
+    """A synchronous byte store organized by namespace (see ``NamespaceListing``, optional)."""
 
     def get(self, namespace: str, key: str) -> bytes | None:
         """The value stored under ``key``, or None when absent."""
@@ -60,6 +65,22 @@ class KvStore(Protocol):
     def clear_namespace(self, namespace: str) -> int:
         """Remove every key of ``namespace``; return how many were removed."""
         ...
+
+
+@runtime_checkable
+class NamespaceListing(Protocol):
+    """The optional ``KvStore`` method that enumerates namespaces (``astrid migrate`` uses it)."""
+
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted."""
+        ...
+
+
+def namespaces_of(store: KvStore) -> list[str] | None:
+    """The store's namespaces holding a key, sorted; None if it has no ``list_namespaces``."""
+    if not isinstance(store, NamespaceListing):
+        return None
+    return sorted(store.list_namespaces())
 
 
 class MemoryKvStore:
@@ -116,6 +137,11 @@ class MemoryKvStore:
         with self._lock:
             entries = self._data.pop(namespace, {})
             return len(entries)
+
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted."""
+        with self._lock:
+            return sorted(ns for ns, entries in self._data.items() if entries)
 
     def __repr__(self) -> str:
         with self._lock:

@@ -34,7 +34,7 @@ from ..security.allowances import Allowance, ExactTool, FilePattern
 from ..security.budget import WorkspaceBudgetSnapshot
 from ..security.deferred import ActionContext, DeferredResolution, ErrorResolution, Priority
 from ..security.escape import EscapeDecision, EscapeOperation, EscapeRequest, EscapeState
-from ..security.kv import KvStore
+from ..security.kv import KvStore, NamespaceListing
 from ..session import AgentSession
 from ..store import (
     HistoryEntry,
@@ -1144,6 +1144,64 @@ class StorageConformance:
         assert kv.clear_namespace("a%") == 2
         for ns in ("a:b", "ab", "a_", "A", "a:b:c"):
             assert kv.list_keys(ns) == sorted(["key", f"only-{ns}"]), ns
+
+    def _listing(self, kv: KvStore) -> NamespaceListing:
+        """``kv`` if it has the optional ``list_namespaces``; otherwise skip the test."""
+        if not isinstance(kv, NamespaceListing):
+            pytest.skip(f"{type(kv).__name__} has no list_namespaces (optional)")
+        return kv
+
+    def test_kv_list_namespaces_sorted_and_only_non_empty(
+        self, backend: StorageBackend, data_dir: Path
+    ) -> None:
+        kv = backend.kv()
+        listing = self._listing(kv)
+        assert listing.list_namespaces() == []
+        namespaces = [
+            "b",
+            "a",
+            "A",
+            "ab",
+            "a:b",
+            "a:b:c",
+            "a%",
+            "a_",
+            "/",
+            "a/b",
+            "..",
+            "../../etc/passwd",
+            " spaced ",
+            "line\nbreak",
+            "caf\u00e9 \u4e2d\u6587 \U0001f680",
+            "ws:" + "/deep" * 80,  # longer than a file name
+        ]
+        for ns in namespaces:
+            kv.set(ns, "key", ns.encode())
+        kv.set("a", "second", b"2")
+        kv.set("long key only", "k" * 1000, b"v")
+        expected = sorted([*namespaces, "long key only"])
+        assert listing.list_namespaces() == expected
+        for ns in ("never-used", "ghost"):  # reads and misses create nothing
+            assert kv.get(ns, "key") is None and kv.exists(ns, "key") is False
+            assert kv.list_keys(ns) == [] and kv.delete(ns, "key") is False
+            assert kv.clear_namespace(ns) == 0
+        assert listing.list_namespaces() == expected
+        assert kv.delete("b", "key") is True  # its only key: the namespace goes
+        assert kv.delete("a", "key") is True  # one key left: it stays
+        assert kv.clear_namespace("a:b") == 1
+        assert kv.clear_namespace("ws:" + "/deep" * 80) == 1
+        assert kv.delete("long key only", "k" * 1000) is True
+        gone = {"b", "a:b", "ws:" + "/deep" * 80, "long key only"}
+        expected = sorted(set(expected) - gone)
+        assert listing.list_namespaces() == expected
+        for ns in expected:
+            assert kv.list_keys(ns), ns
+        kv.set("ws:" + "/deep" * 80, "again", b"v")  # a cleared namespace comes back when set
+        expected = sorted([*expected, "ws:" + "/deep" * 80])
+        assert listing.list_namespaces() == expected
+        other = self._maybe_reopen(backend, data_dir)
+        if other is not None:
+            assert self._listing(other.kv()).list_namespaces() == expected
 
     def test_kv_rejects_empty_and_nul_names(self, backend: StorageBackend) -> None:
         kv = backend.kv()

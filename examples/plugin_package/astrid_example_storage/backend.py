@@ -550,5 +550,24 @@ class JsonlKvStore:
             self._write(namespace, {})
             return removed
 
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted (optional ``KvStore`` method)."""
+        found: list[str] = []
+        with self._locked(exclusive=False):
+            for name in os.listdir(self.directory):
+                if len(name) != 69 or not name.endswith(".json"):
+                    continue  # the lock file and temporary files
+                path = self.directory / name
+                try:
+                    doc = json.loads(path.read_bytes())
+                except FileNotFoundError:
+                    continue
+                except ValueError as exc:
+                    raise SerializationError(f"{path}: not valid JSON: {exc}") from None
+                namespace = doc.get("namespace") if isinstance(doc, dict) else None
+                if isinstance(namespace, str) and doc["items"] and self._file(namespace) == path:
+                    found.append(namespace)
+        return sorted(found)
+
 
 __all__ = ["FORMAT_VERSION", "JsonlBackend", "JsonlKvStore"]

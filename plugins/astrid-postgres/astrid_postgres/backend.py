@@ -609,6 +609,15 @@ class PostgresKvStore:
         )
         return int(count)
 
+    def list_namespaces(self) -> list[str]:
+        """Every namespace holding at least one key, sorted (by code point, like ``list_keys``)."""
+        b = self._backend
+        rows = b._run(
+            lambda c: c.execute(b._q("SELECT DISTINCT namespace FROM {s}.kv")).fetchall(),
+            write=False,
+        )
+        return sorted(str(r[0]) for r in rows)
+
     def __repr__(self) -> str:
         return f"PostgresKvStore({self._backend.where!r})"
 

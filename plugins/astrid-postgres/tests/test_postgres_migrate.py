@@ -156,6 +156,7 @@ def test_astrid_migrate_copies_sqlite_to_postgres_and_back(
     workspace.mkdir()
     with open_store(load_config(a)) as source:
         ids = populate(source, workspace)
+        source.kv("host:notes \U0001f680").set("note", HOSTILE_TEXTS[2].encode())
 
     env = {**os.environ, "ASTRID_HOME": str(home), PASSWORD_ENV: owner_role.password}
     for src, dst in ((a, pg), (pg, c)):
@@ -169,6 +170,7 @@ def test_astrid_migrate_copies_sqlite_to_postgres_and_back(
         )
         assert done.returncode == 0, done.stderr + done.stdout
         assert f"copied {len(ids)}, skipped 0" in done.stdout, done.stdout
+        assert "(every namespace the source lists)" in done.stdout, done.stdout
         assert owner_role.password not in done.stdout + done.stderr
 
     with (
@@ -189,6 +191,7 @@ def test_astrid_migrate_copies_sqlite_to_postgres_and_back(
                     other.deferred_queue_kv(sid).list_keys()
                 )
             assert first.load_workspace_state(workspace) == other.load_workspace_state(workspace)
+            assert other.kv("host:notes \U0001f680").get("note") == HOSTILE_TEXTS[2].encode()
             assert first.capabilities is not None and other.capabilities is not None
             assert first.capabilities.backend is not None
             assert other.capabilities.backend is not None
