@@ -168,6 +168,9 @@ def messages_json_bytes(session: Any) -> int:
 
 # -- security state --------------------------------------------------------------------------
 
+CONTROL = "control"
+"""The variant that changes no security state: only the untimed git move of the others."""
+
 
 def _git(cwd: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {
@@ -245,9 +248,15 @@ class Turn:
             self._Call = McpToolCall
 
     def untimed(self, i: int, bulk_last: int | None = None) -> None:
-        """What happens between saves outside the store: git moves, the runtime's mutations."""
+        """What happens between saves outside the store: git moves, the runtime's mutations.
+
+        ``control``: only the git move (a 41-byte file written), no security state and no git
+        capture: the plain append with the same untimed file-system work as the variants.
+        """
         if self.env is not None:
             self.env.move_branch(i)
+            if self.security == CONTROL:
+                return
             t0 = time.perf_counter_ns()
             self.mutate(i, bulk_last)
             self.mutation_ns += time.perf_counter_ns() - t0
@@ -326,7 +335,7 @@ def new_store(backend: Any, security: str | None, env: SecurityEnv | None) -> An
     from astrid.security.budget import BudgetConfig
     from astrid.store import SessionStore
 
-    if security is None:
+    if security is None or security == CONTROL:
         return SessionStore(backend)
     from astrid.gitstate import capture_fs
 
@@ -337,9 +346,9 @@ def new_store(backend: Any, security: str | None, env: SecurityEnv | None) -> An
     )
 
 
-def new_session(store: Any, env: SecurityEnv | None) -> Any:
+def new_session(store: Any, env: SecurityEnv | None, security: str | None = None) -> Any:
     session = store.new_session("You are a benchmark.")
-    if env is not None:
+    if env is not None and security != CONTROL:
         session.with_workspace(env.repo)
     return session
 
@@ -369,7 +378,7 @@ def append_rows(
                     env = SecurityEnv(where) if security is not None else None
                     b = make_backend(backend, where, plan.sqlite_synchronous)
                     store = new_store(b, security, env)
-                    session = new_session(store, env)
+                    session = new_session(store, env, security)
                     turn = Turn(store, session, security, env)
                     total = 0
                     for i in range(n):
@@ -415,7 +424,7 @@ def append_rows(
                 env = SecurityEnv(where) if security is not None else None
                 b = make_backend(backend, where, plan.sqlite_synchronous)
                 store = new_store(b, security, env)
-                session = new_session(store, env)
+                session = new_session(store, env, security)
                 turn = Turn(store, session, security, env)
                 turn.bulk(n)
                 samples = []
@@ -835,7 +844,7 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
 
 
 KEEP_RECENT = 20
-SECURITY_VARIANTS = ("bounded", "single_use", "growing")
+SECURITY_VARIANTS = ("bounded", "single_use", "growing", CONTROL)
 OPS = ("create", "append", "security", "load", "list", "compact", "concurrency")
 
 

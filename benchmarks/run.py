@@ -38,6 +38,9 @@ append_save_security_*       3. the same, with the session's security state chan
                                   bounded    - the previous session allowance removed, a new one added
                                   single_use - a max_uses=1 allowance granted, the previous one used
                                   growing    - a new allowance and a new escape path every turn
+                                  control    - no security state and no git capture: only the
+                                               untimed git move (a file write), the baseline
+                                               that isolates what astrid adds
 load_whole                   4. load a whole session of N
 load_tail20                  5. load the last 20 of N
 list50                       6. first page of 50 out of M sessions
@@ -118,6 +121,7 @@ _ORDER = [
     "append_save_security_bounded",
     "append_save_security_single_use",
     "append_save_security_growing",
+    "append_save_security_control",
     "load_whole",
     "load_tail20",
     "list50",

@@ -46,6 +46,14 @@ def own_targets(
             sec = find(rows, f"append_save_security_{variant}", system, n)
             r = _ratio(sec, plain)
             name = f"{system} security ({variant}) at {n:,} <= {SECURITY_MAX}x plain"
+            control = find(rows, "append_save_security_control", system, n)
+            rc = _ratio(sec, control)
+            versus = (
+                ""
+                if rc is None
+                else f"; {rc:.2f}x the control (plain + the same untimed git move: "
+                f"{control.median:.0f} us)"  # type: ignore[union-attr]
+            )
             if r is None:
                 out.append(Target(name, None, "missing"))
             else:
@@ -53,9 +61,9 @@ def own_targets(
                     Target(
                         name,
                         r <= SECURITY_MAX,
-                        f"{sec.median:.0f} / {plain.median:.0f} us = {r:.2f}x",
+                        f"{sec.median:.0f} / {plain.median:.0f} us = {r:.2f}x{versus}",  # type: ignore[union-attr]
                     )
-                )  # type: ignore[union-attr]
+                )
     tail = find(rows, "load_tail20", system, big)
     out.append(
         Target(
