@@ -24,26 +24,19 @@ from astrid import gitstate
 from astrid.document import GitState
 from astrid.gitstate import capture_fs, capture_fs_uncached, capture_subprocess
 
-from .test_gitstate import PROJECT_ROOT, git, head, make_repo
+from .test_gitstate import (
+    PROJECT_ROOT,
+    _hermetic_git,  # noqa: F401 - the same autouse fixture
+    git,
+    head,
+    make_repo,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 AGE_SECONDS = 0.25
 """Longer than the racy window for sub-second timestamps (tmp_path's file systems have them)."""
 
-
-@pytest.fixture(autouse=True)
-def _hermetic_git(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ambient GIT_* variables or user/system config; a fixed identity for commits."""
-    for name in list(os.environ):
-        if name.startswith("GIT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "Astrid Test")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "astrid@example.invalid")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "Astrid Test")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "astrid@example.invalid")
 
 
 def agree(path: Path) -> GitState | None:
