@@ -1390,10 +1390,11 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
 
     loaded = _load(ctx)
     root = Path(workspace) if workspace else loaded.home / "demo-workspace"
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "notes.txt").write_text(DEMO_NOTES, encoding="utf-8")
     say: Callable[[str], None] = (lambda _text: None) if as_json else click.echo
     with open_store(loaded) as store:
+        # After the store: it creates the astrid home private (0700); mkdir would not.
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "notes.txt").write_text(DEMO_NOTES, encoding="utf-8")
         runtime = AgentRuntime(
             ScriptedProvider(DEMO_SCRIPT),
             store=store,

@@ -752,6 +752,7 @@ def test_demo_runs_a_scripted_session_into_the_default_store(env: Env) -> None:
     assert "[summary]" in out and "[sub-agent] session " in out
     assert "You're welcome!" in out and "messages (last" in out
     assert (env.home / "astrid.db").is_file()
+    assert stat.S_IMODE(env.home.stat().st_mode) == 0o700  # the home it created is private
     listed = json.loads(astrid("sessions", "list", "--json").stdout)["sessions"]
     parents = [s for s in listed if s["parent_id"] is None]
     children = [s for s in listed if s["parent_id"] is not None]
