@@ -29,6 +29,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import SchemaVersionError, StorageError
+from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.capabilities import MemoryCapabilityBackend
@@ -47,7 +48,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
@@ -108,19 +108,7 @@ class SqliteCapabilityOptions(BaseModel):
 
 def _ensure_private_dir(path: Path) -> None:
     """Create ``path`` and its missing parents as 0700 directories (existing ones are kept)."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, _DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(directory, _DIR_MODE)
+    make_private_dirs(path)
     if not path.is_dir():
         raise StorageError(f"capability store: {path} exists and is not a directory")
 

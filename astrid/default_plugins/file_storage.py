@@ -54,6 +54,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNotFound, StorageError
+from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..plugins import PluginContext
@@ -129,21 +130,6 @@ def _os_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise StorageError(f"file store: {what}: {exc}") from exc
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) if needed; a directory created here is 0700."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        _private_dir(path.parent)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            return
-    os.chmod(path, 0o700)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -514,8 +500,8 @@ class FileBackend:
 
     def _ensure_dirs(self) -> None:
         with _os_errors(f"cannot create {self.directory}"):
-            _private_dir(self.directory)
-            _private_dir(self.directory / LOCKS_DIR)
+            make_private_dirs(self.directory)
+            make_private_dirs(self.directory / LOCKS_DIR)
 
     @contextlib.contextmanager
     def _session_lock(self, sid: str) -> Iterator[None]:
@@ -531,7 +517,7 @@ class FileBackend:
         """Hold the directory-wide lock; yields False (unlocked) if the directory is read-only."""
         fd: int | None
         try:
-            _private_dir(self.directory / LOCKS_DIR)
+            make_private_dirs(self.directory / LOCKS_DIR)
             fd = _acquire(self.directory / LOCKS_DIR / "index.lock")
         except OSError:
             fd = None
@@ -1088,8 +1074,8 @@ class FileKvStore:
         data = bytes(value)
         with _os_errors(f"cannot write {path}"):
             for attempt in range(3):
-                _private_dir(self.directory)
-                _private_dir(ns_dir)
+                make_private_dirs(self.directory)
+                make_private_dirs(ns_dir)
                 try:
                     if ns_file is not None and not ns_file.is_file():
                         _atomic_write(ns_file, namespace.encode("utf-8"))

@@ -46,6 +46,7 @@ from ..errors import (
     SessionNotFound,
     StorageError,
 )
+from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
 from ..messages import Message, MessageRole
 from ..plugins import PluginContext
@@ -283,22 +284,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _make_private_dirs(directory: Path) -> None:
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        os.chmod(path, 0o700)
-
-
 # -- the backend ----------------------------------------------------------------------------
 
 
@@ -338,7 +323,7 @@ class SqliteBackend:
 
     def _open(self) -> None:
         try:
-            _make_private_dirs(self.path.parent)
+            make_private_dirs(self.path.parent)
         except OSError as exc:
             raise StorageError(f"cannot create the directory of {self.path}: {exc}") from exc
         if self.path.exists():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from astrid.errors import AstridError
+from astrid.fsutil import make_private_dirs
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -176,14 +177,7 @@ def load_or_create_keypair(path: Path) -> KeyPair:
             )
         return KeyPair.from_private_bytes(data)
     keypair = KeyPair.generate()
-    created_dirs = []
-    parent = path.parent
-    while not parent.exists():
-        created_dirs.append(parent)
-        parent = parent.parent
-    for directory in reversed(created_dirs):
-        os.mkdir(directory, 0o700)
-        os.chmod(directory, 0o700)
+    make_private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
