@@ -80,7 +80,17 @@ def _file_action_path(permission: Permission, action: SensitiveAction) -> str | 
 
 
 class _Pattern(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Unknown keys are carried and written back; matching never looks at them.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    def __eq__(self, other: object) -> bool:
+        """Same type and known fields: unknown keys never make two patterns differ."""
+        if not isinstance(other, _Pattern):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self.__dict__.values())))
 
     def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
         """True if this pattern covers ``action`` (any unlisted combination is False)."""
@@ -297,9 +307,12 @@ def pattern_for_action(action: SensitiveAction) -> AllowancePattern | None:
 
 
 class Allowance(BaseModel):
-    """A pre-approval for actions matching a pattern, limited by scope, expiry and use count."""
+    """A pre-approval for actions matching a pattern, limited by scope, expiry and use count.
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    Unknown keys (a newer writer's) are kept and written back; they never change how it is honoured.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     id: UUID
     action_pattern: AllowancePattern

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
+from astrid.security._extras import unknown_keys, with_unknown_keys
 from astrid.timeutil import Timestamp, format_rfc3339, utcnow
 
 __all__ = [
@@ -111,7 +112,8 @@ _SpendFloat = Annotated[float, BeforeValidator(_nan_from_null)]
 class BudgetConfig(BaseModel):
     """Session budget limits: total, per action, and the warning percentage (0..255)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Unknown keys are carried and written back; the checks never look at them.
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     session_max_usd: float = Field(default=100.0, allow_inf_nan=False)
     per_action_max_usd: float = Field(default=10.0, allow_inf_nan=False)
@@ -232,7 +234,7 @@ class BudgetWarning(BaseModel):
 class BudgetSnapshot(BaseModel):
     """A session tracker's persisted state: ``{session_spent_usd, config, last_updated}``."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="allow")  # unknown keys are carried
 
     session_spent_usd: _SpendFloat
     config: BudgetConfig
@@ -242,7 +244,7 @@ class BudgetSnapshot(BaseModel):
 class WorkspaceBudgetSnapshot(BaseModel):
     """A workspace tracker's persisted state: ``{total_spent_usd, last_updated}``."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="allow")  # unknown keys are carried
 
     total_spent_usd: _SpendFloat
     last_updated: Timestamp
@@ -392,6 +394,8 @@ class BudgetTracker(_Ledger):
         super().__init__()
         self._config = config if config is not None else BudgetConfig.default()
         self._config_data: tuple[BudgetConfig, dict[str, Any]] | None = None
+        self._extra: dict[str, Any] = {}
+        """The unknown snapshot keys it was restored from (written back by every snapshot)."""
 
     @classmethod
     def default(cls) -> BudgetTracker:
@@ -403,6 +407,7 @@ class BudgetTracker(_Ledger):
         """A new tracker with the snapshot's config; a NaN, infinite or negative spend gives 0."""
         tracker = cls(snapshot.config)
         tracker._spent = _clamp_spend(snapshot.session_spent_usd)
+        tracker._extra = unknown_keys(snapshot)
         return tracker
 
     def _check_locked(self, cost: float) -> BudgetResult:
@@ -430,7 +435,8 @@ class BudgetTracker(_Ledger):
         """The spend, the config and the current time, for persistence."""
         with self._lock:
             spent = self._spent
-        return BudgetSnapshot(session_spent_usd=spent, config=self._config, last_updated=utcnow())
+        known = {"session_spent_usd": spent, "config": self._config, "last_updated": utcnow()}
+        return BudgetSnapshot.model_validate(with_unknown_keys(known, self._extra))
 
     def snapshot_data(self) -> dict[str, Any]:
         """``snapshot().model_dump(mode="json")``, built directly: every save writes it.
@@ -447,11 +453,12 @@ class BudgetTracker(_Ledger):
         if cached is None or cached[0] is not config:
             dumped = BudgetSnapshot(session_spent_usd=0.0, config=config, last_updated=utcnow())
             cached = self._config_data = (config, dumped.model_dump(mode="json")["config"])
-        return {
+        data = {
             "session_spent_usd": spent,
             "config": dict(cached[1]),
             "last_updated": format_rfc3339(utcnow()),
         }
+        return with_unknown_keys(data, self._extra) if self._extra else data
 
     def __repr__(self) -> str:
         return (
@@ -471,6 +478,8 @@ class WorkspaceBudgetTracker(_Ledger):
             )
         self._max_usd = None if max_usd is None else float(max_usd)
         self._warn_at_percent = max(0, min(int(warn_at_percent), 100))
+        self._extra: dict[str, Any] = {}
+        """The unknown snapshot keys it was restored from (written back by every snapshot)."""
 
     @classmethod
     def restore(
@@ -479,6 +488,7 @@ class WorkspaceBudgetTracker(_Ledger):
         """A new tracker with the caller's limits and the snapshot's (clamped) spend."""
         tracker = cls(max_usd, warn_at_percent)
         tracker._spent = _clamp_spend(snapshot.total_spent_usd)
+        tracker._extra = unknown_keys(snapshot)
         return tracker
 
     def _check_locked(self, cost: float) -> BudgetResult:
@@ -510,7 +520,8 @@ class WorkspaceBudgetTracker(_Ledger):
 
     def snapshot(self) -> WorkspaceBudgetSnapshot:
         """The total spend and the current time, for persistence."""
-        return WorkspaceBudgetSnapshot(total_spent_usd=self.spent(), last_updated=utcnow())
+        known = {"total_spent_usd": self.spent(), "last_updated": utcnow()}
+        return WorkspaceBudgetSnapshot.model_validate(with_unknown_keys(known, self._extra))
 
     def __repr__(self) -> str:
         return (

@@ -28,6 +28,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from astrid.security._extras import unknown_keys, with_unknown_keys
 from astrid.security.globs import GlobSyntaxError, compile_glob
 from astrid.timeutil import Timestamp, utcnow
 
@@ -191,7 +192,7 @@ class EscapeRequest(BaseModel):
 class EscapeState(BaseModel):
     """The persisted part of an ``EscapeHandler``: the AllowAlways paths."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # unknown keys are carried, never honoured
 
     remembered_paths: list[PathStr] = Field(default_factory=list)
 
@@ -481,6 +482,8 @@ class EscapeHandler:
         self._version = 0
         """Bumped by every change to ``_remembered`` (keys the cached export)."""
         self._exported: tuple[set[str], int, list[str]] | None = None
+        self._extra: dict[str, Any] = {}
+        """The unknown state keys restored so far (written back by every export)."""
 
     @property
     def remembered_paths(self) -> frozenset[str]:
@@ -520,7 +523,8 @@ class EscapeHandler:
 
     def export_state(self) -> EscapeState:
         """The AllowAlways paths, sorted (session paths are not persisted)."""
-        return EscapeState(remembered_paths=sorted(self._remembered))
+        known = {"remembered_paths": sorted(self._remembered)}
+        return EscapeState.model_validate(with_unknown_keys(known, self._extra))
 
     def export_state_data(self) -> dict[str, Any]:
         """``export_state().model_dump(mode="json")``; the sorted paths are kept until they change.
@@ -534,14 +538,17 @@ class EscapeHandler:
             if not all(type(p) is str for p in paths):  # only ever str, unless set by hand
                 paths = self.export_state().model_dump(mode="json")["remembered_paths"]
             cached = self._exported = (remembered, self._version, paths)
-        return {"remembered_paths": list(cached[2])}
+        data = {"remembered_paths": list(cached[2])}
+        return with_unknown_keys(data, self._extra) if self._extra else data
 
     def restore_state(self, state: EscapeState, boundary: WorkspaceBoundary | None = None) -> None:
         """Merge remembered paths that are absolute and exist (stored canonical).
 
         With a ``boundary``, paths it never allows are dropped too (a tampered state cannot
-        re-open ``/etc``). Rejected paths are dropped with a warning in the log.
+        re-open ``/etc``). Rejected paths are dropped with a warning in the log. Unknown keys
+        are merged in too (only carried back by exports).
         """
+        self._extra.update(unknown_keys(state))
         for raw in state.remembered_paths:
             if not os.path.isabs(raw):
                 logger.warning("dropping relative remembered escape path %r", raw)
@@ -563,6 +570,7 @@ class EscapeHandler:
         other = EscapeHandler()
         other._remembered = set(self._remembered)
         other._session = set(self._session)
+        other._extra = dict(self._extra)
         return other
 
     def __repr__(self) -> str:
