@@ -37,6 +37,7 @@ from astrid.errors import (
     InvalidSessionId,
     SerializationError,
     SessionNotFound,
+    StorageError,
 )
 from astrid.messages import ToolCallResult
 from astrid.plugins import PluginContext
@@ -813,3 +814,29 @@ def test_registration_and_options(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         FileOptions.model_validate({"dir": "x"})
     made.close()
+
+
+def test_a_fifo_in_place_of_a_session_file_is_an_error_not_a_hang(
+    store: SessionStore, sessions_dir: Path
+) -> None:
+    good = AgentSession("p")
+    good.add_message(Message.user("kept"))
+    store.save(good)
+    sid = str(uuid.uuid4())
+    os.mkfifo(sessions_dir / f"{sid}.json", 0o600)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            store.load(sid)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "loading a FIFO blocked"
+    assert isinstance(outcome[0], StorageError) and "not a regular file" in str(outcome[0])
+    loaded = store.load(good.id)
+    assert loaded is not None and loaded.messages[0].text() == "kept"

@@ -531,13 +531,16 @@ class FileBackend:
 
     def _read(self, path: Path) -> tuple[bytes, _Sig] | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted under a session's name must not hang the load.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError(f"file store: cannot read {path}: {exc}") from exc
         with _os_errors(f"cannot read {path}"), os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"file store: {path} is not a regular file")
             raw = fh.read()
         self.parse_count += 1
         return raw, (st.st_ino, st.st_mtime_ns, st.st_size)
