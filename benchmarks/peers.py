@@ -27,6 +27,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -269,25 +270,17 @@ class OpenAIPeer:
                 assert len(loaded) == KEEP + 1
                 s.close()
         note = "emulated: get_items + clear_session + add_items(summary + last 20); the old items are deleted"
-        return [
-            summarize("compact", self.system, n, "ms", compact, sample="see note", note=note),
-            summarize(
-                "load_after_compact",
-                self.system,
-                n,
-                "us",
-                reload_,
-                sample="await get_items()",
-                note=f"{KEEP + 1} items",
-            ),
-        ]
+        return _compact_rows(
+            self.system, n, compact, reload_, note=note, load_sample="await get_items()",
+            load_note=f"{KEEP + 1} items",
+        )
 
     def concurrency(self) -> list[Row]:
         plan = self.plan
         count = plan.per_proc
         rows = []
         for mode in ("one_session", "distinct"):
-            tp, tot, first = [], {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}, ""
+            tally = _Tally()
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
                     sids = (
@@ -314,13 +307,8 @@ class OpenAIPeer:
                         s = self.SQLiteSession(sid, str(where / "openai.db"))
                         bodies += [json.dumps(x) for x in asyncio.run(s.get_items())]
                         s.close()
-                marks = check_marks(bodies, plan.procs, count)
-                tot["errors"] += sum(r["errors"] for r in reports)
-                for key in ("lost", "duplicated", "reordered"):
-                    tot[key] += marks[key]
-                first = first or next((r["first_error"] for r in reports if r["first_error"]), "")
-                tp.append(plan.procs * count / wall)
-            rows.append(_conc_row(self.system, mode, plan, count, tp, tot, first))
+                tally.add(reports, check_marks(bodies, plan.procs, count), plan.procs, count, wall)
+            rows.append(_conc_row(self.system, mode, plan, count, tally.tp, tally.tot, tally.first))
         return rows
 
 
@@ -336,6 +324,42 @@ async def _atime(make: Callable[[], Any], runs: int, budget_s: float) -> list[fl
         if len(out) >= 5 and time.perf_counter() > deadline:
             break
     return out
+
+
+@dataclass
+class _Tally:
+    """Errors, lost/duplicated/reordered marks, the first error and throughput over runs."""
+
+    tp: list[float] = field(default_factory=list)
+    tot: dict[str, int] = field(
+        default_factory=lambda: {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}
+    )
+    first: str = ""
+    retries: int = 0
+
+    def add(self, reports: list[dict[str, Any]], marks: dict[str, int], procs: int, count: int,
+            wall: float) -> None:
+        """Fold one run of ``procs`` writers of ``count`` messages each into the totals."""
+        self.tot["errors"] += sum(r["errors"] for r in reports)
+        self.retries += sum(r.get("retries", 0) for r in reports)
+        for key in ("lost", "duplicated", "reordered"):
+            self.tot[key] += marks[key]
+        self.first = self.first or next(
+            (r["first_error"] for r in reports if r["first_error"]), ""
+        )
+        self.tp.append(procs * count / wall)
+
+
+def _compact_rows(
+    system: str, n: int, compact: list[float], reload_: list[float], *, note: str,
+    load_sample: str, load_note: str,
+) -> list[Row]:
+    """The ``compact`` and ``load_after_compact`` rows of one system."""
+    return [
+        summarize("compact", system, n, "ms", compact, sample="see note", note=note),
+        summarize("load_after_compact", system, n, "us", reload_, sample=load_sample,
+                  note=load_note),
+    ]
 
 
 def _conc_row(
@@ -583,25 +607,17 @@ class LangGraphPeer:
                 kept = len(state.values["messages"])
                 conn.close()
         note = "get_state + invoke(RemoveMessage(REMOVE_ALL) + summary + last 20) (the documented pattern)"
-        return [
-            summarize("compact", self.system, n, "ms", compact, sample="see note", note=note),
-            summarize(
-                "load_after_compact",
-                self.system,
-                n,
-                "us",
-                reload_,
-                sample="graph.get_state(config)",
-                note=f"{kept} messages",
-            ),
-        ]
+        return _compact_rows(
+            self.system, n, compact, reload_, note=note, load_sample="graph.get_state(config)",
+            load_note=f"{kept} messages",
+        )
 
     def concurrency(self) -> list[Row]:
         plan = self.plan
         count = min(plan.per_proc, 50 if plan.per_proc >= 1000 else 20)
         rows = []
         for mode in ("one_session", "distinct"):
-            tp, tot, first = [], {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0}, ""
+            tally = _Tally()
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
                     threads = (
@@ -631,21 +647,16 @@ class LangGraphPeer:
                         st = graph.get_state({"configurable": {"thread_id": t}})
                         bodies += [_lg_body(m) for m in st.values.get("messages", [])]
                     conn.close()
-                marks = check_marks(bodies, plan.procs, count)
-                tot["errors"] += sum(r["errors"] for r in reports)
-                for key in ("lost", "duplicated", "reordered"):
-                    tot[key] += marks[key]
-                first = first or next((r["first_error"] for r in reports if r["first_error"]), "")
-                tp.append(plan.procs * count / wall)
+                tally.add(reports, check_marks(bodies, plan.procs, count), plan.procs, count, wall)
             rows.append(
                 _conc_row(
                     self.system,
                     mode,
                     plan,
                     count,
-                    tp,
-                    tot,
-                    first,
+                    tally.tp,
+                    tally.tot,
+                    tally.first,
                     f"capped at {count}/process (O(N) per invoke)",
                 )
             )
@@ -984,12 +995,7 @@ class AdkPeer:
         count = plan.per_proc if plan.per_proc < 1000 else 250
         rows = []
         for mode in ("one_session", "distinct"):
-            tp, tot, first, retries = (
-                [],
-                {"errors": 0, "lost": 0, "duplicated": 0, "reordered": 0},
-                "",
-                0,
-            )
+            tally = _Tally()
             for _ in range(plan.concurrency_runs):
                 with workdir() as where:
 
@@ -1025,23 +1031,17 @@ class AdkPeer:
                         return out
 
                     bodies = asyncio.run(read())
-                marks = check_marks(bodies, plan.procs, count)
-                tot["errors"] += sum(r["errors"] for r in reports)
-                retries += sum(r.get("retries", 0) for r in reports)
-                for key in ("lost", "duplicated", "reordered"):
-                    tot[key] += marks[key]
-                first = first or next((r["first_error"] for r in reports if r["first_error"]), "")
-                tp.append(plan.procs * count / wall)
+                tally.add(reports, check_marks(bodies, plan.procs, count), plan.procs, count, wall)
             rows.append(
                 _conc_row(
                     self.system,
                     mode,
                     plan,
                     count,
-                    tp,
-                    tot,
-                    first,
-                    f"{retries} StaleSessionError retries (reload + retry)"
+                    tally.tp,
+                    tally.tot,
+                    tally.first,
+                    f"{tally.retries} StaleSessionError retries (reload + retry)"
                     + (f"; capped at {count}/process" if count < plan.per_proc else ""),
                 )
             )
