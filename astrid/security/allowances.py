@@ -14,6 +14,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -403,6 +404,22 @@ def load_allowances(data: str | bytes, source: str = "allowances") -> list[Allow
         raise SerializationError(f"invalid allowances in {source}: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class AllowanceDelta:
+    """What changed in the session export since a reader's copy (see ``session_allowance_changes``).
+
+    Applying it to the reader's copy (None: drop that id; present: replace in place; otherwise
+    append, in the order of ``changes``) gives the current export exactly, order included.
+    """
+
+    version: int
+    """The store's version the reader is brought to."""
+    until: datetime | None
+    """The earliest expiry the reader must watch after applying (may be earlier than exact)."""
+    changes: dict[str, dict[str, Any] | None]
+    """``str(id)`` -> the entry's dump if exported now, None if not (removed, used up, expired)."""
+
+
 def _root_matches(allowance: Allowance, workspace_root: WorkspaceRoot) -> bool:
     """A rooted allowance applies only when the current root equals its root exactly."""
     if allowance.workspace_root is None:
@@ -419,6 +436,9 @@ class AllowanceStore:
     Used-up entries stay (the original counts them and ``consume_use`` still works on them),
     but finds, exports and purges never look at them: those cost O(entries with uses left), not
     O(every entry ever added).
+
+    A journal of changed ids lets a saver that holds an earlier session export ask only what
+    changed since (``session_allowance_changes``), in O(changes) rather than O(entries).
     """
 
     def __init__(self) -> None:
@@ -436,10 +456,57 @@ class AllowanceStore:
         self._session_data: tuple[int, datetime, datetime | None, list[dict[str, Any]]] | None = (
             None
         )
+        self._tickets: dict[UUID, int] = {}
+        """Each entry's insertion ticket (increasing in the order of ``_entries``)."""
+        self._changed: dict[UUID, int] = {}
+        """Id -> the version after its last change, ordered by that version (the journal)."""
+        self._floor = 0
+        """Deltas are refused from versions before this (the journal no longer covers them)."""
+
+    def _note(self, allowance_id: UUID) -> None:
+        """Journal a change of ``allowance_id`` at the current version (call after the bump)."""
+        changed = self._changed
+        changed.pop(allowance_id, None)
+        changed[allowance_id] = self._version
+        if len(changed) > 2 * len(self._entries) + 64:
+            self._trim_journal()
+
+    def _trim_journal(self) -> None:
+        """Forget the oldest ids no longer stored, raising ``_floor`` past them (amortised O(1))."""
+        entries = self._entries
+        excess = len(self._changed) - (len(entries) + len(entries) // 2 + 32)
+        kept: dict[UUID, int] = {}
+        floor = self._floor
+        for allowance_id, version in self._changed.items():
+            if excess > 0 and allowance_id not in entries:
+                excess -= 1
+                floor = max(floor, version)
+            else:
+                kept[allowance_id] = version
+        self._changed = kept
+        self._floor = floor
+
+    @staticmethod
+    def _joins_export(previous: Allowance, allowance: Allowance) -> bool:
+        """True if replacing ``previous`` (with uses left) by ``allowance`` in place may add it
+        to the session export: a reader that did not hold it would append it, not put it here."""
+        if not allowance.session_only or (previous.session_only and previous.expires_at is None):
+            return False
+        now = utcnow()
+        return not allowance.is_expired(now) and (
+            not previous.session_only or previous.is_expired(now)
+        )
 
     def _put(self, allowance: Allowance, owner: str | None) -> None:
         allowance_id = allowance.id
         previous = self._entries.get(allowance_id)
+        removed_at: int | None = None
+        reordered = False
+        if previous is None:
+            self._tickets[allowance_id] = next(self._ticket)
+            # Journalled while absent only if removed earlier: added again it moves to the end,
+            # so a reader from before the removal, which may hold it, would keep its old place.
+            removed_at = self._changed.get(allowance_id)
         self._entries[allowance_id] = allowance
         self._dumps.pop(allowance_id, None)
         if owner is None:
@@ -449,10 +516,13 @@ class AllowanceStore:
         if not allowance.has_uses_remaining():
             self._live.pop(allowance_id, None)
         elif previous is None or allowance_id in self._live:
-            self._live[allowance_id] = allowance  # appended, or replaced in place
+            # Appended, or replaced in place.
+            reordered = previous is not None and self._joins_export(previous, allowance)
+            self._live[allowance_id] = allowance
         else:
             # A used-up entry came back to life in its old place: rebuild the order (rare).
             self._live = {k: a for k, a in self._entries.items() if a.has_uses_remaining()}
+            reordered = True
         if allowance.expires_at is not None:
             heapq.heappush(self._expiry, (allowance.expires_at, next(self._ticket), allowance_id))
             if len(self._expiry) > 2 * len(self._entries) + 64:
@@ -463,6 +533,11 @@ class AllowanceStore:
                 ]
                 heapq.heapify(self._expiry)
         self._version += 1
+        self._note(allowance_id)
+        if reordered:  # it joins the export in its old place: not expressible as a delta
+            self._floor = self._version
+        elif removed_at is not None and removed_at > self._floor:
+            self._floor = removed_at
 
     def _set_uses(self, allowance: Allowance, remaining: int) -> Allowance:
         """Replace an entry by a copy with ``remaining`` uses (used up: out of ``_live``)."""
@@ -475,6 +550,7 @@ class AllowanceStore:
         else:
             self._live.pop(allowance.id, None)
         self._version += 1
+        self._note(allowance.id)
         return updated
 
     def _remove(self, allowance_id: UUID) -> None:
@@ -482,7 +558,9 @@ class AllowanceStore:
         self._owners.pop(allowance_id, None)
         self._live.pop(allowance_id, None)
         self._dumps.pop(allowance_id, None)
+        del self._tickets[allowance_id]
         self._version += 1
+        self._note(allowance_id)
 
     def _find(self, action: SensitiveAction, workspace_root: WorkspaceRoot) -> Allowance | None:
         now = utcnow()
@@ -604,21 +682,67 @@ class AllowanceStore:
         dump until that entry changes. The list is the caller's; the dicts in it are shared and
         must not be modified.
         """
+        return self.export_session_allowances_snapshot()[2]
+
+    def export_session_allowances_snapshot(
+        self,
+    ) -> tuple[int, datetime | None, list[dict[str, Any]]]:
+        """Atomically: the version, the earliest expiry among the exported entries (None if none
+        expires) and ``export_session_allowances_data()``: a reader's basis for later deltas."""
         with self._lock:
             now = utcnow()
             cached = self._session_data
-            if (
+            if not (
                 cached is not None
                 and cached[0] == self._version
                 and cached[1] <= now
                 and (cached[2] is None or now <= cached[2])
             ):
-                return list(cached[3])
-            exported = self._session_entries(now, None)
-            data = [self._dump(a) for a in exported]
-            until = min((a.expires_at for a in exported if a.expires_at is not None), default=None)
-            self._session_data = (self._version, now, until, data)
-            return list(data)
+                exported = self._session_entries(now, None)
+                data = [self._dump(a) for a in exported]
+                until = min(
+                    (a.expires_at for a in exported if a.expires_at is not None), default=None
+                )
+                cached = self._session_data = (self._version, now, until, data)
+            return self._version, cached[2], list(cached[3])
+
+    def session_allowance_changes(
+        self, since: int, until: datetime | None
+    ) -> AllowanceDelta | None:
+        """The session-export changes after version ``since``, in O(changes), or None.
+
+        The caller holds the export as of ``since`` whose earliest expiry was ``until``. None means
+        it must take a full snapshot instead: the journal no longer reaches back to ``since``,
+        ``since`` is not a version of this store, or an entry it holds may have expired.
+        """
+        with self._lock:
+            if since < self._floor or since > self._version:
+                return None
+            now = utcnow()
+            if until is not None and now > until:
+                return None
+            ids: list[UUID] = []
+            for allowance_id, version in reversed(self._changed.items()):
+                if version <= since:
+                    break
+                ids.append(allowance_id)
+            tickets = self._tickets
+            ids.sort(key=lambda k: tickets.get(k, -1))  # removed ids (no ticket) first
+            changes: dict[str, dict[str, Any] | None] = {}
+            for allowance_id in ids:
+                allowance = self._live.get(allowance_id)
+                if (
+                    allowance is not None
+                    and allowance.session_only
+                    and not allowance.is_expired(now)
+                ):
+                    changes[str(allowance_id)] = self._dump(allowance)
+                    expires_at = allowance.expires_at
+                    if expires_at is not None and (until is None or expires_at < until):
+                        until = expires_at
+                else:
+                    changes[str(allowance_id)] = None
+            return AllowanceDelta(self._version, until, changes)
 
     def _dump(self, allowance: Allowance) -> dict[str, Any]:
         """``allowance.model_dump(mode="json")``, computed once per stored object."""

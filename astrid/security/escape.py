@@ -474,7 +474,11 @@ def _canonical_or_raw(path: str | os.PathLike[str]) -> str:
 
 
 class EscapeHandler:
-    """Remembers approved escapes: AllowAlways paths (persisted) and AllowSession paths."""
+    """Remembers approved escapes: AllowAlways paths (persisted) and AllowSession paths.
+
+    A journal of changed remembered paths lets a saver that holds an earlier export ask only
+    what changed since (``remembered_path_changes``), in O(changes) rather than O(paths).
+    """
 
     def __init__(self) -> None:
         self._remembered: set[str] = set()
@@ -484,6 +488,56 @@ class EscapeHandler:
         self._exported: tuple[set[str], int, list[str]] | None = None
         self._extra: dict[str, Any] = {}
         """The unknown state keys restored so far (written back by every export)."""
+        self._path_changes: dict[str, int] = {}
+        """Path -> the version after its last change, ordered by that version (the journal)."""
+        self._floor = 0
+        """Deltas are refused from versions before this (the journal no longer covers them)."""
+
+    @property
+    def version(self) -> int:
+        """The current version of the remembered paths (bumped by every change)."""
+        return self._version
+
+    def _note(self, path: str) -> None:
+        """Journal a change of ``path`` at the current version (call after the bump)."""
+        changes = self._path_changes
+        changes.pop(path, None)
+        changes[path] = self._version
+
+    def _bound_journal(self) -> None:
+        """Forget the oldest paths no longer remembered once the journal outgrows the paths,
+        raising ``_floor`` past them (amortised O(1) per change)."""
+        remembered = self._remembered
+        changes = self._path_changes
+        if len(changes) <= 2 * len(remembered) + 64:
+            return
+        excess = len(changes) - (len(remembered) + len(remembered) // 2 + 32)
+        kept: dict[str, int] = {}
+        floor = self._floor
+        for path, version in changes.items():
+            if excess > 0 and path not in remembered:
+                excess -= 1
+                floor = max(floor, version)
+            else:
+                kept[path] = version
+        self._path_changes = kept
+        self._floor = floor
+
+    def remembered_path_changes(self, since: int) -> tuple[int, dict[str, bool]] | None:
+        """``(version, {path: remembered now?})`` for the paths changed after ``since``, or None.
+
+        O(changes). None means the caller must export in full: the journal no longer reaches
+        back to ``since``, or ``since`` is not a version of this handler.
+        """
+        if since < self._floor or since > self._version:
+            return None
+        remembered = self._remembered
+        changes: dict[str, bool] = {}
+        for path, version in reversed(self._path_changes.items()):
+            if version <= since:
+                break
+            changes[path] = path in remembered
+        return self._version, changes
 
     @property
     def remembered_paths(self) -> frozenset[str]:
@@ -499,8 +553,11 @@ class EscapeHandler:
         """Remember the request's path for AllowAlways or AllowSession; otherwise store nothing."""
         path = _canonical_or_raw(request.path)
         if decision is EscapeDecision.ALLOW_ALWAYS:
-            self._remembered.add(path)
-            self._version += 1
+            if path not in self._remembered:
+                self._remembered.add(path)
+                self._version += 1
+                self._note(path)
+                self._bound_journal()
         elif decision is EscapeDecision.ALLOW_SESSION:
             self._session.add(path)
 
@@ -518,26 +575,33 @@ class EscapeHandler:
     def clear_all(self) -> None:
         """Forget every approved path."""
         self._session.clear()
-        self._remembered.clear()
         self._version += 1
+        for path in self._remembered:
+            self._note(path)
+        self._remembered.clear()
+        self._bound_journal()
 
     def export_state(self) -> EscapeState:
         """The AllowAlways paths, sorted (session paths are not persisted)."""
         known = {"remembered_paths": sorted(self._remembered)}
         return EscapeState.model_validate(with_unknown_keys(known, self._extra))
 
-    def export_state_data(self) -> dict[str, Any]:
+    def export_state_data(self, *, paths: bool = True) -> dict[str, Any]:
         """``export_state().model_dump(mode="json")``; the sorted paths are kept until they change.
 
         Every save writes it, and sorting thousands of paths each time would dominate the save.
+        ``paths=False`` leaves out ``remembered_paths`` (for a saver that writes only their
+        changes, see ``remembered_path_changes``).
         """
+        if not paths:
+            return with_unknown_keys({}, self._extra)
         remembered = self._remembered
         cached = self._exported
         if cached is None or cached[0] is not remembered or cached[1] != self._version:
-            paths = sorted(remembered)
-            if not all(type(p) is str for p in paths):  # only ever str, unless set by hand
-                paths = self.export_state().model_dump(mode="json")["remembered_paths"]
-            cached = self._exported = (remembered, self._version, paths)
+            listed = sorted(remembered)
+            if not all(type(p) is str for p in listed):  # only ever str, unless set by hand
+                listed = self.export_state().model_dump(mode="json")["remembered_paths"]
+            cached = self._exported = (remembered, self._version, listed)
         data = {"remembered_paths": list(cached[2])}
         return with_unknown_keys(data, self._extra) if self._extra else data
 
@@ -562,15 +626,23 @@ class EscapeHandler:
             ):
                 logger.warning("dropping never-allowed remembered escape path %r", raw)
                 continue
-            self._remembered.add(canonical)
-            self._version += 1
+            if canonical not in self._remembered:
+                self._remembered.add(canonical)
+                self._version += 1
+                self._note(canonical)
+        self._bound_journal()
 
     def copy(self) -> EscapeHandler:
-        """An independent copy (the handler is held by value)."""
+        """An independent copy (the handler is held by value).
+
+        The copy starts a new journal at a version after this one's, with its floor there: a
+        delta from any version of this handler up to now is refused by the copy.
+        """
         other = EscapeHandler()
         other._remembered = set(self._remembered)
         other._session = set(self._session)
         other._extra = dict(self._extra)
+        other._version = other._floor = self._version + 1
         return other
 
     def __repr__(self) -> str:
