@@ -299,11 +299,15 @@ class AgentSession:
         data["messages"] = list(self.messages) if include_messages else []
         return SessionDocument.from_data(data, source=f"session {self.id.bare}")
 
-    def state_data(self, *, git_capture: GitCapture | None = None) -> dict[str, Any]:
+    def state_data(
+        self, *, git_capture: GitCapture | None = None, keyed: bool = False
+    ) -> dict[str, Any]:
         """The document without its messages, as JSON-ready data (the store's hot path).
 
         The dict and the lists and dicts it holds directly are the caller's; deeper values (each
         allowance's dict) may be shared with the stores' caches and must not be modified.
+        ``keyed``: without ``allowances`` and the escape state's ``remembered_paths`` (a backend
+        storing those as keyed rows gets only their changes, see ``StateDelta``).
         """
         self.record_approvals()
         if git_capture is not None and self.workspace_path is not None:
@@ -317,13 +321,15 @@ class AgentSession:
             created_at=self._created_text[1],
             token_count=self.token_count,
             metadata=self.metadata.model_dump(mode="json"),
-            allowances=self.allowance_store.export_session_allowances_data(),
+            allowances=None if keyed else self.allowance_store.export_session_allowances_data(),
             budget_snapshot=self.budget_tracker.snapshot_data(),
-            escape_state=self.escape_handler.export_state_data(),
+            escape_state=self.escape_handler.export_state_data(paths=not keyed),
             workspace_path=str(self.workspace_path) if self.workspace_path is not None else None,
             model=self.model,
             git_state=_git_data(self.git_state),
         )
+        if keyed:
+            del data["allowances"]
         if self.parent_id is not None:
             data["parent_id"] = self.parent_id.bare
         for key, value in self.extra_fields.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ from .document import GitState, SessionDocument, describe_validation_error
 from .errors import ConcurrencyError, SerializationError, StorageError
 from .ids import SessionId, validate_session_id
 from .messages import Message
-from .security.allowances import Allowance, dump_allowances, load_allowances
+from .security.allowances import Allowance, AllowanceStore, dump_allowances, load_allowances
 from .security.budget import (
     BudgetConfig,
     BudgetTracker,
@@ -34,7 +34,7 @@ from .security.budget import (
     WorkspaceBudgetTracker,
 )
 from .security.capabilities import CapabilityStore
-from .security.escape import EscapeState, WorkspaceBoundary, WorkspaceConfig
+from .security.escape import EscapeHandler, EscapeState, WorkspaceBoundary, WorkspaceConfig
 from .security.kv import KvStore, ScopedKvStore
 from .session import AgentSession, GitCapture
 from .timeutil import to_utc, utcnow
@@ -75,6 +75,30 @@ class SessionRecord:
     updated_at: datetime
 
 
+KEYED_STATE_MIN = 64
+"""From this many session allowances plus remembered escape paths, a backend that accepts state
+deltas keeps them as keyed rows and the store sends it only what changed (below: inline JSON)."""
+
+
+@dataclass(frozen=True)
+class StateDelta:
+    """The keyed collections of a session's state that changed since the save's base revision.
+
+    ``allowances``: allowance id → its JSON data, or None when it is no longer exported (removed,
+    used up, expired); ids new to the stored state come after the stored ones, in this mapping's
+    order; a changed one keeps its place. ``remembered_paths``: escape path → True when
+    remembered, False when forgotten (the state lists them sorted). ``full_state`` builds the
+    complete state, for a backend whose stored state is not keyed (a delta cannot apply there).
+    """
+
+    allowances: Mapping[str, dict[str, Any] | None]
+    remembered_paths: Mapping[str, bool]
+    full_state: Callable[[], dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.allowances) + len(self.remembered_paths)
+
+
 @dataclass(frozen=True)
 class SessionWrite:
     """One save: the new state and only the messages that changed.
@@ -97,6 +121,10 @@ class SessionWrite:
     replace: bool
     summary: SessionSummary
     archived: Sequence[Any] = ()
+    delta: StateDelta | None = None
+    """Set only for backends with ``accepts_state_delta = True``, on a save of a stored session:
+    ``state`` then has no ``allowances`` and its ``escape_state`` no ``remembered_paths``; those
+    are the stored ones changed by ``delta``."""
 
     @property
     def is_append(self) -> bool:
@@ -183,6 +211,19 @@ class StorageBackend(Protocol):
 # -- the facade ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _KeyedBasis:
+    """What a keyed-state backend holds for a session after this store's last write: the
+    versions of the allowance store and escape handler it reflects (see ``StateDelta``)."""
+
+    allowances: AllowanceStore
+    allowance_version: int
+    until: datetime | None
+    escape: EscapeHandler
+    escape_version: int
+    large: bool
+
+
 @dataclass
 class _Mark:
     revision: int
@@ -190,6 +231,7 @@ class _Mark:
     offset: int
     first: Message | None
     last: Message | None
+    keyed: _KeyedBasis | None = None
 
 
 @dataclass
@@ -252,7 +294,7 @@ class SessionStore:
         Raises ``ConcurrencyError`` if another writer saved the session in between.
         """
         mark = self._marks.get(session)
-        state = self._state_of(session)
+        state, delta, keyed = self._state_for_write(session, mark)
         messages = session.messages
         if mark is None:
             change_messages: list[Any] = [m.to_json() for m in messages]
@@ -288,10 +330,53 @@ class SessionStore:
                 base_count=base,
                 replace=replace,
                 summary=summary,
+                delta=delta,
             )
         )
-        self._remember(session, revision, offset + len(messages), offset)
+        self._remember(session, revision, offset + len(messages), offset, keyed)
         return revision
+
+    def _state_for_write(
+        self, session: AgentSession, mark: _Mark | None
+    ) -> tuple[dict[str, Any], StateDelta | None, _KeyedBasis | None]:
+        """The state to write, the keyed delta if the backend takes one, and the new basis.
+
+        A delta needs a basis from this store's last write of the session with the same
+        allowance store and escape handler objects (a load gives none: the first save after a
+        load writes the whole state, which also drops what the load refused).
+        """
+        if getattr(self.backend, "accepts_state_delta", False) is not True:
+            return self._state_of(session), None, None
+        allowances, escape = session.allowance_store, session.escape_handler
+        basis = mark.keyed if mark is not None else None
+        if (
+            basis is not None
+            and basis.large
+            and basis.allowances is allowances
+            and basis.escape is escape
+        ):
+            changed = allowances.session_allowance_changes(
+                basis.allowance_version, basis.until
+            )
+            paths = escape.remembered_path_changes(basis.escape_version)
+            if changed is not None and paths is not None:
+                state = session.state_data(git_capture=self.git_capture, keyed=True)
+
+                def full_state() -> dict[str, Any]:
+                    return session.state_data(git_capture=None)
+
+                delta = StateDelta(changed.changes, paths[1], full_state)
+                return (
+                    state,
+                    delta,
+                    _KeyedBasis(allowances, changed.version, changed.until, escape, paths[0], True),
+                )
+        version, until, exported = allowances.export_session_allowances_snapshot()
+        escape_version = escape.version
+        state = self._state_of(session)
+        remembered = state.get("escape_state", {}).get("remembered_paths", ())
+        large = len(exported) + len(remembered) >= KEYED_STATE_MIN
+        return state, None, _KeyedBasis(allowances, version, until, escape, escape_version, large)
 
     def append_messages(self, session_id: str | SessionId, messages: Iterable[Message]) -> int:
         """Append messages to a stored session without a revision check (concurrent writers)."""
@@ -497,7 +582,14 @@ class SessionStore:
             parent_id=session.parent_id.bare if session.parent_id else None,
         )
 
-    def _remember(self, session: AgentSession, revision: int, count: int, offset: int) -> None:
+    def _remember(
+        self,
+        session: AgentSession,
+        revision: int,
+        count: int,
+        offset: int,
+        keyed: _KeyedBasis | None = None,
+    ) -> None:
         messages = session.messages
         self._marks[session] = _Mark(
             revision=revision,
@@ -505,6 +597,7 @@ class SessionStore:
             offset=offset,
             first=messages[0] if messages else None,
             last=messages[-1] if messages else None,
+            keyed=keyed,
         )
 
 
@@ -516,6 +609,7 @@ def _validated(model: Any, data: Any, where: str) -> Any:
 
 
 __all__ = [
+    "KEYED_STATE_MIN",
     "ConcurrencyError",
     "GitState",
     "HistoryEntry",
@@ -523,6 +617,7 @@ __all__ = [
     "SessionStore",
     "SessionSummary",
     "SessionWrite",
+    "StateDelta",
     "StorageBackend",
     "WorkspaceState",
 ]

@@ -572,11 +572,11 @@ def test_migrations_recorded_by_name_and_idempotent(db: Path) -> None:
     backend = SqliteBackend(db)
     applied = backend.migrations()
     assert [name for name, _ in applied] == [name for name, _ in MIGRATIONS]
-    assert backend.schema_version() == len(MIGRATIONS) == 5
+    assert backend.schema_version() == len(MIGRATIONS) == 6
     backend.close()
     again = SqliteBackend(db)
     assert again.migrations() == applied
-    assert again.schema_version() == 5
+    assert again.schema_version() == 6
     again.close()
     with sqlite3.connect(db) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -584,7 +584,7 @@ def test_migrations_recorded_by_name_and_idempotent(db: Path) -> None:
         mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
     raw.close()
     assert {"sessions", "messages", "kv", "_astrid_migrations"} <= tables
-    assert version == 5 and mode == "wal"
+    assert version == 6 and mode == "wal"
 
 
 def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
@@ -601,7 +601,7 @@ def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
     )
     raw.close()
     backend = SqliteBackend(path)
-    assert backend.schema_version() == 5
+    assert backend.schema_version() == 6
     assert backend.migrations()[0] == (name, "2020-01-01T00:00:00Z")
     assert [r.id for r in backend.list_sessions()] == ["x"]
     backend.kv().set("ns", "k", b"v")
@@ -614,7 +614,7 @@ def test_newer_user_version_is_refused(db: Path) -> None:
         raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(
-        SchemaVersionError, match=r"written by a newer astrid \(schema 99, this astrid knows 5\)"
+        SchemaVersionError, match=r"written by a newer astrid \(schema 99, this astrid knows 6\)"
     ) as info:
         SqliteBackend(db)
     assert str(db) in str(info.value)
@@ -627,7 +627,7 @@ def test_unknown_migration_name_is_refused(db: Path) -> None:
             "INSERT INTO _astrid_migrations VALUES ('0099_from_the_future', '2030-01-01T00:00:00Z')"
         )
     raw.close()
-    with pytest.raises(SchemaVersionError, match=r"schema 6, this astrid knows 5.*0099_from_the"):
+    with pytest.raises(SchemaVersionError, match=r"schema 7, this astrid knows 6.*0099_from_the"):
         SqliteBackend(db)
 
 

@@ -51,7 +51,14 @@ from ..hookspecs import hookimpl
 from ..messages import Message, MessageRole
 from ..plugins import PluginContext
 from ..security.kv import validate_name
-from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
+from ..store import (
+    KEYED_STATE_MIN,
+    HistoryEntry,
+    SessionRecord,
+    SessionSummary,
+    SessionWrite,
+    StateDelta,
+)
 from ..timeutil import parse_rfc3339, to_utc, utcnow
 
 DEFAULT_FILENAME = "astrid.db"
@@ -213,12 +220,76 @@ def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
     )
 
 
+ITEM_ALLOWANCE = 1
+"""``session_items.kind`` of a session allowance (key: its id; value: its JSON)."""
+ITEM_ESCAPE_PATH = 2
+"""``session_items.kind`` of a remembered escape path (key: the path; no value)."""
+
+
+def _m0006_session_items(conn: sqlite3.Connection) -> None:
+    """Many session allowances / escape paths become keyed rows, so a save writes only changes.
+
+    ``sessions.keyed`` is 1 when a session's state holds them in ``session_items`` (its
+    ``state`` then lacks ``allowances`` and ``escape_state.remembered_paths``); ``next_item``
+    numbers new rows in order. Existing sessions stay inline until their next whole write. The
+    one-statement append applies only to inline sessions. The ``session_state`` view gives every
+    session's whole state JSON, however it is stored (for ``sqlite3`` and Datasette).
+    """
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS session_items (
+            session_id TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            ord INTEGER NOT NULL,
+            value TEXT,
+            PRIMARY KEY (session_id, kind, key)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("ALTER TABLE sessions ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE sessions ADD COLUMN next_item INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        """
+        CREATE VIEW IF NOT EXISTS session_state AS
+        SELECT id, CASE WHEN keyed THEN json_set(state,
+            '$.allowances', (SELECT json_group_array(json(value)) FROM (
+                SELECT value FROM session_items
+                WHERE session_id = sessions.id AND kind = 1 ORDER BY ord)),
+            '$.escape_state.remembered_paths', (SELECT json_group_array(key) FROM (
+                SELECT key FROM session_items
+                WHERE session_id = sessions.id AND kind = 2 ORDER BY key)))
+            ELSE state END AS state
+        FROM sessions
+        """
+    )
+    conn.execute("DROP TRIGGER IF EXISTS _astrid_append_one")
+    conn.execute(
+        """
+        CREATE TRIGGER _astrid_append_one INSTEAD OF INSERT ON _astrid_append
+        BEGIN
+            UPDATE sessions SET revision = revision + 1, state = NEW.state, title = NEW.title,
+                updated_at = NEW.updated_at, message_count = message_count + 1,
+                token_count = NEW.token_count, workspace_path = NEW.workspace_path,
+                model = NEW.model, parent_id = NEW.parent_id, next_seq = next_seq + 1
+            WHERE id = NEW.session_id AND revision = NEW.expected_revision
+                AND message_count = NEW.base_count AND keyed = 0;
+            SELECT RAISE(ABORT, 'astrid: stale append') WHERE changes() = 0;
+            INSERT INTO messages (session_id, seq, active, role, text, body)
+            SELECT NEW.session_id, next_seq - 1, 1, NEW.role, NEW.text, NEW.body
+            FROM sessions WHERE id = NEW.session_id;
+        END
+        """
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_sessions", _m0001_sessions),
     ("0002_messages", _m0002_messages),
     ("0003_kv", _m0003_kv),
     ("0004_message_columns", _m0004_message_columns),
     ("0005_append_trigger", _m0005_append_trigger),
+    ("0006_session_items", _m0006_session_items),
 )
 """The migration ladder: applied in order, each once, each in its own transaction."""
 
@@ -237,6 +308,46 @@ _format_created = functools.lru_cache(maxsize=256)(format_timestamp)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_Item = tuple[int, str, Any]
+"""``(kind, key, value)`` of a ``session_items`` row before encoding (value: JSON data or None)."""
+
+
+def _split_state(
+    state: dict[str, Any], *, force: bool
+) -> tuple[dict[str, Any], list[_Item]] | None:
+    """The state without its allowances and remembered escape paths, and those as items.
+
+    None keeps the state inline: fewer than ``KEYED_STATE_MIN`` of them (unless ``force``), or
+    not keyable without changing them (an allowance that is not an object with a string ``id``,
+    a repeated id, paths that are not unique sorted strings: written back exactly as given).
+    """
+    allowances = state.get("allowances")
+    escape = state.get("escape_state")
+    if type(allowances) is not list or type(escape) is not dict:
+        return None
+    paths = escape.get("remembered_paths")
+    if type(paths) is not list:
+        return None
+    if not force and len(allowances) + len(paths) < KEYED_STATE_MIN:
+        return None
+    items: list[_Item] = []
+    ids: set[str] = set()
+    for allowance in allowances:
+        key = allowance.get("id") if type(allowance) is dict else None
+        if type(key) is not str or key in ids:
+            return None
+        ids.add(key)
+        items.append((ITEM_ALLOWANCE, key, allowance))
+    previous: str | None = None
+    for path in paths:
+        if type(path) is not str or (previous is not None and path <= previous):
+            return None
+        previous = path
+        items.append((ITEM_ESCAPE_PATH, path, None))
+    rest = {key: value for key, value in state.items() if key != "allowances"}
+    rest["escape_state"] = {k: v for k, v in escape.items() if k != "remembered_paths"}
+    return rest, items
 
 
 def _parse_timestamp(text: str) -> datetime:
@@ -291,6 +402,8 @@ class SqliteBackend:
     """Sessions in a SQLite file; one connection per backend, guarded by a lock."""
 
     name = "sqlite"
+    accepts_state_delta = True
+    """Saves of sessions with many allowances / escape paths send only their changes."""
 
     def __init__(
         self,
@@ -534,7 +647,7 @@ class SqliteBackend:
 
         def read(c: sqlite3.Connection) -> tuple[Any, ...] | None:
             row = c.execute(
-                "SELECT state, revision, message_count, updated_at, next_seq "
+                "SELECT state, revision, message_count, updated_at, next_seq, keyed "
                 "FROM sessions WHERE id = ?",
                 (session_id,),
             ).fetchone()
@@ -547,18 +660,29 @@ class SqliteBackend:
                 "WHERE session_id = ? AND seq >= ? AND active = 1 ORDER BY seq",
                 (session_id, next_seq - wanted),
             ).fetchall()
-            return (*row[:4], rows)
+            items = (
+                c.execute(
+                    "SELECT kind, key, value FROM session_items WHERE session_id = ? "
+                    "ORDER BY kind, ord",
+                    (session_id,),
+                ).fetchall()
+                if row[5]
+                else None
+            )
+            return (*row[:4], rows, items)
 
         found = self._run(read, "read")
         if found is None:
             return None
-        state_text, revision, count, updated_at, rows = found
+        state_text, revision, count, updated_at, rows, items = found
         state = self._decode(state_text, session_id, "state")
         if not isinstance(state, dict):
             raise SerializationError(
                 f"{self.path}: session {session_id}: stored state is a JSON "
                 f"{type(state).__name__}, not an object"
             )
+        if items is not None:
+            self._join_items(state, items, session_id)
         messages = decode(rows, session_id)
         return SessionRecord(
             state=state,
@@ -568,6 +692,91 @@ class SqliteBackend:
             revision=int(revision),
             updated_at=_parse_timestamp(updated_at),
         )
+
+    def _join_items(
+        self, state: dict[str, Any], items: list[tuple[Any, Any, Any]], session_id: str
+    ) -> None:
+        """Put a keyed session's allowances and remembered escape paths back into its state."""
+        escape = state.get("escape_state")
+        if type(escape) is not dict:
+            raise SerializationError(
+                f"{self.path}: session {session_id}: stored state has keyed escape paths but "
+                "no escape_state object"
+            )
+        allowances: list[Any] = []
+        paths: list[str] = []
+        for kind, key, value in items:
+            if kind == ITEM_ALLOWANCE:
+                allowances.append(self._decode(value, session_id, f"allowance {key}"))
+            elif kind == ITEM_ESCAPE_PATH and type(key) is str:
+                paths.append(key)
+            else:
+                raise SerializationError(
+                    f"{self.path}: session {session_id}: stored state item {key!r} has an "
+                    f"unknown kind {kind!r}"
+                )
+        paths.sort()
+        state["allowances"] = allowances
+        escape["remembered_paths"] = paths
+
+    def _item_rows(
+        self, items: list[_Item], session_id: str, first: int
+    ) -> list[tuple[str, int, str, int, str | None]]:
+        """``session_items`` rows for ``items``, numbered from ``first``."""
+        return [
+            (
+                session_id,
+                kind,
+                key,
+                first + i,
+                None if value is None else self._encode(value, session_id, f"allowance {key}"),
+            )
+            for i, (kind, key, value) in enumerate(items)
+        ]
+
+    def _apply_delta(
+        self, c: sqlite3.Connection, session_id: str, delta: StateDelta, first: int
+    ) -> None:
+        """Write a keyed session's changed allowances and escape paths (new rows from ``first``)."""
+        deletes: list[tuple[str, int, str]] = []
+        upserts: list[_Item] = []
+        for key, data in delta.allowances.items():
+            if data is None:
+                deletes.append((session_id, ITEM_ALLOWANCE, key))
+            else:
+                upserts.append((ITEM_ALLOWANCE, key, data))
+        for path, present in delta.remembered_paths.items():
+            if present:
+                upserts.append((ITEM_ESCAPE_PATH, path, None))
+            else:
+                deletes.append((session_id, ITEM_ESCAPE_PATH, path))
+        if deletes:
+            c.executemany(
+                "DELETE FROM session_items WHERE session_id = ? AND kind = ? AND key = ?", deletes
+            )
+        if upserts:
+            # A changed row keeps its place (``ord``); a new one goes after the stored ones.
+            c.executemany(
+                "INSERT INTO session_items (session_id, kind, key, ord, value) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (session_id, kind, key) DO UPDATE SET value = excluded.value",
+                self._item_rows(upserts, session_id, first),
+            )
+
+    @staticmethod
+    def _replace_items(
+        c: sqlite3.Connection,
+        session_id: str,
+        rows: list[tuple[str, int, str, int, str | None]],
+    ) -> None:
+        """Make ``rows`` (encoded by ``_item_rows``) the session's keyed rows."""
+        c.execute("DELETE FROM session_items WHERE session_id = ?", (session_id,))
+        if rows:
+            c.executemany(
+                "INSERT INTO session_items (session_id, kind, key, ord, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def _messages_of(self, rows: list[tuple[Any, Any, Any]], session_id: str) -> list[Any]:
         """Stored ``(role, text, body)`` rows as JSON values: text rows need no parsing."""
@@ -660,10 +869,17 @@ class SqliteBackend:
             ) from None
 
     def write(self, change: SessionWrite) -> int:
-        """Apply one save in one transaction; ``ConcurrencyError`` on a stale revision."""
+        """Apply one save in one transaction; ``ConcurrencyError`` on a stale revision.
+
+        Many session allowances and escape paths are kept as keyed rows (``session_items``): a
+        whole state is split on the way in, and a ``change.delta`` updates only changed rows.
+        """
         sid = change.session_id
         change.check_archived()
-        state = self._encode(change.state, sid, "state")
+        delta = change.delta
+        split = None if delta is not None else _split_state(change.state, force=False)
+        state = self._encode(split[0] if split is not None else change.state, sid, "state")
+        item_rows = self._item_rows(split[1], sid, 0) if split is not None else None
         rows = [self._columns(m, sid) for m in change.messages]
         archived = [self._columns(m, sid) for m in change.archived]
         summary = change.summary
@@ -697,14 +913,17 @@ class SqliteBackend:
             return True
 
         def fast_append(c: sqlite3.Connection) -> int | None:
-            # Several messages: one UPDATE compare-and-sets and learns where they go.
+            # Several messages (or a delta of keyed rows): one UPDATE compare-and-sets and
+            # learns where the messages and new keyed rows go.
             n = len(rows)
+            reserved = len(delta) if delta is not None else 0
             row = c.execute(
                 "UPDATE sessions SET revision = revision + 1, state = ?, title = ?, "
                 "updated_at = ?, message_count = message_count + ?, token_count = ?, "
-                "workspace_path = ?, model = ?, parent_id = ?, next_seq = next_seq + ? "
-                "WHERE id = ? AND revision = ? AND message_count = ? "
-                "RETURNING revision, next_seq",
+                "workspace_path = ?, model = ?, parent_id = ?, next_seq = next_seq + ?, "
+                "next_item = next_item + ? "
+                "WHERE id = ? AND revision = ? AND message_count = ? AND keyed = ? "
+                "RETURNING revision, next_seq, next_item",
                 (
                     state,
                     summary.title,
@@ -715,18 +934,22 @@ class SqliteBackend:
                     summary.model,
                     summary.parent_id,
                     n,
+                    reserved,
                     sid,
                     change.expected_revision,
                     change.base_count,
+                    1 if delta is not None else 0,
                 ),
             ).fetchone()
             if row is None:
                 return None
             self._insert(c, sid, int(row[1]) - n, rows)
+            if delta is not None:
+                self._apply_delta(c, sid, delta, int(row[2]) - reserved)
             return int(row[0])
 
-        if change.is_append and change.expected_revision is not None:
-            if len(rows) == 1:
+        if change.is_append and change.expected_revision is not None and split is None:
+            if len(rows) == 1 and delta is None:
                 if self._guarded(append_one, "single", sid):
                     return change.expected_revision + 1
             else:
@@ -736,7 +959,9 @@ class SqliteBackend:
 
         def apply(c: sqlite3.Connection) -> int:
             row = c.execute(
-                "SELECT revision, message_count, next_seq FROM sessions WHERE id = ?", (sid,)
+                "SELECT revision, message_count, next_seq, keyed, next_item "
+                "FROM sessions WHERE id = ?",
+                (sid,),
             ).fetchone()
             current = int(row[0]) if row is not None else None
             if current != change.expected_revision:
@@ -765,9 +990,25 @@ class SqliteBackend:
             next_seq += len(archived)
             self._insert(c, sid, next_seq, rows)
             revision += 1
+            state_text, keyed, next_item = state, 0, 0
+            if delta is not None and row is not None and row[3]:
+                keyed, next_item = 1, int(row[4]) + len(delta)
+                self._apply_delta(c, sid, delta, int(row[4]))
+            else:
+                new_rows = item_rows
+                if delta is not None:
+                    # The stored state is inline: the delta cannot apply, write it whole.
+                    full = delta.full_state()
+                    whole = _split_state(full, force=True)
+                    state_text = self._encode(whole[0] if whole else full, sid, "state")
+                    new_rows = self._item_rows(whole[1], sid, 0) if whole else None
+                if new_rows is not None:
+                    keyed, next_item = 1, len(new_rows)
+                if new_rows is not None or (row is not None and row[3]):
+                    self._replace_items(c, sid, new_rows or [])
             values = (
                 revision,
-                state,
+                state_text,
                 summary.title,
                 created,
                 updated,
@@ -777,20 +1018,23 @@ class SqliteBackend:
                 summary.model,
                 summary.parent_id,
                 next_seq + len(rows),
+                keyed,
+                next_item,
                 sid,
             )
             if row is None:
                 c.execute(
                     "INSERT INTO sessions (revision, state, title, created_at, updated_at, "
-                    "message_count, token_count, workspace_path, model, parent_id, next_seq, id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "message_count, token_count, workspace_path, model, parent_id, next_seq, "
+                    "keyed, next_item, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
             else:
                 c.execute(
                     "UPDATE sessions SET revision = ?, state = ?, title = ?, created_at = ?, "
                     "updated_at = ?, message_count = ?, token_count = ?, workspace_path = ?, "
-                    "model = ?, parent_id = ?, next_seq = ? WHERE id = ?",
+                    "model = ?, parent_id = ?, next_seq = ?, keyed = ?, next_item = ? "
+                    "WHERE id = ?",
                     values,
                 )
             return revision
@@ -870,6 +1114,7 @@ class SqliteBackend:
 
         def apply(c: sqlite3.Connection) -> bool:
             c.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            c.execute("DELETE FROM session_items WHERE session_id = ?", (session_id,))
             return c.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 
         return self._run(apply, "write")

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ from ..security.escape import EscapeDecision, EscapeOperation, EscapeRequest, Es
 from ..security.kv import KvStore, NamespaceListing
 from ..session import AgentSession
 from ..store import (
+    KEYED_STATE_MIN,
     HistoryEntry,
     SessionRecord,
     SessionStore,
@@ -155,6 +156,14 @@ def _change(
         ),
         archived=_as_json(archived),
     )
+
+
+def _comparable(session: AgentSession) -> dict[str, Any]:
+    """The session's document data without the budget snapshot's time (taken at each export)."""
+    data = session.to_document().to_data()
+    if isinstance(data.get("budget_snapshot"), dict):
+        data["budget_snapshot"].pop("last_updated", None)
+    return data
 
 
 class _RecordingBackend:
@@ -386,6 +395,50 @@ class StorageConformance:
         assert got == expected
         assert spent[0]["session_spent_usd"] == spent[1]["session_spent_usd"]
         assert spent[0]["config"] == spent[1]["config"]
+
+    def test_many_allowances_and_escape_paths_survive_every_kind_of_change(
+        self, backend: StorageBackend, store: SessionStore, workspace: Path
+    ) -> None:
+        """A session with more session allowances and escape paths than ``KEYED_STATE_MIN``
+        (a backend with ``accepts_state_delta`` gets only changes), changed every save."""
+        reader = SessionStore(backend)
+        session = AgentSession("many")
+        dirs = []
+        for i in range(KEYED_STATE_MIN + 10):
+            session.add_session_allowance(
+                Allowance.create(ExactTool(server="fs", tool=f"t{i}"), session_only=True)
+            )
+            where = workspace / f"d{i}"
+            where.mkdir()
+            dirs.append(where)
+            session.escape_handler.process_decision(
+                EscapeRequest.new(where, EscapeOperation.READ, "conformance"),
+                EscapeDecision.ALLOW_ALWAYS,
+            )
+        store.save(session)
+        once = Allowance.create(ExactTool(server="fs", tool="once"), session_only=True, max_uses=2)
+        changes: list[Callable[[], object]] = [
+            lambda: session.add_session_allowance(once),
+            lambda: session.allowance_store.consume_use(once.id),
+            lambda: session.allowance_store.consume_use(once.id),  # used up: no longer saved
+            lambda: session.add_session_allowance(
+                Allowance.create(ExactTool(server="fs", tool="new"), session_only=True)
+            ),
+            lambda: None,  # a save with no state change
+            lambda: session.escape_handler.clear_all(),
+            lambda: session.escape_handler.process_decision(
+                EscapeRequest.new(dirs[3], EscapeOperation.WRITE, "conformance"),
+                EscapeDecision.ALLOW_ALWAYS,
+            ),
+            lambda: session.end_session(),
+        ]
+        for step, change in enumerate(changes):
+            change()
+            session.add_message(Message.user(f"step {step}"))
+            store.save(session)
+            loaded = reader.load(session.id)
+            assert loaded is not None, f"step {step}"
+            assert _comparable(loaded) == _comparable(session), f"step {step}"
 
     def test_load_decoded_if_offered_matches_load(
         self, backend: StorageBackend, store: SessionStore
