@@ -7,6 +7,11 @@ Layout (the same as the ``sqlite`` backend's, in the configured PostgreSQL schem
 * ``messages``: append-only, one row per message ever stored (``active`` false once replaced),
   keyed by ``(session_id, seq)``. The active messages are the session's last ``message_count``
   sequence numbers, so full and tail loads are range scans of the primary key.
+* ``session_items``: a session's allowances and remembered escape paths as keyed rows
+  ``(session_id, kind, key, ord, value)`` once it has many (``KEYED_STATE_MIN``; the session row
+  is then ``keyed`` and its ``state`` lacks them), so a save writes only the changed ones (the
+  store sends a ``StateDelta``). Allowances load in ``ord`` order (new ones numbered from
+  ``next_item``), paths sorted. Fewer, or ones that cannot be keyed exactly, stay in ``state``.
 * ``kv``: the scoped key-value store (deferred queues, workspace state).
 * ``cap_tokens``, ``cap_revoked``, ``cap_used``: the ``postgres`` capability store.
 
@@ -14,10 +19,11 @@ Concurrency: creating, saving and appending are one statement each (one round tr
 is ``INSERT ... ON CONFLICT DO NOTHING``; a save is a compare-and-set ``UPDATE ... WHERE revision
 = expected``, which PostgreSQL re-checks on the newest row version after waiting for another
 writer; an append reserves its sequence numbers with ``UPDATE ... SET next_seq = next_seq + n
-... RETURNING``; each inserts its messages in the same statement. A replace locks the row with
+... RETURNING``; each inserts its messages (and a delta save its changed keyed rows) in the
+same statement. A replace, and a whole write of a keyed or large state, lock the row with
 ``SELECT ... FOR UPDATE`` first. So any number of processes on any number of hosts can save and
-append to the same session: a stale save fails with ``ConcurrencyError`` and concurrent appends
-never collide or get lost. Reads are single statements (one snapshot each).
+append to the same session: a stale save fails with ``ConcurrencyError`` and changes nothing, and
+concurrent appends never collide or get lost. Reads are single statements (one snapshot each).
 """
 
 from __future__ import annotations
@@ -25,12 +31,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, LiteralString
+from typing import Any, LiteralString, TypeGuard
 
 import pydantic_core
 from astrid.errors import ConcurrencyError, SerializationError, SessionNotFound
 from astrid.security.kv import validate_name
-from astrid.store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
+from astrid.store import (
+    KEYED_STATE_MIN,
+    HistoryEntry,
+    SessionRecord,
+    SessionSummary,
+    SessionWrite,
+    StateDelta,
+)
 from astrid.timeutil import to_utc, utcnow
 from psycopg import sql
 
@@ -104,6 +117,69 @@ def _summary_columns(
     return title, model, workspace, parent, a | b | c | d
 
 
+# -- keyed state ---------------------------------------------------------------------------------
+
+ITEM_ALLOWANCE = 1
+"""``session_items.kind`` of a session allowance (key: its id; value: its JSON)."""
+ITEM_ESCAPE_PATH = 2
+"""``session_items.kind`` of a remembered escape path (key: the path; no value)."""
+
+Item = tuple[int, str, Any]
+"""``(kind, key, value)`` of a ``session_items`` row before encoding (value: JSON data or None)."""
+
+_NO_ITEMS: dict[str, Any] = {"ikinds": [], "ikeys": [], "ivalues": [], "nitems": 0}
+
+
+def storable_key(key: object) -> TypeGuard[str]:
+    """True for a string a ``text`` column holds exactly: no NUL, no lone surrogate."""
+    if type(key) is not str or "\0" in key:
+        return False
+    if key.isascii():
+        return True
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def split_state(state: dict[str, Any], *, force: bool) -> tuple[dict[str, Any], list[Item]] | None:
+    """The state without its allowances and remembered escape paths, and those as items.
+
+    None keeps the state inline: fewer than ``KEYED_STATE_MIN`` of them (unless ``force``), or
+    not keyable without changing them (an allowance that is not an object with a string ``id``,
+    a repeated id, paths that are not unique sorted strings, a key ``text`` cannot hold: NUL or
+    a lone surrogate). Those are written back exactly as given. The rules of the ``sqlite``
+    backend, plus the last one.
+    """
+    allowances = state.get("allowances")
+    escape = state.get("escape_state")
+    if type(allowances) is not list or type(escape) is not dict:
+        return None
+    paths = escape.get("remembered_paths")
+    if type(paths) is not list:
+        return None
+    if not force and len(allowances) + len(paths) < KEYED_STATE_MIN:
+        return None
+    items: list[Item] = []
+    ids: set[str] = set()
+    for allowance in allowances:
+        key = allowance.get("id") if type(allowance) is dict else None
+        if not storable_key(key) or key in ids:
+            return None
+        ids.add(key)
+        items.append((ITEM_ALLOWANCE, key, allowance))
+    previous: str | None = None
+    for path in paths:
+        if not storable_key(path) or (previous is not None and path <= previous):
+            return None
+        previous = path
+        items.append((ITEM_ESCAPE_PATH, path, None))
+    rest = {key: value for key, value in state.items() if key != "allowances"}
+    rest["escape_state"] = {k: v for k, v in escape.items() if k != "remembered_paths"}
+    return rest, items
+
+
 # -- the backend ---------------------------------------------------------------------------------
 
 
@@ -111,6 +187,8 @@ class PostgresBackend:
     """Sessions in a PostgreSQL schema, through a psycopg connection pool (thread safe)."""
 
     name = "postgres"
+    accepts_state_delta = True
+    """Saves of sessions with many allowances / escape paths send only their changes."""
 
     def __init__(
         self,
@@ -174,23 +252,32 @@ class PostgresBackend:
         """The session (only its last ``tail`` active messages if given), or None."""
         if tail is not None and tail < 0:
             raise ValueError("tail must be >= 0")
+        # One statement (one snapshot): the row, its active messages and its keyed rows.
         query = self._q(
             "SELECT s.state, s.revision, s.message_count, s.updated_at, ARRAY("
             " SELECT m.body FROM {s}.messages m WHERE m.session_id = s.id"
             " AND m.seq >= s.next_seq - LEAST(s.message_count, COALESCE(%s::bigint,"
-            " s.message_count)) AND m.active ORDER BY m.seq) "
+            " s.message_count)) AND m.active ORDER BY m.seq), "
+            "CASE WHEN s.keyed THEN ARRAY("
+            " SELECT ARRAY[i.kind::text, i.key, i.value] FROM {s}.session_items i"
+            " WHERE i.session_id = s.id ORDER BY i.kind, i.ord, i.key) END "
             "FROM {s}.sessions s WHERE s.id = %s"
         )
-        row = self._run(lambda c: c.execute(query, (tail, session_id)).fetchone(), write=False)
+        # Binary results: arrays of JSON text arrive without text-array unescaping.
+        row = self._run(
+            lambda c: c.execute(query, (tail, session_id), binary=True).fetchone(), write=False
+        )
         if row is None:
             return None
-        state_text, revision, count, updated_at, bodies = row
+        state_text, revision, count, updated_at, bodies, items = row
         state = self._decode(state_text, session_id, "state")
         if not isinstance(state, dict):
             raise SerializationError(
                 f"{self.where}: session {session_id}: stored state is a JSON "
                 f"{type(state).__name__}, not an object"
             )
+        if items is not None:
+            self._join_items(state, items, session_id)
         messages = [self._decode(b, session_id, "message") for b in bodies or ()]
         return SessionRecord(
             state=state,
@@ -229,23 +316,109 @@ class PostgresBackend:
             f"{current})"
         )
 
+    def _join_items(self, state: dict[str, Any], items: list[Any], session_id: str) -> None:
+        """Put a keyed session's allowances and remembered escape paths back into its state."""
+        escape = state.get("escape_state")
+        if type(escape) is not dict:
+            raise SerializationError(
+                f"{self.where}: session {session_id}: stored state has keyed escape paths but "
+                "no escape_state object"
+            )
+        allowances: list[Any] = []
+        paths: list[str] = []
+        allowance, path = str(ITEM_ALLOWANCE), str(ITEM_ESCAPE_PATH)
+        for kind, key, value in items:
+            if kind == allowance:
+                allowances.append(self._decode(value, session_id, f"allowance {key}"))
+            elif kind == path:
+                paths.append(key)
+            else:
+                raise SerializationError(
+                    f"{self.where}: session {session_id}: stored state item {key!r} has an "
+                    f"unknown kind {kind!r}"
+                )
+        paths.sort()
+        state["allowances"] = allowances
+        escape["remembered_paths"] = paths
+
+    def _item_params(self, items: list[Item], sid: str) -> dict[str, Any]:
+        """The parameters inserting ``items`` as rows numbered from 0 (``ikinds`` ...)."""
+        kinds: list[int] = []
+        keys: list[str] = []
+        values: list[str | None] = []
+        for kind, key, value in items:
+            kinds.append(kind)
+            keys.append(key)
+            values.append(None if value is None else self._encode(value, sid, f"allowance {key}"))
+        return {"ikinds": kinds, "ikeys": keys, "ivalues": values, "nitems": len(items)}
+
+    def _delta_params(self, delta: StateDelta, sid: str) -> dict[str, Any] | None:
+        """The parameters of a delta's deleted (``d*``) and upserted (``u*``) rows.
+
+        None when a key cannot be stored exactly (the save then writes the whole state).
+        """
+        dkinds: list[int] = []
+        dkeys: list[str] = []
+        ukinds: list[int] = []
+        ukeys: list[str] = []
+        uvalues: list[str | None] = []
+        for key, data in delta.allowances.items():
+            if not storable_key(key):
+                return None
+            if data is None:
+                dkinds.append(ITEM_ALLOWANCE)
+                dkeys.append(key)
+            else:
+                ukinds.append(ITEM_ALLOWANCE)
+                ukeys.append(key)
+                uvalues.append(self._encode(data, sid, f"allowance {key}"))
+        for path, present in delta.remembered_paths.items():
+            if not storable_key(path):
+                return None
+            if present:
+                ukinds.append(ITEM_ESCAPE_PATH)
+                ukeys.append(path)
+                uvalues.append(None)
+            else:
+                dkinds.append(ITEM_ESCAPE_PATH)
+                dkeys.append(path)
+        return {
+            "dkinds": dkinds,
+            "dkeys": dkeys,
+            "ukinds": ukinds,
+            "ukeys": ukeys,
+            "uvalues": uvalues,
+            "nnew": len(ukeys),
+        }
+
     def write(self, change: SessionWrite) -> int:
         """Apply one save atomically; ``ConcurrencyError`` on a stale revision.
 
         Creating and appending are one statement each (one round trip): a conditional
         ``INSERT ... ON CONFLICT DO NOTHING`` or ``UPDATE ... WHERE revision = expected``, with
-        the messages inserted by the same statement. A replace is a transaction that locks the
-        row with ``SELECT ... FOR UPDATE`` first. ``change.archived`` (a create or a replace
-        only) is inserted inactive, before the active messages, by the same statement or
-        transaction.
+        the messages (and a delta's keyed rows) written by the same statement. A replace, a
+        whole write of a keyed or large state, and a save the one statement did not apply (stale,
+        or the row not keyed as the save expects) are a transaction that locks the row with
+        ``SELECT ... FOR UPDATE`` first (and raises ``ConcurrencyError`` when stale).
+        ``change.archived`` (a create or a replace only) is inserted inactive, before the active
+        messages, by the same statement or transaction.
+
+        Many session allowances and escape paths are kept as keyed rows (``session_items``): a
+        whole state is split on the way in (``split_state``), and a ``change.delta`` updates
+        only changed rows; a delta for an inline row writes ``delta.full_state()`` keyed.
         """
         change.check_archived()
         sid = change.session_id
         summary = change.summary
+        delta = change.delta
+        state = change.state
+        if delta is not None and change.expected_revision is None:
+            state, delta = delta.full_state(), None  # nothing stored to apply a delta to
+        split = None if delta is not None else split_state(state, force=False)
         title, model, workspace, parent, flags = _summary_columns(summary)
         params: dict[str, Any] = {
             "sid": sid,
-            "state": self._encode(change.state, sid, "state"),
+            "state": self._encode(split[0] if split is not None else state, sid, "state"),
             "bodies": [self._encode(m, sid, "message") for m in change.messages],
             "n": len(change.messages),
             "archived": [self._encode(m, sid, "message") for m in change.archived],
@@ -261,13 +434,29 @@ class PostgresBackend:
             "expected": change.expected_revision,
             "base": change.base_count,
         }
+        items = self._item_params(split[1], sid) if split is not None else None
+        changes = self._delta_params(delta, sid) if delta is not None else None
         if change.expected_revision is None:
-            fn = self._create
-        elif change.replace:
-            fn = self._replace
-        else:
-            fn = self._save
-        result: int = self._run(lambda c: fn(c, params), write=change.replace)
+            created = {**params, **(items or _NO_ITEMS), "keyed": items is not None}
+            result: int = self._run(lambda c: self._create(c, created), write=False)
+            return result
+        if not change.replace:
+            # One statement when the stored row is what the save expects (inline for a whole
+            # write, keyed for a delta); otherwise (or stale) the general transaction decides.
+            done: int | None = None
+            if delta is None and split is None:
+                done = self._run(lambda c: self._save(c, params), write=False)
+            elif changes is not None:
+                saved = {**params, **changes}
+                done = self._run(lambda c: self._save_delta(c, saved), write=False)
+            if done is not None:
+                return done
+        result = self._run(
+            lambda c: self._general(
+                c, params, replace=change.replace, delta=delta, changes=changes, items=items
+            ),
+            write=True,
+        )
         return result
 
     def _create(self, c: Conn, p: dict[str, Any]) -> int:
@@ -279,14 +468,19 @@ class PostgresBackend:
                 "WITH created AS ("
                 " INSERT INTO {s}.sessions (id, revision, state, title, created_at, updated_at,"
                 " message_count, token_count, workspace_path, model, parent_id, next_seq,"
-                " nul_escaped) VALUES (%(sid)s, 1, %(state)s, %(title)s, %(created)s,"
-                " %(updated)s, %(n)s, %(tokens)s, %(workspace)s, %(model)s, %(parent)s,"
-                " %(na)s::bigint + %(n)s::bigint, %(flags)s) ON CONFLICT (id) DO NOTHING"
-                " RETURNING id"
+                " nul_escaped, keyed, next_item) VALUES (%(sid)s, 1, %(state)s, %(title)s,"
+                " %(created)s, %(updated)s, %(n)s, %(tokens)s, %(workspace)s, %(model)s,"
+                " %(parent)s, %(na)s::bigint + %(n)s::bigint, %(flags)s, %(keyed)s,"
+                " %(nitems)s) ON CONFLICT (id) DO NOTHING RETURNING id"
                 "), stored AS ("
                 " INSERT INTO {s}.messages (session_id, seq, active, body)"
                 " SELECT created.id, t.n - 1, t.n > %(na)s::bigint, t.body FROM created,"
                 " unnest(%(bodies)s::text[]) WITH ORDINALITY AS t(body, n)"
+                "), items AS ("
+                " INSERT INTO {s}.session_items (session_id, kind, key, ord, value)"
+                " SELECT created.id, t.kind, t.key, t.n - 1, t.value FROM created,"
+                " unnest(%(ikinds)b::smallint[], %(ikeys)b::text[], %(ivalues)b::text[])"
+                " WITH ORDINALITY AS t(kind, key, value, n)"
                 ") SELECT count(*) FROM created"
             ),
             p,
@@ -295,7 +489,8 @@ class PostgresBackend:
             raise self._stale(c, p["sid"], None, 0)
         return 1
 
-    def _save(self, c: Conn, p: dict[str, Any]) -> int:
+    def _save(self, c: Conn, p: dict[str, Any]) -> int | None:
+        """An inline session's save in one statement; None if the row is not as expected."""
         row = c.execute(
             self._q(
                 "WITH saved AS ("
@@ -305,6 +500,7 @@ class PostgresBackend:
                 " workspace_path = %(workspace)s, model = %(model)s, parent_id = %(parent)s,"
                 " next_seq = next_seq + %(n)s::bigint, nul_escaped = %(flags)s"
                 " WHERE id = %(sid)s AND revision = %(expected)s AND message_count = %(base)s"
+                " AND NOT keyed"
                 " RETURNING id, revision, next_seq - %(n)s::bigint AS first_seq"
                 "), stored AS ("
                 " INSERT INTO {s}.messages (session_id, seq, active, body)"
@@ -314,15 +510,167 @@ class PostgresBackend:
             ),
             p,
         ).fetchone()
-        if row is None:
-            raise self._stale(c, p["sid"], p["expected"], p["base"])
-        return int(row[0])
+        return None if row is None else int(row[0])
 
-    def _replace(self, c: Conn, p: dict[str, Any]) -> int:
+    def _save_delta(self, c: Conn, p: dict[str, Any]) -> int | None:
+        """A keyed session's save with a delta in one statement; None if the row is not as
+        expected. The compare-and-set reserves ``next_item`` numbers for new rows; a changed
+        row keeps its ``ord``. A key is deleted or upserted, never both (the delta maps it to
+        one change), so the statement's two item changes never touch the same row."""
+        row = c.execute(
+            self._q(
+                "WITH saved AS ("
+                " UPDATE {s}.sessions SET revision = revision + 1, state = %(state)s,"
+                " title = %(title)s, created_at = %(created)s, updated_at = %(updated)s,"
+                " message_count = message_count + %(n)s::bigint, token_count = %(tokens)s,"
+                " workspace_path = %(workspace)s, model = %(model)s, parent_id = %(parent)s,"
+                " next_seq = next_seq + %(n)s::bigint, nul_escaped = %(flags)s,"
+                " next_item = next_item + %(nnew)s::bigint"
+                " WHERE id = %(sid)s AND revision = %(expected)s AND message_count = %(base)s"
+                " AND keyed"
+                " RETURNING id, revision, next_seq - %(n)s::bigint AS first_seq,"
+                " next_item - %(nnew)s::bigint AS first_item"
+                "), stored AS ("
+                " INSERT INTO {s}.messages (session_id, seq, active, body)"
+                " SELECT saved.id, saved.first_seq + t.n - 1, true, t.body FROM saved,"
+                " unnest(%(bodies)s::text[]) WITH ORDINALITY AS t(body, n)"
+                "), dropped AS ("
+                " DELETE FROM {s}.session_items i USING saved,"
+                " unnest(%(dkinds)b::smallint[], %(dkeys)b::text[]) AS d(kind, key)"
+                " WHERE i.session_id = saved.id AND i.kind = d.kind AND i.key = d.key"
+                "), upserted AS ("
+                " INSERT INTO {s}.session_items (session_id, kind, key, ord, value)"
+                " SELECT saved.id, u.kind, u.key, saved.first_item + u.n - 1, u.value FROM saved,"
+                " unnest(%(ukinds)b::smallint[], %(ukeys)b::text[], %(uvalues)b::text[])"
+                " WITH ORDINALITY AS u(kind, key, value, n)"
+                " ON CONFLICT (session_id, kind, key) DO UPDATE SET value = excluded.value"
+                ") SELECT revision FROM saved"
+            ),
+            p,
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _apply_delta(self, c: Conn, sid: str, changes: dict[str, Any], first: int) -> None:
+        """Write a keyed session's changed rows (new ones numbered from ``first``)."""
+        if changes["dkeys"] or changes["ukeys"]:
+            c.execute(
+                self._q(
+                    "WITH dropped AS ("
+                    " DELETE FROM {s}.session_items i"
+                    " USING unnest(%(dkinds)b::smallint[], %(dkeys)b::text[]) AS d(kind, key)"
+                    " WHERE i.session_id = %(sid)s AND i.kind = d.kind AND i.key = d.key"
+                    ") INSERT INTO {s}.session_items (session_id, kind, key, ord, value)"
+                    " SELECT %(sid)s, u.kind, u.key, %(first)s::bigint + u.n - 1, u.value"
+                    " FROM unnest(%(ukinds)b::smallint[], %(ukeys)b::text[],"
+                    " %(uvalues)b::text[]) WITH ORDINALITY AS u(kind, key, value, n)"
+                    " ON CONFLICT (session_id, kind, key) DO UPDATE SET value = excluded.value"
+                ),
+                {**changes, "sid": sid, "first": first},
+            )
+
+    def _replace_items(self, c: Conn, sid: str, items: dict[str, Any] | None) -> None:
+        """Make ``items`` (``_item_params``; None: none) the session's keyed rows."""
+        c.execute(self._q("DELETE FROM {s}.session_items WHERE session_id = %s"), (sid,))
+        if items is not None and items["nitems"]:
+            c.execute(
+                self._q(
+                    "INSERT INTO {s}.session_items (session_id, kind, key, ord, value)"
+                    " SELECT %(sid)s, t.kind, t.key, t.n - 1, t.value"
+                    " FROM unnest(%(ikinds)b::smallint[], %(ikeys)b::text[],"
+                    " %(ivalues)b::text[]) WITH ORDINALITY AS t(kind, key, value, n)"
+                ),
+                {**items, "sid": sid},
+            )
+
+    def _sync_items(self, c: Conn, sid: str, items: dict[str, Any], next_item: int) -> int | None:
+        """Write a whole state's items onto a keyed session as the delta from its stored rows.
+
+        A whole write of a keyed session (the first save after a load, e.g. on every request of
+        a stateless server) then rewrites only what changed, not every row. Possible when the
+        stored allowances that stay keep their relative order and every new one comes after
+        them (how sessions grow): the kept rows keep their ``ord``, new ones are numbered from
+        ``next_item``. Returns the new ``next_item``, or None (nothing written) when the order
+        changed: the caller then replaces the rows.
+        """
+        rows = c.execute(
+            self._q(
+                "SELECT kind, key, value FROM {s}.session_items WHERE session_id = %s "
+                "ORDER BY kind, ord, key"
+            ),
+            (sid,),
+            binary=True,
+        ).fetchall()
+        stored: dict[str, str | None] = {}
+        stored_order: list[str] = []
+        stored_paths: set[str] = set()
+        for kind, key, value in rows:
+            if kind == ITEM_ALLOWANCE:
+                stored[key] = value
+                stored_order.append(key)
+            elif kind == ITEM_ESCAPE_PATH:
+                stored_paths.add(key)
+            else:
+                return None  # an odd row: replace them all
+        kinds: list[int] = items["ikinds"]
+        keys: list[str] = items["ikeys"]
+        values: list[str | None] = items["ivalues"]
+        wanted = {key for kind, key in zip(kinds, keys, strict=True) if kind == ITEM_ALLOWANCE}
+        kept = iter([key for key in stored_order if key in wanted])
+        changes: dict[str, Any] = {
+            "dkinds": [],
+            "dkeys": [],
+            "ukinds": [],
+            "ukeys": [],
+            "uvalues": [],
+        }
+        dkinds, dkeys = changes["dkinds"], changes["dkeys"]
+        ukinds, ukeys, uvalues = changes["ukinds"], changes["ukeys"], changes["uvalues"]
+        growing = False
+        paths: set[str] = set()
+        for kind, key, value in zip(kinds, keys, values, strict=True):
+            if kind == ITEM_ESCAPE_PATH:
+                paths.add(key)
+                if key not in stored_paths:
+                    ukinds.append(kind)
+                    ukeys.append(key)
+                    uvalues.append(None)
+            elif key in stored:
+                if growing or next(kept, None) != key:
+                    return None  # a kept allowance moved: renumber them all
+                if stored[key] != value:
+                    ukinds.append(kind)
+                    ukeys.append(key)
+                    uvalues.append(value)
+            else:
+                growing = True
+                ukinds.append(kind)
+                ukeys.append(key)
+                uvalues.append(value)
+        for key in stored_order:
+            if key not in wanted:
+                dkinds.append(ITEM_ALLOWANCE)
+                dkeys.append(key)
+        for key in stored_paths - paths:
+            dkinds.append(ITEM_ESCAPE_PATH)
+            dkeys.append(key)
+        self._apply_delta(c, sid, changes, next_item)
+        return next_item + len(ukeys)
+
+    def _general(
+        self,
+        c: Conn,
+        p: dict[str, Any],
+        *,
+        replace: bool,
+        delta: StateDelta | None,
+        changes: dict[str, Any] | None,
+        items: dict[str, Any] | None,
+    ) -> int:
+        """Any save of a stored session, in one transaction holding the row lock."""
         sid = p["sid"]
         row = c.execute(
             self._q(
-                "SELECT revision, message_count, next_seq FROM {s}.sessions "
+                "SELECT revision, message_count, next_seq, keyed, next_item FROM {s}.sessions "
                 "WHERE id = %s FOR UPDATE"
             ),
             (sid,),
@@ -330,27 +678,63 @@ class PostgresBackend:
         if row is None or int(row[0]) != p["expected"]:
             raise self._stale(c, sid, p["expected"], p["base"])
         count, next_seq = int(row[1]), int(row[2])
-        c.execute(
-            self._q(
-                "UPDATE {s}.messages SET active = false "
-                "WHERE session_id = %s AND seq >= %s AND active"
-            ),
-            (sid, next_seq - count),
-        )
+        keyed, next_item = bool(row[3]), int(row[4])
+        if replace:
+            c.execute(
+                self._q(
+                    "UPDATE {s}.messages SET active = false "
+                    "WHERE session_id = %s AND seq >= %s AND active"
+                ),
+                (sid, next_seq - count),
+            )
+            count = 0
+        elif count != p["base"]:
+            raise self._stale(c, sid, p["expected"], p["base"])
         # Archived messages first (inactive), so the active ones stay the last seqs.
         self._insert(c, sid, next_seq, p["archived"], active=False)
         next_seq += p["na"]
         self._insert(c, sid, next_seq, p["bodies"])
+        state = p["state"]
+        if delta is not None and keyed and changes is not None:
+            self._apply_delta(c, sid, changes, next_item)
+            next_item += changes["nnew"]
+        else:
+            if delta is not None:
+                # The stored state is inline (or a key cannot be stored): write it whole, kept
+                # keyed however small (the store keeps sending deltas for it).
+                full = delta.full_state()
+                whole = split_state(full, force=True)
+                state = self._encode(whole[0] if whole is not None else full, sid, "state")
+                items = self._item_params(whole[1], sid) if whole is not None else None
+            synced = (
+                self._sync_items(c, sid, items, next_item) if items is not None and keyed else None
+            )
+            if synced is not None:
+                next_item = synced
+            else:
+                if items is not None or keyed:
+                    self._replace_items(c, sid, items)
+                next_item = items["nitems"] if items is not None else 0
+            keyed = items is not None
         revision = int(row[0]) + 1
         c.execute(
             self._q(
                 "UPDATE {s}.sessions SET revision = %(revision)s, state = %(state)s,"
                 " title = %(title)s, created_at = %(created)s, updated_at = %(updated)s,"
-                " message_count = %(n)s, token_count = %(tokens)s,"
+                " message_count = %(count)s, token_count = %(tokens)s,"
                 " workspace_path = %(workspace)s, model = %(model)s, parent_id = %(parent)s,"
-                " next_seq = %(next)s, nul_escaped = %(flags)s WHERE id = %(sid)s"
+                " next_seq = %(next)s, nul_escaped = %(flags)s, keyed = %(keyed)s,"
+                " next_item = %(next_item)s WHERE id = %(sid)s"
             ),
-            {**p, "revision": revision, "next": next_seq + p["n"]},
+            {
+                **p,
+                "revision": revision,
+                "state": state,
+                "count": count + p["n"],
+                "next": next_seq + p["n"],
+                "keyed": keyed,
+                "next_item": next_item,
+            },
         )
         return revision
 
@@ -406,7 +790,7 @@ class PostgresBackend:
         return int(row[0]), int(row[1])
 
     def delete(self, session_id: str) -> bool:
-        """Remove a session row and its messages; False if absent."""
+        """Remove a session row, its messages and its keyed rows; False if absent."""
 
         def apply(c: Conn) -> bool:
             # The session row first: it waits for (and then sees) appends in flight.
@@ -414,6 +798,7 @@ class PostgresBackend:
                 self._q("DELETE FROM {s}.sessions WHERE id = %s"), (session_id,)
             ).rowcount
             c.execute(self._q("DELETE FROM {s}.messages WHERE session_id = %s"), (session_id,))
+            c.execute(self._q("DELETE FROM {s}.session_items WHERE session_id = %s"), (session_id,))
             return gone > 0
 
         result: bool = self._run(apply, write=True)

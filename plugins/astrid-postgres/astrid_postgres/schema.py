@@ -86,6 +86,28 @@ MIGRATIONS: tuple[tuple[str, tuple[LiteralString, ...]], ...] = (
             "(id uuid PRIMARY KEY, recorded_at timestamptz NOT NULL DEFAULT now())",
         ),
     ),
+    (
+        # Many session allowances / remembered escape paths become keyed rows, so a save writes
+        # only the changed ones. ``sessions.keyed``: the session's state holds them in
+        # ``session_items`` (its ``state`` then lacks ``allowances`` and
+        # ``escape_state.remembered_paths``); ``next_item`` numbers new rows in order. Existing
+        # sessions stay inline until their next whole write (the defaults need no table rewrite).
+        "0005_session_items",
+        (
+            """
+            CREATE TABLE {s}.session_items (
+                session_id uuid NOT NULL,
+                kind smallint NOT NULL,
+                key text NOT NULL,
+                ord bigint NOT NULL,
+                value text,
+                PRIMARY KEY (session_id, kind, key)
+            )
+            """,
+            "ALTER TABLE {s}.sessions ADD COLUMN keyed boolean NOT NULL DEFAULT false",
+            "ALTER TABLE {s}.sessions ADD COLUMN next_item bigint NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 """The migration ladder: applied in order, each once, recorded by name."""
 

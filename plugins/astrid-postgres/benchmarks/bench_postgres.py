@@ -10,7 +10,9 @@ Each benchmark runs in a fresh schema; with ``--dsn`` those schemas are dropped 
 
 The same measurements as ``benchmarks/bench_sqlite.py``: one append + save with 1 000 and 10 000
 messages stored (it must not grow with the session), the backend's ``write`` alone, a tail load
-of 20 out of 10 000 messages, and the first page of 50 out of 10 000 sessions.
+of 20 out of 10 000 messages, and the first page of 50 out of 10 000 sessions. ``growing_security``:
+one save of a session holding 10 000 session allowances + remembered escape paths (5 000 each)
+that gains one of each and one message per save (the keyed state: only those rows are written).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 from astrid.messages import Message
+from astrid.security.allowances import Allowance, ExactTool
+from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest
 from astrid.session import AgentSession
 from astrid.store import SessionStore, SessionWrite
 from psycopg import sql
@@ -115,6 +121,43 @@ def bench_list(store: SessionStore, runs: int) -> float:
     return _median_us(lambda: store.list_sessions(limit=50), runs)
 
 
+def bench_growing_security(store: SessionStore, size: int, runs: int) -> float:
+    """Median µs of one save of a session with ``size`` session allowances + escape paths
+    (half each) that gains one allowance, one escape path and one message per save (the
+    mutations are not timed)."""
+    with tempfile.TemporaryDirectory(prefix="astrid-bench-") as tmp:
+        outside = Path(tmp)
+        session = AgentSession("You are a benchmark.")
+        made = [0]
+
+        def grow() -> None:
+            i = made[0]
+            made[0] += 1
+            session.add_session_allowance(
+                Allowance.create(ExactTool(server="fs", tool=f"t{i}"), session_only=True)
+            )
+            where = outside / f"d{i:06d}"
+            where.mkdir()
+            session.escape_handler.process_decision(
+                EscapeRequest.new(where, EscapeOperation.READ, "bench"),
+                EscapeDecision.ALLOW_ALWAYS,
+            )
+
+        for _ in range(size // 2):
+            grow()
+        session.add_message(_message(0))
+        store.save(session)
+        samples: list[int] = []
+        for n in range(20 + runs):
+            grow()
+            session.add_message(_message(n + 1))
+            start = time.perf_counter_ns()
+            store.save(session)
+            if n >= 20:
+                samples.append(time.perf_counter_ns() - start)
+        return statistics.median(samples) / 1000
+
+
 def run(dsn: str, runs: int) -> dict[str, float]:
     """Run every benchmark, each in a fresh schema; drop the schemas afterwards."""
     schemas: list[str] = []
@@ -135,6 +178,8 @@ def run(dsn: str, runs: int) -> dict[str, float]:
             results["load_tail20_of_10k"] = bench_load_tail(store, runs)
         with SessionStore(backend()) as store:
             results["list50_of_10k"] = bench_list(store, runs)
+        with SessionStore(backend()) as store:
+            results["growing_security_10k"] = bench_growing_security(store, 10_000, runs)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             for name in schemas:
