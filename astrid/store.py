@@ -401,7 +401,14 @@ class SessionStore:
         session = AgentSession.from_document(doc, token_estimator=self.token_estimator)
         if self.capabilities is not None:
             session.with_capability_store(self.capabilities)
-        self._remember(session, record.revision, record.message_count, record.message_offset)
+        keyed = (
+            _loaded_basis(session, record.state)
+            if getattr(self.backend, "accepts_state_delta", False) is True
+            else None
+        )
+        self._remember(
+            session, record.revision, record.message_count, record.message_offset, keyed
+        )
         return session
 
     def load_document(self, session_id: str | SessionId) -> SessionDocument | None:
@@ -599,6 +606,30 @@ class SessionStore:
             last=messages[-1] if messages else None,
             keyed=keyed,
         )
+
+
+def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis | None:
+    """A delta basis for a loaded session whose many allowances and escape paths came back
+    exactly as stored (same ids in the same order, same paths), so its first save need not
+    rewrite them all; None when the load dropped or reordered any (the save then writes whole).
+    """
+    allowances = state.get("allowances")
+    escape_state = state.get("escape_state")
+    paths = escape_state.get("remembered_paths") if isinstance(escape_state, dict) else None
+    if not isinstance(allowances, list) or not isinstance(paths, list):
+        return None
+    if len(allowances) + len(paths) < KEYED_STATE_MIN:
+        return None
+    store, escape = session.allowance_store, session.escape_handler
+    escape_version = escape.version
+    version, until, ids = store.session_export_ids()
+    if len(ids) != len(allowances) or len(escape.remembered_paths) != len(paths):
+        return None
+    if any(not isinstance(a, dict) or a.get("id") != i for a, i in zip(allowances, ids)):
+        return None
+    if sorted(escape.remembered_paths) != paths:
+        return None
+    return _KeyedBasis(store, version, until, escape, escape_version, True)
 
 
 def _validated(model: Any, data: Any, where: str) -> Any:

@@ -8,10 +8,8 @@ session would have written whole.
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import pytest
 from astrid import AgentSession, Message
 from astrid.default_plugins.sqlite_storage import MIGRATIONS, SqliteBackend
 from astrid.errors import ConcurrencyError, SerializationError
-from astrid.security.actions import McpToolCall
 from astrid.security.allowances import Allowance, ExactTool
 from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest
 from astrid.store import KEYED_STATE_MIN, SessionStore, SessionSummary, SessionWrite, StateDelta
@@ -300,90 +297,6 @@ def test_store_saves_a_growing_session_as_deltas(db: Path, tmp_path: Path) -> No
     assert _document(loaded) == _document(session)
     other.close()
     store.close()
-
-
-def test_first_save_after_a_load_is_whole_then_deltas(db: Path, tmp_path: Path) -> None:
-    store = SessionStore(SqliteBackend(db))
-    session = store.new_session("grow")
-    for i in range(KEYED_STATE_MIN + 5):
-        _grow(session, i, tmp_path)
-    store.save(session)
-    loaded = store.load(session.id)
-    assert loaded is not None
-    writes: list[SessionWrite] = []
-    real = store.backend.write
-
-    def spy(change: SessionWrite) -> int:
-        writes.append(change)
-        return real(change)
-
-    store.backend.write = spy  # type: ignore[method-assign]
-    for i in range(3):
-        loaded.add_message(Message.user(f"m{i}"))
-        store.save(loaded)
-    assert [w.delta is None for w in writes] == [True, False, False]
-    store.close()
-
-
-def test_random_mutations_through_the_store_match_whole_writes(db: Path, tmp_path: Path) -> None:
-    """Each save (delta or whole) loads back as the whole state the session would write."""
-    rng = random.Random(7)
-    store = SessionStore(SqliteBackend(db))
-    reader = SessionStore(SqliteBackend(db))
-    session = store.new_session("random")
-    kinds: list[bool] = []
-    real = store.backend.write
-
-    def spy(change: SessionWrite) -> int:
-        kinds.append(change.delta is not None)
-        return real(change)
-
-    store.backend.write = spy  # type: ignore[method-assign]
-    made = 0
-    for turn in range(160):
-        op = rng.random()
-        if op < 0.45 or made < KEYED_STATE_MIN:
-            _grow(session, made, tmp_path)
-            made += 1
-        elif op < 0.6:
-            session.add_session_allowance(
-                Allowance.create(
-                    ExactTool(server="fs", tool=f"once{turn}"),
-                    session_only=True,
-                    max_uses=1,
-                )
-            )
-        elif op < 0.7:
-            # Unlimited ones stay; may find nothing after an end_session.
-            session.allowance_store.find_matching_and_consume(
-                McpToolCall(server="fs", tool=f"once{rng.randrange(turn)}")
-            )
-        elif op < 0.75:
-            session.add_session_allowance(
-                Allowance.create(
-                    ExactTool(server="fs", tool=f"soon{turn}"),
-                    session_only=True,
-                    expires_at=utcnow() + timedelta(milliseconds=rng.choice([1, 50, 10_000])),
-                )
-            )
-        elif op < 0.8:
-            session.allowance_store.consume_use(
-                session.allowance_store.all()[rng.randrange(session.allowance_store.count())].id
-            )
-        elif op < 0.83:
-            session.escape_handler.clear_all()
-        elif op < 0.85:
-            session.end_session()
-        session.add_message(Message.user(f"turn {turn}"))
-        store.save(session)
-        if turn % 7 == 0 or turn > 150:
-            loaded = reader.load(session.id)
-            assert loaded is not None
-            assert _document(loaded) == _document(session), f"turn {turn}"
-    # Both paths were taken: deltas, and whole writes (expiries, the journal's floor).
-    assert kinds.count(True) > 40 and kinds[KEYED_STATE_MIN + 1 :].count(False) > 0, kinds
-    store.close()
-    reader.close()
 
 
 def test_old_database_migrates_and_keeps_inline_sessions(tmp_path: Path) -> None:

@@ -666,6 +666,15 @@ class AllowanceStore:
         with self._lock:
             return self._session_entries(utcnow(), owner)
 
+    def session_export_ids(self) -> tuple[int, datetime | None, list[str]]:
+        """Atomically: the version, the earliest expiry among the exported entries and their
+        ids in export order; a reader that holds exactly these entries may take deltas from
+        here (e.g. after a load) without dumping every entry."""
+        with self._lock:
+            exported = self._session_entries(utcnow(), None)
+            until = min((a.expires_at for a in exported if a.expires_at is not None), default=None)
+            return self._version, until, [str(a.id) for a in exported]
+
     def _session_entries(self, now: datetime, owner: str | None) -> list[Allowance]:
         return [
             a

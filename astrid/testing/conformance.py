@@ -7,6 +7,7 @@ backend itself, through the raw ``StorageBackend`` methods. See ``docs/plugin-au
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from ..errors import (
     StorageError,
 )
 from ..messages import ImagePart, Message, MessageRole, TextPart, ToolCall, ToolCallResult
-from ..security.actions import Permission
+from ..security.actions import McpToolCall, Permission
 from ..security.allowances import Allowance, ExactTool, FilePattern
 from ..security.budget import WorkspaceBudgetSnapshot
 from ..security.deferred import ActionContext, DeferredResolution, ErrorResolution, Priority
@@ -439,6 +440,148 @@ class StorageConformance:
             loaded = reader.load(session.id)
             assert loaded is not None, f"step {step}"
             assert _comparable(loaded) == _comparable(session), f"step {step}"
+
+    # -- many allowances and escape paths (keyed state, ``accepts_state_delta``) -----------------
+
+    @staticmethod
+    def _grow(session: AgentSession, i: int, where: Path) -> None:
+        """One more session allowance and one more remembered escape path (a new directory)."""
+        session.add_session_allowance(
+            Allowance.create(ExactTool(server="fs", tool=f"t{i}"), session_only=True)
+        )
+        path = where / f"grown-{i}"
+        path.mkdir()
+        session.escape_handler.process_decision(
+            EscapeRequest.new(path, EscapeOperation.READ, "conformance"),
+            EscapeDecision.ALLOW_ALWAYS,
+        )
+
+    @staticmethod
+    def _spy(backend: StorageBackend, monkeypatch: pytest.MonkeyPatch) -> list[SessionWrite]:
+        """The writes ``backend`` receives from now on (the method replaced on the instance)."""
+        writes: list[SessionWrite] = []
+        real = backend.write
+
+        def spy(change: SessionWrite) -> int:
+            writes.append(change)
+            return real(change)
+
+        monkeypatch.setattr(backend, "write", spy)
+        return writes
+
+    def test_random_security_changes_load_back_as_whole_writes(
+        self,
+        backend: StorageBackend,
+        store: SessionStore,
+        workspace: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Random allowance and escape changes (uses, expiries, removals), a save after each:
+        every load equals the session, whichever way the backend stored each save."""
+        rng = random.Random(7)
+        reader = SessionStore(backend)
+        session = store.new_session("random")
+        writes = self._spy(backend, monkeypatch)
+        made = 0
+        for turn in range(160):
+            op = rng.random()
+            if op < 0.45 or made < KEYED_STATE_MIN:
+                self._grow(session, made, workspace)
+                made += 1
+            elif op < 0.6:
+                session.add_session_allowance(
+                    Allowance.create(
+                        ExactTool(server="fs", tool=f"once{turn}"), session_only=True, max_uses=1
+                    )
+                )
+            elif op < 0.7:
+                session.allowance_store.find_matching_and_consume(
+                    McpToolCall(server="fs", tool=f"once{rng.randrange(turn)}")
+                )
+            elif op < 0.75:
+                session.add_session_allowance(
+                    Allowance.create(
+                        ExactTool(server="fs", tool=f"soon{turn}"),
+                        session_only=True,
+                        expires_at=utcnow() + timedelta(milliseconds=rng.choice([1, 20, 60_000])),
+                    )
+                )
+            elif op < 0.8:
+                entries = session.allowance_store.all()
+                session.allowance_store.consume_use(entries[rng.randrange(len(entries))].id)
+            elif op < 0.83:
+                session.escape_handler.clear_all()
+            elif op < 0.85:
+                session.end_session()
+            session.add_message(Message.user(f"turn {turn}"))
+            store.save(session)
+            if turn % 7 == 0 or turn > 150:
+                # Past every short expiry, so the load and the export agree on what expired.
+                time.sleep(0.025)
+                loaded = reader.load(session.id)
+                assert loaded is not None, f"turn {turn}"
+                assert _comparable(loaded) == _comparable(session), f"turn {turn}"
+        if getattr(backend, "accepts_state_delta", False) is True:
+            # Both ways were taken: deltas, and whole writes (expiries, the journal's floor).
+            kinds = [w.delta is not None for w in writes]
+            assert kinds.count(True) > 40, kinds
+            assert kinds[KEYED_STATE_MIN + 1 :].count(False) > 0, kinds
+
+    def test_a_reloaded_session_with_many_allowances_saves_its_changes(
+        self,
+        backend: StorageBackend,
+        store: SessionStore,
+        workspace: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Loaded by another store (as a stateless server does), changed and saved: the stored
+        state follows; a backend taking deltas gets only the changes from the first save."""
+        session = store.new_session("reloaded")
+        for i in range(KEYED_STATE_MIN + 5):
+            self._grow(session, i, workspace)
+        store.save(session)
+        other = SessionStore(backend)
+        loaded = other.load(session.id)
+        assert loaded is not None
+        writes = self._spy(backend, monkeypatch)
+        for i in range(3):
+            loaded.add_message(Message.user(f"m{i}"))
+            self._grow(loaded, 100 + i, workspace)
+            other.save(loaded)
+        again = SessionStore(backend).load(session.id)
+        assert again is not None and _comparable(again) == _comparable(loaded)
+        if getattr(backend, "accepts_state_delta", False) is True:
+            assert [w.delta is not None and len(w.delta) == 2 for w in writes] == [True] * 3
+
+    def test_a_path_dropped_by_the_load_is_dropped_from_the_store_by_the_next_save(
+        self,
+        backend: StorageBackend,
+        store: SessionStore,
+        workspace: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A remembered escape path that no longer exists is dropped on load; the next save
+        writes the whole state (never a delta against what the load refused)."""
+        session = store.new_session("dropped")
+        for i in range(KEYED_STATE_MIN + 5):
+            self._grow(session, i, workspace)
+        store.save(session)
+        gone = workspace / "grown-3"
+        gone.rmdir()
+        other = SessionStore(backend)
+        loaded = other.load(session.id)
+        assert loaded is not None and str(gone) not in loaded.escape_handler.remembered_paths
+        writes = self._spy(backend, monkeypatch)
+        for i in range(3):
+            loaded.add_message(Message.user(f"m{i}"))
+            other.save(loaded)
+        record = backend.load(session.id.bare)
+        assert record is not None
+        stored = record.state["escape_state"]["remembered_paths"]
+        assert str(gone) not in stored and len(stored) == KEYED_STATE_MIN + 4
+        assert writes[0].delta is None
+        if getattr(backend, "accepts_state_delta", False) is True:
+            assert [w.delta is None for w in writes[1:]] == [False, False]
 
     def test_load_decoded_if_offered_matches_load(
         self, backend: StorageBackend, store: SessionStore

@@ -9,7 +9,6 @@ whole write), a load gives the state the session would have written whole.
 from __future__ import annotations
 
 import json
-import random
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,7 +18,6 @@ from typing import Any, LiteralString
 import pytest
 from astrid import AgentSession, Message
 from astrid.errors import ConcurrencyError, SerializationError
-from astrid.security.actions import McpToolCall
 from astrid.security.allowances import Allowance, ExactTool
 from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest
 from astrid.store import KEYED_STATE_MIN, SessionStore, SessionSummary, SessionWrite, StateDelta
@@ -591,76 +589,3 @@ def test_store_saves_a_growing_session_as_deltas(
         assert _document(loaded) == _document(session)
 
 
-def test_first_save_after_a_load_is_whole_then_deltas(
-    backend: PostgresBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = SessionStore(backend)
-    session = store.new_session("grow")
-    for i in range(KEYED_STATE_MIN + 5):
-        _grow(session, i, tmp_path)
-    store.save(session)
-    loaded = store.load(session.id)
-    assert loaded is not None
-    writes = _spy(backend, monkeypatch)
-    for i in range(3):
-        loaded.add_message(Message.user(f"m{i}"))
-        store.save(loaded)
-    assert [w.delta is None for w in writes] == [True, False, False]
-
-
-def test_random_mutations_through_the_store_match_whole_writes(
-    pg_server: TemporaryServer,
-    schema: str,
-    backend: PostgresBackend,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each save (delta or whole) loads back as the whole state the session would write."""
-    rng = random.Random(7)
-    store = SessionStore(backend)
-    reader = SessionStore(PostgresBackend(pg_server.dsn(), schema=schema))
-    session = store.new_session("random")
-    writes = _spy(backend, monkeypatch)
-    made = 0
-    for turn in range(160):
-        op = rng.random()
-        if op < 0.45 or made < KEYED_STATE_MIN:
-            _grow(session, made, tmp_path)
-            made += 1
-        elif op < 0.6:
-            session.add_session_allowance(
-                Allowance.create(
-                    ExactTool(server="fs", tool=f"once{turn}"), session_only=True, max_uses=1
-                )
-            )
-        elif op < 0.7:
-            # Unlimited ones stay; may find nothing after an end_session.
-            session.allowance_store.find_matching_and_consume(
-                McpToolCall(server="fs", tool=f"once{rng.randrange(turn)}")
-            )
-        elif op < 0.75:
-            session.add_session_allowance(
-                Allowance.create(
-                    ExactTool(server="fs", tool=f"soon{turn}"),
-                    session_only=True,
-                    expires_at=utcnow() + timedelta(milliseconds=rng.choice([1, 50, 10_000])),
-                )
-            )
-        elif op < 0.8:
-            session.allowance_store.consume_use(
-                session.allowance_store.all()[rng.randrange(session.allowance_store.count())].id
-            )
-        elif op < 0.83:
-            session.escape_handler.clear_all()
-        elif op < 0.85:
-            session.end_session()
-        session.add_message(Message.user(f"turn {turn}"))
-        store.save(session)
-        if turn % 7 == 0 or turn > 150:
-            loaded = reader.load(session.id)
-            assert loaded is not None
-            assert _document(loaded) == _document(session), f"turn {turn}"
-    # Both paths were taken: deltas, and whole writes (expiries, the journal's floor).
-    kinds = [w.delta is not None for w in writes]
-    assert kinds.count(True) > 40 and kinds[KEYED_STATE_MIN + 1 :].count(False) > 0, kinds
-    reader.close()
