@@ -77,8 +77,19 @@ def _location(backend: str, root: Path) -> Path:
     return root / "astrid.db" if backend == "sqlite" else root / "sessions"
 
 
-def check_store(backend: str, location: Path, sid: str, durable: int, summarizing: bool) -> int:
-    """Check the store after a kill; return the number of the last stored message (-1: none)."""
+def check_store(
+    backend: str,
+    location: Path,
+    sid: str,
+    durable: int,
+    summarizing: bool,
+    allowances: bool = False,
+) -> int:
+    """Check the store after a kill; return the number of the last stored message (-1: none).
+
+    ``allowances``: the session allowances are exactly ``t0 .. t<last>`` (saved with the
+    messages, in one write).
+    """
     if backend == "sqlite" and location.exists():
         assert sqlite_integrity(location) == "ok"
     store = SessionStore(open_backend(backend, str(location)))
@@ -123,18 +134,36 @@ def check_store(backend: str, location: Path, sid: str, durable: int, summarizin
         assert ever == set(range(last + 1)), "a message stored earlier is missing from history"
         active = [h.message for h in store.backend.history(sid) if h.active]
         assert active == [m.to_json() for m in session.messages]
+        if allowances:
+            tools = [
+                getattr(a.action_pattern, "tool", None)
+                for a in session.allowance_store.export_session_allowances()
+            ]
+            assert tools == [f"t{i}" for i in range(last + 1)], "state and messages diverged"
         return last
     finally:
         store.close()
 
 
 def kill_loop(
-    backend: str, location: Path, kills: int, rng: random.Random, summarize_every: int = 0
+    backend: str,
+    location: Path,
+    kills: int,
+    rng: random.Random,
+    summarize_every: int = 0,
+    allowances: bool = False,
+    sid: str | None = None,
+    durable: int = -1,
 ) -> KillRecord:
-    """Start writers and SIGKILL them ``kills`` times; check the store after every kill."""
-    sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """Start writers and SIGKILL them ``kills`` times; check the store after every kill.
+
+    ``sid``/``durable``: continue a session whose messages up to ``durable`` are stored.
+    """
+    sid = sid or str(uuid.UUID(int=rng.getrandbits(128), version=4))
     extra = ["--summarize-every", str(summarize_every)] if summarize_every else []
-    record = KillRecord()
+    if allowances:
+        extra.append("--allowances")
+    record = KillRecord(durable=durable)
     while record.kills < kills:
         child = Child.writer("crash", backend, str(location), sid, *extra)
         roll = rng.random()
@@ -162,13 +191,17 @@ def kill_loop(
         if "summarizing" in child.lines[-1:]:
             record.kills_inside_summaries += 1
         record.kills += 1
-        record.durable = check_store(backend, location, sid, record.durable, bool(summarize_every))
+        record.durable = check_store(
+            backend, location, sid, record.durable, bool(summarize_every), allowances
+        )
     # A writer that is left alone continues exactly where the last one stopped.
     child = Child.writer("crash", backend, str(location), sid, "--count", "3", *extra)
     assert child.finish() == 0, child.stderr
     saved = [int(line.split()[1]) for line in child.lines if line.startswith("saved ")]
     assert saved == [record.durable + 1, record.durable + 2, record.durable + 3]
-    record.durable = check_store(backend, location, sid, record.durable + 3, bool(summarize_every))
+    record.durable = check_store(
+        backend, location, sid, record.durable + 3, bool(summarize_every), allowances
+    )
     return record
 
 
@@ -177,6 +210,25 @@ def test_sigkill_during_saves_loses_no_acknowledged_save(backend: str, tmp_path:
     record = kill_loop(backend, _location(backend, tmp_path), KILLS, random.Random(f"s-{backend}"))
     assert record.kills >= KILLS
     assert record.durable >= KILLS  # the writers made progress across the kills
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "file"])
+def test_sigkill_during_saves_keeps_many_allowances_in_step(backend: str, tmp_path: Path) -> None:
+    """Each save adds an allowance too; past 64 of them SQLite saves deltas of keyed rows."""
+    location = _location(backend, tmp_path)
+    sid = str(uuid.uuid4())
+    # Past 64 allowances first, so the kills land in keyed (delta) saves.
+    child = Child.writer("crash", backend, str(location), sid, "--count", "70", "--allowances")
+    assert child.finish() == 0, child.stderr
+    check_store(backend, location, sid, 69, False, allowances=True)
+    if backend == "sqlite":
+        with sqlite3.connect(location) as raw:
+            assert raw.execute("SELECT keyed FROM sessions").fetchall() == [(1,)]
+        raw.close()
+    rng = random.Random(f"a-{backend}")
+    record = kill_loop(backend, location, KILLS, rng, allowances=True, sid=sid, durable=69)
+    assert record.kills >= KILLS
+    assert record.durable >= 69 + KILLS  # the writers made progress across the kills
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "file"])

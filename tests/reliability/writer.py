@@ -11,7 +11,9 @@ Usage (``BACKEND``: ``sqlite`` or ``file``; ``LOCATION``: the database file or s
 (SQLite only: ``--busy-timeout-ms`` sets the backend's ``busy_timeout_ms``.)
 
 ``crash`` loads the session (creating it if absent), then appends ``body_of(n)`` and saves in a
-loop, printing ``saved <n>`` (flushed) only after ``save`` returned; with ``--summarize-every`` it
+loop, printing ``saved <n>`` (flushed) only after ``save`` returned; with ``--allowances`` each
+save also adds the session allowance ``crash/t<n>`` (from 64 on, SQLite keeps them as keyed rows
+and saves send deltas: the state must stay in step with the messages); with ``--summarize-every`` it
 also summarizes through ``ContextManager.summarize(session, store=store)`` every K messages,
 between the lines ``summarizing`` and ``summarized``.
 The other modes print ``ready`` (``race``: ``loaded``) and wait for a line on stdin before
@@ -40,6 +42,7 @@ from astrid.default_plugins.file_storage import FileBackend
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import ConcurrencyError
 from astrid.messages import Message
+from astrid.security.allowances import Allowance, ExactTool
 from astrid.session import AgentSession
 from astrid.store import SessionStore, StorageBackend
 
@@ -83,7 +86,9 @@ def _last_number(session: AgentSession) -> int:
     return -1
 
 
-def crash(store: SessionStore, sid: str, summarize_every: int, count: int | None) -> None:
+def crash(
+    store: SessionStore, sid: str, summarize_every: int, count: int | None, allowances: bool
+) -> None:
     session = store.load(sid)
     if session is None:
         session = store.new_session("crash test", session_id=sid)
@@ -93,6 +98,10 @@ def crash(store: SessionStore, sid: str, summarize_every: int, count: int | None
     written = 0
     while count is None or written < count:
         session.add_message(Message.user(body_of(n)))
+        if allowances:
+            session.add_session_allowance(
+                Allowance.create(ExactTool(server="crash", tool=f"t{n}"), session_only=True)
+            )
         store.save(session)
         _say(f"saved {n}")
         n += 1
@@ -167,11 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summarize-every", type=int, default=0)
     parser.add_argument("--count", dest="limit", type=int, default=None)
     parser.add_argument("--busy-timeout-ms", type=int, default=5000)
+    parser.add_argument("--allowances", action="store_true")
     args = parser.parse_args(argv)
     store = SessionStore(open_backend(args.backend, args.location, args.busy_timeout_ms))
     try:
         if args.mode == "crash":
-            crash(store, args.sid, args.summarize_every, args.limit)
+            crash(store, args.sid, args.summarize_every, args.limit, args.allowances)
         elif args.mode == "append":
             append(store, args.sid, args.tag, args.count)
         elif args.mode == "own":
