@@ -213,15 +213,15 @@ class StorageBackend(Protocol):
 
 @dataclass(frozen=True)
 class _KeyedBasis:
-    """What a keyed-state backend holds for a session after this store's last write: the
-    versions of the allowance store and escape handler it reflects (see ``StateDelta``)."""
+    """What a keyed-state backend holds for a session with many allowances and escape paths
+    after this store's last write or load: the versions of the allowance store and escape
+    handler it reflects (see ``StateDelta``)."""
 
     allowances: AllowanceStore
     allowance_version: int
     until: datetime | None
     escape: EscapeHandler
     escape_version: int
-    large: bool
 
 
 @dataclass
@@ -341,23 +341,16 @@ class SessionStore:
     ) -> tuple[dict[str, Any], StateDelta | None, _KeyedBasis | None]:
         """The state to write, the keyed delta if the backend takes one, and the new basis.
 
-        A delta needs a basis from this store's last write of the session with the same
-        allowance store and escape handler objects (a load gives none: the first save after a
-        load writes the whole state, which also drops what the load refused).
+        A delta needs a basis: this store's last write (or load) of the session, with many
+        allowances and escape paths, through the same allowance store and escape handler
+        objects. Otherwise the state goes whole (and a basis is kept if it is large).
         """
         if getattr(self.backend, "accepts_state_delta", False) is not True:
             return self._state_of(session), None, None
         allowances, escape = session.allowance_store, session.escape_handler
         basis = mark.keyed if mark is not None else None
-        if (
-            basis is not None
-            and basis.large
-            and basis.allowances is allowances
-            and basis.escape is escape
-        ):
-            changed = allowances.session_allowance_changes(
-                basis.allowance_version, basis.until
-            )
+        if basis is not None and basis.allowances is allowances and basis.escape is escape:
+            changed = allowances.session_allowance_changes(basis.allowance_version, basis.until)
             paths = escape.remembered_path_changes(basis.escape_version)
             if changed is not None and paths is not None:
                 state = session.state_data(git_capture=self.git_capture, keyed=True)
@@ -366,17 +359,22 @@ class SessionStore:
                     return session.state_data(git_capture=None)
 
                 delta = StateDelta(changed.changes, paths[1], full_state)
-                return (
-                    state,
-                    delta,
-                    _KeyedBasis(allowances, changed.version, changed.until, escape, paths[0], True),
-                )
-        version, until, exported = allowances.export_session_allowances_snapshot()
-        escape_version = escape.version
+                keyed = _KeyedBasis(allowances, changed.version, changed.until, escape, paths[0])
+                return state, delta, keyed
+        # Versions read before the export: a change made meanwhile is sent again (harmless).
+        version, escape_version = allowances.version, escape.version
         state = self._state_of(session)
-        remembered = state.get("escape_state", {}).get("remembered_paths", ())
-        large = len(exported) + len(remembered) >= KEYED_STATE_MIN
-        return state, None, _KeyedBasis(allowances, version, until, escape, escape_version, large)
+        exported = state.get("allowances")
+        escape_state = state.get("escape_state")
+        remembered = escape_state.get("remembered_paths") if type(escape_state) is dict else None
+        if (
+            type(exported) is not list
+            or type(remembered) is not list
+            or len(exported) + len(remembered) < KEYED_STATE_MIN
+        ):
+            return state, None, None
+        until = allowances.export_session_allowances_snapshot()[1]
+        return state, None, _KeyedBasis(allowances, version, until, escape, escape_version)
 
     def append_messages(self, session_id: str | SessionId, messages: Iterable[Message]) -> int:
         """Append messages to a stored session without a revision check (concurrent writers)."""
@@ -623,13 +621,14 @@ def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis |
     store, escape = session.allowance_store, session.escape_handler
     escape_version = escape.version
     version, until, ids = store.session_export_ids()
-    if len(ids) != len(allowances) or len(escape.remembered_paths) != len(paths):
+    if len(escape.remembered_paths) != len(paths):
         return None
-    if any(not isinstance(a, dict) or a.get("id") != i for a, i in zip(allowances, ids)):
+    stored_ids = [a.get("id") if isinstance(a, dict) else None for a in allowances]
+    if stored_ids != ids:
         return None
     if sorted(escape.remembered_paths) != paths:
         return None
-    return _KeyedBasis(store, version, until, escape, escape_version, True)
+    return _KeyedBasis(store, version, until, escape, escape_version)
 
 
 def _validated(model: Any, data: Any, where: str) -> Any:

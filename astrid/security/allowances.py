@@ -693,6 +693,11 @@ class AllowanceStore:
         """
         return self.export_session_allowances_snapshot()[2]
 
+    @property
+    def version(self) -> int:
+        """Bumped by every change (a reader's basis for ``session_allowance_changes``)."""
+        return self._version
+
     def export_session_allowances_snapshot(
         self,
     ) -> tuple[int, datetime | None, list[dict[str, Any]]]:
