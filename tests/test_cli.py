@@ -28,6 +28,8 @@ from astrid.config import load_config
 from astrid.default_plugins.sqlite_storage import SqliteBackend, SqliteOptions, resolve_path
 from astrid.hookspecs import hookimpl
 from astrid.plugins import load_plugins, register_plugin, unregister_plugin
+from astrid.security.allowances import Allowance, ExactTool
+from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest
 from astrid.security.kv import KvStore, namespaces_of
 from astrid.store import SessionStore, open_store
 from astrid.timeutil import format_rfc3339, utcnow
@@ -564,6 +566,21 @@ def populate(store: SessionStore, workspace: Path) -> list[str]:
     ids = [first.id.bare, child.id.bare]
     for n in range(4):
         ids.append(make_session(store, n))
+    # More allowances and escape paths than KEYED_STATE_MIN: keyed rows in SQLite.
+    many = store.new_session("You have many allowances.")
+    for i in range(70):
+        many.add_session_allowance(
+            Allowance.create(ExactTool(server="fs", tool=f"t{i}"), session_only=True)
+        )
+    for i in range(10):
+        path = workspace.parent / "escapes" / f"p{i}"
+        path.mkdir(parents=True, exist_ok=True)
+        many.escape_handler.process_decision(
+            EscapeRequest.new(path, EscapeOperation.READ, "test"), EscapeDecision.ALLOW_ALWAYS
+        )
+    many.add_message(Message.user("many"))
+    store.save(many)
+    ids.append(many.id.bare)
     assert store.capabilities is not None and store.capabilities.backend is not None
     store.capabilities.backend.add_revoked(str(uuid.uuid4()))
     return ids
@@ -598,6 +615,14 @@ def test_migrate_file_to_sqlite_to_file_keeps_every_message_and_resumes(env: Env
     assert f"copied {len(ids)}, skipped 0" in first.stdout
     assert f"verified: {len(ids)} sessions" in first.stdout
     assert "migrating sessions" in first.stderr  # the progress bar goes to stderr
+
+    with store_for(sql) as target:  # the session with many allowances went in keyed
+        assert isinstance(target.backend, SqliteBackend)
+        raw = sqlite3.connect(target.backend.path)
+        try:
+            assert raw.execute("SELECT count(*) FROM sessions WHERE keyed = 1").fetchone() == (1,)
+        finally:
+            raw.close()
 
     second = astrid("migrate", "--from", str(files), "--to", str(sql), "--batch", "2")
     assert second.exit_code == 0 and f"copied 0, skipped {len(ids)}" in second.stdout
