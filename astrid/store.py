@@ -99,6 +99,74 @@ class StateDelta:
         return len(self.allowances) + len(self.remembered_paths)
 
 
+ITEM_ALLOWANCE = 1
+"""Kind of a keyed session allowance row (key: its id; value: its JSON)."""
+ITEM_ESCAPE_PATH = 2
+"""Kind of a keyed remembered escape path row (key: the path; no value)."""
+
+KeyedItem = tuple[int, str, Any]
+"""``(kind, key, value)`` of one keyed row (value: the allowance's JSON data, or None)."""
+
+
+def split_keyed_state(
+    state: dict[str, Any], *, force: bool, key_ok: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Any], list[KeyedItem]] | None:
+    """A whole state without its allowances and remembered escape paths, and those as rows.
+
+    For a backend with ``accepts_state_delta``. None keeps the state inline: fewer than
+    ``KEYED_STATE_MIN`` of them (unless ``force``), or not keyable without changing them (an
+    allowance that is not an object with a string ``id``, a repeated id, paths that are not
+    unique sorted strings, a key ``key_ok`` refuses): such a state is written back as given.
+    """
+    allowances = state.get("allowances")
+    escape = state.get("escape_state")
+    if type(allowances) is not list or type(escape) is not dict:
+        return None
+    paths = escape.get("remembered_paths")
+    if type(paths) is not list:
+        return None
+    if not force and len(allowances) + len(paths) < KEYED_STATE_MIN:
+        return None
+    items: list[KeyedItem] = []
+    ids: set[str] = set()
+    for allowance in allowances:
+        key = allowance.get("id") if type(allowance) is dict else None
+        if type(key) is not str or key in ids or (key_ok is not None and not key_ok(key)):
+            return None
+        ids.add(key)
+        items.append((ITEM_ALLOWANCE, key, allowance))
+    previous: str | None = None
+    for path in paths:
+        if (
+            type(path) is not str
+            or (previous is not None and path <= previous)
+            or (key_ok is not None and not key_ok(path))
+        ):
+            return None
+        previous = path
+        items.append((ITEM_ESCAPE_PATH, path, None))
+    rest = {key: value for key, value in state.items() if key != "allowances"}
+    rest["escape_state"] = {k: v for k, v in escape.items() if k != "remembered_paths"}
+    return rest, items
+
+
+def join_keyed_state(
+    state: dict[str, Any], allowances: list[Any], paths: list[str], where: str
+) -> None:
+    """Put a keyed session's allowances (in stored order) and escape paths back into ``state``.
+
+    Raises ``SerializationError`` naming ``where`` if the stored state has no escape state
+    object to hold the paths.
+    """
+    escape = state.get("escape_state")
+    if type(escape) is not dict:
+        raise SerializationError(
+            f"{where}: stored state has keyed escape paths but no escape_state object"
+        )
+    state["allowances"] = allowances
+    escape["remembered_paths"] = sorted(paths)
+
+
 @dataclass(frozen=True)
 class SessionWrite:
     """One save: the new state and only the messages that changed.
@@ -639,10 +707,13 @@ def _validated(model: Any, data: Any, where: str) -> Any:
 
 
 __all__ = [
+    "ITEM_ALLOWANCE",
+    "ITEM_ESCAPE_PATH",
     "KEYED_STATE_MIN",
     "ConcurrencyError",
     "GitState",
     "HistoryEntry",
+    "KeyedItem",
     "SessionRecord",
     "SessionStore",
     "SessionSummary",
@@ -650,6 +721,8 @@ __all__ = [
     "StateDelta",
     "StorageBackend",
     "WorkspaceState",
+    "join_keyed_state",
+    "split_keyed_state",
 ]
 
 

@@ -52,12 +52,16 @@ from ..messages import Message, MessageRole
 from ..plugins import PluginContext
 from ..security.kv import validate_name
 from ..store import (
-    KEYED_STATE_MIN,
+    ITEM_ALLOWANCE,
+    ITEM_ESCAPE_PATH,
     HistoryEntry,
+    KeyedItem,
     SessionRecord,
     SessionSummary,
     SessionWrite,
     StateDelta,
+    join_keyed_state,
+    split_keyed_state,
 )
 from ..timeutil import parse_rfc3339, to_utc, utcnow
 
@@ -220,12 +224,6 @@ def _m0005_append_trigger(conn: sqlite3.Connection) -> None:
     )
 
 
-ITEM_ALLOWANCE = 1
-"""``session_items.kind`` of a session allowance (key: its id; value: its JSON)."""
-ITEM_ESCAPE_PATH = 2
-"""``session_items.kind`` of a remembered escape path (key: the path; no value)."""
-
-
 def _m0006_session_items(conn: sqlite3.Connection) -> None:
     """Many session allowances / escape paths become keyed rows, so a save writes only changes.
 
@@ -308,47 +306,6 @@ _format_created = functools.lru_cache(maxsize=256)(format_timestamp)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-_Item = tuple[int, str, Any]
-"""``(kind, key, value)`` of a ``session_items`` row before encoding (value: JSON data or None)."""
-
-
-def _split_state(
-    state: dict[str, Any], *, force: bool
-) -> tuple[dict[str, Any], list[_Item]] | None:
-    """The state without its allowances and remembered escape paths, and those as items.
-
-    None keeps the state inline: fewer than ``KEYED_STATE_MIN`` of them (unless ``force``), or
-    not keyable without changing them (an allowance that is not an object with a string ``id``,
-    a repeated id, paths that are not unique sorted strings: written back exactly as given).
-    """
-    allowances = state.get("allowances")
-    escape = state.get("escape_state")
-    if type(allowances) is not list or type(escape) is not dict:
-        return None
-    paths = escape.get("remembered_paths")
-    if type(paths) is not list:
-        return None
-    if not force and len(allowances) + len(paths) < KEYED_STATE_MIN:
-        return None
-    items: list[_Item] = []
-    ids: set[str] = set()
-    for allowance in allowances:
-        key = allowance.get("id") if type(allowance) is dict else None
-        if type(key) is not str or key in ids:
-            return None
-        ids.add(key)
-        items.append((ITEM_ALLOWANCE, key, allowance))
-    previous: str | None = None
-    for path in paths:
-        if type(path) is not str or (previous is not None and path <= previous):
-            return None
-        previous = path
-        items.append((ITEM_ESCAPE_PATH, path, None))
-    rest = {key: value for key, value in state.items() if key != "allowances"}
-    rest["escape_state"] = {k: v for k, v in escape.items() if k != "remembered_paths"}
-    return rest, items
-
 
 def _parse_timestamp(text: str) -> datetime:
     """A stored timestamp; an unreadable one (edited by hand) counts as the epoch.
@@ -697,12 +654,6 @@ class SqliteBackend:
         self, state: dict[str, Any], items: list[tuple[Any, Any, Any]], session_id: str
     ) -> None:
         """Put a keyed session's allowances and remembered escape paths back into its state."""
-        escape = state.get("escape_state")
-        if type(escape) is not dict:
-            raise SerializationError(
-                f"{self.path}: session {session_id}: stored state has keyed escape paths but "
-                "no escape_state object"
-            )
         allowances: list[Any] = []
         paths: list[str] = []
         for kind, key, value in items:
@@ -715,12 +666,10 @@ class SqliteBackend:
                     f"{self.path}: session {session_id}: stored state item {key!r} has an "
                     f"unknown kind {kind!r}"
                 )
-        paths.sort()
-        state["allowances"] = allowances
-        escape["remembered_paths"] = paths
+        join_keyed_state(state, allowances, paths, f"{self.path}: session {session_id}")
 
     def _item_rows(
-        self, items: list[_Item], session_id: str, first: int
+        self, items: list[KeyedItem], session_id: str, first: int
     ) -> list[tuple[str, int, str, int, str | None]]:
         """``session_items`` rows for ``items``, numbered from ``first``."""
         return [
@@ -739,7 +688,7 @@ class SqliteBackend:
     ) -> None:
         """Write a keyed session's changed allowances and escape paths (new rows from ``first``)."""
         deletes: list[tuple[str, int, str]] = []
-        upserts: list[_Item] = []
+        upserts: list[KeyedItem] = []
         for key, data in delta.allowances.items():
             if data is None:
                 deletes.append((session_id, ITEM_ALLOWANCE, key))
@@ -877,7 +826,7 @@ class SqliteBackend:
         sid = change.session_id
         change.check_archived()
         delta = change.delta
-        split = None if delta is not None else _split_state(change.state, force=False)
+        split = None if delta is not None else split_keyed_state(change.state, force=False)
         state = self._encode(split[0] if split is not None else change.state, sid, "state")
         item_rows = self._item_rows(split[1], sid, 0) if split is not None else None
         rows = [self._columns(m, sid) for m in change.messages]
@@ -999,7 +948,7 @@ class SqliteBackend:
                 if delta is not None:
                     # The stored state is inline: the delta cannot apply, write it whole.
                     full = delta.full_state()
-                    whole = _split_state(full, force=True)
+                    whole = split_keyed_state(full, force=True)
                     state_text = self._encode(whole[0] if whole else full, sid, "state")
                     new_rows = self._item_rows(whole[1], sid, 0) if whole else None
                 if new_rows is not None:

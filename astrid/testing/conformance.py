@@ -48,6 +48,7 @@ from ..store import (
     WorkspaceState,
 )
 from ..timeutil import utcnow
+from .keyed_state import comparable, grow, recorded_writes
 
 HOSTILE_IDS: tuple[str, ...] = (
     "../../etc/passwd",
@@ -157,14 +158,6 @@ def _change(
         ),
         archived=_as_json(archived),
     )
-
-
-def _comparable(session: AgentSession) -> dict[str, Any]:
-    """The session's document data without the budget snapshot's time (taken at each export)."""
-    data = session.to_document().to_data()
-    if isinstance(data.get("budget_snapshot"), dict):
-        data["budget_snapshot"].pop("last_updated", None)
-    return data
 
 
 class _RecordingBackend:
@@ -439,35 +432,9 @@ class StorageConformance:
             store.save(session)
             loaded = reader.load(session.id)
             assert loaded is not None, f"step {step}"
-            assert _comparable(loaded) == _comparable(session), f"step {step}"
+            assert comparable(loaded) == comparable(session), f"step {step}"
 
     # -- many allowances and escape paths (keyed state, ``accepts_state_delta``) -----------------
-
-    @staticmethod
-    def _grow(session: AgentSession, i: int, where: Path) -> None:
-        """One more session allowance and one more remembered escape path (a new directory)."""
-        session.add_session_allowance(
-            Allowance.create(ExactTool(server="fs", tool=f"t{i}"), session_only=True)
-        )
-        path = where / f"grown-{i}"
-        path.mkdir()
-        session.escape_handler.process_decision(
-            EscapeRequest.new(path, EscapeOperation.READ, "conformance"),
-            EscapeDecision.ALLOW_ALWAYS,
-        )
-
-    @staticmethod
-    def _spy(backend: StorageBackend, monkeypatch: pytest.MonkeyPatch) -> list[SessionWrite]:
-        """The writes ``backend`` receives from now on (the method replaced on the instance)."""
-        writes: list[SessionWrite] = []
-        real = backend.write
-
-        def spy(change: SessionWrite) -> int:
-            writes.append(change)
-            return real(change)
-
-        monkeypatch.setattr(backend, "write", spy)
-        return writes
 
     def test_random_security_changes_load_back_as_whole_writes(
         self,
@@ -481,12 +448,12 @@ class StorageConformance:
         rng = random.Random(7)
         reader = SessionStore(backend)
         session = store.new_session("random")
-        writes = self._spy(backend, monkeypatch)
+        writes = recorded_writes(backend, monkeypatch)
         made = 0
         for turn in range(160):
             op = rng.random()
             if op < 0.45 or made < KEYED_STATE_MIN:
-                self._grow(session, made, workspace)
+                grow(session, made, workspace)
                 made += 1
             elif op < 0.6:
                 session.add_session_allowance(
@@ -520,7 +487,7 @@ class StorageConformance:
                 time.sleep(0.025)
                 loaded = reader.load(session.id)
                 assert loaded is not None, f"turn {turn}"
-                assert _comparable(loaded) == _comparable(session), f"turn {turn}"
+                assert comparable(loaded) == comparable(session), f"turn {turn}"
         if getattr(backend, "accepts_state_delta", False) is True:
             # Both ways were taken: deltas, and whole writes (expiries, the journal's floor).
             kinds = [w.delta is not None for w in writes]
@@ -538,18 +505,18 @@ class StorageConformance:
         state follows; a backend taking deltas gets only the changes from the first save."""
         session = store.new_session("reloaded")
         for i in range(KEYED_STATE_MIN + 5):
-            self._grow(session, i, workspace)
+            grow(session, i, workspace)
         store.save(session)
         other = SessionStore(backend)
         loaded = other.load(session.id)
         assert loaded is not None
-        writes = self._spy(backend, monkeypatch)
+        writes = recorded_writes(backend, monkeypatch)
         for i in range(3):
             loaded.add_message(Message.user(f"m{i}"))
-            self._grow(loaded, 100 + i, workspace)
+            grow(loaded, 100 + i, workspace)
             other.save(loaded)
         again = SessionStore(backend).load(session.id)
-        assert again is not None and _comparable(again) == _comparable(loaded)
+        assert again is not None and comparable(again) == comparable(loaded)
         if getattr(backend, "accepts_state_delta", False) is True:
             assert [w.delta is not None and len(w.delta) == 2 for w in writes] == [True] * 3
 
@@ -564,14 +531,14 @@ class StorageConformance:
         writes the whole state (never a delta against what the load refused)."""
         session = store.new_session("dropped")
         for i in range(KEYED_STATE_MIN + 5):
-            self._grow(session, i, workspace)
+            grow(session, i, workspace)
         store.save(session)
         gone = workspace / "grown-3"
         gone.rmdir()
         other = SessionStore(backend)
         loaded = other.load(session.id)
         assert loaded is not None and str(gone) not in loaded.escape_handler.remembered_paths
-        writes = self._spy(backend, monkeypatch)
+        writes = recorded_writes(backend, monkeypatch)
         for i in range(3):
             loaded.add_message(Message.user(f"m{i}"))
             other.save(loaded)

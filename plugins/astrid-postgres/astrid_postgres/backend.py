@@ -37,12 +37,16 @@ import pydantic_core
 from astrid.errors import ConcurrencyError, SerializationError, SessionNotFound
 from astrid.security.kv import validate_name
 from astrid.store import (
-    KEYED_STATE_MIN,
+    ITEM_ALLOWANCE,
+    ITEM_ESCAPE_PATH,
     HistoryEntry,
+    KeyedItem,
     SessionRecord,
     SessionSummary,
     SessionWrite,
     StateDelta,
+    join_keyed_state,
+    split_keyed_state,
 )
 from astrid.timeutil import to_utc, utcnow
 from psycopg import sql
@@ -119,14 +123,6 @@ def _summary_columns(
 
 # -- keyed state ---------------------------------------------------------------------------------
 
-ITEM_ALLOWANCE = 1
-"""``session_items.kind`` of a session allowance (key: its id; value: its JSON)."""
-ITEM_ESCAPE_PATH = 2
-"""``session_items.kind`` of a remembered escape path (key: the path; no value)."""
-
-Item = tuple[int, str, Any]
-"""``(kind, key, value)`` of a ``session_items`` row before encoding (value: JSON data or None)."""
-
 _NO_ITEMS: dict[str, Any] = {"ikinds": [], "ikeys": [], "ivalues": [], "nitems": 0}
 
 
@@ -143,41 +139,11 @@ def storable_key(key: object) -> TypeGuard[str]:
     return True
 
 
-def split_state(state: dict[str, Any], *, force: bool) -> tuple[dict[str, Any], list[Item]] | None:
-    """The state without its allowances and remembered escape paths, and those as items.
-
-    None keeps the state inline: fewer than ``KEYED_STATE_MIN`` of them (unless ``force``), or
-    not keyable without changing them (an allowance that is not an object with a string ``id``,
-    a repeated id, paths that are not unique sorted strings, a key ``text`` cannot hold: NUL or
-    a lone surrogate). Those are written back exactly as given. The rules of the ``sqlite``
-    backend, plus the last one.
-    """
-    allowances = state.get("allowances")
-    escape = state.get("escape_state")
-    if type(allowances) is not list or type(escape) is not dict:
-        return None
-    paths = escape.get("remembered_paths")
-    if type(paths) is not list:
-        return None
-    if not force and len(allowances) + len(paths) < KEYED_STATE_MIN:
-        return None
-    items: list[Item] = []
-    ids: set[str] = set()
-    for allowance in allowances:
-        key = allowance.get("id") if type(allowance) is dict else None
-        if not storable_key(key) or key in ids:
-            return None
-        ids.add(key)
-        items.append((ITEM_ALLOWANCE, key, allowance))
-    previous: str | None = None
-    for path in paths:
-        if not storable_key(path) or (previous is not None and path <= previous):
-            return None
-        previous = path
-        items.append((ITEM_ESCAPE_PATH, path, None))
-    rest = {key: value for key, value in state.items() if key != "allowances"}
-    rest["escape_state"] = {k: v for k, v in escape.items() if k != "remembered_paths"}
-    return rest, items
+def split_state(
+    state: dict[str, Any], *, force: bool
+) -> tuple[dict[str, Any], list[KeyedItem]] | None:
+    """``split_keyed_state`` (the sqlite backend's rules), refusing keys ``text`` cannot hold."""
+    return split_keyed_state(state, force=force, key_ok=storable_key)
 
 
 # -- the backend ---------------------------------------------------------------------------------
@@ -318,12 +284,6 @@ class PostgresBackend:
 
     def _join_items(self, state: dict[str, Any], items: list[Any], session_id: str) -> None:
         """Put a keyed session's allowances and remembered escape paths back into its state."""
-        escape = state.get("escape_state")
-        if type(escape) is not dict:
-            raise SerializationError(
-                f"{self.where}: session {session_id}: stored state has keyed escape paths but "
-                "no escape_state object"
-            )
         allowances: list[Any] = []
         paths: list[str] = []
         allowance, path = str(ITEM_ALLOWANCE), str(ITEM_ESCAPE_PATH)
@@ -337,11 +297,9 @@ class PostgresBackend:
                     f"{self.where}: session {session_id}: stored state item {key!r} has an "
                     f"unknown kind {kind!r}"
                 )
-        paths.sort()
-        state["allowances"] = allowances
-        escape["remembered_paths"] = paths
+        join_keyed_state(state, allowances, paths, f"{self.where}: session {session_id}")
 
-    def _item_params(self, items: list[Item], sid: str) -> dict[str, Any]:
+    def _item_params(self, items: list[KeyedItem], sid: str) -> dict[str, Any]:
         """The parameters inserting ``items`` as rows numbered from 0 (``ikinds`` ...)."""
         kinds: list[int] = []
         keys: list[str] = []
