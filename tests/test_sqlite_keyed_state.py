@@ -17,16 +17,14 @@ import pytest
 
 from astrid import Message
 from astrid.default_plugins.sqlite_storage import MIGRATIONS, SqliteBackend
-from astrid.errors import ConcurrencyError, SerializationError
-from astrid.store import KEYED_STATE_MIN, SessionStore, StateDelta
+from astrid.errors import SerializationError
+from astrid.store import KEYED_STATE_MIN, SessionStore
 from astrid.testing.keyed_state import (
     SID,
     allowance_data,
     comparable,
     grow,
     loaded_state,
-    no_full_state,
-    partial_state,
     recorded_writes,
     sorted_paths,
     whole_state,
@@ -81,27 +79,6 @@ def test_few_stay_inline(backend: SqliteBackend, db: Path) -> None:
     assert loaded_state(backend) == state
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        pytest.param(lambda a, p: ([*a, a[0]], p), id="repeated id"),
-        pytest.param(lambda a, p: ([*a, {"no": "id"}], p), id="allowance without id"),
-        pytest.param(lambda a, p: ([*a, "text"], p), id="allowance not an object"),
-        pytest.param(lambda a, p: (a, list(reversed(p))), id="unsorted paths"),
-        pytest.param(lambda a, p: (a, [*p, p[0]]), id="repeated path"),
-        pytest.param(lambda a, p: (a, [*p, 7]), id="path not a string"),
-    ],
-)
-def test_unkeyable_state_is_written_back_exactly(
-    backend: SqliteBackend, db: Path, bad: Any
-) -> None:
-    allowances, paths = bad([allowance_data(i) for i in range(80)], sorted_paths(10))
-    state = whole_state(allowances, paths)
-    write(backend, state, None)
-    assert _keyed(db) == (0, 0)
-    assert loaded_state(backend) == state
-
-
 def test_whole_write_of_a_small_state_makes_a_keyed_session_inline(
     backend: SqliteBackend, db: Path
 ) -> None:
@@ -114,64 +91,6 @@ def test_whole_write_of_a_small_state_makes_a_keyed_session_inline(
 
 
 # -- deltas -------------------------------------------------------------------------------
-
-
-def test_delta_updates_only_changed_rows_in_place(backend: SqliteBackend, db: Path) -> None:
-    allowances = [allowance_data(i) for i in range(70)]
-    paths = sorted_paths(10)
-    rev = write(backend, whole_state(allowances, paths), None)
-    changed = dict(allowances[5], uses_remaining=3)
-    new = [allowance_data(100), allowance_data(101)]
-    delta = StateDelta(
-        allowances={
-            allowances[2]["id"]: None,
-            new[1]["id"]: new[1],
-            allowances[5]["id"]: changed,
-            new[0]["id"]: new[0],
-        },
-        remembered_paths={paths[0]: False, "/zz": True, "/0": True},
-        full_state=no_full_state,
-    )
-    partial = partial_state(whole_state([], []))
-    partial["token_count"] = 9
-    rev = write(backend, partial, rev, delta, messages=[{"role": "user", "content": "m"}], base=0)
-    expected_allowances = [a for a in allowances if a["id"] != allowances[2]["id"]]
-    expected_allowances[4] = changed
-    expected_allowances += [new[1], new[0]]
-    loaded = loaded_state(backend)
-    assert loaded["allowances"] == expected_allowances
-    assert loaded["escape_state"] == {
-        "remembered_paths": sorted(["/0", "/zz", *paths[1:]]),
-        "note": "kept",
-    }
-    assert loaded["token_count"] == 9
-    assert _keyed(db) == (1, 70 - 1 + 2 + 10 - 1 + 2)
-    record = backend.load(SID)
-    assert record is not None and record.revision == rev == 2 and len(record.messages) == 1
-
-
-def test_delta_on_an_inline_session_writes_it_whole(backend: SqliteBackend, db: Path) -> None:
-    inline = whole_state([allowance_data(i) for i in range(3)], ["/a"])
-    rev = write(backend, inline, None)
-    assert _keyed(db) == (0, 0)
-    whole = whole_state([allowance_data(i) for i in range(5)], ["/a", "/b"])
-    partial = partial_state(whole)
-    delta = StateDelta({"x": None}, {"/b": True}, lambda: whole)
-    write(backend, partial, rev, delta, messages=[{"role": "user", "content": "m"}])
-    assert _keyed(db) == (1, 7)  # asked for a delta: kept keyed, however few
-    assert loaded_state(backend) == whole
-
-
-def test_stale_delta_changes_nothing(backend: SqliteBackend, db: Path) -> None:
-    state = whole_state([allowance_data(i) for i in range(70)], [])
-    rev = write(backend, state, None)
-    partial = partial_state(state)
-    delta = StateDelta({state["allowances"][0]["id"]: None}, {"/x": True}, no_full_state)
-    with pytest.raises(ConcurrencyError):
-        write(backend, partial, rev + 1, delta)
-    with pytest.raises(ConcurrencyError):
-        write(backend, partial, rev, delta, base=3)
-    assert loaded_state(backend) == state and _keyed(db) == (1, 70)
 
 
 def test_delete_removes_the_rows(backend: SqliteBackend, db: Path) -> None:

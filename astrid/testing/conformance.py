@@ -44,11 +44,24 @@ from ..store import (
     SessionStore,
     SessionSummary,
     SessionWrite,
+    StateDelta,
     StorageBackend,
     WorkspaceState,
 )
 from ..timeutil import utcnow
-from .keyed_state import comparable, grow, recorded_writes
+from . import keyed_state
+from .keyed_state import (
+    allowance_data,
+    comparable,
+    grow,
+    loaded_state,
+    no_full_state,
+    partial_state,
+    recorded_writes,
+    sorted_paths,
+    whole_state,
+    write,
+)
 
 HOSTILE_IDS: tuple[str, ...] = (
     "../../etc/passwd",
@@ -549,6 +562,103 @@ class StorageConformance:
         assert writes[0].delta is None
         if getattr(backend, "accepts_state_delta", False) is True:
             assert [w.delta is None for w in writes[1:]] == [False, False]
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "repeated id",
+            "allowance without id",
+            "allowance not an object",
+            "unsorted paths",
+            "repeated path",
+            "path not a string",
+        ],
+    )
+    def test_many_allowances_that_cannot_be_keyed_come_back_exactly(
+        self, backend: StorageBackend, case: str
+    ) -> None:
+        """Whatever a backend does with many allowances and paths, an odd list comes back as
+        written (a keyed backend keeps such a state whole)."""
+        allowances: list[Any] = [allowance_data(i) for i in range(KEYED_STATE_MIN + 10)]
+        paths: list[Any] = sorted_paths(10)
+        if case == "repeated id":
+            allowances.append(allowances[0])
+        elif case == "allowance without id":
+            allowances.append({"no": "id"})
+        elif case == "allowance not an object":
+            allowances.append("text")
+        elif case == "unsorted paths":
+            paths.reverse()
+        elif case == "repeated path":
+            paths.append(paths[0])
+        else:
+            paths.append(7)
+        state = whole_state(allowances, paths)
+        write(backend, state, None)
+        assert loaded_state(backend) == state
+
+    def _takes_deltas(self, backend: StorageBackend) -> None:
+        if getattr(backend, "accepts_state_delta", False) is not True:
+            pytest.skip(f"{backend.name} does not take state deltas (accepts_state_delta)")
+
+    def test_a_delta_changes_allowances_in_place_and_adds_new_ones_last(
+        self, backend: StorageBackend
+    ) -> None:
+        self._takes_deltas(backend)
+        allowances = [allowance_data(i) for i in range(KEYED_STATE_MIN + 6)]
+        paths = sorted_paths(10)
+        rev = write(backend, whole_state(allowances, paths), None)
+        changed = dict(allowances[5], uses_remaining=3)
+        new = [allowance_data(100), allowance_data(101)]
+        delta = StateDelta(
+            allowances={
+                allowances[2]["id"]: None,
+                new[1]["id"]: new[1],
+                allowances[5]["id"]: changed,
+                new[0]["id"]: new[0],
+            },
+            remembered_paths={paths[0]: False, "/zz": True, "/0": True},
+            full_state=no_full_state,
+        )
+        partial = partial_state(whole_state([], []))
+        partial["token_count"] = 9
+        rev = write(backend, partial, rev, delta, messages=[{"role": "user", "content": "m"}])
+        expected = [a for a in allowances if a["id"] != allowances[2]["id"]]
+        expected[4] = changed
+        expected += [new[1], new[0]]
+        loaded = loaded_state(backend)
+        assert loaded["allowances"] == expected
+        assert loaded["escape_state"] == {
+            "remembered_paths": sorted(["/0", "/zz", *paths[1:]]),
+            "note": "kept",
+        }
+        assert loaded["token_count"] == 9
+        record = backend.load(keyed_state.SID)
+        assert record is not None and record.revision == rev == 2 and len(record.messages) == 1
+
+    def test_a_delta_for_a_state_stored_whole_writes_the_full_state(
+        self, backend: StorageBackend
+    ) -> None:
+        self._takes_deltas(backend)
+        small = whole_state([allowance_data(i) for i in range(3)], ["/a"])
+        rev = write(backend, small, None)
+        whole = whole_state([allowance_data(i) for i in range(5)], ["/a", "/b"])
+        delta = StateDelta({"x": None}, {"/b": True}, lambda: whole)
+        write(backend, partial_state(whole), rev, delta, [{"role": "user", "content": "m"}])
+        assert loaded_state(backend) == whole
+
+    def test_a_stale_delta_changes_nothing(self, backend: StorageBackend) -> None:
+        self._takes_deltas(backend)
+        state = whole_state([allowance_data(i) for i in range(KEYED_STATE_MIN + 6)], [])
+        rev = write(backend, state, None)
+        delta = StateDelta({state["allowances"][0]["id"]: None}, {"/x": True}, no_full_state)
+        with pytest.raises(ConcurrencyError):
+            write(backend, partial_state(state), rev + 1, delta)
+        with pytest.raises(ConcurrencyError):
+            write(backend, partial_state(state), rev, delta, base=3)
+        assert loaded_state(backend) == state
+        record = backend.load(keyed_state.SID)
+        assert record is not None and record.revision == rev
 
     def test_load_decoded_if_offered_matches_load(
         self, backend: StorageBackend, store: SessionStore

@@ -98,30 +98,6 @@ def test_few_stay_inline(backend: PostgresBackend, raw: Raw) -> None:
     assert loaded_state(backend) == state
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        pytest.param(lambda a, p: ([*a, a[0]], p), id="repeated id"),
-        pytest.param(lambda a, p: ([*a, {"no": "id"}], p), id="allowance without id"),
-        pytest.param(lambda a, p: ([*a, "text"], p), id="allowance not an object"),
-        pytest.param(lambda a, p: (a, list(reversed(p))), id="unsorted paths"),
-        pytest.param(lambda a, p: (a, [*p, p[0]]), id="repeated path"),
-        pytest.param(lambda a, p: (a, [*p, 7]), id="path not a string"),
-        pytest.param(lambda a, p: ([*a, {"id": "x\0y"}], p), id="NUL in an id"),
-        pytest.param(lambda a, p: (a, [*p, "/zz\ud800"]), id="lone surrogate in a path"),
-        pytest.param(lambda a, p: (a, [*p, "/zz\0"]), id="NUL in a path"),
-    ],
-)
-def test_unkeyable_state_is_written_back_exactly(
-    backend: PostgresBackend, raw: Raw, bad: Callable[[list[Any], list[Any]], Any]
-) -> None:
-    allowances, paths = bad([allowance_data(i) for i in range(80)], sorted_paths(10))
-    state = whole_state(allowances, paths)
-    write(backend, state, None)
-    assert raw.keyed() == (False, 0)
-    assert loaded_state(backend) == state
-
-
 def test_odd_keys_and_values_are_keyed_exactly(backend: PostgresBackend, raw: Raw) -> None:
     odd = ["/é", "/日本", "/\U0001f680", "NULL", '/a "b" {c}, \\d', " ", ""]
     paths = sorted([*odd, *sorted_paths(70)])
@@ -256,44 +232,6 @@ def test_a_replace_keeps_the_keyed_rows_right(backend: PostgresBackend, raw: Raw
 # -- deltas -------------------------------------------------------------------------------
 
 
-def test_delta_updates_only_changed_rows_in_place(backend: PostgresBackend, raw: Raw) -> None:
-    allowances = [allowance_data(i) for i in range(70)]
-    paths = sorted_paths(10)
-    rev = write(backend, whole_state(allowances, paths), None)
-    changed = dict(allowances[5], uses_remaining=3)
-    new = [allowance_data(100), allowance_data(101)]
-    delta = StateDelta(
-        allowances={
-            allowances[2]["id"]: None,
-            new[1]["id"]: new[1],
-            allowances[5]["id"]: changed,
-            new[0]["id"]: new[0],
-        },
-        remembered_paths={paths[0]: False, "/zz": True, "/0": True},
-        full_state=no_full_state,
-    )
-    partial = partial_state(whole_state([], []))
-    partial["token_count"] = 9
-    rev = write(backend, partial, rev, delta, messages=[{"role": "user", "content": "m"}])
-    expected_allowances = [a for a in allowances if a["id"] != allowances[2]["id"]]
-    expected_allowances[4] = changed
-    expected_allowances += [new[1], new[0]]
-    loaded = loaded_state(backend)
-    assert loaded["allowances"] == expected_allowances
-    assert loaded["escape_state"] == {
-        "remembered_paths": sorted(["/0", "/zz", *paths[1:]]),
-        "note": "kept",
-    }
-    assert loaded["token_count"] == 9
-    assert raw.keyed() == (True, 70 - 1 + 2 + 10 - 1 + 2)
-    record = backend.load(SID)
-    assert record is not None and record.revision == rev == 2 and len(record.messages) == 1
-    # The next delta's new rows come after these (``next_item`` was reserved).
-    later = allowance_data(102)
-    write(backend, partial, rev, StateDelta({later["id"]: later}, {}, no_full_state), base=1)
-    assert loaded_state(backend)["allowances"] == [*expected_allowances, later]
-
-
 def test_an_empty_delta_saves_messages_only(backend: PostgresBackend, raw: Raw) -> None:
     state = whole_state([allowance_data(i) for i in range(70)], sorted_paths(3))
     rev = write(backend, state, None)
@@ -305,17 +243,6 @@ def test_an_empty_delta_saves_messages_only(backend: PostgresBackend, raw: Raw) 
     record = backend.load(SID)
     assert record is not None and record.state == state and len(record.messages) == 3
     assert raw.keyed() == (True, 73)
-
-
-def test_delta_on_an_inline_session_writes_it_whole(backend: PostgresBackend, raw: Raw) -> None:
-    inline = whole_state([allowance_data(i) for i in range(3)], ["/a"])
-    rev = write(backend, inline, None)
-    assert raw.keyed() == (False, 0)
-    whole = whole_state([allowance_data(i) for i in range(5)], ["/a", "/b"])
-    delta = StateDelta({"x": None}, {"/b": True}, lambda: whole)
-    write(backend, partial_state(whole), rev, delta, messages=[{"role": "user", "content": "m"}])
-    assert raw.keyed() == (True, 7)  # asked for a delta: kept keyed, however few
-    assert loaded_state(backend) == whole
 
 
 def test_a_delta_with_a_key_text_cannot_hold_writes_the_state_whole_inline(
@@ -335,23 +262,6 @@ def test_a_create_with_a_delta_writes_the_full_state(backend: PostgresBackend, r
     write(backend, partial_state(whole), None, StateDelta({}, {}, lambda: whole))
     assert raw.keyed() == (True, 70)
     assert loaded_state(backend) == whole
-
-
-def test_stale_delta_changes_nothing(backend: PostgresBackend, raw: Raw) -> None:
-    state = whole_state([allowance_data(i) for i in range(70)], [])
-    rev = write(backend, state, None)
-    delta = StateDelta({state["allowances"][0]["id"]: None}, {"/x": True}, no_full_state)
-    with pytest.raises(ConcurrencyError, match="revision"):
-        write(backend, partial_state(state), rev + 1, delta)
-    with pytest.raises(ConcurrencyError, match="messages"):
-        write(backend, partial_state(state), rev, delta, base=3)
-    with pytest.raises(ConcurrencyError):
-        write(backend, partial_state(state), rev + 1, delta, replace=True)
-    assert loaded_state(backend) == state and raw.keyed() == (True, 70)
-    ((revision, next_item),) = raw.rows(
-        "SELECT revision, next_item FROM {s}.sessions WHERE id = %s", SID
-    )
-    assert (revision, next_item) == (rev, 70)
 
 
 def test_concurrent_deltas_one_wins_the_other_is_stale(
