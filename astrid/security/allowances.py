@@ -23,6 +23,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from astrid.errors import AllowanceNotFound, SerializationError
+from astrid.security._journal import ChangeJournal
 from astrid.security.actions import (
     ExecuteCommand,
     FileDelete,
@@ -458,33 +459,13 @@ class AllowanceStore:
         )
         self._tickets: dict[UUID, int] = {}
         """Each entry's insertion ticket (increasing in the order of ``_entries``)."""
-        self._changed: dict[UUID, int] = {}
-        """Id -> the version after its last change, ordered by that version (the journal)."""
-        self._floor = 0
-        """Deltas are refused from versions before this (the journal no longer covers them)."""
+        self._journal: ChangeJournal[UUID] = ChangeJournal()
+        """The ids changed, by version (``session_allowance_changes``)."""
 
     def _note(self, allowance_id: UUID) -> None:
         """Journal a change of ``allowance_id`` at the current version (call after the bump)."""
-        changed = self._changed
-        changed.pop(allowance_id, None)
-        changed[allowance_id] = self._version
-        if len(changed) > 2 * len(self._entries) + 64:
-            self._trim_journal()
-
-    def _trim_journal(self) -> None:
-        """Forget the oldest ids no longer stored, raising ``_floor`` past them (amortised O(1))."""
-        entries = self._entries
-        excess = len(self._changed) - (len(entries) + len(entries) // 2 + 32)
-        kept: dict[UUID, int] = {}
-        floor = self._floor
-        for allowance_id, version in self._changed.items():
-            if excess > 0 and allowance_id not in entries:
-                excess -= 1
-                floor = max(floor, version)
-            else:
-                kept[allowance_id] = version
-        self._changed = kept
-        self._floor = floor
+        self._journal.note(allowance_id, self._version)
+        self._journal.bound(self._entries.keys())
 
     @staticmethod
     def _joins_export(previous: Allowance, allowance: Allowance) -> bool:
@@ -506,7 +487,7 @@ class AllowanceStore:
             self._tickets[allowance_id] = next(self._ticket)
             # Journalled while absent only if removed earlier: added again it moves to the end,
             # so a reader from before the removal, which may hold it, would keep its old place.
-            removed_at = self._changed.get(allowance_id)
+            removed_at = self._journal.last_change(allowance_id)
         self._entries[allowance_id] = allowance
         self._dumps.pop(allowance_id, None)
         if owner is None:
@@ -535,9 +516,9 @@ class AllowanceStore:
         self._version += 1
         self._note(allowance_id)
         if reordered:  # it joins the export in its old place: not expressible as a delta
-            self._floor = self._version
-        elif removed_at is not None and removed_at > self._floor:
-            self._floor = removed_at
+            self._journal.floor = self._version
+        elif removed_at is not None and removed_at > self._journal.floor:
+            self._journal.floor = removed_at
 
     def _set_uses(self, allowance: Allowance, remaining: int) -> Allowance:
         """Replace an entry by a copy with ``remaining`` uses (used up: out of ``_live``)."""
@@ -730,16 +711,12 @@ class AllowanceStore:
         ``since`` is not a version of this store, or an entry it holds may have expired.
         """
         with self._lock:
-            if since < self._floor or since > self._version:
+            ids = self._journal.since(since, self._version)
+            if ids is None:
                 return None
             now = utcnow()
             if until is not None and now > until:
                 return None
-            ids: list[UUID] = []
-            for allowance_id, version in reversed(self._changed.items()):
-                if version <= since:
-                    break
-                ids.append(allowance_id)
             tickets = self._tickets
             ids.sort(key=lambda k: tickets.get(k, -1))  # removed ids (no ticket) first
             changes: dict[str, dict[str, Any] | None] = {}

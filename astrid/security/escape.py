@@ -29,6 +29,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from astrid.security._extras import unknown_keys, with_unknown_keys
+from astrid.security._journal import ChangeJournal
 from astrid.security.globs import GlobSyntaxError, compile_glob
 from astrid.timeutil import Timestamp, utcnow
 
@@ -488,10 +489,8 @@ class EscapeHandler:
         self._exported: tuple[set[str], int, list[str]] | None = None
         self._extra: dict[str, Any] = {}
         """The unknown state keys restored so far (written back by every export)."""
-        self._path_changes: dict[str, int] = {}
-        """Path -> the version after its last change, ordered by that version (the journal)."""
-        self._floor = 0
-        """Deltas are refused from versions before this (the journal no longer covers them)."""
+        self._journal: ChangeJournal[str] = ChangeJournal()
+        """The remembered paths changed, by version (``remembered_path_changes``)."""
 
     @property
     def version(self) -> int:
@@ -500,28 +499,7 @@ class EscapeHandler:
 
     def _note(self, path: str) -> None:
         """Journal a change of ``path`` at the current version (call after the bump)."""
-        changes = self._path_changes
-        changes.pop(path, None)
-        changes[path] = self._version
-
-    def _bound_journal(self) -> None:
-        """Forget the oldest paths no longer remembered once the journal outgrows the paths,
-        raising ``_floor`` past them (amortised O(1) per change)."""
-        remembered = self._remembered
-        changes = self._path_changes
-        if len(changes) <= 2 * len(remembered) + 64:
-            return
-        excess = len(changes) - (len(remembered) + len(remembered) // 2 + 32)
-        kept: dict[str, int] = {}
-        floor = self._floor
-        for path, version in changes.items():
-            if excess > 0 and path not in remembered:
-                excess -= 1
-                floor = max(floor, version)
-            else:
-                kept[path] = version
-        self._path_changes = kept
-        self._floor = floor
+        self._journal.note(path, self._version)
 
     def remembered_path_changes(self, since: int) -> tuple[int, dict[str, bool]] | None:
         """``(version, {path: remembered now?})`` for the paths changed after ``since``, or None.
@@ -529,15 +507,11 @@ class EscapeHandler:
         O(changes). None means the caller must export in full: the journal no longer reaches
         back to ``since``, or ``since`` is not a version of this handler.
         """
-        if since < self._floor or since > self._version:
+        paths = self._journal.since(since, self._version)
+        if paths is None:
             return None
         remembered = self._remembered
-        changes: dict[str, bool] = {}
-        for path, version in reversed(self._path_changes.items()):
-            if version <= since:
-                break
-            changes[path] = path in remembered
-        return self._version, changes
+        return self._version, {path: path in remembered for path in paths}
 
     @property
     def remembered_paths(self) -> frozenset[str]:
@@ -557,7 +531,7 @@ class EscapeHandler:
                 self._remembered.add(path)
                 self._version += 1
                 self._note(path)
-                self._bound_journal()
+                self._journal.bound(self._remembered)
         elif decision is EscapeDecision.ALLOW_SESSION:
             self._session.add(path)
 
@@ -579,7 +553,7 @@ class EscapeHandler:
         for path in self._remembered:
             self._note(path)
         self._remembered.clear()
-        self._bound_journal()
+        self._journal.bound(self._remembered)
 
     def export_state(self) -> EscapeState:
         """The AllowAlways paths, sorted (session paths are not persisted)."""
@@ -630,7 +604,7 @@ class EscapeHandler:
                 self._remembered.add(canonical)
                 self._version += 1
                 self._note(canonical)
-        self._bound_journal()
+        self._journal.bound(self._remembered)
 
     def copy(self) -> EscapeHandler:
         """An independent copy (the handler is held by value).
@@ -642,7 +616,8 @@ class EscapeHandler:
         other._remembered = set(self._remembered)
         other._session = set(self._session)
         other._extra = dict(self._extra)
-        other._version = other._floor = self._version + 1
+        other._version = self._version + 1
+        other._journal.floor = other._version
         return other
 
     def __repr__(self) -> str:

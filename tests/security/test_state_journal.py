@@ -319,8 +319,8 @@ def test_long_random_run_trims_the_journal_and_keeps_deltas_exact() -> None:
                 else:  # the saver takes a full export instead
                     refused += 1
                     readers[i] = snapshot(store, reader.chain)
-            assert len(store._changed) <= 2 * len(store._entries) + 65, f"step {step}"
-    assert store._floor > 0  # the journal was trimmed
+            assert len(store._journal) <= 2 * len(store._entries) + 65, f"step {step}"
+    assert store._journal.floor > 0  # the journal was trimmed
     assert answered > refused
 
 
@@ -425,10 +425,10 @@ def test_trimmed_journal_refuses_an_old_basis() -> None:
         store.clear_session_allowances(owner="tmp")
         if round_ == 45:
             recent = snapshot(store, chain=False)
-    assert store._floor > old.version
+    assert store._journal.floor > old.version
     assert store.session_allowance_changes(old.version, old.until) is None
-    assert len(store._changed) <= 2 * len(store._entries) + 64
-    assert recent is not None and recent.version >= store._floor
+    assert len(store._journal) <= 2 * len(store._entries) + 64
+    assert recent is not None and recent.version >= store._journal.floor
     assert verify(store, recent) is not None  # recent bases outlive a trim
     fresh = snapshot(store)
     store.add_allowance(make())
@@ -683,7 +683,7 @@ def test_escape_deltas_reproduce_the_remembered_paths(
             new = _escape_verify(handler, basis)
             kept.append(((new if chain and new is not None else basis), chain))
         bases = kept
-        assert len(handler._path_changes) <= 2 * len(handler._remembered) + 64
+        assert len(handler._journal) <= 2 * len(handler._remembered) + 64
 
 
 def test_escape_long_random_run_keeps_deltas_exact(dirs: list[Path]) -> None:
@@ -715,8 +715,8 @@ def test_escape_long_random_run_keeps_deltas_exact(dirs: list[Path]) -> None:
                 answered += 1
                 if i:  # base 0 stays put (long ranges); the others chain
                     bases[i] = new
-        assert len(handler._path_changes) <= 2 * len(handler._remembered) + 64
-    assert handler._floor > 0
+        assert len(handler._journal) <= 2 * len(handler._remembered) + 64
+    assert handler._journal.floor > 0
     assert answered > 10 * refused
 
 
@@ -777,9 +777,9 @@ def test_escape_trimmed_journal_refuses_an_old_basis() -> None:
     for i in range(200):
         handler.process_decision(_request(f"/nowhere/{i}"), EscapeDecision.ALLOW_ALWAYS)
     handler.clear_all()
-    assert handler._floor > basis[0]
+    assert handler._journal.floor > basis[0]
     assert handler.remembered_path_changes(basis[0]) is None
-    assert len(handler._path_changes) <= 64
+    assert len(handler._journal) <= 64
     fresh = (handler.version, set(handler.remembered_paths))
     handler.process_decision(_request("/nowhere/again"), EscapeDecision.ALLOW_ALWAYS)
     assert _escape_verify(handler, fresh) == (handler.version, {"/nowhere/again"})
