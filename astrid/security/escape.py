@@ -44,12 +44,14 @@ __all__ = [
     "EscapePolicy",
     "EscapeRequest",
     "EscapeState",
+    "NeverAllowed",
     "PathCheck",
     "WorkspaceBoundary",
     "WorkspaceConfig",
     "WorkspaceMode",
     "canonicalize",
     "is_never_allowed_path",
+    "path_parts",
     "path_starts_with",
     "resolve_path",
 ]
@@ -106,21 +108,57 @@ def path_starts_with(path: str | os.PathLike[str], base: str | os.PathLike[str])
     return path_parts[: len(base_parts)] == base_parts
 
 
+def path_parts(path: str) -> tuple[str, ...]:
+    """``PurePath(path).parts``, without building a ``PurePath`` for a plain absolute path.
+
+    Restoring thousands of remembered paths splits each; ``PurePath`` was most of that time.
+    """
+    if (
+        path.startswith("/")
+        and "//" not in path
+        and "/./" not in path
+        and not path.endswith(("/", "/."))
+    ):
+        return ("/", *path[1:].split("/"))
+    return PurePath(path).parts
+
+
+class NeverAllowed:
+    """Never-allowed entries, each as given and canonicalized, resolved once at construction.
+
+    Build one per check, or per batch of checks done together (restoring thousands of
+    remembered paths): resolving every entry again for each path made that quadratic in I/O.
+    """
+
+    def __init__(self, entries: Iterable[str | os.PathLike[str]]) -> None:
+        bases: list[tuple[str, ...]] = []
+        for blocked in entries:
+            bases.append(path_parts(os.fspath(blocked)))
+            canonical = canonicalize(blocked)
+            if canonical is not None:
+                bases.append(path_parts(canonical))
+        self._bases = [base for base in bases if base]  # an empty base never matches
+
+    def covers(self, path: str | os.PathLike[str]) -> bool:
+        """True if ``path`` lies under an entry (raw or canonical, either side)."""
+        raw = os.fspath(path)
+        forms = {resolve_path(raw)}
+        if os.path.isabs(raw):
+            forms.add(os.path.normpath(raw))
+        return self.covers_forms(forms)
+
+    def covers_forms(self, forms: Iterable[str]) -> bool:
+        """True if any of these already resolved forms of a path lies under an entry."""
+        for form in forms:
+            parts = path_parts(form)
+            if any(parts[: len(base)] == base for base in self._bases):
+                return True
+        return False
+
+
 def is_never_allowed_path(path: str | os.PathLike[str], never_allow: Iterable[str]) -> bool:
     """True if ``path`` lies under any ``never_allow`` entry (raw or canonical, either side)."""
-    raw = os.fspath(path)
-    forms = {resolve_path(raw)}
-    if os.path.isabs(raw):
-        forms.add(os.path.normpath(raw))
-    for blocked in never_allow:
-        blocked_forms = {os.fspath(blocked)}
-        canonical = canonicalize(blocked)
-        if canonical is not None:
-            blocked_forms.add(canonical)
-        for form in forms:
-            if any(path_starts_with(form, entry) for entry in blocked_forms):
-                return True
-    return False
+    return NeverAllowed(never_allow).covers(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,11 +464,14 @@ class WorkspaceBoundary:
         """
         raw = os.fspath(path)
         candidate = raw if os.path.isabs(raw) else os.path.join(self.root, raw)
-        blocked = [
+        return self.never_allowed().covers(candidate)
+
+    def never_allowed(self) -> NeverAllowed:
+        """The never-allowed entries resolved now (relative ones under the workspace root)."""
+        return NeverAllowed(
             entry if os.path.isabs(entry) else os.path.join(self.root, entry)
             for entry in self.config.never_allowed
-        ]
-        return is_never_allowed_path(candidate, blocked)
+        )
 
     def check(self, path: str | os.PathLike[str]) -> PathCheck:
         """Never-allowed, then inside, then auto-allowed, then the mode and escape policy."""
@@ -587,6 +628,7 @@ class EscapeHandler:
         are merged in too (only carried back by exports).
         """
         self._extra.update(unknown_keys(state))
+        blocked = boundary.never_allowed() if boundary is not None else None
         for raw in state.remembered_paths:
             if not os.path.isabs(raw):
                 logger.warning("dropping relative remembered escape path %r", raw)
@@ -595,9 +637,9 @@ class EscapeHandler:
             if canonical is None:
                 logger.warning("dropping non-existent remembered escape path %r", raw)
                 continue
-            if boundary is not None and (
-                boundary.is_never_allowed(canonical) or boundary.is_never_allowed(raw)
-            ):
+            # ``boundary.is_never_allowed`` of both the canonical and the raw path, whose
+            # resolved forms are these (``raw`` exists and is absolute).
+            if blocked is not None and blocked.covers_forms((canonical, os.path.normpath(raw))):
                 logger.warning("dropping never-allowed remembered escape path %r", raw)
                 continue
             if canonical not in self._remembered:

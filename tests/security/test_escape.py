@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from astrid.security.escape import (
     DEFAULT_NEVER_ALLOW,
@@ -26,6 +28,7 @@ from astrid.security.escape import (
     WorkspaceMode,
     canonicalize,
     is_never_allowed_path,
+    path_parts,
     path_starts_with,
     resolve_path,
 )
@@ -557,3 +560,31 @@ def test_is_never_allowed_path(tmp_path: Path) -> None:
     (tmp_path / "to-etc").symlink_to("/etc", target_is_directory=True)
     assert is_never_allowed_path(tmp_path / "to-etc" / "passwd", ["/etc"])
     assert is_never_allowed_path(tmp_path / "to-etc" / "not-there", ["/etc"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="/.aé", max_size=12))
+def test_path_parts_equals_purepath_parts(path: str) -> None:
+    assert path_parts(path) == PurePath(path).parts
+
+
+def test_restoring_many_paths_checks_each_against_the_boundary(tmp_path: Path) -> None:
+    """The batch check of ``restore_state`` drops exactly what ``is_never_allowed`` refuses."""
+    blocked = tmp_path / "secret"
+    blocked.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(blocked)
+    keep = []
+    for i in range(20):
+        ok = tmp_path / f"ok{i}"
+        ok.mkdir()
+        keep.append(str(ok))
+    inside = blocked / "inner"
+    inside.mkdir()
+    config = WorkspaceConfig(root=tmp_path / "ws", never_allowed=[str(blocked)])
+    boundary = WorkspaceBoundary(config)
+    candidates = [*keep, str(inside), str(link / "inner"), str(blocked)]
+    handler = EscapeHandler()
+    handler.restore_state(EscapeState(remembered_paths=candidates), boundary)
+    expected = {os.path.realpath(c) for c in candidates if not boundary.is_never_allowed(c)}
+    assert handler.remembered_paths == frozenset(expected) == frozenset(keep)
