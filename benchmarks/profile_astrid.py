@@ -202,6 +202,10 @@ def security(mode: str | None, steps: int = 300) -> None:
                         f"state {state_bytes:,} B; allowance entries "
                         f"{sess.allowance_store.count():,}"
                     )
+                    if variant == "growing" and git:
+                        # A whole load: allowances validated, every escape path re-checked.
+                        loads = time_us(lambda: store.load(sess.id), 3)
+                        print(f"  {'':<10} N={size:<6} load of that session {med(loads) / 1000:.0f} ms")
                     if mode and git and size == 10_000 and variant != "bounded":
                         profiled(
                             lambda: [
