@@ -707,8 +707,9 @@ class AllowanceStore:
         """The session-export changes after version ``since``, in O(changes), or None.
 
         The caller holds the export as of ``since`` whose earliest expiry was ``until``. None means
-        it must take a full snapshot instead: the journal no longer reaches back to ``since``,
-        ``since`` is not a version of this store, or an entry it holds may have expired.
+        it must take a full snapshot instead: the journal no longer reaches back to ``since``, or
+        ``since`` is not a version of this store. Once ``until`` has passed, the entries expired
+        by now are in the changes too (as removed), found on the expiry heap in O(expired).
         """
         with self._lock:
             ids = self._journal.since(since, self._version)
@@ -716,7 +717,8 @@ class AllowanceStore:
                 return None
             now = utcnow()
             if until is not None and now > until:
-                return None
+                expired, until = self._expired_by(now)
+                ids.extend(expired)
             tickets = self._tickets
             ids.sort(key=lambda k: tickets.get(k, -1))  # removed ids (no ticket) first
             changes: dict[str, dict[str, Any] | None] = {}
@@ -734,6 +736,28 @@ class AllowanceStore:
                 else:
                     changes[str(allowance_id)] = None
             return AllowanceDelta(self._version, until, changes)
+
+    def _expired_by(self, now: datetime) -> tuple[list[UUID], datetime | None]:
+        """The stored entries expired by ``now``, and the earliest expiry still ahead.
+
+        Walks only the expired top of the expiry heap (a heap's smaller items sit above the
+        larger ones), so it costs the expired items, not the entries. The expiry ahead may be
+        an outdated heap item's (earlier than needed: a later check, never a missed one).
+        """
+        heap = self._expiry
+        expired: list[UUID] = []
+        ahead: datetime | None = None
+        pending = [0] if heap else []
+        while pending:
+            index = pending.pop()
+            expires_at, _, allowance_id = heap[index]
+            if expires_at < now:
+                if allowance_id in self._entries:
+                    expired.append(allowance_id)
+                pending.extend(c for c in (2 * index + 1, 2 * index + 2) if c < len(heap))
+            elif ahead is None or expires_at < ahead:
+                ahead = expires_at
+        return expired, ahead
 
     def _dump(self, allowance: Allowance) -> dict[str, Any]:
         """``allowance.model_dump(mode="json")``, computed once per stored object."""

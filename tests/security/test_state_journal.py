@@ -500,7 +500,7 @@ def test_removed_and_added_again_moves_last_and_refuses_bases_that_held_it() -> 
     assert delta is not None and list(delta.changes) == [str(moved.id)]
 
 
-def test_until_passed_refuses_the_basis() -> None:
+def test_until_passed_the_delta_removes_what_expired() -> None:
     store = AllowanceStore()
     soon = make(expires_at=utcnow() + timedelta(milliseconds=200))
     store.add_allowance(make())
@@ -509,8 +509,10 @@ def test_until_passed_refuses_the_basis() -> None:
     assert reader.until == soon.expires_at
     assert store.session_allowance_changes(reader.version, reader.until) is not None
     time.sleep(0.3)
-    # Nothing changed, yet the saver's copy holds an expired entry: it must export again.
-    assert store.session_allowance_changes(reader.version, reader.until) is None
+    # Nothing changed, yet the saver's copy holds an expired entry: the delta removes it.
+    delta = verify(store, reader)
+    assert delta is not None and delta.changes == {str(soon.id): None}
+    assert delta.until is None  # nothing else expires
     assert reference(store) == store.export_session_allowances_data() == reader.data[:1]
 
 
@@ -518,25 +520,49 @@ def test_until_at_exactly_now_is_still_valid() -> None:
     """The export keeps an entry whose ``expires_at`` equals now; so does the delta."""
     with fake_clock() as clock:
         store = AllowanceStore()
-        store.add_allowance(make(expires_at=clock.now + timedelta(seconds=1)))
+        entry = make(expires_at=clock.now + timedelta(seconds=1))
+        store.add_allowance(entry)
         reader = snapshot(store)
         clock.advance(timedelta(seconds=1))
-        assert verify(store, reader) is not None
+        delta = verify(store, reader)
+        assert delta is not None and delta.changes == {}
         clock.advance(timedelta(microseconds=1))
-        assert store.session_allowance_changes(reader.version, reader.until) is None
+        delta = verify(store, reader)
+        assert delta is not None and delta.changes == {str(entry.id): None}
 
 
 def test_delta_until_covers_changed_entries() -> None:
     with fake_clock() as clock:
         store = AllowanceStore()
-        store.add_allowance(make(expires_at=clock.now + timedelta(hours=2)))
+        later = make(expires_at=clock.now + timedelta(hours=2))
+        store.add_allowance(later)
         reader = snapshot(store)
         sooner = make(expires_at=clock.now + timedelta(hours=1))
         store.add_allowance(sooner)
         delta = verify(store, reader)
         assert delta is not None and delta.until == sooner.expires_at
         clock.advance(timedelta(hours=1, seconds=1))
-        assert store.session_allowance_changes(reader.version, reader.until) is None
+        delta = verify(store, reader)
+        assert delta is not None and delta.changes == {str(sooner.id): None}
+        assert delta.until == later.expires_at
+
+
+def test_expiries_cost_the_expired_entries_not_all_of_them() -> None:
+    """10 000 entries expiring later, 3 expiring now: the delta names the 3 and nothing else."""
+    with fake_clock() as clock:
+        store = AllowanceStore()
+        for _ in range(10_000):
+            store.add_allowance(make(expires_at=clock.now + timedelta(days=1)))
+        soon = [make(expires_at=clock.now + timedelta(seconds=s)) for s in (1, 2, 3)]
+        for entry in soon:
+            store.add_allowance(entry)
+        reader = snapshot(store)
+        assert reader.until == soon[0].expires_at
+        clock.advance(timedelta(seconds=4))
+        delta = verify(store, reader)
+        assert delta is not None
+        assert delta.changes == {str(entry.id): None for entry in soon}
+        assert delta.until == clock.now - timedelta(seconds=4) + timedelta(days=1)
 
 
 class CountingAllowance(Allowance):
