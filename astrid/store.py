@@ -290,6 +290,10 @@ class _KeyedBasis:
     until: datetime | None
     escape: EscapeHandler
     escape_version: int
+    dropped_allowances: frozenset[str] = frozenset()
+    """Ids stored but refused by the load (expired): the next delta removes them."""
+    dropped_paths: frozenset[str] = frozenset()
+    """Escape paths stored but refused by the load (gone, never allowed): removed likewise."""
 
 
 @dataclass
@@ -420,13 +424,23 @@ class SessionStore:
         if basis is not None and basis.allowances is allowances and basis.escape is escape:
             changed = allowances.session_allowance_changes(basis.allowance_version, basis.until)
             paths = escape.remembered_path_changes(basis.escape_version)
+            # A dropped id added again since goes last in the export, not in its stored
+            # place: only a whole write puts it there.
+            if changed is not None and any(
+                changed.changes.get(k) is not None for k in basis.dropped_allowances
+            ):
+                changed = None
             if changed is not None and paths is not None:
                 state = session.state_data(git_capture=self.git_capture, keyed=True)
 
                 def full_state() -> dict[str, Any]:
                     return session.state_data(git_capture=None)
 
-                delta = StateDelta(changed.changes, paths[1], full_state)
+                allowance_changes = dict.fromkeys(basis.dropped_allowances)
+                allowance_changes.update(changed.changes)
+                path_changes = dict.fromkeys(basis.dropped_paths, False)
+                path_changes.update(paths[1])
+                delta = StateDelta(allowance_changes, path_changes, full_state)
                 keyed = _KeyedBasis(allowances, changed.version, changed.until, escape, paths[0])
                 return state, delta, keyed
         # Versions read before the export: a change made meanwhile is sent again (harmless).
@@ -675,9 +689,12 @@ class SessionStore:
 
 
 def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis | None:
-    """A delta basis for a loaded session whose many allowances and escape paths came back
-    exactly as stored (same ids in the same order, same paths), so its first save need not
-    rewrite them all; None when the load dropped or reordered any (the save then writes whole).
+    """A delta basis for a loaded session with many allowances and escape paths, so its first
+    save need not rewrite them all.
+
+    What the load refused (expired allowances, escape paths gone or never allowed) is kept in
+    the basis and removed by the first delta. None when the loaded allowances are not the
+    stored ones in the stored order less the refused ones (the save then writes whole).
     """
     allowances = state.get("allowances")
     escape_state = state.get("escape_state")
@@ -689,14 +706,25 @@ def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis |
     store, escape = session.allowance_store, session.escape_handler
     escape_version = escape.version
     version, until, ids = store.session_export_ids()
-    if len(escape.remembered_paths) != len(paths):
-        return None
     stored_ids = [a.get("id") if isinstance(a, dict) else None for a in allowances]
-    if stored_ids != ids:
+    if not all(isinstance(i, str) for i in stored_ids):
         return None
-    if sorted(escape.remembered_paths) != paths:
+    kept: set[Any] = set(ids)
+    if [i for i in stored_ids if i in kept] != ids:
+        return None  # reordered, or an entry the document did not hold
+    loaded_paths = escape.remembered_paths
+    stored_paths = {p for p in paths if isinstance(p, str)}
+    if len(stored_paths) != len(paths) or not loaded_paths <= stored_paths:
         return None
-    return _KeyedBasis(store, version, until, escape, escape_version)
+    return _KeyedBasis(
+        store,
+        version,
+        until,
+        escape,
+        escape_version,
+        dropped_allowances=frozenset(str(i) for i in stored_ids if i not in kept),
+        dropped_paths=frozenset(stored_paths - loaded_paths),
+    )
 
 
 def _validated(model: Any, data: Any, where: str) -> Any:

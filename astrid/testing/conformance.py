@@ -533,24 +533,33 @@ class StorageConformance:
         if getattr(backend, "accepts_state_delta", False) is True:
             assert [w.delta is not None and len(w.delta) == 2 for w in writes] == [True] * 3
 
-    def test_a_path_dropped_by_the_load_is_dropped_from_the_store_by_the_next_save(
+    def test_what_the_load_refuses_is_dropped_from_the_store_by_the_next_save(
         self,
         backend: StorageBackend,
         store: SessionStore,
         workspace: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A remembered escape path that no longer exists is dropped on load; the next save
-        writes the whole state (never a delta against what the load refused)."""
+        """A remembered escape path that no longer exists and an allowance that expired are
+        dropped on load; the next save drops them from the store too (a backend taking deltas
+        gets them as removals, nothing else)."""
         session = store.new_session("dropped")
         for i in range(KEYED_STATE_MIN + 5):
             grow(session, i, workspace)
+        soon = Allowance.create(
+            ExactTool(server="fs", tool="soon"),
+            session_only=True,
+            expires_at=utcnow() + timedelta(milliseconds=300),
+        )
+        session.add_session_allowance(soon)
         store.save(session)
         gone = workspace / "grown-3"
         gone.rmdir()
+        time.sleep(0.35)
         other = SessionStore(backend)
         loaded = other.load(session.id)
         assert loaded is not None and str(gone) not in loaded.escape_handler.remembered_paths
+        assert soon.id not in {a.id for a in loaded.allowance_store.all()}
         writes = recorded_writes(backend, monkeypatch)
         for i in range(3):
             loaded.add_message(Message.user(f"m{i}"))
@@ -559,9 +568,49 @@ class StorageConformance:
         assert record is not None
         stored = record.state["escape_state"]["remembered_paths"]
         assert str(gone) not in stored and len(stored) == KEYED_STATE_MIN + 4
-        assert writes[0].delta is None
+        assert [a["id"] for a in record.state["allowances"]] == [
+            str(a.id) for a in loaded.allowance_store.export_session_allowances()
+        ]
         if getattr(backend, "accepts_state_delta", False) is True:
-            assert [w.delta is None for w in writes[1:]] == [False, False]
+            first = writes[0].delta
+            assert first is not None
+            assert dict(first.allowances) == {str(soon.id): None}
+            assert dict(first.remembered_paths) == {str(gone): False}
+            assert [w.delta is not None for w in writes[1:]] == [True, True]
+
+    def test_an_allowance_refused_by_the_load_and_granted_again_goes_last(
+        self,
+        backend: StorageBackend,
+        store: SessionStore,
+        workspace: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The same allowance id, expired at the load and granted again afterwards: the store
+        lists it where the session does (last), not in its old place."""
+        session = store.new_session("regranted")
+        soon = Allowance.create(
+            ExactTool(server="fs", tool="soon"),
+            session_only=True,
+            expires_at=utcnow() + timedelta(milliseconds=300),
+        )
+        session.add_session_allowance(soon)
+        for i in range(KEYED_STATE_MIN + 5):
+            grow(session, i, workspace)
+        store.save(session)
+        time.sleep(0.35)
+        other = SessionStore(backend)
+        loaded = other.load(session.id)
+        assert loaded is not None
+        loaded.add_session_allowance(soon.model_copy(update={"expires_at": None}))
+        loaded.add_message(Message.user("again"))
+        writes = recorded_writes(backend, monkeypatch)
+        other.save(loaded)
+        assert writes[0].delta is None  # a delta could only update it in its old place
+        again = SessionStore(backend).load(session.id)
+        assert again is not None
+        ids = [a.id for a in again.allowance_store.export_session_allowances()]
+        assert ids[-1] == soon.id and ids.count(soon.id) == 1
+        assert comparable(again) == comparable(loaded)
 
     @pytest.mark.parametrize(
         "case",
