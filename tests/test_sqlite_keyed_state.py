@@ -17,7 +17,7 @@ import pytest
 
 from astrid import Message
 from astrid.default_plugins.sqlite_storage import MIGRATIONS, SqliteBackend
-from astrid.errors import SerializationError
+from astrid.errors import ConcurrencyError, SerializationError
 from astrid.store import KEYED_STATE_MIN, SessionStore
 from astrid.testing.keyed_state import (
     SID,
@@ -179,3 +179,27 @@ def test_session_state_view_gives_the_whole_state(backend: SqliteBackend, db: Pa
     views = dict(_raw(db, "SELECT id, state FROM session_state"))
     assert json.loads(views[SID]) == keyed
     assert json.loads(views[other]) == inline
+
+
+def test_two_writers_deltas_on_one_session_one_wins(db: Path, tmp_path: Path) -> None:
+    """Two stores (two processes' worth) load a keyed session and each save a delta: the
+    second is stale and changes nothing; the stored state is the winner's."""
+    first = SessionStore(SqliteBackend(db))
+    session = first.new_session("shared")
+    for i in range(KEYED_STATE_MIN + 2):
+        grow(session, i, tmp_path)
+    first.save(session)
+    a_store, b_store = SessionStore(SqliteBackend(db)), SessionStore(SqliteBackend(db))
+    a, b = a_store.load(session.id), b_store.load(session.id)
+    assert a is not None and b is not None
+    grow(a, 100, tmp_path)
+    a.add_message(Message.user("from a"))
+    grow(b, 101, tmp_path)
+    b.add_message(Message.user("from b"))
+    a_store.save(a)
+    with pytest.raises(ConcurrencyError):
+        b_store.save(b)
+    stored = SessionStore(SqliteBackend(db)).load(session.id)
+    assert stored is not None and comparable(stored) == comparable(a)
+    for s in (first, a_store, b_store):
+        s.close()
