@@ -346,6 +346,15 @@ def new_store(backend: Any, security: str | None, env: SecurityEnv | None) -> An
     )
 
 
+def stored_session(store: Any, n: int) -> Any:
+    """Save a new session of ``n`` workload messages in one save; return its id."""
+    session = store.new_session("You are a benchmark.")
+    for i in range(n):
+        session.add_message(astrid_message(i))
+    store.save(session)
+    return session.id
+
+
 def new_session(store: Any, env: SecurityEnv | None, security: str | None = None) -> Any:
     session = store.new_session("You are a benchmark.")
     if env is not None and security != CONTROL:
@@ -520,12 +529,7 @@ def load_rows(backend: str, plan: Plan) -> list[Row]:
         with workdir() as where:
             b = make_backend(backend, where, plan.sqlite_synchronous)
             store = SessionStore(b)
-            session = store.new_session("You are a benchmark.")
-            for i in range(n):
-                session.add_message(astrid_message(i))
-            store.save(session)
-            sid = session.id
-            del session
+            sid = stored_session(store, n)
             whole = time_us(
                 lambda: store.load(sid), plan.load_runs.get(n, 5), warmup=1, budget_s=plan.budget_s
             )

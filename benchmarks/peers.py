@@ -1162,8 +1162,7 @@ def paired_append(plan: Plan, openai_cls: Any, full_sync: bool) -> list[Row]:
 
 
 def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
-    from ours import make_backend
-    from workload import astrid_message
+    from ours import make_backend, stored_session
 
     from astrid.store import SessionStore
 
@@ -1171,12 +1170,7 @@ def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
     for n in plan.sizes:
         with workdir() as where:
             store = SessionStore(make_backend("sqlite", where))
-            session = store.new_session("You are a benchmark.")
-            for i in range(n):
-                session.add_message(astrid_message(i))
-            store.save(session)
-            sid = session.id
-            del session
+            sid = stored_session(store, n)
             oa = openai_cls("bench", str(where / "openai.db"))
             loop = asyncio.new_event_loop()
             loop.run_until_complete(oa.add_items([openai_item(spec(i)) for i in range(n)]))

@@ -27,7 +27,15 @@ from harness import ensure_paths, time_us
 
 ensure_paths()
 
-from ours import SecurityEnv, Turn, make_backend, new_session, new_store, workdir
+from ours import (
+    SecurityEnv,
+    Turn,
+    make_backend,
+    new_session,
+    new_store,
+    stored_session,
+    workdir,
+)
 from workload import astrid_message
 
 
@@ -234,11 +242,7 @@ def load(mode: str | None, size: int = 10_000) -> None:
     with workdir() as where:
         b = make_backend("sqlite", where)
         store = SessionStore(b)
-        s = store.new_session("x")
-        for i in range(size):
-            s.add_message(astrid_message(i))
-        store.save(s)
-        sid = s.id
+        sid = stored_session(store, size)
         whole = med(time_us(lambda: store.load(sid), 7, warmup=1))
         rec = med(time_us(lambda: b.load(sid.bare), 7, warmup=1))
         record = b.load(sid.bare)
