@@ -201,6 +201,23 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def emit_payload(payload: dict[str, Any], out: Path | None, as_json: bool) -> bool:
+    """Write the run's JSON to ``out`` (if given) and print it with ``as_json``; True if printed."""
+    if out:
+        out.write_text(dump_json(payload))
+    if as_json:
+        print(dump_json(payload))
+    return as_json
+
+
+def print_setting(info: dict[str, Any], durabilities: dict[str, str], heading: str) -> None:
+    """The machine line and each system's durability, under ``heading``."""
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(heading)
+    for system, durability in durabilities.items():
+        print(f"  {system}: {durability}")
+
+
 def dump_json(payload: dict[str, Any]) -> str:
     """JSON with rows as dicts."""
 

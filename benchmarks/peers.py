@@ -42,10 +42,11 @@ from datetime import UTC
 from harness import (
     Row,
     dir_bytes,
-    dump_json,
+    emit_payload,
     fmt,
     machine,
     na_row,
+    print_setting,
     summarize,
     time_us,
     value_row,
@@ -1436,19 +1437,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "targets": [{"name": t.name, "ok": t.ok, "detail": t.detail} for t in verdicts],
     }
-    if args.out:
-        args.out.write_text(dump_json(payload))
-    if args.json:
-        print(dump_json(payload))
+    if emit_payload(payload, args.out, args.json):
         return 0
     print(
         f"astrid vs peers ({payload['mode']} run, {elapsed:.0f} s, one process per side "
         "except the concurrency runs)"
     )
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print("durability settings:")
-    for s, d in durabilities.items():
-        print(f"  {s}: {d}")
+    print_setting(info, durabilities, "durability settings:")
     for s, p in problems.items():
         print(f"  PROBLEM {s}: {p}")
     print()

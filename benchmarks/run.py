@@ -24,7 +24,7 @@ from harness import ensure_paths
 
 ensure_paths()
 
-from harness import dump_json, machine, table
+from harness import emit_payload, machine, print_setting, table
 from ours import BACKENDS, OPS, Plan, durability, run_backend, system_name, with_sync
 from targets import own_targets
 
@@ -93,16 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "targets": [{"name": t.name, "ok": t.ok, "detail": t.detail} for t in verdicts],
     }
-    if args.out:
-        args.out.write_text(dump_json(payload))
-    if args.json:
-        print(dump_json(payload))
+    if emit_payload(payload, args.out, args.json):
         return 0
     print(f"astrid storage benchmarks ({payload['mode']} run, {elapsed:.0f} s)")
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print("durability:")
-    for s, d in durabilities.items():
-        print(f"  {s}: {d}")
+    print_setting(info, durabilities, "durability:")
     print()
     print(table(sorted(rows, key=lambda r: (OPS_ORDER(r.op), r.n or 0, r.system))))
     print()
