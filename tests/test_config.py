@@ -101,7 +101,8 @@ def test_bad_plugin_option_is_validated_by_the_plugin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "storage.options.size" in str(info.value) and "sqlite" in str(info.value)
-    assert "valid keys: busy_timeout_ms, mmap_size_mb, path, synchronous" in str(info.value)
+    keys = "busy_timeout_ms, mmap_size_mb, path, synchronous, wal_autocheckpoint"
+    assert f"valid keys: {keys}" in str(info.value)
 
 
 def test_wrong_types(tmp_path: Path) -> None:

@@ -694,6 +694,8 @@ def test_bad_constructor_arguments(tmp_path: Path) -> None:
         SqliteBackend(tmp_path / "x.db", synchronous=cast(Any, "OFF"))
     with pytest.raises(StorageError, match="busy_timeout_ms"):
         SqliteBackend(tmp_path / "x.db", busy_timeout_ms=-1)
+    with pytest.raises(StorageError, match="wal_autocheckpoint"):
+        SqliteBackend(tmp_path / "x.db", wal_autocheckpoint=-1)
     assert not (tmp_path / "x.db").exists()
 
 
@@ -704,6 +706,8 @@ def test_options_are_validated() -> None:
         SqliteOptions.model_validate({"synchronous": "OFF"})
     with pytest.raises(ValidationError):
         SqliteOptions.model_validate({"busy_timeout_ms": -1})
+    with pytest.raises(ValidationError):
+        SqliteOptions.model_validate({"wal_autocheckpoint": -5})
 
 
 @pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
@@ -712,6 +716,38 @@ def test_synchronous_setting_is_applied(tmp_path: Path, sync: Any) -> None:
     level = backend._run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], "single")
     assert level == {"NORMAL": 1, "FULL": 2}[sync]
     backend.close()
+
+
+def _wal_pages(backend: SqliteBackend) -> int:
+    pages = backend._run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0], "single")
+    return int(pages)
+
+
+def test_wal_autocheckpoint_setting_is_applied(tmp_path: Path) -> None:
+    default = SqliteBackend(tmp_path / "d.db")
+    assert _wal_pages(default) == sqlite_storage.DEFAULT_WAL_AUTOCHECKPOINT == 2000
+    default.close()
+    factory_made = sqlite_storage._create(
+        SqliteOptions(path="c.db", wal_autocheckpoint=500), PluginContext(home=tmp_path)
+    )
+    assert _wal_pages(factory_made) == 500
+    factory_made.close()
+
+
+def test_wal_autocheckpoint_bounds_the_log(tmp_path: Path) -> None:
+    """With checkpoints at 50 pages the log stays small; with them off it keeps every page."""
+    sizes = {}
+    for pages in (50, 0):
+        backend = SqliteBackend(tmp_path / f"w{pages}.db", wal_autocheckpoint=pages)
+        store = SessionStore(backend)
+        session = store.new_session("s")
+        for i in range(200):
+            session.add_message(Message.user("x" * 3000 + str(i)))
+            store.save(session)
+        sizes[pages] = (tmp_path / f"w{pages}.db-wal").stat().st_size
+        assert len(store.load(session.id).messages) == 200
+        store.close()
+    assert sizes[50] < 120 * 4096 < 400 * 4096 < sizes[0]
 
 
 # -- concurrency -------------------------------------------------------------------------------

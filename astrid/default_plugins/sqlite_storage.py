@@ -68,8 +68,16 @@ from ..timeutil import parse_rfc3339, to_utc, utcnow
 DEFAULT_FILENAME = "astrid.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_RETRIES = 6
-DEFAULT_MMAP_MB = 256
 """How many times a write that found the database locked beyond ``busy_timeout`` is retried."""
+DEFAULT_MMAP_MB = 256
+DEFAULT_WAL_AUTOCHECKPOINT = 2000
+"""WAL pages after which a commit copies the log back into the database (SQLite's own: 1000).
+
+Twice SQLite's default halves the checkpoints, each with its two fsyncs, and a page rewritten
+by many saves (the session row, the listing index) is copied once per checkpoint: appends of
+~3 KB messages got ~4% cheaper on average and their p99 went from ~350 to ~150 us, for a WAL
+file of up to ~8 MB instead of ~4 MB (docs/performance.md).
+"""
 
 _T = TypeVar("_T")
 _Mode = Literal["read", "write", "single"]
@@ -88,6 +96,9 @@ class SqliteOptions(BaseModel):
     too, at the cost of one fsync per save.
     ``mmap_size_mb``: how much of the file SQLite reads through a memory map instead of a
     ``read()`` per page (loading a long session reads thousands of pages); 0 turns it off.
+    ``wal_autocheckpoint``: after how many pages in the write-ahead log a commit copies them back
+    into the database; 0 turns automatic checkpoints off (the log then grows until the last
+    connection closes).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -96,6 +107,7 @@ class SqliteOptions(BaseModel):
     busy_timeout_ms: int = Field(default=5000, ge=0)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     mmap_size_mb: int = Field(default=DEFAULT_MMAP_MB, ge=0)
+    wal_autocheckpoint: int = Field(default=DEFAULT_WAL_AUTOCHECKPOINT, ge=0)
 
 
 # -- schema ---------------------------------------------------------------------------------
@@ -369,6 +381,7 @@ class SqliteBackend:
         busy_timeout_ms: int = 5000,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         mmap_size_mb: int = DEFAULT_MMAP_MB,
+        wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise StorageError(f"sqlite: synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -376,10 +389,13 @@ class SqliteBackend:
             raise StorageError("sqlite: busy_timeout_ms must be >= 0")
         if mmap_size_mb < 0:
             raise StorageError("sqlite: mmap_size_mb must be >= 0")
+        if wal_autocheckpoint < 0:
+            raise StorageError("sqlite: wal_autocheckpoint must be >= 0")
         self.path = Path(path).expanduser().absolute()
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.synchronous = synchronous
         self.mmap_size_mb = int(mmap_size_mb)
+        self.wal_autocheckpoint = int(wal_autocheckpoint)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._kv = SqliteKvStore(self)
@@ -455,7 +471,7 @@ class SqliteBackend:
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         def setup(c: sqlite3.Connection) -> None:
-            # PRAGMA values cannot be bound; both are validated above (an int and a literal).
+            # PRAGMA values cannot be bound; they are validated above (ints and a literal).
             c.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms:d}")
             mode = c.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
@@ -463,6 +479,7 @@ class SqliteBackend:
             c.execute(f"PRAGMA synchronous = {self.synchronous}")
             c.execute("PRAGMA foreign_keys = ON")
             c.execute(f"PRAGMA mmap_size = {self.mmap_size_mb * 1024 * 1024:d}")
+            c.execute(f"PRAGMA wal_autocheckpoint = {self.wal_autocheckpoint:d}")
 
         self._run(setup, "single")
 
@@ -1251,6 +1268,7 @@ def _create(options: SqliteOptions, context: PluginContext) -> SqliteBackend:
         busy_timeout_ms=options.busy_timeout_ms,
         synchronous=options.synchronous,
         mmap_size_mb=options.mmap_size_mb,
+        wal_autocheckpoint=options.wal_autocheckpoint,
     )
 
 
