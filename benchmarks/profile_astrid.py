@@ -1,6 +1,6 @@
 """Where astrid's time goes in the operations that miss a target (docs/performance.md).
 
-Usage: ``python benchmarks/profile_astrid.py [append|security|load|all] [--pyinstrument]``
+Usage: ``python benchmarks/profile_astrid.py [append|security|load|gitmove|all] [--pyinstrument]``
 
 * ``append``: one append+save on the sqlite backend split into its parts (medians of many calls):
   the facade over a backend that does nothing, the backend's ``write`` alone, and the bare SQLite
@@ -8,6 +8,11 @@ Usage: ``python benchmarks/profile_astrid.py [append|security|load|all] [--pyins
 * ``security``: the same save with the security state of each variant, with and without the git
   capture, and the size of the state written per save.
 * ``load``: a whole load of 10 000 split into SQL + JSON decoding and building the session.
+* ``gitmove``: why the security rows are compared with the control row. A bare SQLite INSERT
+  (no astrid code) timed right after nothing, after the benchmark's untimed git move (a 41-byte
+  ref file rewritten), after git's own way (lock file + rename) and after a 0.5 ms sleep. The
+  file write blocks the process in ``close()`` (ext4 starts writing back a truncated or renamed
+  file), and whatever runs next after such a pause is slower.
 
 Add ``--pyinstrument`` (installed in the peers venv) or ``--cprofile`` for a call profile.
 """
@@ -233,6 +238,68 @@ def security(mode: str | None, steps: int = 300) -> None:
                     store.close()
 
 
+def gitmove(runs: int = 3, n: int = 3000) -> None:
+    import os
+    import resource
+    import sqlite3
+
+    def before(kind: str, ref: Path, i: int) -> None:
+        if kind == "ref file rewritten (the benchmark's git move)":
+            ref.write_text(f"{i:040x}\n")
+        elif kind == "lock file + rename (git update-ref)":
+            lock = ref.with_suffix(".lock")
+            lock.write_text(f"{i:040x}\n")
+            os.replace(lock, ref)
+        elif kind == "0.5 ms sleep":
+            time.sleep(0.0005)
+
+    kinds = (
+        "nothing",
+        "ref file rewritten (the benchmark's git move)",
+        "lock file + rename (git update-ref)",
+        "0.5 ms sleep",
+    )
+    found: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
+    payload = os.urandom(3000)
+    for _ in range(runs):
+        for kind in kinds:  # interleaved, so every kind sees the same machine load
+            with workdir() as where:
+                ref = where / "main"
+                ref.write_text("0" * 40 + "\n")
+                conn = sqlite3.connect(where / "bare.db", isolation_level=None)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
+                samples, waits_before, waits_during = [], 0, 0
+                for i in range(n):
+                    v0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+                    before(kind, ref, i)
+                    v1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+                    t0 = time.perf_counter_ns()
+                    conn.execute("INSERT INTO t (b) VALUES (?)", (payload,))
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+                    v2 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+                    waits_before += v1 - v0
+                    waits_during += v2 - v1
+                conn.close()
+                found[kind].append((med(samples), waits_before / n, waits_during / n))
+    print(
+        f"a bare SQLite INSERT of 3 KB (WAL, synchronous=NORMAL), {n} per run, medians of "
+        f"{runs} interleaved runs:"
+    )
+    print(f"  {'untimed, before each INSERT':<48} {'INSERT us':>9}  {'waits before / during'}")
+    for kind in kinds:
+        rows = found[kind]
+        print(
+            f"  {kind:<48} {med([r[0] for r in rows]):9.1f}  "
+            f"{med([r[1] for r in rows]):.2f} / {med([r[2] for r in rows]):.2f}"
+        )
+    print(
+        "  (waits: voluntary context switches per INSERT, in the untimed step and in the "
+        "INSERT itself)"
+    )
+
+
 def load(mode: str | None, size: int = 10_000) -> None:
     from astrid.document import SessionDocument
     from astrid.messages import Message
@@ -277,7 +344,10 @@ def load(mode: str | None, size: int = 10_000) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["append", "security", "load", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["append", "security", "load", "gitmove", "all"],
     )
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--cprofile", action="store_true")
@@ -289,6 +359,8 @@ def main() -> int:
         security(mode)
     if args.what in ("load", "all"):
         load(mode)
+    if args.what in ("gitmove", "all"):
+        gitmove()
     return 0
 
 
