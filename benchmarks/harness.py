@@ -149,24 +149,26 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def table(rows: Iterable[Row], *, title: str = "") -> str:
     """A fixed-width text table of rows."""
+    rows = list(rows)
+    w = max([32, *(len(r.op) + 2 for r in rows)])
     lines = []
     if title:
         lines.append(title)
-    header = f"{'operation':<32}{'system':<24}{'N':>7}  {'median':>10} {'p10-p90':>19}  {'unit':<8}{'runs':>5}  note"
+    header = f"{'operation':<{w}}{'system':<24}{'N':>7}  {'median':>10} {'p10-p90':>19}  {'unit':<8}{'runs':>5}  note"
     lines.append(header)
     lines.append("-" * len(header))
     for r in rows:
         n = f"{r.n:,}" if r.n is not None else ""
         if r.median is None:
             lines.append(
-                f"{r.op:<32}{r.system:<24}{n:>7}  {'-':>10} {'':>19}  {'':<8}{'':>5}  {r.note}"
+                f"{r.op:<{w}}{r.system:<24}{n:>7}  {'-':>10} {'':>19}  {'':<8}{'':>5}  {r.note}"
             )
             continue
         spread = ""
         if r.p10 is not None and r.p90 is not None and r.runs > 1:
             spread = f"{fmt(r.p10, r.unit)}-{fmt(r.p90, r.unit)}"
         lines.append(
-            f"{r.op:<32}{r.system:<24}{n:>7}  {fmt(r.median, r.unit):>10} {spread:>19}  "
+            f"{r.op:<{w}}{r.system:<24}{n:>7}  {fmt(r.median, r.unit):>10} {spread:>19}  "
             f"{r.unit:<8}{r.runs:>5}  {r.note}"
         )
     return "\n".join(lines)

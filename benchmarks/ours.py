@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import Row, dir_bytes, na_row, summarize, time_us, value_row
+from harness import Row, dir_bytes, na_row, quantiles, summarize, time_us, value_row
 from workload import MARK_RE, astrid_from_spec, astrid_message, marked_spec
 
 BACKENDS = ("memory", "file", "sqlite")
@@ -46,7 +47,7 @@ class Plan:
 
     sizes: tuple[int, ...] = (1_000, 10_000)
     loop_runs: dict[int, int] = field(default_factory=lambda: {1_000: 5, 10_000: 3})
-    security_loop_runs: dict[int, int] = field(default_factory=lambda: {1_000: 3, 10_000: 1})
+    security_loop_runs: dict[int, int] = field(default_factory=lambda: {1_000: 5, 10_000: 3})
     loop_max: dict[str, int] = field(
         default_factory=lambda: {"memory": 1_000, "file": 1_000, "sqlite": 10_000}
     )
@@ -365,70 +366,112 @@ def new_session(store: Any, env: SecurityEnv | None, security: str | None = None
 # -- 2/3: append + save ---------------------------------------------------------------------
 
 
+def loop_max_of(backend: str, plan: Plan, security: str | None) -> int:
+    """The largest N measured as a loop for this backend and variant (above it: at N)."""
+    loop_max = (plan.loop_max if security is None else plan.security_loop_max)[backend]
+    if security in ("single_use", "growing") and backend != "sqlite":
+        # Their state (or the allowance store) grows, and these backends write it whole: O(N).
+        loop_max = min(loop_max, 1_000)
+    return loop_max
+
+
+@dataclass
+class Loop:
+    """One loop of ``n`` appends from empty (see the module docstring)."""
+
+    mean_us: float
+    steps_us: list[float]
+    mutation_us: float
+    """The untimed runtime mutations per turn (security variants)."""
+    disk: tuple[int, int, int] | None
+    """(bytes of the store's files, compact JSON bytes of the messages, messages)."""
+
+
+def run_loop(
+    backend: str,
+    plan: Plan,
+    security: str | None,
+    n: int,
+    *,
+    disk: bool = False,
+    tweak: Callable[[Any, Any, Any, SecurityEnv | None], None] | None = None,
+) -> Loop:
+    """A new session, ``n`` times: the untimed turn work, then one timed add + save.
+
+    ``tweak(backend, store, session, env)`` changes the set-up before the loop (profiling).
+    """
+    with workdir() as where:
+        env = SecurityEnv(where) if security is not None else None
+        b = make_backend(backend, where, plan.sqlite_synchronous)
+        store = new_store(b, security, env)
+        session = new_session(store, env, security)
+        if tweak is not None:
+            tweak(b, store, session, env)
+        turn = Turn(store, session, security, env)
+        total = 0
+        steps = []
+        for i in range(n):
+            turn.untimed(i)
+            msg = astrid_message(i)
+            t0 = time.perf_counter_ns()
+            turn.step(i, msg)
+            dt = time.perf_counter_ns() - t0
+            total += dt
+            steps.append(dt / 1000)
+        store.close()
+        on_disk = None
+        if disk and backend != "memory":
+            on_disk = (dir_bytes(where), messages_json_bytes(session), len(session.messages))
+        return Loop(total / n / 1000, steps, turn.mutation_ns / n / 1000, on_disk)
+
+
+def loop_row(op: str, system: str, n: int, loops: list[Loop], security: bool) -> Row:
+    """The row of repeated loops: one sample per loop (its total / N)."""
+    steps = sorted(s for loop in loops for s in loop.steps_us)
+    extra = {
+        "single_append_p50_us": steps[len(steps) // 2],
+        "single_append_p99_us": steps[int(len(steps) * 0.99)],
+        "single_append_max_us": steps[-1],
+    }
+    if security:
+        extra["untimed_runtime_mutation_us_per_turn"] = statistics.mean(
+            loop.mutation_us for loop in loops
+        )
+    return summarize(
+        op,
+        system,
+        n,
+        "us/msg",
+        [loop.mean_us for loop in loops],
+        sample=f"loop of {n} appends from empty, total/N",
+        note=f"loop; single append p50 {extra['single_append_p50_us']:.0f} p99 "
+        f"{extra['single_append_p99_us']:.0f} us",
+        extra=extra,
+    )
+
+
 def append_rows(
-    backend: str, plan: Plan, security: str | None = None, *, disk: bool = False
+    backend: str,
+    plan: Plan,
+    security: str | None = None,
+    *,
+    disk: bool = False,
+    sizes: tuple[int, ...] | None = None,
 ) -> list[Row]:
     """Append+save per message at each N (plain or with security state changing every turn)."""
     op = "append_save" if security is None else f"append_save_security_{security}"
     system = system_name(backend, plan.sqlite_synchronous)
     rows: list[Row] = []
-    loop_max = (plan.loop_max if security is None else plan.security_loop_max)[backend]
-    if security in ("single_use", "growing") and backend != "sqlite":
-        # Their state (or the allowance store) grows, and these backends write it whole: O(N).
-        loop_max = min(loop_max, 1_000)
+    loop_max = loop_max_of(backend, plan, security)
     loop_runs = plan.loop_runs if security is None else plan.security_loop_runs
-    for n in plan.sizes:
+    for n in plan.sizes if sizes is None else sizes:
         if n <= loop_max:
-            samples, steps, last_disk, mutation_us = [], [], None, []
             runs = loop_runs.get(n, 1)
             if backend in ("memory", "file"):
                 runs = min(runs, 2)  # O(N) saves: a loop of 1 000 takes 5-30 s
-            for _ in range(runs):
-                with workdir() as where:
-                    env = SecurityEnv(where) if security is not None else None
-                    b = make_backend(backend, where, plan.sqlite_synchronous)
-                    store = new_store(b, security, env)
-                    session = new_session(store, env, security)
-                    turn = Turn(store, session, security, env)
-                    total = 0
-                    for i in range(n):
-                        turn.untimed(i)
-                        msg = astrid_message(i)
-                        t0 = time.perf_counter_ns()
-                        turn.step(i, msg)
-                        dt = time.perf_counter_ns() - t0
-                        total += dt
-                        steps.append(dt / 1000)
-                    samples.append(total / n / 1000)
-                    mutation_us.append(turn.mutation_ns / n / 1000)
-                    store.close()
-                    if disk and backend != "memory":
-                        last_disk = (
-                            dir_bytes(where),
-                            messages_json_bytes(session),
-                            len(session.messages),
-                        )
-            steps.sort()
-            extra = {
-                "single_append_p50_us": steps[len(steps) // 2],
-                "single_append_p99_us": steps[int(len(steps) * 0.99)],
-                "single_append_max_us": steps[-1],
-            }
-            if security is not None:
-                extra["untimed_runtime_mutation_us_per_turn"] = sum(mutation_us) / len(mutation_us)
-            rows.append(
-                summarize(
-                    op,
-                    system,
-                    n,
-                    "us/msg",
-                    samples,
-                    sample=f"loop of {n} appends from empty, total/N",
-                    note=f"loop; single append p50 {steps[len(steps) // 2]:.0f} p99 "
-                    f"{extra['single_append_p99_us']:.0f} us",
-                    extra=extra,
-                )
-            )
+            loops = [run_loop(backend, plan, security, n, disk=disk) for _ in range(runs)]
+            last_disk = loops[-1].disk
+            rows.append(loop_row(op, system, n, loops, security is not None))
         else:
             with workdir() as where:
                 env = SecurityEnv(where) if security is not None else None
@@ -493,6 +536,62 @@ def append_rows(
                         },
                     )
                 )
+    return rows
+
+
+def security_rows(backend: str, plan: Plan) -> list[Row]:
+    """The security variants and the control, with per-round ratios where they all run as loops.
+
+    At each N where plain, the control and every variant are loops, the five loops run round
+    after round (plain, control, bounded, single_use, growing, then again), so each ratio
+    compares loops that saw the same machine load; ``append_save_security_<v>_ratio`` holds the
+    per-round ratios to the plain loop of the same round (and, in ``extra``, to the control's).
+    """
+    system = system_name(backend, plan.sqlite_synchronous)
+    kinds: tuple[str | None, ...] = (None, *SECURITY_VARIANTS)
+    paired = tuple(
+        n for n in plan.sizes if all(n <= loop_max_of(backend, plan, k) for k in kinds)
+    )
+    rows: list[Row] = []
+    for variant in SECURITY_VARIANTS:
+        rest = tuple(n for n in plan.sizes if n not in paired)
+        if rest:
+            rows += append_rows(backend, plan, variant, sizes=rest)
+    for n in paired:
+        runs = plan.security_loop_runs.get(n, 1)
+        if backend in ("memory", "file"):
+            runs = min(runs, 2)
+        loops: dict[str | None, list[Loop]] = {k: [] for k in kinds}
+        for _ in range(runs):
+            for kind in kinds:
+                loops[kind].append(run_loop(backend, plan, kind, n))
+        for variant in SECURITY_VARIANTS:
+            row = loop_row(f"append_save_security_{variant}", system, n, loops[variant], True)
+            row.sample += "; rounds interleaved with plain and the other variants"
+            rows.append(row)
+        plain = [loop.mean_us for loop in loops[None]]
+        control = [loop.mean_us for loop in loops[CONTROL]]
+        for variant in SECURITY_VARIANTS:
+            if variant == CONTROL:
+                continue
+            means = [loop.mean_us for loop in loops[variant]]
+            vs_control = quantiles([m / c for m, c in zip(means, control, strict=True)])
+            rows.append(
+                summarize(
+                    f"append_save_security_{variant}_ratio",
+                    system,
+                    n,
+                    "x",
+                    [m / p for m, p in zip(means, plain, strict=True)],
+                    sample="per interleaved round: the variant's loop / the plain loop",
+                    note=f"ratio to plain per round; to the control: {vs_control[0]:.2f}x",
+                    extra={
+                        "plain_us": statistics.median(plain),
+                        "control_us": statistics.median(control),
+                        "vs_control": list(vs_control),
+                    },
+                )
+            )
     return rows
 
 
@@ -871,7 +970,7 @@ def run_backend(
 
     stage("create", lambda: [create_row(backend, plan)])
     stage("append", lambda: append_rows(backend, plan, None, disk=True))
-    stage("security", lambda: [r for v in SECURITY_VARIANTS for r in append_rows(backend, plan, v)])
+    stage("security", lambda: security_rows(backend, plan))
     stage("load", lambda: load_rows(backend, plan))
     stage("list", lambda: [list_row(backend, plan)])
     stage("compact", lambda: compact_rows(backend, plan))

@@ -1,12 +1,17 @@
 """Where astrid's time goes in the operations that miss a target (docs/performance.md).
 
-Usage: ``python benchmarks/profile_astrid.py [append|security|load|gitmove|all] [--pyinstrument]``
+Usage: ``python benchmarks/profile_astrid.py [append|security|parts|load|gitmove|all]
+[--pyinstrument]``
 
 * ``append``: one append+save on the sqlite backend split into its parts (medians of many calls):
   the facade over a backend that does nothing, the backend's ``write`` alone, and the bare SQLite
   statements the backend runs (the floor for this schema and these durability settings).
 * ``security``: the same save with the security state of each variant, with and without the git
   capture, and the size of the state written per save.
+* ``parts``: what the ``bounded`` variant adds over the control, piece by piece: loops of
+  3 000 appends on sqlite, run round after round, each as a ratio to the control loop of its
+  round: the control with a workspace set, ``bounded`` without the git capture, ``bounded``
+  without the ``sessions_by_workspace`` index, and ``bounded`` as benchmarked.
 * ``load``: a whole load of 10 000 split into SQL + JSON decoding and building the session.
 * ``gitmove``: why the security rows are compared with the control row. A bare SQLite INSERT
   (no astrid code) timed right after nothing, after the benchmark's untimed git move (a 41-byte
@@ -238,6 +243,37 @@ def security(mode: str | None, steps: int = 300) -> None:
                     store.close()
 
 
+def parts(rounds: int = 4, n: int = 3000) -> None:
+    from ours import CONTROL, Plan, run_loop
+
+    def with_workspace(b: Any, store: Any, session: Any, env: Any) -> None:
+        session.with_workspace(env.repo)
+
+    def no_git(b: Any, store: Any, session: Any, env: Any) -> None:
+        store.git_capture = None
+
+    def no_index(b: Any, store: Any, session: Any, env: Any) -> None:
+        b._conn.execute("DROP INDEX sessions_by_workspace")
+
+    kinds: list[tuple[str, str, Any]] = [
+        ("control (plain + the untimed git move)", CONTROL, None),
+        ("control with a workspace set (no git capture)", CONTROL, with_workspace),
+        ("bounded without the git capture", "bounded", no_git),
+        ("bounded without the workspace index", "bounded", no_index),
+        ("bounded (as benchmarked)", "bounded", None),
+    ]
+    plan = Plan.full()
+    means: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
+    for _ in range(rounds):
+        for name, security, tweak in kinds:
+            means[name].append(run_loop("sqlite", plan, security, n, tweak=tweak).mean_us)
+    control = means[kinds[0][0]]
+    print(f"bounded vs the control on sqlite, loops of {n}, medians of {rounds} rounds:")
+    for name, _, _ in kinds:
+        ratios = [m / c for m, c in zip(means[name], control, strict=True)]
+        print(f"  {name:<48} {med(means[name]):7.1f} us/msg  {med(ratios):.2f}x the control")
+
+
 def gitmove(runs: int = 3, n: int = 3000) -> None:
     import os
     import resource
@@ -347,7 +383,7 @@ def main() -> int:
         "what",
         nargs="?",
         default="all",
-        choices=["append", "security", "load", "gitmove", "all"],
+        choices=["append", "security", "parts", "load", "gitmove", "all"],
     )
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--cprofile", action="store_true")
@@ -357,6 +393,8 @@ def main() -> int:
         append(mode)
     if args.what in ("security", "all"):
         security(mode)
+    if args.what in ("parts", "all"):
+        parts()
     if args.what in ("load", "all"):
         load(mode)
     if args.what in ("gitmove", "all"):
