@@ -553,9 +553,9 @@ def security_rows(backend: str, plan: Plan) -> list[Row]:
         n for n in plan.sizes if all(n <= loop_max_of(backend, plan, k) for k in kinds)
     )
     rows: list[Row] = []
-    for variant in SECURITY_VARIANTS:
-        rest = tuple(n for n in plan.sizes if n not in paired)
-        if rest:
+    rest = tuple(n for n in plan.sizes if n not in paired)
+    if rest:
+        for variant in SECURITY_VARIANTS:
             rows += append_rows(backend, plan, variant, sizes=rest)
     for n in paired:
         runs = plan.security_loop_runs.get(n, 1)
