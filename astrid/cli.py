@@ -1059,7 +1059,7 @@ def _copy_session(
         return "gone"
     data = dict(record.state)
     data["messages"] = record.messages
-    SessionDocument.from_data(data, source=f"{source.backend.name} session {row.id}")
+    SessionDocument.from_data(data, source=_session_location(source, row.id))
     archived = [h.message for h in history if not h.active]
     if present is not None:
         target.backend.delete(row.id)
@@ -1142,7 +1142,10 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
                 try:
                     outcome = _copy_session(source, target, row, present.get(row.id))
                 except AstridError as exc:
-                    failures.append(f"session {row.id}: {_one_line(exc)}")
+                    message = _one_line(exc)
+                    if row.id not in message:
+                        message = f"session {row.id}: {message}"
+                    failures.append(message)
                     continue
                 counts[outcome] += 1
                 if outcome != "gone":

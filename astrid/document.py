@@ -29,6 +29,10 @@ from .security.budget import BudgetSnapshot
 from .security.escape import EscapeState
 from .timeutil import Timestamp, utcnow
 
+MAX_STORED_INT = 2**63 - 1
+"""The largest ``token_count`` a store can hold (SQLite ``INTEGER``, PostgreSQL ``bigint``):
+a larger one is refused when the document is decoded, not by the database mid-write."""
+
 
 class SessionMetadata(BaseModel):
     """Title, tags, counters and free-form string pairs of a session.
@@ -78,7 +82,7 @@ class SessionDocument(BaseModel):
     messages: list[Message]
     system_prompt: str
     created_at: Timestamp
-    token_count: int = Field(ge=0)
+    token_count: int = Field(ge=0, le=MAX_STORED_INT)
     metadata: SessionMetadata
     allowances: list[Allowance] = Field(default_factory=list)
     budget_snapshot: BudgetSnapshot | None = None

@@ -26,6 +26,7 @@ from astrid import Message, SessionDocument
 from astrid.cli import cli, main, parse_duration
 from astrid.config import load_config
 from astrid.default_plugins.sqlite_storage import SqliteBackend, SqliteOptions, resolve_path
+from astrid.errors import SerializationError
 from astrid.hookspecs import hookimpl
 from astrid.plugins import load_plugins, register_plugin, unregister_plugin
 from astrid.security.allowances import Allowance, ExactTool
@@ -764,6 +765,62 @@ def test_migrate_from_a_kv_store_without_list_namespaces_copies_the_derived_ones
             assert b.kv("host:notes").get("left") is None  # what the fallback cannot see
     finally:
         unregister_plugin("legacy-plugin")
+
+
+# -- bad documents in import, migrate and export --------------------------------------------
+
+HUGE = 2**63  # one past the largest integer SQLite's INTEGER and PostgreSQL's bigint hold
+
+
+def test_migrate_a_token_count_too_big_to_store_is_one_failure_line_and_the_rest_copied(
+    env: Env,
+) -> None:
+    files, sql = file_config(env), sqlite_config(env)
+    with store_for(files) as source:
+        ids = [make_session(source, n) for n in (1, 2, 3)]
+    bad = ids[1]
+    path = env.root / "file" / "sessions" / f"{bad}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["token_count"] = HUGE
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+    result = astrid("migrate", "--from", str(files), "--to", str(sql))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr and "OverflowError" not in result.stderr
+    [failure] = [line for line in result.stderr.splitlines() if bad in line]
+    assert failure.startswith(f"astrid: error: {path}: ") and "'token_count'" in failure
+    assert "copied 2, skipped 0 (already present), failed 1" in result.stdout
+    with store_for(sql) as target:
+        assert sorted(r.id for r in target.list_sessions()) == sorted([ids[0], ids[2]])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "file"])
+def test_import_a_token_count_too_big_to_store_is_one_failure_line_and_the_rest_imported(
+    env: Env, backend: str
+) -> None:
+    config = sqlite_config(env) if backend == "sqlite" else file_config(env)
+    sessions = env.root / "rust-home" / "sessions"
+    sessions.mkdir(parents=True)
+    ids = sorted(str(uuid.uuid4()) for _ in range(3))  # read in name order: ids[1] is the middle
+    counts = {ids[0]: HUGE - 1, ids[1]: HUGE, ids[2]: 7}  # HUGE - 1 is the largest that fits
+    for sid in ids:
+        doc = rust_doc(sid)
+        doc["token_count"] = counts[sid]
+        (sessions / f"{sid}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+    result = astrid("--config", str(config), "sessions", "import", str(sessions))
+    assert result.exit_code == 1, result.output
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"astrid: error: {sessions / f'{ids[1]}.json'}: ")
+    assert "token_count" in line and "OverflowError" not in line
+    assert "imported 2, replaced 0, skipped 0, failed 1" in result.stdout
+    with store_for(config) as store:
+        assert {r.id: r.token_count for r in store.list_sessions()} == {
+            ids[0]: HUGE - 1,
+            ids[2]: 7,
+        }
+    with pytest.raises(SerializationError, match="'token_count'"):
+        SessionDocument.from_data(rust_doc(ids[1]) | {"token_count": HUGE}, source="doc")
 
 
 # -- demo -------------------------------------------------------------------------------------
