@@ -12,16 +12,18 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, PluginError
 
@@ -56,6 +58,27 @@ def _check_home(path: Path, source: str) -> None:
         raise ConfigError(f"{source} must be an absolute path, got {str(path)!r}")
     if ".." in path.parts:
         raise ConfigError(f"{source} must not contain '..', got {str(path)!r}")
+
+
+def check_path_option(value: Any) -> Any:
+    """Refuse an empty (or blank) path or one holding NUL before it is made a ``Path``.
+
+    ``Path("")`` is the current directory and NUL fails only when the path is first used, so
+    both are caught when the configuration is validated (``config validate``), naming the key.
+    """
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(text, str):
+        if not text.strip():
+            raise PydanticCustomError(
+                "path_empty", "a path must not be empty (leave the key out for the default)"
+            )
+        if "\x00" in text:
+            raise PydanticCustomError("path_nul", "a path must not contain a NUL character")
+    return value
+
+
+PathOption = Annotated[str, BeforeValidator(check_path_option)]
+"""The type of every path in the configuration, plugins' options included (one check)."""
 
 
 def _allows_bool(annotation: Any) -> bool:
@@ -153,7 +176,7 @@ class RuntimeSection(_Section):
     max_subagent_depth: int = Field(default=3, ge=0)
     default_subagent_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     estimated_output_tokens: int = Field(default=1024, ge=0)
-    workspace_root: str | None = None
+    workspace_root: PathOption | None = None
 
 
 class PricingEntry(_Section):

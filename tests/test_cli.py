@@ -890,3 +890,20 @@ def test_process_import_show_export_and_migrate(env: Env) -> None:
     assert (env.root / "file" / "sessions" / f"{RUST_ID}.json").is_file()
     rerun = astrid_process(env, "migrate", "--from", str(defaults), "--to", str(files))
     assert rerun.returncode == 0 and "copied 0, skipped 1" in rerun.stdout
+
+
+def test_config_validate_reports_an_empty_or_nul_path_and_nothing_is_created(env: Env) -> None:
+    for text, key in (
+        ('[storage.options]\npath = ""\n', "storage.options.path"),
+        ('[storage]\nbackend = "file"\n[storage.options]\ndirectory = "s\\u0000"\n',
+         "storage.options.directory"),
+        ('[capabilities.options]\npath = "c\\u0000.db"\n', "capabilities.options.path"),
+    ):
+        bad = write_config(env.work / "astrid.toml", text)
+        for command in (["config", "validate"], ["sessions", "list"], ["doctor"]):
+            result = astrid(*command)
+            assert result.exit_code == 1, (command, result.output)
+            line = one_error_line(result.stderr)
+            assert f"{bad}: key '{key}': a path must" in line, line
+            assert "unexpected" not in line
+    assert not env.home.exists()  # the database was not created at the home path

@@ -181,3 +181,45 @@ def test_default_store_is_sqlite_under_home(tmp_path: Path) -> None:
     store.close()
     assert (tmp_path / "home" / "astrid.db").is_file()
     assert os.stat(tmp_path / "home" / "astrid.db").st_mode & 0o777 == 0o600
+
+
+# Every path option of the built-in plugins and the config itself: (section table, key).
+PATH_OPTIONS = [
+    ('[storage]\nbackend = "sqlite"\n[storage.options]\n', "storage.options.path"),
+    ('[storage]\nbackend = "file"\n[storage.options]\n', "storage.options.directory"),
+    ('[storage]\nbackend = "file"\n[storage.options]\n', "storage.options.kv_directory"),
+    ('[capabilities]\nstore = "sqlite"\n[capabilities.options]\n', "capabilities.options.path"),
+    (
+        '[capabilities]\nstore = "file"\n[capabilities.options]\n',
+        "capabilities.options.directory",
+    ),
+    ('[llm]\nprovider = "scripted"\n[llm.options]\n', "llm.options.script_file"),
+    ("[runtime]\n", "runtime.workspace_root"),
+]
+
+
+@pytest.mark.parametrize(("table", "key"), PATH_OPTIONS, ids=[k for _t, k in PATH_OPTIONS])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [('""', "must not be empty"), ('"  "', "must not be empty"), ('"a\\u0000b"', "NUL")],
+    ids=["empty", "blank", "nul"],
+)
+def test_an_empty_or_nul_path_is_a_config_error_naming_file_and_key(
+    tmp_path: Path, table: str, key: str, value: str, why: str
+) -> None:
+    leaf = key.rpartition(".")[2]
+    config = _write(tmp_path / "bad.toml", f"{table}{leaf} = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    message = str(err.value)
+    assert message.startswith(f"{config}: key '{key}': ") and why in message
+    assert "embedded null byte" not in message
+    assert not (tmp_path / "home").exists()  # nothing was created at the home path
+
+
+def test_a_valid_path_option_still_loads(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path / "ok.toml",
+        f'[storage.options]\npath = "{tmp_path / "db" / "astrid.db"}"\n',
+    )
+    assert load_config(config).config.storage.options["path"] == str(tmp_path / "db/astrid.db")

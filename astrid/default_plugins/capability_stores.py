@@ -28,6 +28,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
+from ..config import PathOption
 from ..errors import SchemaVersionError, StorageError
 from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
@@ -89,7 +90,7 @@ class FileCapabilityOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    directory: str | None = None
+    directory: PathOption | None = None
     """The store's directory; default ``<home>/capabilities``."""
 
 
@@ -98,7 +99,7 @@ class SqliteCapabilityOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | None = None
+    path: PathOption | None = None
     """The database file; default ``<home>/capabilities.db``."""
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ..config import PathOption
 from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNotFound, StorageError
 from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
@@ -91,9 +92,9 @@ class FileOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    directory: str | None = None
+    directory: PathOption | None = None
     """The sessions directory; default ``<home>/sessions``."""
-    kv_directory: str | None = None
+    kv_directory: PathOption | None = None
     """The key-value directory; default ``kv`` next to the sessions directory."""
 
 

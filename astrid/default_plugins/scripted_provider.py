@@ -23,10 +23,18 @@ import json
 import tomllib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from ..config import check_path_option
 from ..errors import AstridError, ConfigError
 from ..hookspecs import hookimpl
 from ..llm import (
@@ -259,7 +267,7 @@ class ScriptedProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     script: list[Any] | None = None
-    script_file: Path | None = None
+    script_file: Annotated[Path, BeforeValidator(check_path_option)] | None = None
     model: str = "scripted-1"
 
     @model_validator(mode="after")

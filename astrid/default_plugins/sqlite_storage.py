@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeVar
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import PathOption
 from ..errors import (
     ConcurrencyError,
     SchemaVersionError,
@@ -103,7 +104,7 @@ class SqliteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | None = None
+    path: PathOption | None = None
     busy_timeout_ms: int = Field(default=5000, ge=0)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     mmap_size_mb: int = Field(default=DEFAULT_MMAP_MB, ge=0)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astrid import hookimpl
+from astrid.config import PathOption
 from astrid.plugins import PluginContext
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -56,7 +57,7 @@ class PostgresOptions(BaseModel):
 
     dsn: str = Field(min_length=1)
     password_env: str | None = Field(default=None, min_length=1)
-    password_file: str | None = Field(default=None, min_length=1)
+    password_file: PathOption | None = None
     min_size: int = Field(default=1, ge=0)
     max_size: int = Field(default=10, ge=1)
     schema_name: str = Field(default="astrid", alias="schema")

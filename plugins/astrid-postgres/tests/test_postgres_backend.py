@@ -94,6 +94,8 @@ def test_options_are_validated() -> None:
         {"dsn": "host=x", "password_env": "A", "password_file": "b"},
         {"dsn": "host=x", "min_size": 5, "max_size": 2},
         {"dsn": "host=x", "max_size": 0},
+        {"dsn": "host=x", "password_file": ""},
+        {"dsn": "host=x", "password_file": "pg\x00.password"},
     ]
     for options in bad:
         with pytest.raises(ValidationError):
