@@ -507,6 +507,19 @@ def _output(path: str) -> Iterator[IO[str] | None]:
         yield fh
 
 
+def _unlisted(store: SessionStore) -> list[str]:
+    """A line per session the backend cannot even list (its ``problems()``): id, file, why."""
+    lines = []
+    for where, what in _backend_problems(store):
+        try:
+            sid = validate_session_id(Path(where).name.removesuffix(".json"))
+        except InvalidSessionId:
+            lines.append(f"{where}: {what} (not exported)")
+        else:
+            lines.append(f"session {sid} not exported: {where}: {what}")
+    return lines
+
+
 @sessions.command("export")
 @click.argument("session_ids", metavar="[ID]...", nargs=-1)
 @click.option("--all", "export_all", is_flag=True, help="Export every session.")
@@ -537,6 +550,9 @@ def sessions_export(
     with _store(ctx) as store:
         if export_all:
             ids = [row.id for row in _all_summaries(store)]
+            for line in _unlisted(store):
+                failed += 1
+                _error(line)
         else:
             ids = [validate_session_id(s) for s in session_ids]
             for sid in ids:
@@ -557,7 +573,7 @@ def sessions_export(
                     doc = store.load_document(sid)
                 except AstridError as exc:
                     failed += 1
-                    _error(_one_line(exc))
+                    _error(f"session {sid} not exported: {_one_line(exc)}")
                     continue
                 if doc is None:  # deleted meanwhile
                     continue

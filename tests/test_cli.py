@@ -823,6 +823,34 @@ def test_import_a_token_count_too_big_to_store_is_one_failure_line_and_the_rest_
         SessionDocument.from_data(rust_doc(ids[1]) | {"token_count": HUGE}, source="doc")
 
 
+def test_export_all_names_each_unreadable_session_exports_the_rest_and_exits_1(
+    env: Env,
+) -> None:
+    files = file_config(env)
+    with store_for(files) as store:
+        ids = [make_session(store, n) for n in (1, 2, 3)]
+    bad = ids[1]
+    path = env.root / "file" / "sessions" / f"{bad}.json"
+    path.write_text('{"id": "garbage', encoding="utf-8")
+
+    backup = env.work / "backup.json"
+    result = astrid("--config", str(files), "sessions", "export", "--all", "-o", str(backup))
+    assert result.exit_code == 1, result.output
+    [skipped] = [line for line in result.stderr.splitlines() if bad in line]
+    assert skipped.startswith(f"astrid: error: session {bad} not exported: {path}: ")
+    assert "invalid JSON" in skipped
+    assert "1 session(s) could not be exported" in result.stderr
+    exported = json.loads(backup.read_text(encoding="utf-8"))
+    assert sorted(d["id"] for d in exported) == sorted([ids[0], ids[2]])
+    assert {len(d["messages"]) for d in exported} == {2, 6}
+
+    lines = astrid("--config", str(files), "sessions", "export", "--all", "--format", "jsonl")
+    assert lines.exit_code == 1 and bad in lines.stderr
+    assert sorted(json.loads(line)["id"] for line in lines.stdout.splitlines()) == sorted(
+        [ids[0], ids[2]]
+    )
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 
