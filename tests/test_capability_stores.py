@@ -6,6 +6,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from astrid.default_plugins.capability_stores import (
     canonical_token_id,
 )
 from astrid.errors import (
+    PluginError,
     SerializationError,
     StorageError,
     TokenAlreadyUsed,
@@ -283,6 +286,144 @@ def test_used_single_use_token_stays_used_after_reopen(opener: Opener, key: KeyP
         store.use_token(token.id)
     assert not store.has_capability(RESOURCE, Permission.INVOKE)
     assert opener.backend().used_ids() == {str(token.id)}
+
+
+@parametrize_backends()
+def test_single_use_token_is_used_once_across_stores_open_at_once(
+    opener: Opener, key: KeyPair
+) -> None:
+    token = make_token(key, single_use=True)
+    first, second = opener.store(), opener.store()
+    first.add(token)
+    assert second.use_token(token.id) == token
+    with pytest.raises(TokenAlreadyUsed):
+        first.use_token(token.id)
+    assert first.is_used(token.id)
+    assert opener.backend().used_ids() == {str(token.id)}
+
+
+@parametrize_backends()
+def test_claim_use_is_a_check_and_mark(opener: Opener) -> None:
+    backend = opener.backend()
+    token_id = str(uuid4())
+    assert backend.claim_use(token_id) is True
+    assert backend.claim_use(token_id) is False
+    assert backend.used_ids() == {token_id}
+
+
+USE_WORKER = """
+import sys
+from uuid import UUID
+from astrid.default_plugins.capability_stores import FileCapabilityBackend, SqliteCapabilityBackend
+from astrid.errors import TokenAlreadyUsed
+from astrid.security.capabilities import CapabilityStore
+
+kind, where, token_id = sys.argv[1:4]
+backend = SqliteCapabilityBackend(where) if kind == "sqlite" else FileCapabilityBackend(where)
+store = CapabilityStore(backend)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    store.use_token(UUID(token_id))
+except TokenAlreadyUsed:
+    print("already-used", flush=True)
+else:
+    print("used", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", DISK_BACKENDS)
+def test_processes_racing_to_use_one_single_use_token_let_exactly_one_use_it(
+    kind: str, tmp_path: Path, key: KeyPair
+) -> None:
+    where = tmp_path / ("caps.db" if kind == "sqlite" else "caps")
+    backend: Any = (
+        SqliteCapabilityBackend(where) if kind == "sqlite" else FileCapabilityBackend(where)
+    )
+    token = make_token(key, single_use=True)
+    CapabilityStore(backend).add(token)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", USE_WORKER, kind, str(where), str(token.id)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    try:
+        for proc in procs:  # every process has opened its store before any uses the token
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line == "ready\n", (line, proc.stderr.read() if proc.stderr else "")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outcomes = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            outcomes.append(out.strip())
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sorted(outcomes) == ["already-used"] * 5 + ["used"]
+    assert backend.used_ids() == {str(token.id)}
+    backend.close()
+
+
+class OldProtocolBackend:
+    """A third-party backend written before ``claim_use``: only ``add_used``/``used_ids``."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.used: set[str] = set()
+
+    def put_token(self, token_id: str, data: str) -> None:
+        self.tokens[token_id] = data
+
+    def get_token(self, token_id: str) -> str | None:
+        return self.tokens.get(token_id)
+
+    def delete_token(self, token_id: str) -> None:
+        self.tokens.pop(token_id, None)
+
+    def list_tokens(self) -> list[str]:
+        return list(self.tokens.values())
+
+    def add_revoked(self, token_id: str) -> None:
+        pass
+
+    def revoked_ids(self) -> set[str]:
+        return set()
+
+    def add_used(self, token_id: str) -> None:
+        self.used.add(token_id)
+
+    def used_ids(self) -> set[str]:
+        return set(self.used)
+
+    def __repr__(self) -> str:
+        return "OldProtocolBackend()"
+
+
+def test_backend_without_claim_use_refuses_single_use_tokens_but_serves_the_rest(
+    key: KeyPair,
+) -> None:
+    backend = OldProtocolBackend()
+    store = CapabilityStore(backend)  # type: ignore[arg-type]  # the old protocol, on purpose
+    plain, single = make_token(key), make_token(key, single_use=True)
+    store.add(plain)
+    store.add(single)
+    assert store.use_token(plain.id) == plain
+    with pytest.raises(PluginError, match=r"OldProtocolBackend\(\) has no claim_use") as info:
+        store.use_token(single.id)
+    assert f"token:{single.id}" in str(info.value)
+    assert backend.used == set() and not store.is_used(single.id)
 
 
 @parametrize_backends()

@@ -8,7 +8,8 @@ in their canonical lowercase form.
 
     tokens/<uuid>.json   the token's JSON
     revoked/<uuid>       an empty marker
-    used/<uuid>          an empty marker
+    used/<uuid>          an empty marker (created with ``O_EXCL``: the first use of a
+                         single-use token creates it, any later one finds it)
 
 ``sqlite`` (default ``<home>/capabilities.db``) keeps the same three things in the tables
 ``cap_tokens``, ``cap_revoked`` and ``cap_used``, created by named migrations.
@@ -256,6 +257,22 @@ class FileCapabilityBackend:
         """Every recorded used token id."""
         return {token_id for token_id, _ in self._entries(self._used, "")}
 
+    def claim_use(self, token_id: str) -> bool:
+        """Record a used token id; False if already recorded (an ``O_EXCL`` marker create)."""
+        path = self._used / canonical_token_id(token_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"capability store: cannot write {path}: {exc}") from exc
+        try:
+            os.fchmod(fd, _FILE_MODE)
+        finally:
+            os.close(fd)
+        self._sync(self._used)
+        return True
+
     def _sync(self, directory: Path) -> None:
         try:
             _fsync_dir(directory)
@@ -441,6 +458,18 @@ class SqliteCapabilityBackend:
         """Every recorded used token id."""
         rows = self._run(lambda conn: conn.execute("SELECT id FROM cap_used").fetchall())
         return {str(row[0]) for row in rows}
+
+    def claim_use(self, token_id: str) -> bool:
+        """Record a used token id; False if already recorded (one insert ignoring a conflict)."""
+        key = canonical_token_id(token_id)
+        inserted = self._run(
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO cap_used (id) VALUES (?) ON CONFLICT(id) DO NOTHING", (key,)
+                ).rowcount
+            )
+        )
+        return inserted == 1
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -29,6 +29,7 @@ from pydantic_core import core_schema
 from astrid.errors import (
     InvalidPattern,
     InvalidSignature,
+    PluginError,
     SerializationError,
     TokenAlreadyUsed,
     TokenExpired,
@@ -614,10 +615,17 @@ class CapabilityBackend(Protocol):
         """Every recorded revoked token id."""
 
     def add_used(self, token_id: str) -> None:
-        """Record a used single-use token id."""
+        """Record a used single-use token id (a copy, e.g. by ``capabilities migrate``)."""
 
     def used_ids(self) -> set[str]:
         """Every recorded used token id."""
+
+    def claim_use(self, token_id: str) -> bool:
+        """Record a single-use token id as used, atomically; False if it was already recorded.
+
+        One check-and-mark in the backend (not a read of ``used_ids`` then ``add_used``), so of
+        any number of callers, in this process or others sharing the backend, exactly one wins.
+        """
 
 
 class MemoryCapabilityBackend:
@@ -669,6 +677,14 @@ class MemoryCapabilityBackend:
         """Every recorded used token id."""
         with self._lock:
             return set(self._used)
+
+    def claim_use(self, token_id: str) -> bool:
+        """Record a used token id; False if it was already recorded (checked under the lock)."""
+        with self._lock:
+            if token_id in self._used:
+                return False
+            self._used.add(token_id)
+            return True
 
 
 def _parse_ids(raw: Iterable[str]) -> set[UUID]:
@@ -801,17 +817,34 @@ class CapabilityStore:
             self._session.clear()
 
     def mark_used(self, token_id: UUID) -> None:
-        """Record a single-use token as used; raises ``TokenAlreadyUsed`` the second time."""
+        """Record a single-use token as used; raises ``TokenAlreadyUsed`` the second time.
+
+        With a backend, the backend's ``claim_use`` decides, so a use by another process sharing
+        it counts too. A backend without ``claim_use`` (written for an older astrid) cannot do
+        that safely, so using a single-use token through it is refused with ``PluginError``.
+        """
         with self._lock:
             if token_id in self._used:
                 raise TokenAlreadyUsed(f"single-use token already used: token:{token_id}")
             if self._backend is not None:
-                self._backend.add_used(str(token_id))
+                claim = getattr(self._backend, "claim_use", None)
+                if not callable(claim):
+                    raise PluginError(
+                        f"capability store {self._backend!r} has no claim_use method (written "
+                        "for an older astrid), so it cannot mark a single-use token used "
+                        f"atomically; refusing to use token:{token_id}"
+                    )
+                if not claim(str(token_id)):
+                    self._used.add(token_id)
+                    raise TokenAlreadyUsed(f"single-use token already used: token:{token_id}")
             self._used.add(token_id)
 
     def is_used(self, token_id: UUID) -> bool:
-        """True if the token id was marked used."""
+        """True if the token id was marked used (here, or in the backend by anyone)."""
         with self._lock:
+            in_backend = self._backend is not None and str(token_id) in self._backend.used_ids()
+            if in_backend:
+                self._used.add(token_id)
             return token_id in self._used
 
     def use_token(self, token_id: UUID) -> CapabilityToken:

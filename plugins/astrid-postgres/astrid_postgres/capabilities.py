@@ -113,6 +113,15 @@ class PostgresCapabilityBackend:
         """Every recorded used token id."""
         return {str(r[0]) for r in self._execute("SELECT id FROM {s}.cap_used")}
 
+    def claim_use(self, token_id: str) -> bool:
+        """Record a used token id; False if already recorded (one insert ignoring a conflict)."""
+        key = canonical_token_id(token_id)
+        rows = self._execute(
+            "INSERT INTO {s}.cap_used (id) VALUES (%s) ON CONFLICT (id) DO NOTHING RETURNING id",
+            (key,),
+        )
+        return bool(rows)
+
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
         self._db.close()

@@ -1,10 +1,12 @@
 """A separate process for the multi-process tests: waits for ``go`` on stdin, then works.
 
-Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]``
+Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]`` (``use``: ``TOKEN_ID``)
 
 * ``append``: append COUNT messages ``WRITER:i`` with ``SessionStore.append_messages``.
 * ``save``: COUNT times load the tail, add ``WRITER:i`` and save, retrying on ConcurrencyError.
 * ``open``: open the backend (applying migrations) and report the schema version.
+* ``use``: use the single-use capability token TOKEN_ID from the schema's
+  capability store and report whether this process got it (``TokenAlreadyUsed``: not).
 
 Prints ``ready`` once connected, then one JSON line with what it did.
 """
@@ -15,12 +17,15 @@ import json
 import random
 import sys
 import time
+from uuid import UUID
 
-from astrid.errors import ConcurrencyError
+from astrid.errors import ConcurrencyError, TokenAlreadyUsed
 from astrid.messages import Message
+from astrid.security.capabilities import CapabilityStore
 from astrid.store import SessionStore
 
 from astrid_postgres.backend import PostgresBackend
+from astrid_postgres.capabilities import PostgresCapabilityBackend
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +37,18 @@ def main(argv: list[str]) -> None:
         backend = PostgresBackend(dsn, schema=schema, min_size=0, max_size=1)
         print(json.dumps({"version": backend.schema_version()}), flush=True)
         backend.close()
+        return
+    if mode == "use":
+        store = CapabilityStore(PostgresCapabilityBackend(dsn, schema=schema, max_size=1))
+        store.is_used(UUID(argv[3]))  # connect and read the used ids before the race
+        print("ready", flush=True)
+        sys.stdin.readline()
+        try:
+            store.use_token(UUID(argv[3]))
+        except TokenAlreadyUsed:
+            print(json.dumps({"used": False}), flush=True)
+        else:
+            print(json.dumps({"used": True}), flush=True)
         return
     session_id, writer, count = argv[3], argv[4], int(argv[5])
     store = SessionStore(PostgresBackend(dsn, schema=schema, min_size=1, max_size=1))

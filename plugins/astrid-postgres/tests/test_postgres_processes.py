@@ -1,4 +1,5 @@
-"""Several processes at once: appends and saves to one session, migrations on one schema."""
+"""Several processes at once: appends and saves to one session, migrations on one schema, uses
+of one single-use capability token."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from typing import Any
 
 import psycopg
 from astrid.messages import Message
+from astrid.security.actions import Permission
+from astrid.security.capabilities import (
+    AuditEntryId,
+    CapabilityStore,
+    ResourcePattern,
+    TokenBuilder,
+)
+from astrid.security.crypto import KeyPair
 from astrid.store import SessionStore
 from psycopg import sql
 
 from astrid_postgres.backend import PostgresBackend
+from astrid_postgres.capabilities import PostgresCapabilityBackend
 from astrid_postgres.schema import KNOWN
 from astrid_postgres.testing import TemporaryServer
 
@@ -104,3 +114,21 @@ def test_processes_migrating_one_schema_at_once_apply_each_migration_once(
             )
         ).fetchall()
     assert [r[0] for r in rows] == list(KNOWN)
+
+
+def test_processes_racing_to_use_one_single_use_token_let_exactly_one_use_it(
+    pg_server: TemporaryServer, schema: str
+) -> None:
+    key = KeyPair.generate()
+    token = (
+        TokenBuilder(ResourcePattern.new("mcp://server:tool"))
+        .permission(Permission.INVOKE)
+        .persistent()
+        .single_use()
+        .build(key.key_id, AuditEntryId.new(), key)
+    )
+    with PostgresCapabilityBackend(pg_server.dsn(), schema=schema) as backend:
+        CapabilityStore(backend).add(token)
+        results = run_together([["use", pg_server.dsn(), schema, str(token.id)] for _ in range(5)])
+        assert sorted(r["used"] for r in results) == [False, False, False, False, True]
+        assert backend.used_ids() == {str(token.id)}
