@@ -3,15 +3,19 @@
 The checks, clamps, JSON shapes and display strings follow the original. Our deliberate
 differences (design §5 item 4):
 
-* ``check_budget``, ``check_and_reserve`` and ``reserve`` **refuse** NaN, infinite and negative
-  costs with :class:`~astrid.errors.InvalidCost` (the original let a NaN estimate through as
-  ``Allowed``, treated ``+inf`` as a per-action excess and let negative costs pass).
+* Every amount handed to a tracker (``check_budget``, ``check_and_reserve``, ``reserve``,
+  ``settle``, ``record_cost``, ``refund_cost``) must be a finite, non-negative real number: NaN,
+  infinities, negative amounts, non-numbers and integers too large for a float raise
+  :class:`~astrid.errors.InvalidCost`, and so does a cost that would make the running total
+  overflow (the original let a NaN estimate through as ``Allowed``, ignored bad recorded costs
+  and could reach ``inf``, which then read back as 0).
 * An estimate can be reserved (``reserve``) and later settled with the actual cost (``settle``)
   or handed back on denial or deferral (``release``); both are idempotent.
 * Budget limits themselves must be real numbers: a NaN limit would disable every check.
-
-``record_cost`` and ``refund_cost`` keep the original's silent semantics: a negative, zero, NaN
-or infinite amount is ignored, so a bad usage figure can never lower or poison the spend.
+* A stored spend must be a finite, non-negative number: a snapshot holding NaN, an infinity,
+  ``null`` or a negative spend does not validate (the original read it back as 0, a reset).
+* A workspace tracker remembers the stored total it last read and sends only what it charged
+  since (``sync``), so sessions in any number of processes add up (see ``docs/storage.md``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import math
 import numbers
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
 from astrid.security._extras import unknown_keys, with_unknown_keys
@@ -43,6 +48,7 @@ __all__ = [
     "Exceeded",
     "ExceededReason",
     "InvalidBudgetLimit",
+    "InvalidCost",
     "ReservationError",
     "WarnAndAllow",
     "WorkspaceBudgetSnapshot",
@@ -63,10 +69,15 @@ class ReservationError(SecurityError, ValueError):
 
 
 def _require_cost(cost: float) -> float:
-    """Return ``cost`` as a float, or raise ``InvalidCost`` if it is NaN, infinite or negative."""
+    """``cost`` as a float; ``InvalidCost`` unless it is a finite, non-negative real number."""
     if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
         raise InvalidCost(f"invalid cost {cost!r}: expected a number of USD")
-    value = float(cost)
+    try:
+        value = float(cost)
+    except (OverflowError, ValueError):
+        raise InvalidCost(
+            f"invalid cost {cost!r:.40}: too large for a finite number of USD"
+        ) from None
     if math.isnan(value) or math.isinf(value):
         raise InvalidCost(f"invalid cost {value!r}: a cost must be a finite number of USD")
     if value < 0:
@@ -74,19 +85,34 @@ def _require_cost(cost: float) -> float:
     return value
 
 
-def _is_real_positive(amount: float) -> bool:
-    """True for a finite amount greater than zero (what record and refund accept)."""
-    return (
-        isinstance(amount, numbers.Real)
-        and not isinstance(amount, bool)
-        and math.isfinite(amount)
-        and amount > 0
-    )
+def _finite_total(spent: float, cost: float) -> float:
+    """``spent + cost``, or ``InvalidCost`` if the running total would no longer be finite."""
+    total = spent + cost
+    if not math.isfinite(total):
+        raise InvalidCost(
+            f"invalid cost {cost!r}: the running total (now {spent!r} USD) would overflow"
+        )
+    return total
 
 
-def _clamp_spend(amount: float) -> float:
-    """A restored spend: the value when finite and positive, otherwise 0."""
-    return float(amount) if _is_real_positive(amount) else 0.0
+def _stored_spend(value: float) -> float:
+    """Check a stored spend: finite and non-negative (a bad one fails closed, never reads 0)."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"a stored spend must be a finite, non-negative number of USD, not {value!r}"
+        )
+    return value + 0.0  # -0.0 reads as 0.0
+
+
+def _restored_spend(value: float, where: str) -> float:
+    """A snapshot's spend for ``restore``; ``InvalidCost`` naming ``where`` when it is invalid.
+
+    A validated snapshot cannot hold one; this catches ``model_construct`` and edited models.
+    """
+    try:
+        return _stored_spend(float(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidCost(f"{where}: {exc}") from None
 
 
 def _percent(current: float, maximum: float) -> float:
@@ -96,13 +122,8 @@ def _percent(current: float, maximum: float) -> float:
     return min(max(current / maximum * 100.0, 0.0), 100.0)
 
 
-def _nan_from_null(value: Any) -> Any:
-    """Read ``null`` (how serde and pydantic write NaN) as NaN so ``restore`` can clamp it."""
-    return math.nan if value is None else value
-
-
-_SpendFloat = Annotated[float, BeforeValidator(_nan_from_null)]
-"""A stored spend: accepts NaN, infinities and ``null`` on input (clamped on restore)."""
+_SpendFloat = Annotated[float, AfterValidator(_stored_spend)]
+"""A stored spend: finite and non-negative; NaN, infinities, ``null`` and negatives are refused."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,9 +308,9 @@ class BudgetReservation:
 class _Ledger(ABC):
     """The locked spend shared by both trackers: record, refund, settle and release."""
 
-    def __init__(self, spent: float = 0.0) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._spent = _clamp_spend(spent)
+        self._spent = 0.0
 
     @abstractmethod
     def _check_locked(self, cost: float) -> BudgetResult:
@@ -299,11 +320,11 @@ class _Ledger(ABC):
         """Check and reserve; the caller holds the lock and has validated ``cost``."""
         result = self._check_locked(cost)
         if not isinstance(result, Exceeded) and cost > 0:
-            self._spent += cost
+            self._spent = _finite_total(self._spent, cost)
         return result
 
     def check_budget(self, cost: float) -> BudgetResult:
-        """Check ``cost`` without recording it; raises ``InvalidCost`` for NaN/inf/negative."""
+        """Check ``cost`` without recording it; ``InvalidCost`` unless finite and non-negative."""
         value = _require_cost(cost)
         with self._lock:
             return self._check_locked(value)
@@ -331,21 +352,22 @@ class _Ledger(ABC):
         """Replace the reserved estimate by ``actual_cost``; False if already settled/released.
 
         The extra is recorded even beyond the limits (the cost was incurred); a smaller actual
-        cost refunds the difference. An invalid ``actual_cost`` raises ``InvalidCost`` and leaves
-        the reservation open.
+        cost refunds the difference. An invalid ``actual_cost`` (or one that would overflow the
+        running total) raises ``InvalidCost`` and leaves the reservation open.
         """
         self._own(reservation)
         actual = _require_cost(actual_cost)
         with self._lock:
             if reservation._closed:
                 return False
-            reservation._closed = True
-            reservation.settled_cost = actual
             difference = actual - reservation.amount
             if difference > 0:
-                self._spent += difference
-            elif difference < 0:
-                self._spent = max(self._spent + difference, 0.0)
+                spent = _finite_total(self._spent, difference)
+            else:
+                spent = max(self._spent + difference, 0.0)
+            self._spent = spent
+            reservation._closed = True
+            reservation.settled_cost = actual
             return True
 
     def release(self, reservation: BudgetReservation) -> bool:
@@ -359,18 +381,20 @@ class _Ledger(ABC):
             return True
 
     def record_cost(self, cost: float) -> None:
-        """Add a finite positive cost; negative, zero, NaN and infinite costs are ignored."""
-        if not _is_real_positive(cost):
-            return
+        """Add ``cost`` to the spend.
+
+        ``InvalidCost`` (nothing recorded) for a NaN, infinite, negative or non-numeric cost, or
+        one that would overflow the running total; a zero cost records nothing.
+        """
+        value = _require_cost(cost)
         with self._lock:
-            self._spent += float(cost)
+            self._spent = _finite_total(self._spent, value)
 
     def refund_cost(self, cost: float) -> None:
-        """Subtract a finite positive amount, never below 0; other amounts are ignored."""
-        if not _is_real_positive(cost):
-            return
+        """Subtract ``cost`` from the spend, never below 0; ``InvalidCost`` as for a record."""
+        value = _require_cost(cost)
         with self._lock:
-            self._spent = max(self._spent - float(cost), 0.0)
+            self._spent = max(self._spent - value, 0.0)
 
     def spent(self) -> float:
         """The current spend in USD."""
@@ -404,9 +428,9 @@ class BudgetTracker(_Ledger):
 
     @classmethod
     def restore(cls, snapshot: BudgetSnapshot) -> Self:
-        """A new tracker with the snapshot's config; a NaN, infinite or negative spend gives 0."""
+        """A new tracker with the snapshot's config and spend (``InvalidCost`` for a bad spend)."""
         tracker = cls(snapshot.config)
-        tracker._spent = _clamp_spend(snapshot.session_spent_usd)
+        tracker._spent = _restored_spend(snapshot.session_spent_usd, "session budget snapshot")
         tracker._extra = unknown_keys(snapshot)
         return tracker
 
@@ -480,16 +504,48 @@ class WorkspaceBudgetTracker(_Ledger):
         self._warn_at_percent = max(0, min(int(warn_at_percent), 100))
         self._extra: dict[str, Any] = {}
         """The unknown snapshot keys it was restored from (written back by every snapshot)."""
+        self._stored = 0.0
+        """The stored total this tracker last read; ``spent - _stored`` is not yet stored."""
+        self._sync_lock = threading.Lock()
 
     @classmethod
     def restore(
         cls, snapshot: WorkspaceBudgetSnapshot, max_usd: float | None, warn_at_percent: int = 80
     ) -> Self:
-        """A new tracker with the caller's limits and the snapshot's (clamped) spend."""
+        """A new tracker with the caller's limits and the snapshot's spend (read as stored)."""
         tracker = cls(max_usd, warn_at_percent)
-        tracker._spent = _clamp_spend(snapshot.total_spent_usd)
+        spent = _restored_spend(snapshot.total_spent_usd, "workspace budget snapshot")
+        tracker._spent = tracker._stored = spent
         tracker._extra = unknown_keys(snapshot)
         return tracker
+
+    def unsaved(self) -> float:
+        """What this tracker charged (minus refunds) since it last read the stored total."""
+        with self._lock:
+            return self._spent - self._stored
+
+    def sync(self, write: Callable[[float], float]) -> float:
+        """Store this tracker's unsaved spend as an increment and adopt the new stored total.
+
+        ``write(delta)`` adds ``delta`` to the stored total atomically and returns the result
+        (``SessionStore.save_workspace_of`` passes the backend's ``write_workspace_state``).
+        Charges made while it runs stay unsaved for the next sync; if it raises, nothing is
+        lost either. Afterwards ``spent()`` includes what other sessions stored. Returns it.
+        """
+        with self._sync_lock:
+            with self._lock:
+                delta = self._spent - self._stored
+                self._stored = self._spent
+            try:
+                total = _restored_spend(write(delta), "the stored workspace total")
+            except BaseException:
+                with self._lock:
+                    self._stored -= delta
+                raise
+            with self._lock:
+                self._spent = max(_finite_total(total, self._spent - self._stored), 0.0)
+                self._stored = total
+                return self._spent
 
     def _check_locked(self, cost: float) -> BudgetResult:
         maximum = self._max_usd

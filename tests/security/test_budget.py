@@ -243,14 +243,65 @@ def test_refund_cost() -> None:
     assert tracker.spent() == 0.0
 
 
-@pytest.mark.parametrize("bad", [*BAD_COSTS, 0.0])
-def test_record_and_refund_ignore_bad_values(bad: float) -> None:
+@pytest.mark.parametrize("bad", [*BAD_COSTS, "1.0", None, True, 10**400])
+def test_record_and_refund_refuse_bad_values(bad: float) -> None:
+    """Issue 14 item 4: a bad recorded cost is refused (it was silently ignored before)."""
     tracker = BudgetTracker()
     tracker.record_cost(20.0)
-    tracker.record_cost(bad)
+    with pytest.raises(InvalidCost, match="invalid cost"):
+        tracker.record_cost(bad)
     assert tracker.spent() == 20.0
-    tracker.refund_cost(bad)
+    with pytest.raises(InvalidCost, match="invalid cost"):
+        tracker.refund_cost(bad)
     assert tracker.spent() == 20.0
+
+
+def test_record_and_refund_of_zero_change_nothing() -> None:
+    tracker = BudgetTracker()
+    tracker.record_cost(20.0)
+    tracker.record_cost(0.0)
+    tracker.refund_cost(0)
+    assert tracker.spent() == 20.0
+
+
+def test_invalid_cost_is_a_security_error_and_a_value_error() -> None:
+    assert issubclass(InvalidCost, SecurityError) and issubclass(InvalidCost, ValueError)
+
+
+@pytest.mark.parametrize(
+    "tracker",
+    [BudgetTracker(BudgetConfig.new(1.7e308, 1.7e308)), WorkspaceBudgetTracker(None)],
+    ids=["session", "workspace"],
+)
+def test_a_spend_that_would_overflow_is_refused_and_the_total_stays_finite(
+    tracker: BudgetTracker | WorkspaceBudgetTracker,
+) -> None:
+    """Issue 14 item 4: ``record_cost(1e308)`` twice used to give ``inf`` (then read back as 0)."""
+    tracker.record_cost(1e308)
+    with pytest.raises(InvalidCost, match="overflow"):
+        tracker.record_cost(1e308)
+    assert tracker.spent() == 1e308
+    with pytest.raises(InvalidCost, match="too large"):
+        tracker.record_cost(10**400)
+    assert tracker.spent() == 1e308
+    reservation = tracker.reserve(0.0)
+    with pytest.raises(InvalidCost, match="overflow"):
+        tracker.settle(reservation, 1e308)
+    assert not reservation.closed and tracker.spent() == 1e308
+    assert tracker.settle(reservation, 1.0)
+    assert math.isfinite(tracker.spent())
+
+
+def test_an_unlimited_workspace_refuses_a_reservation_that_would_overflow() -> None:
+    tracker = WorkspaceBudgetTracker(None)
+    tracker.reserve(1e308)
+    with pytest.raises(InvalidCost, match="overflow"):
+        tracker.reserve(1e308)
+    with pytest.raises(InvalidCost, match="overflow"):
+        tracker.check_and_reserve(1e308)
+    assert tracker.spent() == 1e308
+    with pytest.raises(InvalidCost):
+        tracker.reserve(10**400)
 
 
 # ---------------------------------------------------------------- our fix: refuse bad costs
@@ -357,30 +408,25 @@ def test_snapshot_json_from_original() -> None:
 
 
 @pytest.mark.parametrize("bad", [-50.0, math.nan, -math.inf, math.inf])
-def test_restore_clamps_bad_spend(bad: float) -> None:
-    snapshot = BudgetSnapshot(session_spent_usd=bad, config=BudgetConfig.default(),
-                              last_updated=datetime.now(UTC))
-    tracker = BudgetTracker.restore(snapshot)
-    assert tracker.spent() == 0.0
-    assert tracker.remaining() == 100.0
+def test_a_bad_spend_is_refused_never_reset_to_zero(bad: float) -> None:
+    """Issue 14 item 4: a non-finite or negative spend used to restore as 0 (a reset)."""
+    with pytest.raises(ValidationError, match="finite, non-negative"):
+        BudgetSnapshot(session_spent_usd=bad, config=BudgetConfig.default(),
+                       last_updated=datetime.now(UTC))
+    built = BudgetSnapshot.model_construct(
+        session_spent_usd=bad, config=BudgetConfig.default(), last_updated=datetime.now(UTC)
+    )
+    with pytest.raises(InvalidCost, match="session budget snapshot"):
+        BudgetTracker.restore(built)
 
 
-@pytest.mark.parametrize("literal", ["NaN", "-Infinity", "Infinity", "null", "-50.0"])
-def test_restore_clamps_bad_spend_from_json(literal: str) -> None:
+@pytest.mark.parametrize("literal", ["NaN", "-Infinity", "Infinity", "1e999", "null", "-50.0"])
+def test_a_bad_spend_from_json_is_refused(literal: str) -> None:
     text = ('{"session_spent_usd": ' + literal + ', "config": {"session_max_usd": 100.0, '
             '"per_action_max_usd": 10.0, "warn_at_percent": 80}, '
             '"last_updated": "2024-01-01T00:00:00Z"}')
-    tracker = BudgetTracker.restore(BudgetSnapshot.model_validate_json(text))
-    assert tracker.spent() == 0.0
-    assert tracker.remaining() == 100.0
-
-
-def test_nan_spend_snapshot_written_as_null_and_read_back() -> None:
-    snapshot = BudgetSnapshot(session_spent_usd=math.nan, config=BudgetConfig.default(),
-                              last_updated=datetime.now(UTC))
-    text = snapshot.model_dump_json()
-    assert json.loads(text)["session_spent_usd"] is None
-    assert BudgetTracker.restore(BudgetSnapshot.model_validate_json(text)).spent() == 0.0
+    with pytest.raises(ValidationError, match="session_spent_usd"):
+        BudgetSnapshot.model_validate_json(text)
 
 
 # ------------------------------------------------------------------------------------ workspace
@@ -462,17 +508,24 @@ def test_workspace_snapshot_round_trip_with_different_limits() -> None:
 
 
 @pytest.mark.parametrize("bad", [-50.0, math.nan, math.inf, -math.inf])
-def test_workspace_restore_clamps(bad: float) -> None:
-    snapshot = WorkspaceBudgetSnapshot(total_spent_usd=bad, last_updated=datetime.now(UTC))
-    restored = WorkspaceBudgetTracker.restore(snapshot, 100.0, 80)
-    assert restored.spent() == 0.0
-    assert restored.remaining() == 100.0
+def test_workspace_restore_refuses_a_bad_spend(bad: float) -> None:
+    with pytest.raises(ValidationError, match="finite, non-negative"):
+        WorkspaceBudgetSnapshot(total_spent_usd=bad, last_updated=datetime.now(UTC))
+    built = WorkspaceBudgetSnapshot.model_construct(
+        total_spent_usd=bad, last_updated=datetime.now(UTC)
+    )
+    with pytest.raises(InvalidCost, match="workspace budget snapshot"):
+        WorkspaceBudgetTracker.restore(built, 100.0, 80)
 
 
-@pytest.mark.parametrize("bad", [*BAD_COSTS, 0.0])
-def test_workspace_record_rejects_bad_values(bad: float) -> None:
+@pytest.mark.parametrize("bad", BAD_COSTS)
+def test_workspace_record_refuses_bad_values(bad: float) -> None:
     tracker = WorkspaceBudgetTracker(100.0, 80)
-    tracker.record_cost(bad)
+    with pytest.raises(InvalidCost):
+        tracker.record_cost(bad)
+    with pytest.raises(InvalidCost):
+        tracker.refund_cost(bad)
+    tracker.record_cost(0.0)
     assert tracker.spent() == 0.0
 
 
@@ -483,10 +536,10 @@ def test_workspace_snapshot_json() -> None:
     assert set(data) == {"total_spent_usd", "last_updated"}
     assert data["total_spent_usd"] == 42.5
     assert data["last_updated"].endswith("Z")
-    snapshot = WorkspaceBudgetSnapshot.model_validate_json(
-        '{"total_spent_usd": NaN, "last_updated": "2024-01-01T00:00:00Z"}'
-    )
-    assert WorkspaceBudgetTracker.restore(snapshot, 10.0).spent() == 0.0
+    with pytest.raises(ValidationError, match="total_spent_usd"):
+        WorkspaceBudgetSnapshot.model_validate_json(
+            '{"total_spent_usd": NaN, "last_updated": "2024-01-01T00:00:00Z"}'
+        )
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
