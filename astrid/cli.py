@@ -32,7 +32,13 @@ from .config import (
     write_default_config,
 )
 from .document import SessionDocument
-from .errors import AstridError, InvalidSessionId, SerializationError, SessionNotFound
+from .errors import (
+    AstridError,
+    ConfigError,
+    InvalidSessionId,
+    SerializationError,
+    SessionNotFound,
+)
 from .ids import validate_session_id
 from .messages import ImagePart, Message, MessageRole, OpaqueContent, ToolCallResult
 from .plugins import KINDS, get_implementation, plugin_info, registry
@@ -42,6 +48,7 @@ from .store import (
     SessionStore,
     SessionSummary,
     SessionWrite,
+    StorageBackend,
     open_store,
     workspace_key,
 )
@@ -1084,6 +1091,11 @@ def _copy_session(
     return "copied"
 
 
+def _persistent(backend: StorageBackend) -> bool:
+    """A backend's optional ``persistent`` attribute; absent means it keeps its data."""
+    return bool(getattr(backend, "persistent", True))
+
+
 def _copy_capabilities(source: SessionStore, target: SessionStore) -> tuple[int, int, int]:
     """Copy persistent capability tokens, revocations and used markers; their counts."""
     src = source.capabilities.backend if source.capabilities is not None else None
@@ -1118,7 +1130,8 @@ workspaces copied, and the summary says so.
 Resumable: a session already in the target with the same message count and history length is
 skipped; a different one is copied again. At the end the target is checked: every session
 present with the same message count and every copied namespace with the same keys; the exit
-status is 1 on any failure or mismatch.
+status is 1 on any failure or mismatch. A target whose backend is not persistent (memory) is
+refused.
 """
 
 
@@ -1141,6 +1154,12 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
     with open_store(src_loaded) as source, open_store(dst_loaded) as target:
         if repr(source.backend) == repr(target.backend):
             raise AstridError(f"the source and target are the same store: {source.backend!r}")
+        if not _persistent(target.backend):
+            raise ConfigError(
+                f"{dst_loaded.where}: key 'storage.backend': the {target.backend.name!r} backend "
+                "is not persistent (what it holds is gone when the process ends); migrate to a "
+                "store that keeps its data"
+            )
         failures: list[str] = [
             f"{where}: {what} (not migrated)" for where, what in _backend_problems(source)
         ]

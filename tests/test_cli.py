@@ -851,6 +851,54 @@ def test_export_all_names_each_unreadable_session_exports_the_rest_and_exits_1(
     )
 
 
+class ScratchSqliteBackend(SqliteBackend):
+    """A third party's backend that declares it keeps nothing (say, a database it drops)."""
+
+    name = "scratch-sqlite"
+    persistent = False
+
+
+class ScratchPlugin:
+    @hookimpl
+    def register_storage_backends(self, register: Any) -> None:
+        register(
+            "scratch-sqlite",
+            lambda options, context: ScratchSqliteBackend(resolve_path(options.path, context.home)),
+            SqliteOptions,
+        )
+
+
+def test_migrate_refuses_a_target_backend_that_is_not_persistent(env: Env) -> None:
+    files = file_config(env)
+    with store_for(files) as store:
+        ids = [make_session(store, n) for n in (1, 2)]
+    memory = write_config(env.root / "memory.toml", '[storage]\nbackend = "memory"\n')
+    result = astrid("migrate", "--from", str(files), "--to", str(memory))
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"astrid: error: {memory}: key 'storage.backend': ")
+    assert "'memory'" in line and "not persistent" in line
+    assert "verified" not in result.stdout and "copied" not in result.stdout
+
+    # The backend's declared attribute decides, not its name.
+    register_plugin(ScratchPlugin(), name="scratch-plugin")
+    try:
+        scratch = write_config(
+            env.root / "scratch.toml",
+            f'[storage]\nbackend = "scratch-sqlite"\n[storage.options]\n'
+            f'path = "{env.root}/scratch/astrid.db"\n',
+        )
+        refused = astrid("migrate", "--from", str(files), "--to", str(scratch))
+        assert refused.exit_code == 1
+        assert "'scratch-sqlite' backend is not persistent" in one_error_line(refused.stderr)
+        with store_for(scratch) as target:
+            assert target.list_sessions() == []  # refused before anything was copied
+    finally:
+        unregister_plugin("scratch-plugin")
+    with store_for(files) as store:
+        assert sorted(r.id for r in store.list_sessions()) == sorted(ids)
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,8 @@ class MemoryBackend:
     """Sessions in a dict, guarded by one lock; nothing survives the process."""
 
     name = "memory"
+    persistent = False
+    """Nothing survives the process: ``astrid migrate`` refuses it as a target."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
