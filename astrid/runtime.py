@@ -55,7 +55,7 @@ from .security.actions import (
     RiskLevel,
     SensitiveAction,
 )
-from .security.approvals import ApprovalHandler
+from .security.approvals import ApprovalDecision, ApprovalHandler, ApprovalResponse
 from .security.budget import BudgetValidator, BudgetWarning, DualReservation
 from .security.escape import (
     EscapeDecision,
@@ -80,6 +80,8 @@ from .subagents import SubAgentExecutor, SubAgentId, SubAgentPool
 from .tools import Tool, ToolContext, ToolError, tool_definition
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from .security.crypto import KeyPair
 
 __all__ = [
@@ -525,6 +527,29 @@ class AgentRuntime:
     def _prepare(self, session: AgentSession) -> None:
         if self.approval_handler is not None:
             session.approval_manager.register_handler(self.approval_handler)
+
+    def resolve_deferred(
+        self,
+        session: AgentSession,
+        resolution_id: UUID,
+        response: ApprovalResponse | ApprovalDecision,
+    ) -> InterceptProof:
+        """Resolve one of the session's deferred approvals and create the grant it names.
+
+        The allowance (session, or workspace rooted at the session's workspace) or the "always"
+        capability is made with this runtime's key, so the same action then runs without being
+        deferred again. Raises ``ApprovalDenied`` for a denial or a response to another request.
+        """
+        interceptor = SecurityInterceptor(
+            session,
+            self.policy,
+            self.keypair,
+            workspace_root=self.workspace_root(session),
+            audit=self.audit,
+        )
+        proof = interceptor.resolve_deferred(resolution_id, response)
+        session.record_approvals()
+        return proof
 
     def _new_turn(self, session: AgentSession, parent_subagent_id: SubAgentId | None) -> _Turn:
         root = self.workspace_root(session)

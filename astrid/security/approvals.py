@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
@@ -28,9 +29,15 @@ from pydantic import (
     model_validator,
 )
 
-from astrid.errors import ResolutionNotFound
+from astrid.errors import ApprovalError, ResolutionNotFound
 from astrid.security.actions import SensitiveAction
-from astrid.security.allowances import SIGNATURE_LENGTH, Allowance, AllowanceStore, WorkspaceRoot
+from astrid.security.allowances import (
+    SIGNATURE_LENGTH,
+    Allowance,
+    AllowanceStore,
+    WorkspaceRoot,
+    pattern_for_action,
+)
 from astrid.security.deferred import (
     ActionContext,
     ApprovalNeeded,
@@ -63,6 +70,7 @@ __all__ = [
     "ApproveSession",
     "ApproveWithAllowance",
     "ApproveWorkspace",
+    "CapabilityMinter",
     "CustomAllowance",
     "Deferred",
     "Denied",
@@ -70,6 +78,7 @@ __all__ = [
     "OneTimeApproval",
     "RiskAssessment",
     "SessionApproval",
+    "Signer",
     "WorkspaceApproval",
 ]
 
@@ -304,21 +313,23 @@ class OneTimeApproval:
 
 @dataclass(frozen=True, slots=True)
 class SessionApproval:
-    """Allowed for the session; the id is a placeholder, the interceptor creates the allowance."""
+    """Allowed for the session; ``allowance_id`` names the session allowance the manager stored."""
 
     allowance_id: UUID
 
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceApproval:
-    """Allowed for the workspace; the id is a placeholder, the interceptor creates the allowance."""
+    """Allowed for the workspace; ``allowance_id`` names the workspace allowance stored."""
 
     allowance_id: UUID
 
 
 @dataclass(frozen=True, slots=True)
 class AlwaysAllow:
-    """Allowed always; the interceptor mints the capability."""
+    """Allowed always; ``token_id`` is the capability minted (None: the interceptor mints it)."""
+
+    token_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +395,13 @@ ApprovalOutcome = Allowed | Denied | Deferred
 # ---------------------------------------------------------------------------
 # Manager
 # ---------------------------------------------------------------------------
+
+
+Signer = Callable[[bytes], bytes]
+"""Signs an allowance's id (the runtime's ``KeyPair.sign``)."""
+
+CapabilityMinter = Callable[[SensitiveAction], UUID | None]
+"""Mints the capability an "approve always" grants for an action; None if it grants none."""
 
 
 def _seconds(timeout: float | timedelta) -> float:
@@ -483,8 +501,14 @@ class ApprovalManager:
         action: SensitiveAction,
         context: str,
         workspace_root: WorkspaceRoot = None,
+        *,
+        signer: Signer | None = None,
     ) -> ApprovalOutcome:
-        """Allowance first, then the handler (with the timeout); defer when nobody answers."""
+        """Allowance first, then the handler (with the timeout); defer when nobody answers.
+
+        A session or workspace approval stores its allowance (signed with ``signer``) before
+        this returns, so the proof names an allowance that exists.
+        """
         allowance = self._allowance_store.find_matching_and_consume(action, workspace_root)
         if allowance is not None:
             return Allowed(AllowanceProof(allowance.id))
@@ -521,20 +545,42 @@ class ApprovalManager:
                 f"approval handler failed: returned {type(response).__name__}, "
                 "not an ApprovalResponse",
             )
-        outcome = self.handle_response(response)
+        outcome = self.handle_response(response, action, workspace_root, signer=signer)
         if isinstance(outcome, Allowed):
             self.approvals_granted += 1
         return outcome
 
-    def handle_response(self, response: ApprovalResponse) -> ApprovalOutcome:
-        """Map a response to an outcome (storing a custom allowance); counts nothing."""
+    def handle_response(
+        self,
+        response: ApprovalResponse,
+        action: SensitiveAction | None = None,
+        workspace_root: WorkspaceRoot = None,
+        *,
+        signer: Signer | None = None,
+    ) -> ApprovalOutcome:
+        """Map a response to an outcome, storing the allowance it grants; counts nothing.
+
+        A session or workspace approval stores an allowance for exactly ``action`` (a workspace
+        one needs ``workspace_root``; without it the grant lasts for the session). Without an
+        action, or for one no allowance pattern covers, it allows this one action only.
+        """
         decision = response.decision
         if isinstance(decision, Approve):
             return Allowed(OneTimeApproval())
-        if isinstance(decision, ApproveSession):
-            return Allowed(SessionApproval(uuid4()))
-        if isinstance(decision, ApproveWorkspace):
-            return Allowed(WorkspaceApproval(uuid4()))
+        if isinstance(decision, ApproveSession | ApproveWorkspace):
+            session_only = isinstance(decision, ApproveSession) or workspace_root is None
+            granted = (
+                None
+                if action is None
+                else self.grant_allowance(
+                    action, session_only=session_only, workspace_root=workspace_root, signer=signer
+                )
+            )
+            if granted is None:
+                return Allowed(OneTimeApproval())
+            if session_only:
+                return Allowed(SessionApproval(granted))
+            return Allowed(WorkspaceApproval(granted))
         if isinstance(decision, ApproveAlways):
             return Allowed(AlwaysAllow())
         if isinstance(decision, ApproveWithAllowance):
@@ -545,6 +591,35 @@ class ApprovalManager:
                 return Allowed(OneTimeApproval())
             return Allowed(CustomAllowance(decision.allowance.id))
         return Denied(decision.reason)
+
+    def grant_allowance(
+        self,
+        action: SensitiveAction,
+        *,
+        session_only: bool,
+        workspace_root: WorkspaceRoot = None,
+        signer: Signer | None = None,
+    ) -> UUID | None:
+        """Store an allowance covering exactly ``action``; its id, or None if none was stored.
+
+        None when no pattern covers the action or the store fails (logged). A session allowance
+        carries this manager's owner tag (ending the session removes it); a workspace one is
+        rooted at ``workspace_root``, untagged, so ``save_workspace_of`` persists it.
+        """
+        pattern = pattern_for_action(action)
+        if pattern is None:
+            return None
+        allowance = Allowance.create(
+            pattern, session_only=session_only, workspace_root=workspace_root, signer=signer
+        )
+        try:
+            self._allowance_store.add_allowance(
+                allowance, self._allowance_owner if session_only else None
+            )
+        except Exception as exc:
+            logger.warning("failed to store the allowance for %s: %s", action.summary(), exc)
+            return None
+        return allowance.id
 
     def defer(self, action: SensitiveAction, context: str, reason: str) -> ApprovalOutcome:
         """Queue the action (persisted when the queue has a store); Denied if queueing fails."""
@@ -566,15 +641,71 @@ class ApprovalManager:
         """Every deferred item, highest priority first."""
         return self._deferred_queue.get_pending()
 
-    def resolve_deferred(self, resolution_id: UUID, response: ApprovalResponse) -> ApprovalOutcome:
-        """Remove the item (store too; a missing id is only logged), then apply ``response``."""
+    def resolve_deferred(
+        self,
+        resolution_id: UUID,
+        response: ApprovalResponse | ApprovalDecision,
+        workspace_root: WorkspaceRoot = None,
+        *,
+        signer: Signer | None = None,
+        mint: CapabilityMinter | None = None,
+    ) -> ApprovalOutcome:
+        """Take the item off the queue (store too) and grant what the decision names.
+
+        ``response`` may be a bare decision. A session or workspace approval stores the
+        allowance for the queued action, so that action is not deferred again; "approve
+        always" needs ``mint`` (``SecurityInterceptor.resolve_deferred`` passes the runtime's):
+        without it this raises ``ApprovalError`` and the item stays queued. A response to
+        another request is refused (Denied, logged) and the item stays queued; an unknown id
+        is logged and Denied unless the decision is a denial.
+        """
+        item = self._deferred_queue.get(resolution_id)
+        label = format_resolution_id(resolution_id)
+        if isinstance(response, ApprovalResponse):
+            decision = response.decision
+        else:
+            decision = response
+            response = ApprovalResponse.new(
+                item.action.request.id
+                if item is not None and isinstance(item.action, ApprovalNeeded)
+                else uuid4(),
+                decision,
+            )
+        if item is None:
+            logger.warning("resolving unknown deferred item %s", label)
+            if isinstance(decision, Deny):
+                return Denied(decision.reason)
+            return Denied(f"deferred item {label} is not pending")
+        request = item.action.request if isinstance(item.action, ApprovalNeeded) else None
+        action = request.action if request is not None else None
+        if request is not None and response.request_id != request.id:
+            logger.warning(
+                "refusing a response to %s for deferred item %s, which holds %s",
+                format_request_id(response.request_id),
+                label,
+                format_request_id(request.id),
+            )
+            return Denied(
+                f"the response answers {format_request_id(response.request_id)}, not "
+                f"{format_request_id(request.id)} of deferred item {label}"
+            )
+        if isinstance(decision, ApproveAlways) and action is not None and mint is None:
+            raise ApprovalError(
+                f"cannot resolve deferred item {label} with ApproveAlways here: the capability "
+                "it grants is minted with the runtime's key; use SecurityInterceptor."
+                "resolve_deferred or AgentRuntime.resolve_deferred"
+            )
         try:
             self._deferred_queue.resolve_persistent(resolution_id)
         except ResolutionNotFound:
-            logger.warning(
-                "resolving unknown deferred item %s", format_resolution_id(resolution_id)
-            )
-        outcome = self.handle_response(response)
+            logger.warning("deferred item %s was resolved meanwhile", label)
+            return Denied(f"deferred item {label} is not pending")
+        outcome: ApprovalOutcome
+        if isinstance(decision, ApproveAlways):
+            token_id = mint(action) if mint is not None and action is not None else None
+            outcome = Allowed(OneTimeApproval() if token_id is None else AlwaysAllow(token_id))
+        else:
+            outcome = self.handle_response(response, action, workspace_root, signer=signer)
         if isinstance(outcome, Allowed):
             self.approvals_granted += 1
         return outcome

@@ -37,8 +37,6 @@ from astrid.errors import ApprovalError, CapabilityError, InvalidCost
 from astrid.ids import SessionId
 from astrid.security import approvals
 from astrid.security.actions import SensitiveAction
-from astrid.security.allowances import Allowance as AllowanceRecord
-from astrid.security.allowances import pattern_for_action
 from astrid.security.budget import BudgetValidator, BudgetWarning, DualReservation
 from astrid.security.capabilities import (
     AuditEntryId,
@@ -47,7 +45,7 @@ from astrid.security.capabilities import (
     TokenScope,
 )
 from astrid.security.crypto import KeyPair
-from astrid.security.deferred import FallbackBehavior, format_resolution_id
+from astrid.security.deferred import ApprovalNeeded, FallbackBehavior, format_resolution_id
 from astrid.security.policy import Allowed as PolicyAllowedResult
 from astrid.security.policy import Blocked, SecurityPolicy, action_resource
 from astrid.timeutil import utcnow
@@ -267,6 +265,19 @@ def literal_resource_pattern(resource: str) -> ResourcePattern:
     return ResourcePattern.exact(resource)
 
 
+def _granted_proof(proof: approvals.ApprovalProof, approval_id: AuditEntryId) -> InterceptProof:
+    """The interceptor's proof for what the approval manager granted."""
+    if isinstance(proof, approvals.AllowanceProof | approvals.CustomAllowance):
+        return Allowance(proof.allowance_id)
+    if isinstance(proof, approvals.SessionApproval):
+        return SessionApproval(proof.allowance_id)
+    if isinstance(proof, approvals.WorkspaceApproval):
+        return WorkspaceApproval(proof.allowance_id)
+    if isinstance(proof, approvals.AlwaysAllow) and proof.token_id is not None:
+        return CapabilityCreated(proof.token_id, approval_id)
+    return UserApproval(approval_id)
+
+
 def _require_cost(cost: float) -> float:
     """``cost`` as a float; ``InvalidCost`` for a non-number, NaN, infinity or a negative."""
     if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
@@ -396,7 +407,7 @@ class SecurityInterceptor:
         self, action: SensitiveAction, context: str, reservation: DualReservation | None
     ) -> InterceptResult:
         outcome = await self.session.approval_manager.check_approval(
-            action, context, self.workspace_root
+            action, context, self.workspace_root, signer=self.keypair.sign
         )
         if isinstance(outcome, approvals.Denied):
             self._audit_denied(action, outcome.reason)
@@ -411,19 +422,10 @@ class SecurityInterceptor:
             return self._allowed(action, Allowance(proof.allowance_id), reservation)
 
         approval_id = AuditEntryId.new()
-        if isinstance(proof, approvals.OneTimeApproval):
-            return self._allowed(action, UserApproval(approval_id), reservation, approval_id)
-        if isinstance(proof, approvals.SessionApproval | approvals.WorkspaceApproval):
-            session_only = isinstance(proof, approvals.SessionApproval)
-            granted = self._create_allowance(action, session_only=session_only)
-            final: InterceptProof
-            if granted is None:
-                final = UserApproval(approval_id)
-            elif session_only:
-                final = SessionApproval(granted)
-            else:
-                final = WorkspaceApproval(granted)
-            return self._allowed(action, final, reservation, approval_id)
+        if not isinstance(proof, approvals.AlwaysAllow):
+            return self._allowed(
+                action, _granted_proof(proof, approval_id), reservation, approval_id
+            )
 
         # AlwaysAllow: record the approval, mint the capability, record the grant.
         self._audit(action, AuditOutcome.ALLOWED, UserApproval(approval_id), None, approval_id)
@@ -435,25 +437,41 @@ class SecurityInterceptor:
         )
         return self._allowed(action, minted, reservation)
 
-    def _create_allowance(self, action: SensitiveAction, *, session_only: bool) -> UUID | None:
-        """Store an escaped-pattern allowance for ``action``; None if it has no pattern."""
-        pattern = pattern_for_action(action)
-        if pattern is None:
-            return None
-        allowance = AllowanceRecord.create(
-            pattern,
-            session_only=session_only,
-            workspace_root=self.workspace_root,
-            signer=self.keypair.sign,
+    def resolve_deferred(
+        self, resolution_id: UUID, response: approvals.ApprovalResponse | approvals.ApprovalDecision
+    ) -> InterceptProof:
+        """Resolve a deferred item of the session and create the grant its decision names.
+
+        A session or workspace approval stores the allowance for the queued action (in this
+        interceptor's workspace), "approve always" mints its capability, so the same action is
+        then allowed without being deferred again. Raises ``ApprovalDenied`` for a denial, an
+        unknown item or a response to another request. Audited like a live approval.
+        """
+        manager = self.session.approval_manager
+        item = manager.deferred_queue.get(resolution_id)
+        queued = (
+            item.action.request.action
+            if item is not None and isinstance(item.action, ApprovalNeeded)
+            else None
         )
-        try:
-            if session_only:
-                self.session.add_session_allowance(allowance)
-            else:
-                self.session.allowance_store.add_allowance(allowance)
-        except Exception:
-            return None
-        return allowance.id
+        approval_id = AuditEntryId.new()
+        outcome = manager.resolve_deferred(
+            resolution_id,
+            response,
+            self.workspace_root,
+            signer=self.keypair.sign,
+            mint=lambda action: self._mint_capability(action, approval_id),
+        )
+        if isinstance(outcome, approvals.Denied):
+            if queued is not None:
+                self._audit_denied(queued, outcome.reason)
+            raise ApprovalDenied(outcome.reason)
+        if isinstance(outcome, approvals.Deferred):  # resolve_deferred never defers again
+            raise ApprovalDenied(f"deferred item {format_resolution_id(resolution_id)} stays")
+        proof = _granted_proof(outcome.proof, approval_id)
+        if queued is not None:
+            self._audit(queued, AuditOutcome.ALLOWED, proof, None, approval_id)
+        return proof
 
     def _mint_capability(self, action: SensitiveAction, approval_id: AuditEntryId) -> UUID | None:
         """Mint and store a 1 h persistent token for exactly this resource; None on failure."""

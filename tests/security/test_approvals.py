@@ -392,18 +392,31 @@ def test_session_approval() -> None:
     outcome = check(manager, McpToolCall(server="github", tool="create_issue"), "filing a bug")
     assert isinstance(outcome, Allowed)
     assert isinstance(outcome.proof, SessionApproval)
-    # The interceptor creates the session allowance, not the manager.
-    assert manager.allowance_store.count() == 0
+    # The proof names the session allowance the manager stored.
+    [allowance] = manager.allowance_store.all()
+    assert allowance.id == outcome.proof.allowance_id and allowance.session_only
 
 
 def test_workspace_and_always_approvals() -> None:
     manager = make_manager()
     manager.register_handler(AutoApproveHandler(ApproveWorkspace()))
-    outcome = check(manager)
+    outcome = asyncio.run(manager.check_approval(DELETE, "cleanup", "/work/project"))
     assert isinstance(outcome, Allowed) and isinstance(outcome.proof, WorkspaceApproval)
+    [allowance] = manager.allowance_store.all()
+    assert allowance.id == outcome.proof.allowance_id and not allowance.session_only
     manager.register_handler(AutoApproveHandler(ApproveAlways()))
-    assert check(manager) == Allowed(AlwaysAllow())
+    other = FileDelete(path="/tmp/other.txt")
+    assert check(manager, other) == Allowed(AlwaysAllow())  # the interceptor mints it
     assert manager.approvals_granted == 2
+
+
+def test_workspace_approval_without_a_workspace_lasts_for_the_session() -> None:
+    manager = make_manager()
+    manager.register_handler(AutoApproveHandler(ApproveWorkspace()))
+    outcome = check(manager)
+    assert isinstance(outcome, Allowed) and isinstance(outcome.proof, SessionApproval)
+    [allowance] = manager.allowance_store.all()
+    assert allowance.session_only and allowance.id == outcome.proof.allowance_id
 
 
 def test_deferred_no_handler() -> None:
@@ -618,7 +631,7 @@ def test_resolve_deferred_removes_the_persisted_item() -> None:
     manager = make_manager(queue)
     outcome = check(manager)
     assert isinstance(outcome, Deferred)
-    manager.resolve_deferred(outcome.resolution_id, ApprovalResponse.new(uuid4(), Approve()))
+    manager.resolve_deferred(outcome.resolution_id, Approve())
     assert backend.list_keys(NAMESPACE) == []
     reloaded = DeferredResolutionStore.with_persistence(ScopedKvStore(backend, NAMESPACE))
     assert reloaded.count() == 0

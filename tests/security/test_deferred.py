@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 
-from astrid.errors import ResolutionNotFound, SecurityError, StorageError
+from astrid.default_plugins.sqlite_storage import SqliteBackend
+from astrid.errors import ApprovalError, ResolutionNotFound, SecurityError, StorageError
 from astrid.security.actions import FileDelete, NetworkRequest, Permission, RiskLevel
+from astrid.security.allowances import AllowanceStore
+from astrid.security.approvals import (
+    AllowanceProof,
+    Allowed,
+    ApprovalDecision,
+    ApprovalManager,
+    ApprovalResponse,
+    ApproveAlways,
+    ApproveSession,
+    ApproveWorkspace,
+    Deferred,
+)
+from astrid.security.approvals import SessionApproval as ManagerSessionApproval
+from astrid.security.crypto import KeyPair
 from astrid.security.deferred import (
     MAX_LOAD_AGE,
     PENDING_ACTION_ADAPTER,
@@ -28,7 +46,20 @@ from astrid.security.deferred import (
     format_request_id,
     format_resolution_id,
 )
+from astrid.security.interceptor import (
+    Allowance,
+    ApprovalDeferred,
+    ApprovalDenied,
+    Capability,
+    CapabilityCreated,
+    SecurityInterceptor,
+    SessionApproval,
+    WorkspaceApproval,
+)
 from astrid.security.kv import MemoryKvStore, ScopedKvStore
+from astrid.security.policy import SecurityPolicy
+from astrid.session import AgentSession
+from astrid.store import SessionStore
 from astrid.timeutil import utcnow
 
 NAMESPACE = "test:deferred"
@@ -580,3 +611,122 @@ def test_cleanup_old_also_removes_from_the_store() -> None:
     store.queue_persistent(fresh)
     assert store.cleanup_old(timedelta(hours=1)) == 1
     assert backend.list_keys(NAMESPACE) == [str(fresh.id)]
+
+
+# ---------------------------------------------------------------------------
+# Resolving a deferred approval grants what the decision names (issue 14 item 5)
+# ---------------------------------------------------------------------------
+
+
+def _deferred_session(
+    tmp_path: Path,
+) -> tuple[SessionStore, AgentSession, SecurityInterceptor, UUID]:
+    """A session on a real SQLite store whose first delete of the file was deferred."""
+    store = SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    session = store.new_session("deferred")
+    store.attach_workspace(session, tmp_path / "ws")
+    assert session.workspace_path is not None
+    interceptor = SecurityInterceptor(
+        session,
+        SecurityPolicy.default(),
+        KeyPair.generate(),
+        workspace_root=Path(session.workspace_path),
+    )
+    with pytest.raises(ApprovalDeferred) as deferred:
+        asyncio.run(interceptor.intercept(DELETE_OUTSIDE, "cleanup"))
+    return store, session, interceptor, deferred.value.resolution_id
+
+
+DELETE_OUTSIDE = FileDelete(path="/home/user/old.txt")
+
+
+@pytest.mark.parametrize(
+    ("decision", "expected"),
+    [
+        (ApproveSession(), SessionApproval),
+        (ApproveWorkspace(), WorkspaceApproval),
+        (ApproveAlways(), CapabilityCreated),
+    ],
+)
+def test_resolving_a_deferral_grants_and_the_action_is_not_deferred_again(
+    tmp_path: Path, decision: ApprovalDecision, expected: type
+) -> None:
+    store, session, interceptor, resolution_id = _deferred_session(tmp_path)
+    item = session.approval_manager.deferred_queue.get(resolution_id)
+    assert item is not None and isinstance(item.action, ApprovalNeeded)
+    response = ApprovalResponse.new(item.action.request.id, decision)
+
+    proof = interceptor.resolve_deferred(resolution_id, response)
+
+    assert isinstance(proof, expected)
+    assert session.approval_manager.deferred_queue.count() == 0
+    if isinstance(proof, SessionApproval | WorkspaceApproval):
+        granted = {a.id: a for a in session.allowance_store.all()}
+        assert proof.allowance_id in granted
+        assert granted[proof.allowance_id].session_only is isinstance(proof, SessionApproval)
+    else:
+        assert isinstance(proof, CapabilityCreated)
+        assert session.capabilities.get(proof.token_id) is not None
+    again = asyncio.run(interceptor.intercept(DELETE_OUTSIDE, "cleanup"))  # no handler: would defer
+    assert isinstance(again.proof, Allowance | Capability)
+    assert session.approval_manager.deferred_queue.count() == 0
+    store.close()
+
+
+def test_a_workspace_resolution_is_saved_with_the_workspace(tmp_path: Path) -> None:
+    store, session, interceptor, resolution_id = _deferred_session(tmp_path)
+    proof = interceptor.resolve_deferred(resolution_id, ApproveWorkspace())  # a bare decision
+    assert isinstance(proof, WorkspaceApproval)
+    store.save_workspace_of(session)
+    store.close()
+
+    reopened = SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    saved = reopened.load_workspace_state(tmp_path / "ws").allowances
+    assert [a.id for a in saved] == [proof.allowance_id]
+    later = reopened.new_session("later")
+    reopened.attach_workspace(later, tmp_path / "ws")
+    assert later.workspace_path is not None
+    fresh = SecurityInterceptor(
+        later, SecurityPolicy.default(), KeyPair.generate(), workspace_root=later.workspace_path
+    )
+    passed = asyncio.run(fresh.intercept(DELETE_OUTSIDE, "cleanup"))
+    assert passed.proof == Allowance(proof.allowance_id)
+    reopened.close()
+
+
+def test_manager_resolution_stores_the_allowance_its_proof_names() -> None:
+    manager = ApprovalManager(AllowanceStore(), DeferredResolutionStore(), allowance_owner="s1")
+    first = asyncio.run(manager.check_approval(DELETE_OUTSIDE, "cleanup"))
+    assert isinstance(first, Deferred)
+    outcome = manager.resolve_deferred(first.resolution_id, ApproveSession())
+    assert isinstance(outcome, Allowed) and isinstance(outcome.proof, ManagerSessionApproval)
+    [allowance] = manager.allowance_store.all()
+    assert allowance.id == outcome.proof.allowance_id
+    assert manager.allowance_store.owner_of(allowance.id) == "s1"
+    again = asyncio.run(manager.check_approval(DELETE_OUTSIDE, "cleanup"))
+    assert again == Allowed(AllowanceProof(allowance.id))
+
+
+def test_manager_resolution_with_approve_always_needs_a_minter() -> None:
+    manager = ApprovalManager(AllowanceStore(), DeferredResolutionStore())
+    first = asyncio.run(manager.check_approval(DELETE_OUTSIDE, "cleanup"))
+    assert isinstance(first, Deferred)
+    with pytest.raises(ApprovalError, match="ApproveAlways"):
+        manager.resolve_deferred(first.resolution_id, ApproveAlways())
+    assert manager.deferred_queue.get(first.resolution_id) is not None  # nothing lost
+
+
+def test_a_resolution_answering_another_request_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, session, interceptor, resolution_id = _deferred_session(tmp_path)
+    stray = ApprovalResponse.new(uuid4(), ApproveSession())
+    with (
+        caplog.at_level(logging.WARNING, logger="astrid.security.approvals"),
+        pytest.raises(ApprovalDenied, match="not req:"),
+    ):
+        interceptor.resolve_deferred(resolution_id, stray)
+    assert "refusing a response" in caplog.text
+    assert session.approval_manager.deferred_queue.get(resolution_id) is not None
+    assert session.allowance_store.count() == 0
+    store.close()

@@ -437,7 +437,7 @@ def test_session_approval_creates_a_signed_session_allowance() -> None:
 
 
 def test_workspace_approval_creates_audit_entry() -> None:
-    h = Harness(SecurityPolicy.default(), DecisionHandler(ApproveWorkspace()))
+    h = Harness(SecurityPolicy.default(), DecisionHandler(ApproveWorkspace()), workspace_root=ROOT)
     result = h.intercept(HOME_FILE)
     assert isinstance(result.proof, WorkspaceApproval)
     assert h.count() == 1, "workspace approval should create exactly one audit entry"
