@@ -7,10 +7,11 @@ goes through ``to_document`` / ``from_document``; the ``SessionStore`` moves doc
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 from .document import GitState, SessionDocument, SessionMetadata
 from .errors import StorageError
@@ -48,6 +49,135 @@ def _git_data(state: GitState | None) -> dict[str, Any] | None:
     return {"branch": state.branch, "commit": state.commit}
 
 
+_SERIALS = itertools.count(1)
+"""Edit serials, unique across every ``MessageList`` of the process."""
+
+
+class MessageList(list[Message]):
+    """A session's messages: a ``list`` that records its edits, so a save stores every change.
+
+    Appending (``append``, ``extend``, ``+=``) is the plain ``list`` operation: it changes no
+    earlier message. Every other change (item or slice assignment, ``del``, ``insert``, ``pop``,
+    ``remove``, ``clear``, ``sort``, ``reverse``, ``*=``) gets a new serial and lowers
+    ``changed_from``, the lowest index changed since the last ``mark_clean``. The store compares
+    these with what it saved to choose between appending the new messages and rewriting.
+    """
+
+    __slots__ = ("_low", "_serial", "_since")
+
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        super().__init__(messages)
+        self._serial = next(_SERIALS)
+        self._since = 0
+        """The serial ``_low`` counts from (0: no saved state; every index counts as changed)."""
+        self._low: int | None = 0
+
+    @property
+    def serial(self) -> int:
+        """Changes with every edit other than an append."""
+        return self._serial
+
+    def changed_from(self, serial: int) -> int | None:
+        """The lowest index changed since this list's state ``serial`` (None: only appends).
+
+        0 when ``serial`` is not a state this list still records (another list, or one before
+        the last ``mark_clean``): everything may have changed.
+        """
+        if serial == self._serial:
+            return None
+        if serial == self._since:
+            return self._low
+        return 0
+
+    def mark_clean(self) -> int:
+        """Start recording from the current state (a store saved it); return its serial."""
+        self._since = self._serial
+        self._low = None
+        return self._serial
+
+    def _changed(self, index: int) -> None:
+        self._serial = next(_SERIALS)
+        if self._low is None or index < self._low:
+            self._low = max(0, index)
+
+    def _adopt(self, previous: MessageList) -> None:
+        """Continue ``previous``'s record: what differs from its state counts as changed."""
+        self._since = previous._since
+        low = previous._low
+        n = min(len(self), len(previous))
+        same = next((i for i in range(n) if self[i] is not previous[i]), n)
+        if same < len(previous):  # a message replaced or dropped (else only appended)
+            low = same if low is None else min(low, same)
+        self._low = low
+
+    def _slice_start(self, key: slice) -> int:
+        start, stop, step = key.indices(len(self))
+        return min(start, stop) if step < 0 else start
+
+    @overload
+    def __setitem__(self, key: SupportsIndex, value: Message, /) -> None: ...
+    @overload
+    def __setitem__(self, key: slice, value: Iterable[Message], /) -> None: ...
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        low = self._slice_start(key) if isinstance(key, slice) else self._index(key)
+        super().__setitem__(key, value)
+        self._changed(low)
+
+    def __delitem__(self, key: SupportsIndex | slice, /) -> None:
+        low = self._slice_start(key) if isinstance(key, slice) else self._index(key)
+        super().__delitem__(key)
+        self._changed(low)
+
+    def _index(self, key: SupportsIndex) -> int:
+        index = key.__index__()
+        return index + len(self) if index < 0 else index
+
+    def insert(self, index: SupportsIndex, value: Message, /) -> None:
+        """Insert before ``index`` (recorded as a change from there)."""
+        n = len(self)
+        where = index.__index__()
+        where = max(0, where + n) if where < 0 else min(where, n)
+        super().insert(where, value)
+        self._changed(where)
+
+    def pop(self, index: SupportsIndex = -1, /) -> Message:
+        """Remove and return the message at ``index`` (the last by default)."""
+        where = self._index(index)
+        value = super().pop(index)
+        self._changed(where)
+        return value
+
+    def remove(self, value: Message, /) -> None:
+        """Remove the first message equal to ``value``."""
+        self.__delitem__(self.index(value))
+
+    def clear(self) -> None:
+        """Remove every message."""
+        super().clear()
+        self._changed(0)
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        """Sort in place (recorded as a change of every message)."""
+        super().sort(*args, **kwargs)
+        self._changed(0)
+
+    def reverse(self) -> None:
+        """Reverse in place (recorded as a change of every message)."""
+        super().reverse()
+        self._changed(0)
+
+    def __imul__(self, count: SupportsIndex, /) -> MessageList:
+        if count.__index__() <= 0:
+            self.clear()
+        else:
+            super().__imul__(count)  # repeats after the end: an append
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy (copy, deepcopy, pickle) is a new list with no saved state.
+        return (MessageList, (list(self),))
+
+
 class AgentSession:
     """One agent conversation with its security state (allowances, approvals, budget, ...).
 
@@ -70,7 +200,7 @@ class AgentSession:
             SessionId.new() if session_id is None else SessionId.parse(session_id)
         )
         self.user_id: bytes = _user_id(user_id)
-        self.messages: list[Message] = []
+        self._messages = MessageList()
         self.capabilities: CapabilityStore = (
             capabilities if capabilities is not None else CapabilityStore()
         )
@@ -99,6 +229,26 @@ class AgentSession:
         self.extra_fields: dict[str, Any] = {}
         self._approvals_counted = 0
         self._created_text: tuple[datetime, str] | None = None
+
+    @property
+    def messages(self) -> MessageList:
+        """The conversation, oldest first; edit it in place or assign a new list.
+
+        Every change is recorded (see ``MessageList``) and saved by the next
+        ``SessionStore.save``. Assigning a plain list stores a ``MessageList`` copy of it; the
+        messages it shares with the old list at the same places count as unchanged.
+        """
+        return self._messages
+
+    @messages.setter
+    def messages(self, value: Iterable[Message]) -> None:
+        previous = self._messages
+        if isinstance(value, MessageList):
+            self._messages = value
+            return
+        messages = MessageList(value)
+        messages._adopt(previous)
+        self._messages = messages
 
     # -- constructors (the original's names) ------------------------------------------------
 

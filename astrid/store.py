@@ -301,8 +301,8 @@ class _Mark:
     revision: int
     count: int
     offset: int
-    first: Message | None
-    last: Message | None
+    serial: int
+    """The ``MessageList.serial`` of the session's messages as saved or loaded."""
     keyed: _KeyedBasis | None = None
 
 
@@ -375,12 +375,10 @@ class SessionStore:
         else:
             offset = mark.offset
             loaded = mark.count - mark.offset
-            # O(1) check that the persisted messages are still the prefix: the same first and
-            # last objects at the same places (messages are immutable).
-            unchanged_prefix = len(messages) >= loaded and (
-                loaded == 0 or (messages[0] is mark.first and messages[loaded - 1] is mark.last)
-            )
-            if unchanged_prefix:
+            # The list records every edit: appends only, or the lowest index changed since
+            # the state this store saved (O(1); see ``MessageList``).
+            changed = messages.changed_from(mark.serial)
+            if len(messages) >= loaded and (changed is None or changed >= loaded):
                 change_messages = [m.to_json() for m in messages[loaded:]]
                 replace = False
             else:
@@ -677,13 +675,11 @@ class SessionStore:
         offset: int,
         keyed: _KeyedBasis | None = None,
     ) -> None:
-        messages = session.messages
         self._marks[session] = _Mark(
             revision=revision,
             count=count,
             offset=offset,
-            first=messages[0] if messages else None,
-            last=messages[-1] if messages else None,
+            serial=session.messages.mark_clean(),
             keyed=keyed,
         )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from astrid.security.approvals import ApprovalResponse, Approve
 from astrid.security.budget import WorkspaceBudgetTracker
 from astrid.security.escape import EscapeDecision, EscapeOperation, EscapeRequest, EscapeState
 from astrid.security.kv import MemoryKvStore, ScopedKvStore
+from astrid.session import MessageList
 
 # -- the original's tests (spec §7, session.rs) ---------------------------------------------
 
@@ -384,3 +387,95 @@ def test_recount_tokens_uses_the_current_estimator() -> None:
     recounted = session.recount_tokens()
     assert recounted == session.token_count
     assert recounted != 102 and recounted > 0
+
+
+# -- the message list records every edit (issue 14 item 8) -----------------------------------
+
+
+def _saved_list(n: int) -> tuple[MessageList, int]:
+    messages = MessageList(Message.user(f"m{i}") for i in range(n))
+    return messages, messages.mark_clean()
+
+
+def test_appends_are_not_recorded_as_changes() -> None:
+    messages, serial = _saved_list(3)
+    messages.append(Message.user("a"))
+    messages.extend([Message.user("b")])
+    messages += [Message.user("c")]
+    messages *= 1
+    assert messages.changed_from(serial) is None
+    assert messages.serial == serial
+
+
+@pytest.mark.parametrize(
+    ("edit", "low"),
+    [
+        (lambda m: m.__setitem__(1, Message.user("x")), 1),
+        (lambda m: m.__setitem__(-1, Message.user("x")), 3),
+        (lambda m: m.__setitem__(slice(2, None), []), 2),
+        (lambda m: m.__setitem__(slice(None, None, -2), [Message.user("x")] * 2), 0),
+        (lambda m: m.__delitem__(-2), 2),
+        (lambda m: m.insert(-1, Message.user("x")), 3),
+        (lambda m: m.insert(100, Message.user("x")), 4),
+        (lambda m: m.pop(), 3),
+        (lambda m: m.pop(1), 1),
+        (lambda m: m.remove(Message.user("m2")), 2),
+        (lambda m: m.clear(), 0),
+        (lambda m: m.sort(key=lambda x: x.text() or ""), 0),
+        (lambda m: m.reverse(), 0),
+        (lambda m: m.__imul__(0), 0),
+    ],
+)
+def test_every_other_edit_records_the_lowest_index_changed(
+    edit: Callable[[MessageList], object], low: int
+) -> None:
+    messages, serial = _saved_list(4)
+    edit(messages)
+    assert messages.changed_from(serial) == low
+    assert messages.serial != serial
+    messages.append(Message.user("later"))
+    assert messages.changed_from(serial) == low
+
+
+def test_a_failed_edit_is_not_recorded() -> None:
+    messages, serial = _saved_list(2)
+    with pytest.raises(IndexError):
+        messages.pop(5)
+    with pytest.raises(ValueError):
+        messages.remove(Message.user("absent"))
+    assert messages.changed_from(serial) is None
+
+
+def test_the_lowest_change_counts_from_the_last_mark_only() -> None:
+    messages, first = _saved_list(4)
+    messages[0] = Message.user("x")
+    second = messages.mark_clean()
+    messages[2] = Message.user("y")
+    assert messages.changed_from(second) == 2
+    assert messages.changed_from(first) == 0  # a state no longer recorded: all may differ
+    assert MessageList().changed_from(second) == 0  # another list
+
+
+def test_assigning_a_list_keeps_the_record_of_the_messages_it_shares() -> None:
+    session = AgentSession("p")
+    for i in range(3):
+        session.add_message(Message.user(f"m{i}"))
+    serial = session.messages.mark_clean()
+    old = session.messages
+    session.messages = [*old, Message.user("more")]
+    assert isinstance(session.messages, MessageList) and session.messages is not old
+    assert session.messages.changed_from(serial) is None  # only appended
+    session.messages = [old[0], Message.user("x"), old[2]]
+    assert session.messages.changed_from(serial) == 1
+    session.messages = old  # a MessageList is kept as it is, with its own record
+    assert session.messages is old and old.changed_from(serial) is None
+    session.clear_messages()
+    assert session.messages == [] and session.messages.changed_from(serial) == 0
+
+
+def test_a_copy_of_the_list_has_no_saved_state() -> None:
+    messages, serial = _saved_list(2)
+    for clone in (copy.copy(messages), copy.deepcopy(messages)):
+        assert isinstance(clone, MessageList) and clone == messages
+        assert clone.changed_from(serial) == 0
+    assert type(messages[:]) is list and type(messages.copy()) is list

@@ -139,6 +139,53 @@ def _session_with(n: int, prefix: str = "m", prompt: str = "p") -> AgentSession:
     return session
 
 
+def _edited(text: str) -> Message:
+    return Message.user(f"EDITED {text}")
+
+
+def _assign(session: AgentSession, messages: list[Message]) -> None:
+    session.messages = messages
+
+
+def _append_and_edit(session: AgentSession, index: int) -> None:
+    session.add_message(Message.user("new"))
+    session.messages[index] = _edited(str(index))
+
+
+MESSAGE_EDITS: dict[str, Callable[[AgentSession], object]] = {
+    "setitem": lambda s: s.messages.__setitem__(1, _edited("1")),
+    "setitem_negative": lambda s: s.messages.__setitem__(-1, _edited("-1")),
+    "setitem_slice": lambda s: s.messages.__setitem__(slice(1, 3), [_edited("1:3")]),
+    "setitem_step_slice": lambda s: s.messages.__setitem__(
+        slice(None, None, 2), [_edited("a"), _edited("b"), _edited("c")]
+    ),
+    "setitem_past_the_end": lambda s: s.messages.__setitem__(slice(5, 5), [_edited("end")]),
+    "delitem": lambda s: s.messages.__delitem__(2),
+    "delitem_slice": lambda s: s.messages.__delitem__(slice(1, 3)),
+    "delitem_last": lambda s: s.messages.__delitem__(-1),
+    "insert": lambda s: s.messages.insert(1, _edited("inserted")),
+    "insert_at_the_end": lambda s: s.messages.insert(99, _edited("inserted")),
+    "pop": lambda s: s.messages.pop(),
+    "pop_first": lambda s: s.messages.pop(0),
+    "remove": lambda s: s.messages.remove(s.messages[2]),
+    "clear": lambda s: s.messages.clear(),
+    "clear_messages": lambda s: s.clear_messages(),
+    "sort": lambda s: s.messages.sort(key=lambda m: m.text() or "", reverse=True),
+    "reverse": lambda s: s.messages.reverse(),
+    "extend": lambda s: s.messages.extend([_edited("extended")]),
+    "iadd": lambda s: s.messages.__iadd__([_edited("added")]),
+    "imul": lambda s: s.messages.__imul__(2),
+    "imul_zero": lambda s: s.messages.__imul__(0),
+    "assign_edited": lambda s: _assign(s, [s.messages[0], _edited("1"), *s.messages[2:]]),
+    "assign_extended": lambda s: _assign(s, [*s.messages, _edited("appended")]),
+    "assign_shorter": lambda s: _assign(s, list(s.messages[:3])),
+    "assign_empty": lambda s: _assign(s, []),
+    "append_then_edit_the_new_one": lambda s: _append_and_edit(s, -1),
+    "edit_then_append": lambda s: _append_and_edit(s, 0),
+}
+"""Every kind of change a host can make to ``session.messages`` (after a save of 5 messages)."""
+
+
 def _change(
     session: AgentSession,
     *,
@@ -1063,6 +1110,46 @@ class StorageConformance:
         assert record.message_count == 2 and record.message_offset == 1
         [listed] = store.list_sessions()
         assert listed.message_count == 2
+
+    @pytest.mark.parametrize("edit", sorted(MESSAGE_EDITS))
+    def test_every_edit_of_the_messages_is_saved_and_keeps_the_old_ones(
+        self, store: SessionStore, edit: str
+    ) -> None:
+        session = _session_with(5)
+        store.save(session)
+        originals = list(session.messages)
+        MESSAGE_EDITS[edit](session)
+        expected = _as_json(session.messages)
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == expected, edit
+        history = _as_json(store.history(session.id))
+        assert history[:5] == _as_json(originals), edit
+        if expected:
+            assert history[-len(expected) :] == expected, edit
+        store.save(session)  # nothing changed: nothing is written twice
+        assert _as_json(store.history(session.id)) == history
+        session.add_message(Message.user("after the edit"))
+        store.save(session)
+        again = store.load(session.id)
+        assert again is not None
+        assert _as_json(again.messages) == [*expected, Message.user("after the edit").to_json()]
+
+    def test_editing_inside_a_tail_loaded_window_is_refused(self, store: SessionStore) -> None:
+        session = _session_with(5)
+        store.save(session)
+        tail = store.load(session.id, tail=2)
+        assert tail is not None
+        tail.messages[0] = Message.user("EDITED")
+        with pytest.raises(StorageError, match="only the last 2 of 5"):
+            store.save(tail)
+        tail.messages.pop(0)
+        with pytest.raises(StorageError, match="only the last 2 of 5"):
+            store.save(tail)
+        loaded = store.load(session.id)
+        assert loaded is not None
+        assert _as_json(loaded.messages) == _as_json(session.messages)
 
     def test_a_create_can_carry_archived_messages_in_the_same_write(
         self, backend: StorageBackend, store: SessionStore
