@@ -41,7 +41,7 @@ from .errors import (
 )
 from .ids import validate_session_id
 from .messages import ImagePart, Message, MessageRole, OpaqueContent, ToolCallResult
-from .plugins import KINDS, get_implementation, plugin_info, registry
+from .plugins import KINDS, PluginContext, get_implementation, plugin_info, registry
 from .security.kv import KvStore, NamespaceListing, namespaces_of
 from .store import (
     SessionRecord,
@@ -1044,7 +1044,7 @@ def _derived_namespaces(rows: Sequence[SessionSummary]) -> list[str]:
     names = [f"deferred:{r.id}" for r in rows]
     workspaces = sorted({r.workspace_path for r in rows if r.workspace_path})
     for ws in workspaces:
-        names += [f"ws:{ws}:allowances", f"ws:{ws}:budget", f"ws:{ws}:escape"]
+        names += [f"ws:{ws}", f"ws:{ws}:allowances", f"ws:{ws}:budget", f"ws:{ws}:escape"]
     return names
 
 
@@ -1267,40 +1267,85 @@ def _strip_location(message: str, prefixes: Sequence[str]) -> str:
     return message
 
 
+def _store_location(backend: Any, fallback: str) -> str:
+    """Where a backend keeps its data (its file or directory), for problems of the whole store."""
+    for attr in ("path", "directory"):
+        value = getattr(backend, attr, None)
+        if value is not None:
+            return str(value)
+    return fallback
+
+
+def _open_to_inspect(loaded: LoadedConfig) -> SessionStore:
+    """The store as ``doctor`` opens it: only the storage backend, asked to create nothing.
+
+    A backend honouring ``PluginContext.read_only`` (the file backend) makes no directory,
+    lock or index; the capability store is not opened at all.
+    """
+    cfg = loaded.config
+    impl = get_implementation(
+        "storage", cfg.storage.backend, where=f"{loaded.where}: key 'storage.backend'"
+    )
+    backend = impl.create(cfg.storage.options, PluginContext(home=loaded.home, read_only=True))
+    return SessionStore(backend)
+
+
 @cli.command(
     "doctor",
-    epilog="Each problem is printed as '<location>: <problem>'; the exit status is 1 if any.",
+    epilog="Each problem is printed as '<location>: <problem>'; the exit status is 1 if any. "
+    "With --json the report is always one JSON object, problems included.",
 )
 @_json_option
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
     """Check the store: schema version, every session loads, corrupt or stray files."""
-    loaded = _load(ctx)
+    debug = _opts(ctx).debug
     problems: list[tuple[str, str]] = []
+
+    def report(where: str, exc: Exception) -> None:
+        if debug:
+            raise exc
+        problems.append((where, _one_line(exc)))
+
     checked = 0
     swept = 0
     schema: int | None = None
+    try:
+        loaded = _load(ctx)
+    except Exception as exc:
+        if not as_json or debug:
+            raise
+        report(_opts(ctx).config or "<config>", exc)
+        _echo_json(_doctor_json(problems, None, None, schema, checked, swept))
+        ctx.exit(EXIT_ERROR)
     backend_name = loaded.config.storage.backend
     try:
-        store = open_store(loaded)
-    except AstridError as exc:
-        problems.append((loaded.where, _one_line(exc)))
+        store = _open_to_inspect(loaded)
+    except Exception as exc:
+        report(loaded.where, exc)
     else:
         with store:
             backend_name = store.backend.name
-            schema = store.backend.schema_version()
-            # Temporary files of killed writers (file backend): removed, reported, no problem.
-            swept = int(getattr(store.backend, "swept_temp_files", 0))
-            sweep = getattr(store.backend, "sweep_temp_files", None)
-            if callable(sweep):
-                swept += int(sweep())
-            problems.extend(_backend_problems(store))
-            for row in _all_summaries(store):
+            rows: list[SessionSummary] = []
+            try:
+                schema = store.backend.schema_version()
+                # Temporary files of killed writers (file backend): removed, reported, no problem.
+                swept = int(getattr(store.backend, "swept_temp_files", 0))
+                sweep = getattr(store.backend, "sweep_temp_files", None)
+                if callable(sweep):
+                    swept += int(sweep())
+                problems.extend(_backend_problems(store))
+                rows = _all_summaries(store)
+            except Exception as exc:
+                report(_store_location(store.backend, loaded.where), exc)
+            for row in rows:
                 checked += 1
                 where = _session_location(store, row.id)
                 try:
                     session = store.load(row.id)
-                except AstridError as exc:
+                except Exception as exc:
+                    if debug:
+                        raise
                     message = _strip_location(
                         _one_line(exc), (where, f"{store.backend.name} session {row.id}")
                     )
@@ -1317,17 +1362,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
                         )
                     )
     if as_json:
-        _echo_json(
-            {
-                "ok": not problems,
-                "config": loaded.where,
-                "backend": backend_name,
-                "schema_version": schema,
-                "sessions_checked": checked,
-                "temp_files_removed": swept,
-                "problems": [{"location": w, "problem": p} for w, p in problems],
-            }
-        )
+        _echo_json(_doctor_json(problems, loaded.where, backend_name, schema, checked, swept))
     else:
         if schema is not None:
             click.echo(f"store: {backend_name} (schema version {schema})")
@@ -1341,6 +1376,26 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"ok: {checked} sessions checked")
     if problems:
         ctx.exit(EXIT_ERROR)
+
+
+def _doctor_json(
+    problems: list[tuple[str, str]],
+    config: str | None,
+    backend: str | None,
+    schema: int | None,
+    checked: int,
+    swept: int,
+) -> dict[str, Any]:
+    """The ``doctor --json`` report."""
+    return {
+        "ok": not problems,
+        "config": config,
+        "backend": backend,
+        "schema_version": schema,
+        "sessions_checked": checked,
+        "temp_files_removed": swept,
+        "problems": [{"location": w, "problem": p} for w, p in problems],
+    }
 
 
 # -- demo ----------------------------------------------------------------------------------

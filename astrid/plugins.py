@@ -57,9 +57,14 @@ class NoOptions(BaseModel):
 
 @dataclass(frozen=True)
 class PluginContext:
-    """What a factory may need besides its own options."""
+    """What a factory may need besides its own options.
+
+    ``read_only``: the caller only inspects (``astrid doctor``); a factory that honours it
+    creates nothing (no directories, files, locks or migrations) and refuses writes.
+    """
 
     home: Path
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -983,3 +983,115 @@ def test_config_validate_reports_an_empty_or_nul_path_and_nothing_is_created(env
             assert f"{bad}: key '{key}': a path must" in line, line
             assert "unexpected" not in line
     assert not env.home.exists()  # the database was not created at the home path
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_a_file_backend_directory_that_is_a_file_or_foreign_is_an_error_not_empty(
+    env: Env,
+) -> None:
+    regular = env.root / "sessions-file"
+    regular.write_text("a regular file\n")
+    foreign = env.root / "etc"
+    foreign.mkdir()
+    (foreign / "hosts").write_text("127.0.0.1 localhost\n")
+    for directory, why in ((regular, "is not a directory"), (foreign, "is not empty")):
+        config = write_config(
+            env.root / "bad.toml",
+            f'[storage]\nbackend = "file"\n[storage.options]\ndirectory = "{directory}"\n',
+        )
+        doctor = astrid("--config", str(config), "doctor")
+        assert doctor.exit_code == 1 and "ok:" not in doctor.stdout, doctor.output
+        assert f"{directory} {why}" in doctor.stdout
+        listed = astrid("--config", str(config), "sessions", "list")
+        assert listed.exit_code == 1 and "no sessions" not in listed.stdout
+        assert f"{directory} {why}" in one_error_line(listed.stderr)
+    assert regular.read_text() == "a regular file\n"
+    assert _tree(foreign) == ["hosts"]  # doctor wrote no .locks there
+
+
+def test_doctor_creates_nothing(env: Env) -> None:
+    config = file_config(env)
+    base = env.root / "file"
+    fresh = astrid("--config", str(config), "doctor")
+    assert fresh.exit_code == 0 and "ok: 0 sessions checked" in fresh.stdout
+    assert not base.exists()  # no sessions, kv or capabilities directory
+    with store_for(config) as store:
+        make_session(store, 2)
+    sessions = base / "sessions"
+    for name in (".astrid-index.json", ".astrid-index.log"):
+        (sessions / name).unlink(missing_ok=True)
+    for lock in (sessions / ".locks").iterdir():
+        lock.unlink()
+    (sessions / ".locks").rmdir()
+    before = _tree(env.root)
+    result = astrid("--config", str(config), "doctor")
+    assert result.exit_code == 0 and "ok: 1 sessions checked" in result.stdout
+    assert _tree(env.root) == before  # no .locks, no index
+
+
+def _damage_listing(db: Path) -> None:
+    """Overwrite the pages of the sessions table and its indexes with garbage bytes."""
+    with sqlite3.connect(db) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = [
+            row[0]
+            for row in conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'sessions' AND rootpage > 0"
+            )
+        ]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert pages
+    with open(db, "r+b") as fh:
+        for page in pages:
+            fh.seek((page - 1) * page_size)
+            fh.write(bytes(range(256)) * (page_size // 256))
+
+
+def test_doctor_json_is_one_object_on_a_sqlite_file_with_garbage_bytes(env: Env) -> None:
+    with store_for() as store:
+        for n in range(3):
+            make_session(store, n)
+    db = env.home / "astrid.db"
+    _damage_listing(db)
+    result = astrid("doctor", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)  # one JSON object, nothing else on stdout
+    assert report["ok"] is False and report["backend"] == "sqlite"
+    assert report["problems"] and all(str(db) in p["problem"] for p in report["problems"])
+    assert [p["location"] for p in report["problems"]] == [str(db)]
+    text = astrid("doctor")
+    assert text.exit_code == 1 and f"{db}: " in text.stdout and "1 problem(s)" in text.stdout
+
+    db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)  # garbage after the header
+    garbage = astrid("doctor", "--json")
+    assert garbage.exit_code == 1
+    [problem] = json.loads(garbage.stdout)["problems"]
+    assert str(db) in problem["problem"]
+
+
+def test_doctor_json_reports_a_directory_named_like_a_session_by_its_path(env: Env) -> None:
+    config = file_config(env)
+    with store_for(config) as store:
+        make_session(store, 1)
+    sid = str(uuid.uuid4())
+    planted = env.root / "file" / "sessions" / f"{sid}.json"
+    planted.mkdir()
+    result = astrid("--config", str(config), "doctor", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["sessions_checked"] == 1
+    assert report["problems"] == [{"location": str(planted), "problem": "not a regular file"}]
+    shown = astrid("--config", str(config), "sessions", "show", sid)
+    line = one_error_line(shown.stderr)
+    assert f"{planted} is a directory" in line and "Errno" not in line, line
+
+
+def test_doctor_json_is_one_object_on_a_bad_config(env: Env) -> None:
+    bad = write_config(env.work / "astrid.toml", '[storage.options]\npath = ""\n')
+    result = astrid("doctor", "--json")
+    assert result.exit_code == 1
+    [problem] = json.loads(result.stdout)["problems"]
+    assert str(bad) in problem["problem"] and "storage.options.path" in problem["problem"]

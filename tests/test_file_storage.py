@@ -840,3 +840,89 @@ def test_a_fifo_in_place_of_a_session_file_is_an_error_not_a_hang(
     assert isinstance(outcome[0], StorageError) and "not a regular file" in str(outcome[0])
     loaded = store.load(good.id)
     assert loaded is not None and loaded.messages[0].text() == "kept"
+
+
+# -- an unusable directory is refused at open (issue 14 item 14) ------------------------------
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_a_directory_that_is_a_regular_file_is_refused_at_open(tmp_path: Path) -> None:
+    regular = tmp_path / "sessions"
+    regular.write_text("not a directory\n")
+    with pytest.raises(StorageError, match=f"{regular} is not a directory"):
+        FileBackend(regular)
+    with pytest.raises(StorageError, match=f"{regular} is not a directory"):
+        FileBackend(regular / "below")  # a missing directory under a regular file
+    with pytest.raises(StorageError, match="is not a directory"):
+        FileBackend(tmp_path / "ok", kv_directory=regular)
+    assert regular.read_text() == "not a directory\n"
+
+
+def test_a_non_empty_directory_of_someone_else_is_refused_and_left_alone(tmp_path: Path) -> None:
+    foreign = tmp_path / "etc"
+    (foreign / "ssh").mkdir(parents=True)
+    (foreign / "hosts").write_text("127.0.0.1 localhost\n")
+    (foreign / "settings.json").write_text("{}")
+    with pytest.raises(StorageError, match="is not empty and is not a session directory"):
+        FileBackend(foreign)
+    with pytest.raises(StorageError, match=str(foreign)):
+        file_storage._create(
+            FileOptions(directory=str(foreign)), PluginContext(home=tmp_path / "home")
+        )
+    assert _names(foreign) == ["hosts", "settings.json", "ssh"]  # no .locks, no index
+
+
+def test_an_empty_a_new_or_an_astrid_or_rust_directory_is_accepted(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "lost+found").mkdir(parents=True)  # a freshly made file system
+    SessionStore(FileBackend(empty)).save(AgentSession("p"))
+    assert FileBackend(empty).count_sessions() == 1  # now it holds astrid's files
+    new = tmp_path / "new" / "sessions"
+    FileBackend(new)
+    assert not new.exists() and not new.parent.exists()  # opening creates nothing
+    rust = tmp_path / "rust"
+    rust.mkdir()
+    (rust / f"{RUST_ID}.json").write_text(RUST_DOCUMENT)  # written by the Rust astrid
+    (rust / "notes.txt").write_text("mine")
+    assert [r.id for r in FileBackend(rust).list_sessions()] == [RUST_ID]
+
+
+def test_read_only_open_creates_nothing_and_refuses_writes(sessions_dir: Path) -> None:
+    session = AgentSession("p")
+    session.add_message(Message.user("kept"))
+    SessionStore(FileBackend(sessions_dir)).save(session)
+    for name in (INDEX_NAME, JOURNAL_NAME):
+        (sessions_dir / name).unlink(missing_ok=True)
+    for lock in (sessions_dir / ".locks").iterdir():
+        lock.unlink()
+    (sessions_dir / ".locks").rmdir()
+    before = _names(sessions_dir)
+    inspect = SessionStore(FileBackend(sessions_dir, read_only=True))
+    assert [r.id for r in inspect.list_sessions()] == [session.id.bare]
+    assert inspect.backend.problems() == []  # type: ignore[attr-defined]
+    loaded = inspect.load(session.id)
+    assert loaded is not None and loaded.messages[0].text() == "kept"
+    loaded.add_message(Message.user("more"))
+    with pytest.raises(StorageError, match="read-only"):
+        inspect.save(loaded)
+    assert _names(sessions_dir) == before  # no .locks, no index, no temp file
+    context = PluginContext(home=sessions_dir.parent, read_only=True)
+    assert file_storage._create(FileOptions(), context).read_only is True
+
+
+def test_a_directory_named_like_a_session_is_an_error_naming_its_path(
+    backend: FileBackend, sessions_dir: Path
+) -> None:
+    sid = str(uuid.uuid4())
+    (sessions_dir / f"{sid}.json").mkdir(parents=True)
+    with pytest.raises(StorageError) as err:
+        backend.load(sid)
+    message = str(err.value)
+    assert f"{sessions_dir / sid}.json is a directory" in message
+    assert "Errno" not in message and not message.rstrip().endswith(tuple("0123456789"))
+    assert [(p, why) for p, why in backend.problems()] == [
+        (sessions_dir / f"{sid}.json", "not a regular file")
+    ]

@@ -126,11 +126,11 @@ class _Entry:
 
 @contextlib.contextmanager
 def _os_errors(what: str) -> Iterator[None]:
-    """Turn ``OSError`` into ``StorageError`` naming what failed."""
+    """Turn ``OSError`` into ``StorageError`` naming what failed (its path, never an fd)."""
     try:
         yield
     except OSError as exc:
-        raise StorageError(f"file store: {what}: {exc}") from exc
+        raise StorageError(f"file store: {what}: {exc.strerror or exc}") from exc
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -456,6 +456,55 @@ def _opt_str(value: Any) -> str | None:
 
 _CANONICAL_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json")
 
+_STORE_NAME = re.compile(
+    r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\.json(\.tmp\.[0-9a-f]{16})?"
+)
+"""A name only a session directory holds: a session file (any case) or its temp file."""
+
+_STORE_MARKERS = frozenset({LOCKS_DIR, INDEX_NAME, JOURNAL_NAME})
+"""What astrid itself puts in a session directory."""
+
+_IGNORED_NAMES = frozenset({"lost+found"})
+"""Names that do not make a directory non-empty (a freshly made file system has one)."""
+
+
+def check_session_directory(directory: Path) -> None:
+    """Refuse a directory that cannot be a session directory, before anything is written.
+
+    The rule: the path is a directory (or does not exist yet, under a directory), and it is
+    empty or already holds a session file or astrid's own files (``.locks``, the index). Any
+    other non-empty directory (``/etc``, a home directory) is someone else's: refused.
+    """
+    try:
+        st = os.stat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        ancestor = directory.parent  # missing: created by the first save, if under a directory
+        while not (ancestor.exists() or ancestor.is_symlink()) and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise StorageError(f"file store: {directory}: {ancestor} is not a directory") from None
+        return
+    except OSError as exc:
+        raise StorageError(f"file store: cannot use {directory}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"file store: {directory} is not a directory")
+    try:
+        with os.scandir(directory) as entries:
+            others = False
+            for item in entries:
+                if item.name in _STORE_MARKERS or _STORE_NAME.fullmatch(item.name):
+                    return
+                others = others or item.name not in _IGNORED_NAMES
+    except PermissionError:
+        return  # cannot be listed: every read will say so, naming the directory
+    except OSError as exc:
+        raise StorageError(f"file store: cannot list {directory}: {exc.strerror or exc}") from exc
+    if others:
+        raise StorageError(
+            f"file store: {directory} is not empty and is not a session directory (it holds "
+            f"no <uuid>.json, {LOCKS_DIR} or {INDEX_NAME}); use an empty or a new directory"
+        )
+
 
 # -- the backend ---------------------------------------------------------------------------
 
@@ -470,11 +519,17 @@ class FileBackend:
         directory: str | os.PathLike[str],
         *,
         kv_directory: str | os.PathLike[str] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.kv_directory = (
             Path(kv_directory) if kv_directory is not None else self.directory.parent / "kv"
         )
+        check_session_directory(self.directory)
+        if self.kv_directory.exists() and not self.kv_directory.is_dir():
+            raise StorageError(f"file store: {self.kv_directory} is not a directory")
+        self.read_only = read_only
+        """Opened to inspect: nothing is created (no locks, no index); writes are refused."""
         self.parse_count = 0
         """How many session files this backend has parsed (tests and benchmarks read it)."""
         self._lock = threading.RLock()
@@ -487,7 +542,7 @@ class FileBackend:
         self._journal_bad = 0
         """Malformed or torn journal lines seen since the snapshot was loaded."""
         self._kv: FileKvStore | None = None
-        self.swept_temp_files = self._sweep_temps()
+        self.swept_temp_files = 0 if read_only else self._sweep_temps()
         """How many orphaned temp files opening this backend removed."""
 
     def __repr__(self) -> str:
@@ -500,6 +555,8 @@ class FileBackend:
         return self.directory / f"{validate_session_id(session_id)}.json"
 
     def _ensure_dirs(self) -> None:
+        if self.read_only:
+            raise StorageError(f"file store: {self.directory} is opened read-only")
         with _os_errors(f"cannot create {self.directory}"):
             make_private_dirs(self.directory)
             make_private_dirs(self.directory / LOCKS_DIR)
@@ -516,12 +573,13 @@ class FileBackend:
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[bool]:
         """Hold the directory-wide lock; yields False (unlocked) if the directory is read-only."""
-        fd: int | None
-        try:
-            make_private_dirs(self.directory / LOCKS_DIR)
-            fd = _acquire(self.directory / LOCKS_DIR / "index.lock")
-        except OSError:
-            fd = None
+        fd: int | None = None
+        if not self.read_only:
+            try:
+                make_private_dirs(self.directory / LOCKS_DIR)
+                fd = _acquire(self.directory / LOCKS_DIR / "index.lock")
+            except OSError:
+                fd = None
         try:
             yield fd is not None
         finally:
@@ -537,11 +595,17 @@ class FileBackend:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StorageError(f"file store: cannot read {path}: {exc}") from exc
+            raise StorageError(f"file store: cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"file store: cannot read {path}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):  # checked before fdopen, which names only the fd
+            os.close(fd)
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise StorageError(f"file store: {path} is {kind}, not a session file")
         with _os_errors(f"cannot read {path}"), os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise StorageError(f"file store: {path} is not a regular file")
             raw = fh.read()
         self.parse_count += 1
         return raw, (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -1241,7 +1305,7 @@ def _create(options: FileOptions, context: PluginContext) -> FileBackend:
     kv_directory = (
         Path(options.kv_directory).expanduser() if options.kv_directory is not None else None
     )
-    return FileBackend(directory, kv_directory=kv_directory)
+    return FileBackend(directory, kv_directory=kv_directory, read_only=context.read_only)
 
 
 @hookimpl
