@@ -273,24 +273,31 @@ def sessions() -> None:
 def sessions_list(
     ctx: click.Context, workspace: str | None, limit: int, offset: int, as_json: bool
 ) -> None:
-    """List sessions, newest activity first, one page at a time."""
+    """List sessions, newest activity first, one page at a time.
+
+    Each listed session's document (all but its messages) is loaded to check it: a row that
+    cannot load is flagged, in the table and as ``load_error`` in ``--json``.
+    """
     with _store(ctx) as store:
         total = store.count(workspace=workspace)
         rows = store.list_sessions(workspace=workspace, limit=limit, offset=offset)
         unreadable = len(_backend_problems(store))
+        errors = {r.id: e for r in rows if (e := _load_problem(store, r)) is not None}
     if unreadable:
         click.echo(
             f"warning: {unreadable} session file(s) cannot be read and are not listed; "
             "run `astrid doctor`",
             err=True,
         )
+    for problem in errors.values():
+        click.echo(f"warning: cannot be loaded: {problem}", err=True)
     if as_json:
         _echo_json(
             {
                 "total": total,
                 "offset": offset,
                 "limit": limit,
-                "sessions": [_summary_json(r) for r in rows],
+                "sessions": [{**_summary_json(r), "load_error": errors.get(r.id)} for r in rows],
             }
         )
         return
@@ -304,7 +311,7 @@ def sessions_list(
             _time(r.updated_at),
             str(r.message_count),
             str(r.token_count),
-            _clip(r.display_title(), 40),
+            "! cannot be loaded" if r.id in errors else _clip(r.display_title(), 40),
             r.workspace_path or "-",
         ]
         for r in rows
@@ -315,6 +322,24 @@ def sessions_list(
     shown = f"{offset + 1}-{offset + len(rows)} of {total}"
     more = f"; next page: --offset {offset + len(rows)}" if offset + len(rows) < total else ""
     click.echo(f"\n{shown}{more}")
+
+
+def _load_problem(store: SessionStore, row: SessionSummary) -> str | None:
+    """Why a listed session's document cannot load, or None; its messages are not read.
+
+    One ``load(tail=0)`` per listed row (on SQLite: the session's row only, ~0.1 ms), so a page
+    costs the same at any number of sessions; ``doctor`` loads every session in full.
+    """
+    try:
+        record = store.backend.load(row.id, tail=0)
+        if record is None:
+            return f"{_session_location(store, row.id)}: listed but not found"
+        data = dict(record.state)
+        data["messages"] = []
+        SessionDocument.from_data(data, source=_session_location(store, row.id))
+    except AstridError as exc:
+        return _one_line(exc)
+    return None
 
 
 def _load_record(store: SessionStore, session_id: str) -> tuple[SessionRecord, SessionDocument]:

@@ -1095,3 +1095,44 @@ def test_doctor_json_is_one_object_on_a_bad_config(env: Env) -> None:
     assert result.exit_code == 1
     [problem] = json.loads(result.stdout)["problems"]
     assert str(bad) in problem["problem"] and "storage.options.path" in problem["problem"]
+
+
+@pytest.mark.parametrize("backend", ["file", "sqlite"])
+def test_list_flags_a_session_whose_field_has_the_wrong_type_and_doctor_reports_it(
+    env: Env, backend: str
+) -> None:
+    config = file_config(env) if backend == "file" else sqlite_config(env)
+    with store_for(config) as store:
+        good, bad = make_session(store, 1), make_session(store, 2)
+    if backend == "file":
+        path = env.root / "file" / "sessions" / f"{bad}.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["token_count"] = "many"
+        path.write_text(json.dumps(data), encoding="utf-8")
+        where = str(path)
+    else:
+        db = env.root / "sql" / "astrid.db"
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE sessions SET state = json_set(state, '$.token_count', 'many') "
+                "WHERE id = ?",
+                (bad,),
+            )
+        where = f"{db}: session {bad}"
+    assert astrid("--config", str(config), "sessions", "show", bad).exit_code == 1
+
+    listed = astrid("--config", str(config), "sessions", "list", "--json")
+    assert listed.exit_code == 0
+    rows = {s["id"]: s for s in json.loads(listed.stdout)["sessions"]}
+    assert rows[good]["load_error"] is None
+    assert rows[bad]["load_error"].startswith(f"{where}: key 'token_count': ")
+    assert f"warning: cannot be loaded: {where}: key 'token_count'" in listed.stderr
+    table = astrid("--config", str(config), "sessions", "list")
+    [bad_line] = [line for line in table.stdout.splitlines() if line.startswith(bad)]
+    [good_line] = [line for line in table.stdout.splitlines() if line.startswith(good)]
+    assert "cannot be loaded" in bad_line and "cannot be loaded" not in good_line
+
+    report = json.loads(astrid("--config", str(config), "doctor", "--json").stdout)
+    assert report["ok"] is False and report["sessions_checked"] == 2
+    [problem] = report["problems"]
+    assert problem["location"] == where and "token_count" in problem["problem"]
