@@ -17,10 +17,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from astrid.errors import AllowanceNotFound, SerializationError
 from astrid.security._journal import ChangeJournal
@@ -84,6 +93,17 @@ def _file_action_path(permission: Permission, action: SensitiveAction) -> str | 
 class _Pattern(BaseModel):
     # Unknown keys are carried and written back; matching never looks at them.
     model_config = ConfigDict(frozen=True, extra="allow")
+
+    _OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+    """Our keys the original does not have: left out of the JSON while unset."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._OMITTED_WHEN_NONE:
+            if data.get(key, "") is None:
+                del data[key]
+        return data
 
     def __eq__(self, other: object) -> bool:
         """Same type and known fields: unknown keys never make two patterns differ."""
@@ -166,16 +186,29 @@ class NetworkHost(_Pattern):
 
 
 class CommandPattern(_Pattern):
-    """Commands whose name matches a glob (arguments are ignored)."""
+    """Commands whose name matches a glob; with ``args``, only exactly those arguments.
+
+    ``args`` unset (the original's shape, and what a host writes for "any arguments") matches
+    every argument list; a list matches that list only, element for element, taken literally.
+    """
+
+    _OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"args"})
 
     type: Literal["command_pattern"] = "command_pattern"
     command: str
+    args: tuple[str, ...] | None = None
 
     def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
-        return isinstance(action, ExecuteCommand) and glob_match(self.command, action.command)
+        return (
+            isinstance(action, ExecuteCommand)
+            and glob_match(self.command, action.command)
+            and (self.args is None or tuple(action.args) == self.args)
+        )
 
     def __str__(self) -> str:
-        return f"cmd:{self.command}"
+        if self.args is None:
+            return f"cmd:{self.command}"
+        return f"cmd:{self.command} {list(self.args)}"
 
 
 class WorkspaceRelative(_Pattern):
@@ -219,14 +252,32 @@ class Custom(_Pattern):
         return f"custom:{self.pattern}"
 
 
+def _plugin_resource(action: SensitiveAction) -> str | None:
+    """What a plugin HTTP request (``METHOD url``) or file access (the path) is about."""
+    if isinstance(action, PluginHttpRequest):
+        return f"{action.method} {action.url}"
+    if isinstance(action, PluginFileAccess):
+        return action.path
+    return None
+
+
 class PluginCapability(_Pattern):
-    """One capability of one plugin (``http_request``, ``file_read``... for derived actions)."""
+    """One capability of one plugin (``http_request``, ``file_read``... for derived actions).
+
+    With ``resource`` set, only the HTTP request (``"METHOD url"``) or file access (path) with
+    exactly that resource is covered; unset, every use of the capability is.
+    """
+
+    _OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"resource"})
 
     type: Literal["plugin_capability"] = "plugin_capability"
     plugin_id: str
     capability: str
+    resource: str | None = None
 
     def matches(self, action: SensitiveAction, workspace_root: WorkspaceRoot = None) -> bool:
+        if self.resource is not None and _plugin_resource(action) != self.resource:
+            return False
         if isinstance(action, PluginExecution):
             return action.plugin_id == self.plugin_id and action.capability == self.capability
         if isinstance(action, PluginHttpRequest):
@@ -241,7 +292,9 @@ class PluginCapability(_Pattern):
         return False
 
     def __str__(self) -> str:
-        return f"plugin://{self.plugin_id}:{self.capability}"
+        if self.resource is None:
+            return f"plugin://{self.plugin_id}:{self.capability}"
+        return f"plugin://{self.plugin_id}:{self.capability} ({self.resource})"
 
 
 class PluginWildcard(_Pattern):
@@ -280,8 +333,10 @@ ALLOWANCE_PATTERN_ADAPTER: TypeAdapter[AllowancePattern] = TypeAdapter(Allowance
 def pattern_for_action(action: SensitiveAction) -> AllowancePattern | None:
     """The pattern a session/workspace approval of ``action`` grants, or None if it grants none.
 
-    Unlike the original, paths and commands are glob-escaped, so approving ``/tmp/*`` grants
-    exactly that path and not everything under ``/tmp``.
+    The pattern covers exactly ``action``, unlike the original's: paths and command names are
+    glob-escaped (approving ``/tmp/*`` grants that path, not everything under ``/tmp``), a
+    command keeps its arguments (approving ``git status`` does not grant ``git push``) and a
+    plugin's HTTP request or file access its URL and method or path.
     """
     if isinstance(action, McpToolCall):
         return ExactTool(server=action.server, tool=action.tool)
@@ -292,18 +347,24 @@ def pattern_for_action(action: SensitiveAction) -> AllowancePattern | None:
     if isinstance(action, FileWriteOutsideSandbox):
         return FilePattern(pattern=escape_glob(action.path), permission=Permission.WRITE)
     if isinstance(action, ExecuteCommand):
-        return CommandPattern(command=escape_glob(action.command))
+        return CommandPattern(command=escape_glob(action.command), args=tuple(action.args))
     if isinstance(action, NetworkRequest):
         return NetworkHost(host=action.host, ports=(action.port,))
     if isinstance(action, PluginExecution):
         return PluginCapability(plugin_id=action.plugin_id, capability=action.capability)
     if isinstance(action, PluginHttpRequest):
-        return PluginCapability(plugin_id=action.plugin_id, capability="http_request")
+        return PluginCapability(
+            plugin_id=action.plugin_id,
+            capability="http_request",
+            resource=_plugin_resource(action),
+        )
     if isinstance(action, PluginFileAccess):
         capability = _PLUGIN_FILE_CAPABILITIES.get(action.mode)
         if capability is None:
             return None
-        return PluginCapability(plugin_id=action.plugin_id, capability=capability)
+        return PluginCapability(
+            plugin_id=action.plugin_id, capability=capability, resource=_plugin_resource(action)
+        )
     # TransmitData, FinancialTransaction, AccessControlChange, CapabilityGrant: always ask.
     return None
 

@@ -50,6 +50,7 @@ from astrid.security.deferred import (
     format_request_id,
     format_resolution_id,
 )
+from astrid.security.policy import capability_widens
 from astrid.timeutil import Timestamp, utcnow
 
 __all__ = [
@@ -562,13 +563,20 @@ class ApprovalManager:
 
         A session or workspace approval stores an allowance for exactly ``action`` (a workspace
         one needs ``workspace_root``; without it the grant lasts for the session). Without an
-        action, or for one no allowance pattern covers, it allows this one action only.
+        action, or for one no allowance pattern covers, it allows this one action only. "Approve
+        always" of an action a capability cannot pin down (a command with its arguments) is a
+        session allowance for exactly that action.
         """
         decision = response.decision
         if isinstance(decision, Approve):
             return Allowed(OneTimeApproval())
-        if isinstance(decision, ApproveSession | ApproveWorkspace):
-            session_only = isinstance(decision, ApproveSession) or workspace_root is None
+        widens = action is not None and capability_widens(action)
+        if isinstance(decision, ApproveAlways) and not widens:
+            return Allowed(AlwaysAllow())
+        if isinstance(decision, ApproveSession | ApproveWorkspace | ApproveAlways):
+            # "Always" gets here when a capability would cover more than this action (a
+            # command's resource has no arguments): the exact grant is a session allowance.
+            session_only = not isinstance(decision, ApproveWorkspace) or workspace_root is None
             granted = (
                 None
                 if action is None
@@ -581,8 +589,6 @@ class ApprovalManager:
             if session_only:
                 return Allowed(SessionApproval(granted))
             return Allowed(WorkspaceApproval(granted))
-        if isinstance(decision, ApproveAlways):
-            return Allowed(AlwaysAllow())
         if isinstance(decision, ApproveWithAllowance):
             try:
                 self._allowance_store.add_allowance(decision.allowance, self._allowance_owner)
@@ -689,7 +695,12 @@ class ApprovalManager:
                 f"the response answers {format_request_id(response.request_id)}, not "
                 f"{format_request_id(request.id)} of deferred item {label}"
             )
-        if isinstance(decision, ApproveAlways) and action is not None and mint is None:
+        mints = (
+            isinstance(decision, ApproveAlways)
+            and action is not None
+            and not capability_widens(action)
+        )
+        if mints and mint is None:
             raise ApprovalError(
                 f"cannot resolve deferred item {label} with ApproveAlways here: the capability "
                 "it grants is minted with the runtime's key; use SecurityInterceptor."
@@ -701,7 +712,7 @@ class ApprovalManager:
             logger.warning("deferred item %s was resolved meanwhile", label)
             return Denied(f"deferred item {label} is not pending")
         outcome: ApprovalOutcome
-        if isinstance(decision, ApproveAlways):
+        if mints:
             token_id = mint(action) if mint is not None and action is not None else None
             outcome = Allowed(OneTimeApproval() if token_id is None else AlwaysAllow(token_id))
         else:

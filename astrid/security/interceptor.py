@@ -12,10 +12,12 @@ Our deliberate differences from the original (design §5 items 4 and 5):
 * The budget reservation is returned in ``InterceptResult.reservation`` so the caller can settle
   it with the real cost; it is released when the approval is denied or deferred, or when the
   approval step fails or is cancelled (the original kept the money reserved).
-* A session or workspace approval creates its allowance from a glob-*escaped* pattern
-  (``pattern_for_action``), and "approve always" mints a token whose pattern matches the
-  concrete resource only (``literal_resource_pattern``): approving ``/tmp/*`` never grants
-  ``/tmp/other``.
+* A session or workspace approval creates an allowance for exactly the action
+  (``pattern_for_action``: glob-escaped, a command with its arguments), and "approve always"
+  mints a token whose pattern matches the concrete resource only (``literal_resource_pattern``):
+  approving ``/tmp/*`` never grants ``/tmp/other``, approving ``git status`` never grants
+  ``git push``. "Always" of an action whose resource leaves something out (``capability_widens``)
+  is an exact session allowance instead.
 * A budget denial is audited like every other denial (the original returned it unaudited).
 * A single-use capability token is consumed when it authorizes an action.
 """

@@ -48,6 +48,7 @@ __all__ = [
     "RequiresApproval",
     "SecurityPolicy",
     "action_resource",
+    "capability_widens",
     "extract_host_from_url",
 ]
 
@@ -358,3 +359,14 @@ def action_resource(action: SensitiveAction) -> tuple[str, Permission] | None:
         return f"plugin://{action.plugin_id}:{capability}", Permission.INVOKE
     # TransmitData, FinancialTransaction, AccessControlChange, CapabilityGrant: no resource.
     return None
+
+
+def capability_widens(action: SensitiveAction) -> bool:
+    """True if a capability for ``action_resource(action)`` would cover more than ``action``.
+
+    A command's resource leaves out its arguments, a plugin HTTP request's its URL and method and
+    a plugin file access's its path: "approve always" must not mint a token for those.
+    """
+    return isinstance(action, ExecuteCommand | PluginHttpRequest | PluginFileAccess) and (
+        action_resource(action) is not None
+    )

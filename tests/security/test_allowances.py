@@ -708,7 +708,10 @@ def test_no_pattern_matches_actions_without_a_rule(
             FileWriteOutsideSandbox(path="/a/b"),
             FilePattern(pattern="/a/b", permission=Permission.WRITE),
         ),
-        (ExecuteCommand(command="cargo", args=["build"]), CommandPattern(command="cargo")),
+        (
+            ExecuteCommand(command="cargo", args=["build"]),
+            CommandPattern(command="cargo", args=("build",)),
+        ),
         (NetworkRequest(host="h.example", port=443), NetworkHost(host="h.example", ports=(443,))),
         (
             PluginExecution(plugin_id="w", capability="forecast"),
@@ -716,19 +719,19 @@ def test_no_pattern_matches_actions_without_a_rule(
         ),
         (
             PluginHttpRequest(plugin_id="w", url="https://x/", method="GET"),
-            PluginCapability(plugin_id="w", capability="http_request"),
+            PluginCapability(plugin_id="w", capability="http_request", resource="GET https://x/"),
         ),
         (
             PluginFileAccess(plugin_id="w", path="/p", mode=Permission.READ),
-            PluginCapability(plugin_id="w", capability="file_read"),
+            PluginCapability(plugin_id="w", capability="file_read", resource="/p"),
         ),
         (
             PluginFileAccess(plugin_id="w", path="/p", mode=Permission.WRITE),
-            PluginCapability(plugin_id="w", capability="file_write"),
+            PluginCapability(plugin_id="w", capability="file_write", resource="/p"),
         ),
         (
             PluginFileAccess(plugin_id="w", path="/p", mode=Permission.DELETE),
-            PluginCapability(plugin_id="w", capability="file_delete"),
+            PluginCapability(plugin_id="w", capability="file_delete", resource="/p"),
         ),
     ],
     ids=lambda v: getattr(v, "action_type", None) or "",
@@ -777,9 +780,90 @@ def test_approving_a_metacharacter_path_grants_only_that_path(path: str, other: 
 
 def test_approving_a_star_command_grants_only_that_command() -> None:
     pattern = pattern_for_action(ExecuteCommand(command="rm*", args=[]))
-    assert pattern == CommandPattern(command="rm\\*")
-    assert pattern.matches(ExecuteCommand(command="rm*", args=["-f"]), None)
+    assert pattern == CommandPattern(command="rm\\*", args=())
+    assert pattern.matches(ExecuteCommand(command="rm*", args=[]), None)
+    assert not pattern.matches(ExecuteCommand(command="rm*", args=["-f"]), None)
     assert not pattern.matches(ExecuteCommand(command="rmdir", args=[]), None)
+
+
+# ---------------------------------------------------------------------------
+# An approval of a concrete action never widens (issue 14 item 6)
+# ---------------------------------------------------------------------------
+
+
+def test_a_command_pattern_with_args_matches_exactly_those_args() -> None:
+    pattern = CommandPattern(command="git", args=("status",))
+    assert pattern.matches(ExecuteCommand(command="git", args=["status"]), None)
+    for args in ([], ["push", "--force"], ["status", "--porcelain"], ["Status"], ["status", ""]):
+        assert not pattern.matches(ExecuteCommand(command="git", args=args), None), args
+    # The arguments are literal, never globs.
+    star = CommandPattern(command="rm", args=("*",))
+    assert star.matches(ExecuteCommand(command="rm", args=["*"]), None)
+    assert not star.matches(ExecuteCommand(command="rm", args=["-rf"]), None)
+
+
+def test_an_explicit_command_glob_without_args_still_covers_every_argument_list() -> None:
+    pattern = ALLOWANCE_PATTERN_ADAPTER.validate_python(
+        {"type": "command_pattern", "command": "cargo*"}
+    )
+    assert isinstance(pattern, CommandPattern) and pattern.args is None
+    assert pattern.matches(ExecuteCommand(command="cargo-fmt", args=["--all"]), None)
+    assert ALLOWANCE_PATTERN_ADAPTER.dump_python(pattern, mode="json") == {
+        "type": "command_pattern",
+        "command": "cargo*",
+    }
+
+
+def test_command_args_survive_a_json_round_trip() -> None:
+    allowance = Allowance.create(
+        CommandPattern(command="git", args=("status",)), session_only=True
+    )
+    data = json.loads(allowance.model_dump_json())
+    assert data["action_pattern"] == {
+        "type": "command_pattern",
+        "command": "git",
+        "args": ["status"],
+    }
+    loaded = Allowance.model_validate(data)
+    assert loaded.action_pattern == allowance.action_pattern
+    assert not loaded.action_pattern.matches(ExecuteCommand(command="git", args=["push"]), None)
+
+
+@pytest.mark.parametrize(
+    ("approved", "others"),
+    [
+        (
+            PluginHttpRequest(plugin_id="w", url="https://api.example/a", method="GET"),
+            [
+                PluginHttpRequest(plugin_id="w", url="https://api.example/b", method="GET"),
+                PluginHttpRequest(plugin_id="w", url="https://api.example/a", method="POST"),
+            ],
+        ),
+        (
+            PluginFileAccess(plugin_id="w", path="/data/a", mode=Permission.READ),
+            [
+                PluginFileAccess(plugin_id="w", path="/data/b", mode=Permission.READ),
+                PluginFileAccess(plugin_id="w", path="/data/a", mode=Permission.WRITE),
+            ],
+        ),
+        (
+            ExecuteCommand(command="git", args=["status"]),
+            [
+                ExecuteCommand(command="git", args=[]),
+                ExecuteCommand(command="git", args=["push", "--force"]),
+                ExecuteCommand(command="git", args=["status", "--porcelain"]),
+            ],
+        ),
+    ],
+    ids=lambda v: getattr(v, "action_type", None) or "",
+)
+def test_the_pattern_of_a_concrete_action_covers_nothing_else(
+    approved: SensitiveAction, others: list[SensitiveAction]
+) -> None:
+    pattern = pattern_for_action(approved)
+    assert pattern is not None and pattern.matches(approved, None)
+    for other in others:
+        assert not pattern.matches(other, None), other
 
 
 _path_segment = st.text(

@@ -17,6 +17,8 @@ from astrid.security.actions import (
     FinancialTransaction,
     McpToolCall,
     Permission,
+    PluginFileAccess,
+    PluginHttpRequest,
     SensitiveAction,
     TransmitData,
 )
@@ -504,17 +506,59 @@ def test_session_approval_without_pattern_falls_back_to_user_approval() -> None:
     assert h.count() == 1
 
 
-def test_command_session_approval_ignores_args_but_not_the_name() -> None:
+def test_command_session_approval_covers_exactly_that_command_and_its_args() -> None:
     handler = DecisionHandler(ApproveSession())
-    h = Harness(SecurityPolicy.default(), handler)
-    h.intercept(ExecuteCommand(command="cargo", args=["build"]))
+    h = Harness(SecurityPolicy.default(), handler, workspace_root=ROOT)
+    first = h.intercept(ExecuteCommand(command="git", args=["status"]))
+    assert isinstance(first.proof, SessionApproval)
     [allowance] = h.session.allowance_store.all()
-    assert allowance.action_pattern == CommandPattern(command="cargo")
-    result = h.intercept(ExecuteCommand(command="cargo", args=["test"]))
-    assert isinstance(result.proof, Allowance)
-    handler.decision = Deny(reason="no")
+    assert allowance.action_pattern == CommandPattern(command="git", args=("status",))
+
+    again = h.intercept(ExecuteCommand(command="git", args=["status"]))
+    assert again.proof == Allowance(first.proof.allowance_id)
+    assert len(handler.requests) == 1
+    handler.decision = Deny(reason="ask me first")
+    for args in (["push", "--force"], ["status", "--porcelain"], []):
+        with pytest.raises(ApprovalDenied):
+            h.intercept(ExecuteCommand(command="git", args=args))
+    assert [r.action for r in handler.requests[1:]] == [
+        ExecuteCommand(command="git", args=["push", "--force"]),
+        ExecuteCommand(command="git", args=["status", "--porcelain"]),
+        ExecuteCommand(command="git", args=[]),
+    ]
     with pytest.raises(ApprovalDenied):
-        h.intercept(ExecuteCommand(command="cargo2", args=[]))
+        h.intercept(ExecuteCommand(command="git2", args=["status"]))
+
+
+@pytest.mark.parametrize(
+    ("approved", "other"),
+    [
+        (ExecuteCommand(command="git", args=["status"]), ExecuteCommand(command="git", args=[])),
+        (ExecuteCommand(command="git", args=[]), ExecuteCommand(command="git", args=["push"])),
+        (
+            PluginHttpRequest(plugin_id="w", url="https://api.example/a", method="GET"),
+            PluginHttpRequest(plugin_id="w", url="https://api.example/b", method="GET"),
+        ),
+        (
+            PluginFileAccess(plugin_id="w", path="/data/a", mode=Permission.READ),
+            PluginFileAccess(plugin_id="w", path="/data/b", mode=Permission.READ),
+        ),
+    ],
+    ids=lambda v: getattr(v, "action_type", None) or "",
+)
+def test_approve_always_of_an_action_a_capability_cannot_pin_is_an_exact_session_grant(
+    approved: SensitiveAction, other: SensitiveAction
+) -> None:
+    handler = DecisionHandler(ApproveAlways())
+    h = Harness(SecurityPolicy.default(), handler, workspace_root=ROOT)
+    first = h.intercept(approved)
+    assert isinstance(first.proof, SessionApproval)  # no capability: it would cover `other`
+    assert h.session.capabilities.list_tokens() == []
+    assert h.intercept(approved).proof == Allowance(first.proof.allowance_id)
+    handler.decision = Deny(reason="ask me first")
+    with pytest.raises(ApprovalDenied):
+        h.intercept(other)
+    assert len(handler.requests) == 2
 
 
 def test_custom_allowance_decision_gives_allowance_proof() -> None:

@@ -377,10 +377,12 @@ def test_approving_a_command_with_glob_metacharacters_grants_exactly_that_comman
 ) -> None:
     harness = _Harness([DECISIONS[decision]()])
     harness.intercept(ExecuteCommand(command=approved, args=[]))
-    harness.intercept(ExecuteCommand(command=approved, args=["-x"]))
+    harness.intercept(ExecuteCommand(command=approved, args=[]))
+    with pytest.raises(ApprovalDenied):  # other arguments ask again (issue 14 item 6)
+        harness.intercept(ExecuteCommand(command=approved, args=["-x"]))
     with pytest.raises(ApprovalDenied):
         harness.intercept(ExecuteCommand(command=other, args=[]))
-    assert len(harness.handler.requests) == 2
+    assert len(harness.handler.requests) == 3
 
 
 # -- `..` traversal ----------------------------------------------------------------------------
