@@ -23,12 +23,12 @@ from pydantic import BaseModel, ValidationError
 from astrid import hookspecs
 from astrid.default_plugins import capability_stores
 from astrid.default_plugins.capability_stores import (
-    CAPABILITY_MIGRATIONS,
     FileCapabilityBackend,
     InvalidTokenId,
     SqliteCapabilityBackend,
     canonical_token_id,
 )
+from astrid.default_plugins.sqlite_storage import MIGRATIONS
 from astrid.errors import (
     PluginError,
     SerializationError,
@@ -697,7 +697,7 @@ def test_sqlite_store_leaves_an_existing_parent_alone(
 def test_sqlite_schema_migrations_and_wal(tmp_path: Path, key: KeyPair) -> None:
     path = tmp_path / "caps.db"
     backend = SqliteCapabilityBackend(path)
-    names = [name for name, _ in CAPABILITY_MIGRATIONS]
+    names = [name for name, _ in MIGRATIONS]  # the one ladder of an astrid SQLite file
     assert backend.migrations() == names
     token = make_token(key)
     CapabilityStore(backend=backend).add(token)

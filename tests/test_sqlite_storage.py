@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -571,20 +572,20 @@ def test_empty_file_becomes_a_database(tmp_path: Path) -> None:
 def test_migrations_recorded_by_name_and_idempotent(db: Path) -> None:
     backend = SqliteBackend(db)
     applied = backend.migrations()
-    assert [name for name, _ in applied] == [name for name, _ in MIGRATIONS]
-    assert backend.schema_version() == len(MIGRATIONS) == 6
+    assert [name for name, _ in applied] == sorted(name for name, _ in MIGRATIONS)
+    assert backend.schema_version() == len(MIGRATIONS)
     backend.close()
     again = SqliteBackend(db)
     assert again.migrations() == applied
-    assert again.schema_version() == 6
+    assert again.schema_version() == len(MIGRATIONS)
     again.close()
     with sqlite3.connect(db) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = raw.execute("PRAGMA user_version").fetchone()[0]
         mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
     raw.close()
-    assert {"sessions", "messages", "kv", "_astrid_migrations"} <= tables
-    assert version == 6 and mode == "wal"
+    assert {"sessions", "messages", "kv", "cap_tokens", "_astrid_migrations"} <= tables
+    assert version == len(MIGRATIONS) and mode == "wal"
 
 
 def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
@@ -601,7 +602,7 @@ def test_missing_migrations_are_applied_in_place(tmp_path: Path) -> None:
     )
     raw.close()
     backend = SqliteBackend(path)
-    assert backend.schema_version() == 6
+    assert backend.schema_version() == len(MIGRATIONS)
     assert backend.migrations()[0] == (name, "2020-01-01T00:00:00Z")
     assert [r.id for r in backend.list_sessions()] == ["x"]
     backend.kv().set("ns", "k", b"v")
@@ -614,7 +615,8 @@ def test_newer_user_version_is_refused(db: Path) -> None:
         raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(
-        SchemaVersionError, match=r"written by a newer astrid \(schema 99, this astrid knows 6\)"
+        SchemaVersionError,
+        match=rf"written by a newer astrid \(schema 99, this astrid knows {len(MIGRATIONS)}\)",
     ) as info:
         SqliteBackend(db)
     assert str(db) in str(info.value)
@@ -627,7 +629,10 @@ def test_unknown_migration_name_is_refused(db: Path) -> None:
             "INSERT INTO _astrid_migrations VALUES ('0099_from_the_future', '2030-01-01T00:00:00Z')"
         )
     raw.close()
-    with pytest.raises(SchemaVersionError, match=r"schema 7, this astrid knows 6.*0099_from_the"):
+    known = len(MIGRATIONS)
+    with pytest.raises(
+        SchemaVersionError, match=rf"schema {known + 1}, this astrid knows {known}.*0099_from_the"
+    ):
         SqliteBackend(db)
 
 
@@ -1081,3 +1086,271 @@ def test_stale_single_append_is_a_concurrency_error_and_writes_nothing(
     assert loaded is not None
     assert [m.text() for m in loaded.messages][-1] == "first writer"
     assert len(loaded.messages) == 3
+
+
+# -- one migration ladder: the session backend and the capability store in one file ----------
+
+SHARED_WORKER = textwrap.dedent(
+    """
+    import sys
+    from astrid import AgentSession, Message
+    from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
+    from astrid.default_plugins.sqlite_storage import SqliteBackend
+    from astrid.security.actions import Permission
+    from astrid.security.capabilities import (
+        AuditEntryId, CapabilityStore, ResourcePattern, TokenBuilder,
+    )
+    from astrid.security.crypto import KeyPair
+    from astrid.store import SessionStore
+
+    component, path = sys.argv[1:3]
+    if component == "sessions":
+        store = SessionStore(SqliteBackend(path))
+        session = AgentSession("shared")
+        session.add_message(Message.user("from a process"))
+        store.save(session)
+        store.close()
+        print("session", session.id.bare)
+    else:
+        key = KeyPair.generate()
+        token = (
+            TokenBuilder(ResourcePattern.new("mcp://server:tool"))
+            .permission(Permission.INVOKE)
+            .persistent()
+            .build(key.key_id, AuditEntryId.new(), key)
+        )
+        backend = SqliteCapabilityBackend(path)
+        CapabilityStore(backend).add(token)
+        backend.close()
+        print("token", token.id)
+    """
+)
+
+
+def _token() -> Any:
+    from astrid.security.actions import Permission
+    from astrid.security.capabilities import AuditEntryId, ResourcePattern, TokenBuilder
+    from astrid.security.crypto import KeyPair
+
+    key = KeyPair.generate()
+    builder = TokenBuilder(ResourcePattern.new("mcp://server:tool")).permission(Permission.INVOKE)
+    return builder.persistent().single_use().build(key.key_id, AuditEntryId.new(), key)
+
+
+def _applied_names(path: Path) -> list[str]:
+    raw = sqlite3.connect(path)
+    try:
+        return sorted(str(r[0]) for r in raw.execute("SELECT name FROM _astrid_migrations"))
+    finally:
+        raw.close()
+
+
+def _check_shared(path: Path, session_ids: list[str], token_ids: list[str]) -> None:
+    """Open both components on ``path`` and find everything each wrote; the ladder is whole."""
+    from uuid import UUID
+
+    from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
+    from astrid.security.capabilities import CapabilityStore
+
+    with SqliteCapabilityBackend(path) as caps, SessionStore(SqliteBackend(path)) as sessions:
+        capabilities = CapabilityStore(caps)
+        for token_id in token_ids:
+            assert capabilities.get(UUID(token_id)) is not None, token_id
+        for session_id in session_ids:
+            loaded = sessions.load(session_id)
+            assert loaded is not None, session_id
+            assert _texts(loaded)[-1] == "from a process"
+        assert sessions.backend.schema_version() == len(MIGRATIONS)
+    assert _applied_names(path) == sorted(name for name, _ in MIGRATIONS)
+
+
+@pytest.mark.parametrize("first", ["sessions", "capabilities"])
+def test_sessions_and_capabilities_share_one_file_in_either_order(
+    first: str, tmp_path: Path
+) -> None:
+    from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
+    from astrid.security.capabilities import CapabilityStore
+
+    path = tmp_path / "shared.db"
+    token, session = _token(), _session(2)
+    for component in [first, *({"sessions", "capabilities"} - {first}), first]:
+        if component == "sessions":  # open, use and close each; the third open is the first again
+            with SessionStore(SqliteBackend(path)) as store:
+                current = store.load(session.id) or session
+                current.add_message(Message.user("saved"))
+                store.save(current)
+        else:
+            with SqliteCapabilityBackend(path) as caps:
+                CapabilityStore(caps).add(token)
+    with closing(SqliteBackend(path)) as sessions_backend, SqliteCapabilityBackend(path) as caps:
+        both = SessionStore(sessions_backend)
+        capabilities = CapabilityStore(caps)
+        loaded = both.load(session.id)
+        saves = 2 if first == "sessions" else 1
+        assert _texts(loaded) == ["question 0", "answer 1"] + ["saved"] * saves
+        assert capabilities.use_token(token.id) == token
+        both.save(_session(1))
+        sessions_backend.kv().set("ns", "k", b"v")
+        assert caps.used_ids() == {str(token.id)}
+    assert _applied_names(path) == sorted(name for name, _ in MIGRATIONS)
+
+
+def _worker(component: str, path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SHARED_WORKER, component, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _results(procs: list[subprocess.Popen[str]]) -> tuple[list[str], list[str]]:
+    sessions: list[str] = []
+    tokens: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        kind, value = out.split()
+        (sessions if kind == "session" else tokens).append(value)
+    return sessions, tokens
+
+
+@pytest.mark.parametrize("first", ["sessions", "capabilities"])
+def test_processes_open_one_shared_file_in_either_order(first: str, tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    second = "capabilities" if first == "sessions" else "sessions"
+    sessions: list[str] = []
+    tokens: list[str] = []
+    for component in (first, second, first, second):  # one after the other, each its own process
+        found_sessions, found_tokens = _results([_worker(component, path)])
+        sessions += found_sessions
+        tokens += found_tokens
+    _check_shared(path, sessions, tokens)
+
+
+def test_processes_opening_one_new_shared_file_at_once_apply_each_migration_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.db"
+    procs = [_worker(component, path) for component in ["sessions", "capabilities"] * 3]
+    sessions, tokens = _results(procs)
+    assert len(sessions) == len(tokens) == 3
+    _check_shared(path, sessions, tokens)
+
+
+def test_one_path_for_storage_and_capabilities_in_the_config_opens_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astrid.store import open_store
+
+    home = tmp_path / "home"
+    shared = tmp_path / "shared.db"
+    config = tmp_path / "astrid.toml"
+    config.write_text(
+        f'[storage]\nbackend = "sqlite"\n[storage.options]\npath = "{shared}"\n'
+        f'[capabilities]\nstore = "sqlite"\n[capabilities.options]\npath = "{shared}"\n'
+    )
+    monkeypatch.setenv("ASTRID_HOME", str(home))
+    token, session = _token(), _session(2)
+    with open_store(config) as store:
+        store.save(session)
+        assert store.capabilities is not None
+        store.capabilities.add(token)
+    with open_store(config) as store:  # refused before: "unknown migrations: capabilities_0001"
+        assert store.load(session.id) is not None
+        assert store.capabilities is not None
+        assert store.capabilities.use_token(token.id) == token
+    assert not (home / "astrid.db").exists() and not (home / "capabilities.db").exists()
+
+
+def _old_capability_file(path: Path, token_id: str) -> None:
+    """A file exactly as the capability store made it before the one ladder (user_version 0)."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("CREATE TABLE _astrid_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    raw.execute("CREATE TABLE cap_tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    raw.execute("CREATE TABLE cap_revoked (id TEXT PRIMARY KEY)")
+    raw.execute("CREATE TABLE cap_used (id TEXT PRIMARY KEY)")
+    raw.execute(
+        "INSERT INTO _astrid_migrations VALUES ('capabilities_0001_tables', ?)",
+        ("2026-01-01T00:00:00+00:00",),
+    )
+    raw.execute("INSERT INTO cap_revoked VALUES (?)", (token_id,))
+    raw.close()
+
+
+def _old_sessions_file(path: Path) -> None:
+    """A file exactly as the session backend made it before the one ladder (six migrations)."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("CREATE TABLE _astrid_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    ladder = dict(MIGRATIONS)
+    for index, name in enumerate(
+        [
+            "0001_sessions",
+            "0002_messages",
+            "0003_kv",
+            "0004_message_columns",
+            "0005_append_trigger",
+            "0006_session_items",
+        ],
+        start=1,
+    ):
+        ladder[name](raw)
+        raw.execute("INSERT INTO _astrid_migrations VALUES (?, '2026-01-01T00:00:00Z')", (name,))
+        raw.execute(f"PRAGMA user_version = {index:d}")
+    raw.execute("INSERT INTO kv VALUES ('ns', 'k', ?)", (b"kept",))
+    raw.close()
+
+
+@pytest.mark.parametrize("made_by", ["sessions", "capabilities"])
+@pytest.mark.parametrize("opened_by", ["sessions", "capabilities"])
+def test_files_made_before_the_one_ladder_still_open(
+    made_by: str, opened_by: str, tmp_path: Path
+) -> None:
+    from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
+
+    path = tmp_path / "old.db"
+    revoked = "0b0c8f6e-6a0e-4f8e-9d53-6f2b8c1e2a3d"
+    if made_by == "sessions":
+        _old_sessions_file(path)
+    else:
+        _old_capability_file(path, revoked)
+    if opened_by == "sessions":
+        SqliteBackend(path).close()
+    else:
+        SqliteCapabilityBackend(path).close()
+    with closing(SqliteBackend(path)) as backend, SqliteCapabilityBackend(path) as caps:
+        if made_by == "sessions":
+            assert backend.kv().get("ns", "k") == b"kept"
+        else:
+            assert caps.revoked_ids() == {revoked}
+        assert backend.schema_version() == len(MIGRATIONS)
+        applied = dict(backend.migrations())
+    assert sorted(applied) == sorted(name for name, _ in MIGRATIONS)
+    kept = "capabilities_0001_tables" if made_by == "capabilities" else "0001_sessions"
+    assert applied[kept].startswith("2026-01-01T00:00:00")  # recorded once, never re-applied
+
+
+@pytest.mark.parametrize("future", ["0099_from_the_future", "capabilities_0002_from_the_future"])
+@pytest.mark.parametrize("opened_by", ["sessions", "capabilities"])
+def test_a_shared_file_with_an_unknown_migration_is_refused_by_both(
+    future: str, opened_by: str, tmp_path: Path
+) -> None:
+    from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
+
+    path = tmp_path / "shared.db"
+    SqliteBackend(path).close()
+    SqliteCapabilityBackend(path).close()
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("INSERT INTO _astrid_migrations VALUES (?, '2030-01-01T00:00:00Z')", (future,))
+    raw.close()
+    before = _applied_names(path)
+    refused = f"newer astrid.*unknown migrations: {future}"
+    with pytest.raises(SchemaVersionError, match=refused) as info:
+        if opened_by == "sessions":
+            SqliteBackend(path)
+        else:
+            SqliteCapabilityBackend(path)
+    assert str(path) in str(info.value)
+    assert _applied_names(path) == before

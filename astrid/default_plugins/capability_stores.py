@@ -12,7 +12,8 @@ in their canonical lowercase form.
                          single-use token creates it, any later one finds it)
 
 ``sqlite`` (default ``<home>/capabilities.db``) keeps the same three things in the tables
-``cap_tokens``, ``cap_revoked`` and ``cap_used``, created by named migrations.
+``cap_tokens``, ``cap_revoked`` and ``cap_used``. Its file has the one migration ladder of an
+astrid SQLite file (``sqlite_storage.MIGRATIONS``), so it may be the session store's file too.
 """
 
 from __future__ import annotations
@@ -24,21 +25,20 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
 from ..config import PathOption
-from ..errors import SchemaVersionError, StorageError
+from ..errors import StorageError
 from ..fsutil import make_private_dirs
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.capabilities import MemoryCapabilityBackend
-from ..timeutil import utcnow
+from .sqlite_storage import ensure_schema, refuse_foreign
 
 __all__ = [
-    "CAPABILITY_MIGRATIONS",
     "FileCapabilityBackend",
     "FileCapabilityOptions",
     "InvalidTokenId",
@@ -289,19 +289,6 @@ class FileCapabilityBackend:
 # --------------------------------------------------------------------------------------------
 # sqlite
 
-CAPABILITY_MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "capabilities_0001_tables",
-        (
-            "CREATE TABLE IF NOT EXISTS cap_tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS cap_revoked (id TEXT PRIMARY KEY)",
-            "CREATE TABLE IF NOT EXISTS cap_used (id TEXT PRIMARY KEY)",
-        ),
-    ),
-)
-"""Named migrations of the SQLite capability store, applied in order, each recorded once."""
-
-
 def _create_private_file(path: Path) -> None:
     """Create ``path`` as an empty 0600 file if it does not exist (an existing file is kept)."""
     try:
@@ -335,57 +322,49 @@ class SqliteCapabilityBackend:
             )
         except sqlite3.Error as exc:
             raise StorageError(f"capability store: cannot open {self._path}: {exc}") from exc
+        self._conn: sqlite3.Connection | None = conn
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            refuse_foreign(conn, self._path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            self._migrate(conn)
+            ensure_schema(self._transaction, self._path)
         except sqlite3.DatabaseError as exc:
+            self._conn = None
             conn.close()
             raise StorageError(
                 f"capability store: {self._path} is not a usable SQLite database: {exc}"
             ) from exc
         except BaseException:
+            self._conn = None
             conn.close()
             raise
-        self._conn: sqlite3.Connection | None = conn
 
     @property
     def path(self) -> Path:
         """The database file."""
         return self._path
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _astrid_migrations "
-                "(name TEXT PRIMARY KEY, applied_at TEXT)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT name FROM _astrid_migrations")}
-            known = {name for name, _ in CAPABILITY_MIGRATIONS}
-            unknown = sorted(
-                n for n in applied if n.startswith("capabilities_") and n not in known
-            )
-            if unknown:
-                raise SchemaVersionError(
-                    f"{self._path} was written by a newer astrid (unknown capability "
-                    f"migrations: {', '.join(unknown)}); upgrade astrid to open it"
-                )
-            for name, statements in CAPABILITY_MIGRATIONS:
-                if name in applied:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO _astrid_migrations (name, applied_at) VALUES (?, ?)",
-                    (name, utcnow().isoformat()),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+    def _transaction(
+        self, fn: Callable[[sqlite3.Connection], _T], mode: Literal["read", "write", "single"]
+    ) -> _T:
+        """Run ``fn`` in ``BEGIN IMMEDIATE`` (``write``), ``BEGIN`` (``read``) or as is."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StorageError(f"capability store: {self._path} is closed")
+            if mode == "single":
+                return fn(conn)
+            conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
 
     def migrations(self) -> list[str]:
         """The names of the applied migrations, in the order applied."""

@@ -11,6 +11,8 @@ Layout (JSON is stored as TEXT so ``sqlite3`` and Datasette can read it):
   string content) is stored as its ``role`` and ``text`` columns, so loading it parses nothing;
   any other message is its JSON in ``body``. The view ``message_json`` shows every row as JSON.
 * ``kv``: the scoped key-value store (deferred queues, workspace state, capability tokens).
+* ``cap_tokens``, ``cap_revoked``, ``cap_used``: the ``sqlite`` capability store's tables (one
+  file may serve both; both open it through ``ensure_schema``).
 * ``_astrid_migrations``: the named migrations applied (``PRAGMA user_version`` = their number).
 
 The database runs in WAL mode. Every write is one transaction (``BEGIN IMMEDIATE``, or a single
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
@@ -294,6 +296,17 @@ def _m0006_session_items(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m_capabilities_0001_tables(conn: sqlite3.Connection) -> None:
+    """The ``sqlite`` capability store's tables: token JSON by id, revoked and used ids.
+
+    Its name and SQL are those the capability store applied on its own before the ladder was
+    one, so a file it created then is recognised as already migrated.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS cap_tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS cap_revoked (id TEXT PRIMARY KEY)")
+    conn.execute("CREATE TABLE IF NOT EXISTS cap_used (id TEXT PRIMARY KEY)")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_sessions", _m0001_sessions),
     ("0002_messages", _m0002_messages),
@@ -301,8 +314,97 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0004_message_columns", _m0004_message_columns),
     ("0005_append_trigger", _m0005_append_trigger),
     ("0006_session_items", _m0006_session_items),
+    ("capabilities_0001_tables", _m_capabilities_0001_tables),
 )
-"""The migration ladder: applied in order, each once, each in its own transaction."""
+"""The one migration ladder of an astrid SQLite file: applied in order, each once, each in its
+own transaction, by the session backend and the ``sqlite`` capability store alike
+(``ensure_schema``), so one file may hold both. A new migration of either goes at the end."""
+
+
+class SchemaTransactions(Protocol):
+    """Runs ``fn`` on a connection to the file (``write``: in ``BEGIN IMMEDIATE``; ``single``)."""
+
+    def __call__(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, /) -> _T: ...
+
+
+def not_an_astrid_database(path: Path, why: str = "") -> StorageError:
+    """The error for a file that is not an astrid SQLite database (``why``: how it was told)."""
+    suffix = f" ({why})" if why else ""
+    return StorageError(f"{path} is not an astrid SQLite database{suffix}")
+
+
+def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database holding tables but no ``_astrid_migrations`` (another application's)."""
+    tables = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if tables and "_astrid_migrations" not in tables:
+        raise not_an_astrid_database(path, "it holds tables of another application")
+
+
+def _check_version(c: sqlite3.Connection, path: Path) -> set[str]:
+    """The applied migration names; ``SchemaVersionError`` if one (or the version) is unknown."""
+    known = {name for name, _ in MIGRATIONS}
+    version = int(c.execute("PRAGMA user_version").fetchone()[0])
+    names = {str(row[0]) for row in c.execute("SELECT name FROM _astrid_migrations")}
+    unknown = sorted(names - known)
+    if version > len(MIGRATIONS) or unknown:
+        schema = max(version, len(names))
+        detail = f"; unknown migrations: {', '.join(unknown)}" if unknown else ""
+        raise SchemaVersionError(
+            f"{path} was written by a newer astrid (schema {schema}, this astrid "
+            f"knows {len(MIGRATIONS)}){detail}"
+        )
+    return names
+
+
+def ensure_schema(run: SchemaTransactions, path: Path) -> None:
+    """Apply the migrations of ``MIGRATIONS`` missing from the file at ``path``.
+
+    Each runs once in its own write transaction, re-checked inside it, so processes opening one
+    file at once apply it once; ``PRAGMA user_version`` ends as the ladder's length. Refuses
+    another application's database (``StorageError``) and a file holding a migration this astrid
+    does not know (``SchemaVersionError``), before changing anything.
+    """
+
+    def bootstrap(c: sqlite3.Connection) -> set[str]:
+        refuse_foreign(c, path)
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS _astrid_migrations "
+            "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        return _check_version(c, path)
+
+    applied = run(bootstrap, "write")
+    for index, (name, migration) in enumerate(MIGRATIONS, start=1):
+        if name in applied:
+            continue
+
+        def step(
+            c: sqlite3.Connection,
+            name: str = name,
+            migration: Callable[[sqlite3.Connection], None] = migration,
+            index: int = index,
+        ) -> None:
+            if name in _check_version(c, path):
+                return
+            migration(c)
+            c.execute(
+                "INSERT INTO _astrid_migrations (name, applied_at) VALUES (?, ?)",
+                (name, format_timestamp(utcnow())),
+            )
+            c.execute(f"PRAGMA user_version = {index:d}")
+
+        run(step, "write")
+
+    def settle(c: sqlite3.Connection) -> None:
+        _check_version(c, path)
+        c.execute(f"PRAGMA user_version = {len(MIGRATIONS):d}")
+
+    if run(lambda c: int(c.execute("PRAGMA user_version").fetchone()[0]), "single") != len(
+        MIGRATIONS
+    ):
+        run(settle, "write")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -405,8 +507,7 @@ class SqliteBackend:
     # -- opening ----------------------------------------------------------------------------
 
     def _not_ours(self, why: str = "") -> StorageError:
-        suffix = f" ({why})" if why else ""
-        return StorageError(f"{self.path} is not an astrid SQLite database{suffix}")
+        return not_an_astrid_database(self.path, why)
 
     def _open(self) -> None:
         try:
@@ -462,13 +563,7 @@ class SqliteBackend:
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """Refuse another application's database before changing anything in it (e.g. WAL)."""
 
-        def look(c: sqlite3.Connection) -> set[str]:
-            rows = c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            return {row[0] for row in rows}
-
-        tables = self._run(look, "single")
-        if tables and "_astrid_migrations" not in tables:
-            raise self._not_ours("it holds tables of another application")
+        self._run(lambda c: refuse_foreign(c, self.path), "single")
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         def setup(c: sqlite3.Connection) -> None:
@@ -485,64 +580,7 @@ class SqliteBackend:
         self._run(setup, "single")
 
     def _migrate(self) -> None:
-        known = [name for name, _ in MIGRATIONS]
-
-        def bootstrap(c: sqlite3.Connection) -> set[str]:
-            tables = {
-                row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if tables and "_astrid_migrations" not in tables:
-                raise self._not_ours("it holds tables of another application")
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS _astrid_migrations "
-                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            return self._check_version(c, known)
-
-        applied = self._run(bootstrap, "write")
-        for index, (name, migration) in enumerate(MIGRATIONS, start=1):
-            if name in applied:
-                continue
-
-            def step(
-                c: sqlite3.Connection,
-                name: str = name,
-                migration: Callable[[sqlite3.Connection], None] = migration,
-                index: int = index,
-            ) -> None:
-                done = self._check_version(c, known)
-                if name in done:
-                    return
-                migration(c)
-                c.execute(
-                    "INSERT INTO _astrid_migrations (name, applied_at) VALUES (?, ?)",
-                    (name, format_timestamp(utcnow())),
-                )
-                c.execute(f"PRAGMA user_version = {index:d}")
-
-            self._run(step, "write")
-
-        def settle(c: sqlite3.Connection) -> None:
-            self._check_version(c, known)
-            c.execute(f"PRAGMA user_version = {len(MIGRATIONS):d}")
-
-        if self._run(lambda c: int(c.execute("PRAGMA user_version").fetchone()[0]), "single") != (
-            len(MIGRATIONS)
-        ):
-            self._run(settle, "write")
-
-    def _check_version(self, c: sqlite3.Connection, known: list[str]) -> set[str]:
-        version = int(c.execute("PRAGMA user_version").fetchone()[0])
-        names = {str(row[0]) for row in c.execute("SELECT name FROM _astrid_migrations")}
-        unknown = sorted(names - set(known))
-        if version > len(known) or unknown:
-            schema = max(version, len(names))
-            detail = f"; unknown migrations: {', '.join(unknown)}" if unknown else ""
-            raise SchemaVersionError(
-                f"{self.path} was written by a newer astrid (schema {schema}, this astrid "
-                f"knows {len(known)}){detail}"
-            )
-        return names
+        ensure_schema(self._run, self.path)
 
     def _private_sidecars(self) -> None:
         for suffix in ("-wal", "-shm"):
@@ -1286,8 +1324,12 @@ def register_storage_backends(register: Any) -> None:
 
 __all__ = [
     "MIGRATIONS",
+    "SchemaTransactions",
     "SqliteBackend",
     "SqliteKvStore",
     "SqliteOptions",
+    "ensure_schema",
+    "not_an_astrid_database",
+    "refuse_foreign",
     "resolve_path",
 ]
