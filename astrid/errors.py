@@ -62,6 +62,10 @@ class ApprovalError(SecurityError):
     """An approval was denied or could not be obtained."""
 
 
+class ApprovalHandlerError(ApprovalError):
+    """An approval handler answered with something that is not an answer (names the handler)."""
+
+
 class BudgetExceeded(ApprovalError):
     """A cost would exceed the per-action, session or workspace budget."""
 

@@ -67,9 +67,12 @@ from .security.escape import (
     resolve_path,
 )
 from .security.interceptor import (
+    ApprovalDeferred,
+    ApprovalDenied,
     AuditLog,
     CapabilityCreated,
     InterceptProof,
+    PolicyBlocked,
     SecurityInterceptor,
 )
 from .security.interceptor import SessionApproval as SessionApprovalProof
@@ -401,6 +404,20 @@ def _checked_tool(impl: Implementation, context: PluginContext) -> Tool:
 def _error_text(exc: BaseException) -> str:
     text = str(exc)
     return text if text else type(exc).__name__
+
+
+def _not_run(name: str, exc: AstridError) -> str:
+    """What the model is told when the security checks stopped a call: it did not run, and why."""
+    if isinstance(exc, ApprovalDeferred):
+        why = (
+            f"it needs an approval nobody has given yet; {exc}: pending a later decision, "
+            "so do not assume it ran"
+        )
+    elif isinstance(exc, ApprovalDenied | PolicyBlocked | BudgetExceeded):
+        why = _error_text(exc)
+    else:
+        why = f"the approval failed: {_error_text(exc)}"
+    return f"Tool {name} was not run: {why}"
 
 
 class AgentRuntime:
@@ -828,7 +845,7 @@ class AgentRuntime:
             try:
                 passed = await turn.interceptor.intercept(escape, context)
             except AstridError as exc:
-                return f"Access to {raw} denied — outside workspace: {exc}", []
+                return f"{_not_run(tool.name, exc)} (access to {raw}: outside workspace)", []
             self._close_reservation(turn, passed.reservation, passed.budget_warning)
             self._remember_escape(session, path, operation, passed.proof)
         return None, covered
@@ -897,7 +914,7 @@ class AgentRuntime:
         try:
             passed = await turn.interceptor.intercept(action, f"Built-in tool: {name}")
         except AstridError as exc:
-            return ToolCallResult.error(call.id, _error_text(exc))
+            return ToolCallResult.error(call.id, _not_run(name, exc))
         self._close_reservation(turn, passed.reservation, passed.budget_warning)
         for path, operation in covered:
             self._remember_escape(session, path, operation, passed.proof)

@@ -63,6 +63,7 @@ from astrid.security.budget import BudgetConfig
 from astrid.security.deferred import ApprovalRequest
 from astrid.security.escape import EscapeOperation
 from astrid.security.interceptor import AuditLog
+from astrid.security.interceptor import SessionApproval as SessionApprovalProof
 from astrid.session import AgentSession
 from astrid.store import SessionStore
 from astrid.subagents import NO_TEXT_OUTPUT, SubAgentRequest, SubAgentResult
@@ -1023,3 +1024,113 @@ def test_example_host_runs() -> None:
     assert "word_count" in out
     assert "reloaded" in out
 
+
+
+# -- what the model is told after an approval (issue 14 item 7) -----------------------------
+
+
+class BareHandler:
+    """A host handler that returns ``answer`` as it is (a bare decision, or something wrong)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.requests: list[ApprovalRequest] = []
+
+    async def request_approval(self, request: ApprovalRequest) -> Any:
+        self.requests.append(request)
+        return self.answer
+
+    def is_available(self) -> bool:
+        return True
+
+
+def one_read(
+    store: SessionStore, workspace: Path, handler: Any
+) -> tuple[AgentRuntime, AgentSession, ToolCallResult]:
+    runtime = AgentRuntime(
+        ScriptedProvider(read_script(1)),
+        store=store,
+        config=RuntimeConfig(workspace=workspace),
+        approval_handler=handler,
+    )
+    session = runtime.create_session()
+    run(runtime.run_turn(session, "read it"))
+    [result] = tool_results(session)
+    return runtime, session, result
+
+
+def test_a_bare_session_decision_runs_the_tool_and_grants_the_session(
+    store: SessionStore, workspace: Path
+) -> None:
+    handler = BareHandler(ApproveSession())
+    _, session, results = two_reads(store, workspace, handler)  # type: ignore[arg-type]
+    assert [(r.content, r.is_error) for r in results] == [("remember the milk\n", False)] * 2
+    assert len(handler.requests) == 1  # the second read was allowed by the session allowance
+    assert session.approval_manager.get_pending_resolutions() == []
+    assert session.metadata.approval_count == 1
+
+
+def test_a_bare_denial_tells_the_model_the_tool_did_not_run(
+    store: SessionStore, workspace: Path
+) -> None:
+    _, session, result = one_read(store, workspace, BareHandler(Deny(reason="not today")))
+    assert result.is_error
+    assert result.content == "Tool read_file was not run: approval denied: not today"
+    assert session.approval_manager.get_pending_resolutions() == []
+
+
+def test_a_deferral_tells_the_model_it_is_pending(store: SessionStore, workspace: Path) -> None:
+    _, session, result = one_read(store, workspace, None)
+    [pending] = session.approval_manager.get_pending_resolutions()
+    assert result.is_error
+    assert result.content.startswith("Tool read_file was not run: it needs an approval")
+    assert f"resolution:{pending.id}" in result.content
+    assert "pending a later decision" in result.content
+
+
+def test_a_handler_returning_something_else_is_a_failure_naming_it(
+    store: SessionStore, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="astrid.security.approvals"):
+        _, session, result = one_read(store, workspace, BareHandler({"decision": "approve"}))
+    assert result.is_error
+    assert result.content.startswith(
+        "Tool read_file was not run: the approval failed: approval handler "
+        "tests.test_runtime.BareHandler returned dict"
+    )
+    assert "BareHandler returned dict" in caplog.text
+    assert session.approval_manager.get_pending_resolutions() == []  # not deferred silently
+    assert session.metadata.approval_count == 0
+
+
+def test_a_response_to_another_request_is_refused_and_the_tool_not_run(
+    store: SessionStore, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stray = ApprovalResponse.new(ApprovalRequest.new(FileRead(path="/x"), "other").id, Approve())
+    with caplog.at_level("WARNING", logger="astrid.security.approvals"):
+        _, session, result = one_read(store, workspace, BareHandler(stray))
+    assert result.is_error
+    assert result.content.startswith("Tool read_file was not run: approval denied: ")
+    assert f"answered req:{stray.request_id}" in result.content
+    assert "refused" in caplog.text
+    assert session.allowance_store.count() == 0
+
+
+def test_a_deferred_read_resolved_for_the_session_runs_next_turn_without_asking(
+    store: SessionStore, workspace: Path
+) -> None:
+    runtime = AgentRuntime(
+        ScriptedProvider(read_script(2)), store=store, config=RuntimeConfig(workspace=workspace)
+    )
+    session = runtime.create_session()
+    run(runtime.run_turn(session, "read it"))
+    [pending] = session.approval_manager.get_pending_resolutions()
+    proof = runtime.resolve_deferred(session, pending.id, ApproveSession())
+    assert isinstance(proof, SessionApprovalProof)
+    assert proof.allowance_id in {a.id for a in session.allowance_store.all()}
+    run(runtime.run_turn(session, "read it again"))  # no handler: it would be deferred again
+    first, second = tool_results(session)
+    assert first.is_error and not second.is_error
+    assert second.content == "remember the milk\n"
+    assert session.approval_manager.get_pending_resolutions() == []
+    assert session.metadata.approval_count == 1

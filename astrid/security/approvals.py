@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from astrid.errors import ApprovalError, ResolutionNotFound
+from astrid.errors import ApprovalError, ApprovalHandlerError, ResolutionNotFound
 from astrid.security.actions import SensitiveAction
 from astrid.security.allowances import (
     SIGNATURE_LENGTH,
@@ -222,6 +222,15 @@ ApprovalDecision = Annotated[
 
 APPROVAL_DECISION_ADAPTER: TypeAdapter[ApprovalDecision] = TypeAdapter(ApprovalDecision)
 
+_DECISION_TYPES = (
+    Approve,
+    ApproveSession,
+    ApproveWorkspace,
+    ApproveAlways,
+    ApproveWithAllowance,
+    Deny,
+)
+
 
 class ApprovalResponse(BaseModel):
     """A decision on one request, optionally signed by the user."""
@@ -286,8 +295,10 @@ class ApprovalResponse(BaseModel):
 class ApprovalHandler(Protocol):
     """A frontend that asks a human (CLI, chat, web)."""
 
-    async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse | None:
-        """Ask the human; None means nobody answered."""
+    async def request_approval(
+        self, request: ApprovalRequest
+    ) -> ApprovalResponse | ApprovalDecision | None:
+        """Ask the human: a response to ``request``, a bare decision, or None (nobody answered)."""
         ...
 
     def is_available(self) -> bool:
@@ -405,6 +416,50 @@ CapabilityMinter = Callable[[SensitiveAction], UUID | None]
 """Mints the capability an "approve always" grants for an action; None if it grants none."""
 
 
+def _handler_name(handler: object) -> str:
+    """``module.QualName`` of a handler's class, as error messages name it."""
+    kind = type(handler)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _answer_to(
+    request: ApprovalRequest, answer: object, handler: object
+) -> ApprovalResponse | Denied:
+    """The handler's answer as a response to ``request``; Denied if it answers another one.
+
+    A bare decision (what a host writes first) is taken as the answer to ``request``. Anything
+    else is a bug in the handler: ``ApprovalHandlerError``, never a silent deferral.
+    """
+    if isinstance(answer, _DECISION_TYPES):
+        return ApprovalResponse.new(request.id, answer)
+    if not isinstance(answer, ApprovalResponse):
+        name = _handler_name(handler)
+        logger.warning(
+            "approval handler %s returned %s for %s",
+            name,
+            type(answer).__qualname__,
+            format_request_id(request.id),
+        )
+        raise ApprovalHandlerError(
+            f"approval handler {name} returned {type(answer).__qualname__} for "
+            f"{format_request_id(request.id)} ({request.action.summary()}): expected an "
+            "ApprovalResponse, an approval decision such as ApproveSession(), or None"
+        )
+    if answer.request_id != request.id:
+        name = _handler_name(handler)
+        logger.warning(
+            "approval handler %s answered %s instead of %s: refused",
+            name,
+            format_request_id(answer.request_id),
+            format_request_id(request.id),
+        )
+        return Denied(
+            f"approval handler {name} answered {format_request_id(answer.request_id)}, "
+            f"not {format_request_id(request.id)}"
+        )
+    return answer
+
+
 def _seconds(timeout: float | timedelta) -> float:
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     if not math.isfinite(seconds) or seconds <= 0:
@@ -507,8 +562,11 @@ class ApprovalManager:
     ) -> ApprovalOutcome:
         """Allowance first, then the handler (with the timeout); defer when nobody answers.
 
-        A session or workspace approval stores its allowance (signed with ``signer``) before
-        this returns, so the proof names an allowance that exists.
+        The handler may answer with an ``ApprovalResponse`` for this request or a bare decision;
+        a response to another request is Denied (logged), and any other value raises
+        ``ApprovalHandlerError`` naming the handler. A session or workspace approval stores its
+        allowance (signed with ``signer``) before this returns, so the proof names an allowance
+        that exists.
         """
         allowance = self._allowance_store.find_matching_and_consume(action, workspace_root)
         if allowance is not None:
@@ -539,14 +597,10 @@ class ApprovalManager:
 
         if response is None:
             return self.defer(action, context, "user did not respond")
-        if not isinstance(response, ApprovalResponse):
-            return self.defer(
-                action,
-                context,
-                f"approval handler failed: returned {type(response).__name__}, "
-                "not an ApprovalResponse",
-            )
-        outcome = self.handle_response(response, action, workspace_root, signer=signer)
+        answer = _answer_to(request, response, handler)
+        if isinstance(answer, Denied):
+            return answer
+        outcome = self.handle_response(answer, action, workspace_root, signer=signer)
         if isinstance(outcome, Allowed):
             self.approvals_granted += 1
         return outcome

@@ -408,9 +408,13 @@ class SecurityInterceptor:
     async def _approve(
         self, action: SensitiveAction, context: str, reservation: DualReservation | None
     ) -> InterceptResult:
-        outcome = await self.session.approval_manager.check_approval(
-            action, context, self.workspace_root, signer=self.keypair.sign
-        )
+        try:
+            outcome = await self.session.approval_manager.check_approval(
+                action, context, self.workspace_root, signer=self.keypair.sign
+            )
+        except ApprovalError as exc:  # a handler that answered with something else
+            self._audit_denied(action, str(exc))
+            raise
         if isinstance(outcome, approvals.Denied):
             self._audit_denied(action, outcome.reason)
             raise ApprovalDenied(outcome.reason)

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 from pydantic import ValidationError
 
-from astrid.errors import StorageError
+from astrid.errors import ApprovalHandlerError, StorageError
 from astrid.security.actions import FileDelete, McpToolCall, SensitiveAction
 from astrid.security.allowances import Allowance, AllowanceStore, ExactTool, ServerTools
 from astrid.security.approvals import (
@@ -606,11 +606,67 @@ def test_availability_exception_fails_closed() -> None:
     assert only_pending(manager).reason == "approval handler failed: socket closed"
 
 
-def test_wrong_response_type_fails_closed() -> None:
+def test_wrong_response_type_is_a_typed_error_naming_the_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     manager = make_manager()
     manager.register_handler(WrongTypeHandler())
-    assert check(manager).is_deferred()
-    assert only_pending(manager).reason.startswith("approval handler failed: returned str")
+    with (
+        caplog.at_level(logging.WARNING, logger="astrid.security.approvals"),
+        pytest.raises(ApprovalHandlerError, match=r"test_approvals\.WrongTypeHandler returned str"),
+    ):
+        check(manager)
+    assert "WrongTypeHandler returned str" in caplog.text
+    assert manager.deferred_queue.count() == 0  # never a silent deferral
+    assert manager.approvals_granted == 0
+
+
+class BareDecisionHandler:
+    """What a host writes first: the decision alone, without ``ApprovalResponse.new``."""
+
+    def __init__(self, decision: ApprovalDecision) -> None:
+        self.decision = decision
+
+    async def request_approval(self, request: ApprovalRequest) -> ApprovalDecision:
+        return self.decision
+
+    def is_available(self) -> bool:
+        return True
+
+
+def test_a_bare_decision_is_the_answer_to_the_request() -> None:
+    manager = make_manager()
+    manager.register_handler(BareDecisionHandler(ApproveSession()))
+    outcome = check(manager)
+    assert isinstance(outcome, Allowed) and isinstance(outcome.proof, SessionApproval)
+    assert manager.deferred_queue.count() == 0
+    assert check(manager) == Allowed(AllowanceProof(outcome.proof.allowance_id))
+    manager.register_handler(BareDecisionHandler(Deny(reason="no")))
+    assert check(manager, FileDelete(path="/other.txt")) == Denied("no")
+    assert manager.deferred_queue.count() == 0
+
+
+class StrayResponseHandler:
+    """Answers a request that is not the one asked."""
+
+    async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse:
+        return ApprovalResponse.new(uuid4(), ApproveSession())
+
+    def is_available(self) -> bool:
+        return True
+
+
+def test_a_response_to_another_request_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    manager = make_manager()
+    manager.register_handler(StrayResponseHandler())
+    with caplog.at_level(logging.WARNING, logger="astrid.security.approvals"):
+        outcome = check(manager)
+    assert isinstance(outcome, Denied)
+    assert "StrayResponseHandler answered req:" in outcome.reason
+    assert "refused" in caplog.text
+    assert manager.allowance_store.count() == 0
+    assert manager.deferred_queue.count() == 0
+    assert manager.approvals_granted == 0
 
 
 def test_deferral_is_persisted_when_the_queue_has_a_store() -> None:
