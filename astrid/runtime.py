@@ -32,7 +32,8 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .context import ContextManager, SummarizationResult, cut_utf8
-from .errors import AstridError, BudgetExceeded, PluginError
+from .errors import AstridError, BudgetExceeded, PluginError, SerializationError
+from .jsonutil import json_problem, storable_text
 from .llm import (
     Done,
     LLMProvider,
@@ -627,10 +628,21 @@ class AgentRuntime:
         return turn.result
 
     def _save(self, session: AgentSession, *, quiet: bool) -> None:
+        """Save the turn; if a message cannot be stored, still store the state (the spend)."""
         if self.store is None:
             return
         try:
-            self.store.save(session)
+            try:
+                self.store.save(session)
+            except SerializationError:
+                # Content the host put in the session (the runtime's own is made storable):
+                # the spend and counters are stored anyway, the error still propagates.
+                try:
+                    self.store.save_state(session)
+                except Exception:
+                    logger.warning("could not save the state of session %s either",
+                                   session.id.bare, exc_info=True)
+                raise
         except Exception:
             if not quiet:
                 raise
@@ -751,23 +763,38 @@ class AgentRuntime:
                 turn.output_tokens += usage_out
             else:
                 validator.release(reservation)
-        response.text = "".join(text)
-        for call_id in order:
-            raw = "".join(buffers.get(call_id, []))
+        # What the provider sent is made storable here, where it enters: a lone surrogate in
+        # text, a call id or a tool name becomes U+FFFD; arguments no store can keep are refused.
+        response.text = storable_text("".join(text))
+        for raw_id in order:
+            raw = "".join(buffers.get(raw_id, []))
+            call_id = storable_text(raw_id)
             arguments: Any = {}
             if raw.strip():
                 try:
                     arguments = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    response.parse_errors[call_id] = f"invalid JSON ({exc}) in {raw[:200]!r}"
+                except (ValueError, RecursionError) as exc:
+                    response.parse_errors[call_id] = (
+                        f"invalid JSON ({_error_text(exc)}) in {raw[:200]!r}"
+                    )
                     arguments = {}
                 else:
+                    problem = json_problem(arguments)
                     if not isinstance(arguments, dict):
                         response.parse_errors[call_id] = (
                             f"arguments must be a JSON object, got {type(arguments).__name__}"
                         )
                         arguments = {}
-            response.calls.append(ToolCall(id=call_id, name=names[call_id], arguments=arguments))
+                    elif problem is not None:
+                        response.parse_errors[call_id] = (
+                            f"the arguments were refused and the tool was not run: they hold "
+                            f"a value that cannot be stored ({problem}); send strings without "
+                            "lone surrogates and only finite numbers within 64-bit integers"
+                        )
+                        arguments = {}
+            response.calls.append(
+                ToolCall(id=call_id, name=storable_text(names[raw_id]), arguments=arguments)
+            )
         return response
 
     # -- tools ------------------------------------------------------------------------------
@@ -780,6 +807,9 @@ class AgentRuntime:
                 result = await self._execute_tool_call(
                     turn, call, response.parse_errors.get(call.id)
                 )
+                content = storable_text(result.content)  # a tool's output, as it enters
+                if content is not result.content:
+                    result = result.model_copy(update={"content": content})
                 session.add_message(Message.tool_result(result))
                 turn.result.tool_calls.append(ToolCallRecord(call, result))
                 done += 1
@@ -787,7 +817,8 @@ class AgentRuntime:
             reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else _error_text(exc)
             for call in response.calls[done:]:
                 result = ToolCallResult.error(
-                    call.id, f"Tool call not executed: the turn was aborted ({reason})"
+                    call.id,
+                    storable_text(f"Tool call not executed: the turn was aborted ({reason})"),
                 )
                 session.add_message(Message.tool_result(result))
                 turn.result.tool_calls.append(ToolCallRecord(call, result))

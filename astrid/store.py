@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from .document import GitState, SessionDocument, describe_validation_error
 from .errors import ConcurrencyError, SerializationError, StorageError
 from .ids import SessionId, validate_session_id
+from .jsonutil import check_storable, json_problem
 from .messages import Message
 from .security.allowances import Allowance, AllowanceStore, dump_allowances, load_allowances
 from .security.budget import (
@@ -199,12 +200,45 @@ class SessionWrite:
         """True for a plain append (an existing session, ``replace`` False)."""
         return self.expected_revision is not None and not self.replace
 
+    def check_storable(self) -> None:
+        """Raise ``SerializationError`` if the state or a message holds what no store can keep.
+
+        The rule of ``astrid.jsonutil`` (lone surrogates, NaN and infinities, integers beyond
+        64 bits), applied by every backend before it writes anything, so all refuse alike.
+        """
+        where = f"session {self.session_id}"
+        check_storable(self.state, f"{where}: the state")
+        first = self.base_count if self.is_append else 0
+        check_messages_storable(self.session_id, self.messages, first=first)
+        for index, message in enumerate(self.archived):
+            check_storable(message, f"{where}: archived message {index}")
+        if self.delta is not None:
+            for key, value in self.delta.allowances.items():
+                check_storable([key, value], f"{where}: allowance {key!a}")
+            check_storable(list(self.delta.remembered_paths), f"{where}: a remembered path")
+
     def check_archived(self) -> None:
         """Raise ``ValueError`` if ``archived`` is given on a plain append."""
         if self.archived and self.is_append:
             raise ValueError(
                 f"session {self.session_id}: archived messages can only be written by a create "
                 "or a replace, not by an append (expected_revision set and replace False)"
+            )
+
+
+def check_messages_storable(
+    session_id: str, messages: Sequence[Any], *, first: int | None = None
+) -> None:
+    """Raise ``SerializationError`` naming the session and message no store can keep.
+
+    ``first``: the index of ``messages[0]`` in the session (None: not known, an append).
+    """
+    for index, message in enumerate(messages):
+        problem = json_problem(message)
+        if problem is not None:
+            which = f"message {first + index}" if first is not None else f"new message {index}"
+            raise SerializationError(
+                f"session {session_id}: {which} cannot be stored: {problem}"
             )
 
 
@@ -404,6 +438,34 @@ class SessionStore:
             )
         )
         self._remember(session, revision, offset + len(messages), offset, keyed)
+        return revision
+
+    def save_state(self, session: AgentSession) -> int:
+        """Save the session's state (budget spend, counters, security state) without messages.
+
+        For when ``save`` failed because of a message (``SerializationError``): the spend is
+        stored all the same, and the message changes stay pending for the next ``save``.
+        Raises ``ConcurrencyError`` if another writer saved the session in between.
+        """
+        mark = self._marks.get(session)
+        state, delta, keyed = self._state_for_write(session, mark)
+        if mark is None:
+            expected, count, offset, serial = None, 0, 0, 0  # serial 0: every message pending
+        else:
+            expected, count, offset, serial = mark.revision, mark.count, mark.offset, mark.serial
+        revision = self.backend.write(
+            SessionWrite(
+                session_id=session.id.bare,
+                expected_revision=expected,
+                state=state,
+                messages=[],
+                base_count=count,
+                replace=False,
+                summary=self._summary_of(session, state, count),
+                delta=delta,
+            )
+        )
+        self._marks[session] = _Mark(revision, count, offset, serial, keyed)
         return revision
 
     def _state_for_write(
@@ -745,6 +807,7 @@ __all__ = [
     "StateDelta",
     "StorageBackend",
     "WorkspaceState",
+    "check_messages_storable",
     "join_keyed_state",
     "split_keyed_state",
 ]

@@ -476,20 +476,36 @@ def test_hostile_ids_workspaces_and_kv_names(backend: SqliteBackend, text: str) 
 def test_unusual_json_values_round_trip(backend: SqliteBackend) -> None:
     sid = "6f2c1c1e-8c1b-4d4e-9f39-1c2b3a4d5e6f"
     odd: list[Any] = [
-        {"role": "user", "content": "x", "extra": {"big": 2**70, "f": 1e-7, "u": "\u2028é\x00"}},
+        {
+            "role": "user",
+            "content": "x",
+            "extra": {"big": 2**63 - 1, "f": 1e-7, "u": "\u2028é\x00"},
+        },
         {"role": "future-role", "content": {"kind": "hologram"}},
         "just a string",
         42,
         None,
         [1, [2, {"3": True}]],
-        {"role": "tool", "content": {"nan": float("nan"), "inf": float("-inf")}},
     ]
     _create(backend, sid, datetime.now(UTC), messages=odd)
     record = backend.load(sid)
     assert record is not None
-    assert record.messages[:-1] == odd[:-1]
-    last = record.messages[-1]["content"]
-    assert last["nan"] != last["nan"] and last["inf"] == float("-inf")
+    assert record.messages == odd
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("-inf"), 2**70, "\ud800"], ids=["nan", "inf", "big", "surrogate"]
+)
+def test_json_no_store_can_keep_is_refused_not_stored_as_bare_text(
+    backend: SqliteBackend, value: Any
+) -> None:
+    """NaN was stored as bare ``NaN``, which ``json_extract`` and ``astrid migrate`` refuse."""
+    sid = "6f2c1c1e-8c1b-4d4e-9f39-1c2b3a4d5e6f"
+    with pytest.raises(SerializationError, match=f"session {sid}: message 1 cannot be stored"):
+        _create(
+            backend, sid, datetime.now(UTC), messages=["ok", {"role": "tool", "content": [value]}]
+        )
+    assert backend.load(sid) is None
 
 
 # -- files, permissions, schema ------------------------------------------------------------------

@@ -60,7 +60,14 @@ from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..plugins import PluginContext
 from ..security.kv import KvStore, validate_name
-from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite, workspace_key
+from ..store import (
+    HistoryEntry,
+    SessionRecord,
+    SessionSummary,
+    SessionWrite,
+    check_messages_storable,
+    workspace_key,
+)
 from ..timeutil import format_rfc3339, parse_rfc3339, to_utc, utcnow
 
 REVISION_KEY = "astrid_revision"
@@ -665,6 +672,7 @@ class FileBackend:
         """Apply one save under the session lock; ``ConcurrencyError`` on a stale revision."""
         sid = validate_session_id(change.session_id)
         change.check_archived()
+        change.check_storable()
         self._ensure_dirs()
         with self._session_lock(sid):
             current = self._load_doc(sid)
@@ -710,6 +718,7 @@ class FileBackend:
     ) -> tuple[int, int]:
         """Append under the session lock regardless of revision; ``SessionNotFound`` if absent."""
         sid = validate_session_id(session_id)
+        check_messages_storable(sid, messages)
         if not (self.directory / f"{sid}.json").exists():
             raise SessionNotFound(f"session {sid} not found in the file store {self.directory}")
         self._ensure_dirs()

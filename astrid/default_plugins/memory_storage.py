@@ -15,7 +15,13 @@ from ..errors import ConcurrencyError, SessionNotFound
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.kv import KvStore, MemoryKvStore
-from ..store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
+from ..store import (
+    HistoryEntry,
+    SessionRecord,
+    SessionSummary,
+    SessionWrite,
+    check_messages_storable,
+)
 from ..timeutil import utcnow
 
 
@@ -67,6 +73,7 @@ class MemoryBackend:
     def write(self, change: SessionWrite) -> int:
         """Apply one save; ``ConcurrencyError`` on a stale revision."""
         change.check_archived()
+        change.check_storable()
         with self._lock:
             entry = self._sessions.get(change.session_id)
             current = entry.revision if entry is not None else None
@@ -104,6 +111,7 @@ class MemoryBackend:
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
     ) -> tuple[int, int]:
         """Append regardless of revision; ``SessionNotFound`` if the session does not exist."""
+        check_messages_storable(session_id, messages)
         with self._lock:
             entry = self._sessions.get(session_id)
             if entry is None:

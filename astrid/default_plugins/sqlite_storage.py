@@ -63,6 +63,7 @@ from ..store import (
     SessionSummary,
     SessionWrite,
     StateDelta,
+    check_messages_storable,
     join_keyed_state,
     split_keyed_state,
 )
@@ -881,6 +882,7 @@ class SqliteBackend:
         """
         sid = change.session_id
         change.check_archived()
+        change.check_storable()
         delta = change.delta
         split = None if delta is not None else split_keyed_state(change.state, force=False)
         state = self._encode(split[0] if split is not None else change.state, sid, "state")
@@ -1071,6 +1073,7 @@ class SqliteBackend:
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
     ) -> tuple[int, int]:
         """Append regardless of revision; ``SessionNotFound`` if the session does not exist."""
+        check_messages_storable(session_id, messages)
         rows = [self._columns(m, session_id) for m in messages]
         updated = format_timestamp(utcnow())
 

@@ -26,6 +26,7 @@ from ..errors import (
     ConcurrencyError,
     InvalidKey,
     InvalidSessionId,
+    SerializationError,
     SessionNotFound,
     StorageError,
 )
@@ -184,6 +185,18 @@ MESSAGE_EDITS: dict[str, Callable[[AgentSession], object]] = {
     "edit_then_append": lambda s: _append_and_edit(s, 0),
 }
 """Every kind of change a host can make to ``session.messages`` (after a save of 5 messages)."""
+
+
+UNSTORABLE_VALUES: dict[str, tuple[Any, str]] = {
+    "lone_surrogate": ({"text": "\ud800"}, r"\$\.content\[0\]\.arguments\.text: a lone surrogate"),
+    "lone_surrogate_in_a_key": ({"k\udfff": 1}, r"a lone surrogate \(U\+DFFF\) in a key"),
+    "nan": ({"x": [1, float("nan")]}, r"arguments\.x\[1\]: nan"),
+    "infinity": ({"x": float("inf")}, "inf, which JSON cannot hold"),
+    "negative_infinity": ({"x": float("-inf")}, "-inf, which JSON cannot hold"),
+    "integer_above_64_bits": ({"n": 2**63}, "outside the 64-bit range"),
+    "integer_below_64_bits": ({"n": -(2**63) - 1}, "outside the 64-bit range"),
+}
+"""Tool-call arguments that are valid in Python (and some in JSON) but that no store may hold."""
 
 
 def _change(
@@ -1135,6 +1148,32 @@ class StorageConformance:
         again = store.load(session.id)
         assert again is not None
         assert _as_json(again.messages) == [*expected, Message.user("after the edit").to_json()]
+
+    @pytest.mark.parametrize("value", sorted(UNSTORABLE_VALUES))
+    def test_values_no_store_can_keep_are_refused_before_anything_is_written(
+        self, backend: StorageBackend, store: SessionStore, value: str
+    ) -> None:
+        bad, where = UNSTORABLE_VALUES[value]
+        session = _session_with(2)
+        store.save(session)
+        revision = store.revision_of(session)
+        message = Message.assistant_with_tools([ToolCall(id="c1", name="t", arguments=bad)])
+        session.add_message(message)
+        with pytest.raises(SerializationError, match=rf"session {session.id.bare}: message 2"):
+            store.save(session)
+        with pytest.raises(SerializationError, match=where):
+            store.append_messages(session.id, [message])
+        with pytest.raises(SerializationError, match="the state"):
+            fresh = _session_with(1)
+            fresh.extra_fields["odd"] = bad
+            store.save(fresh)
+        assert store.load(fresh.id) is None
+        loaded = store.load(session.id)
+        assert loaded is not None and store.revision_of(loaded) == revision
+        assert _as_json(loaded.messages) == _as_json(session.messages[:2])
+        session.messages.pop()
+        session.add_message(Message.user("storable"))
+        store.save(session)  # the session still saves once the content is gone
 
     def test_editing_inside_a_tail_loaded_window_is_refused(self, store: SessionStore) -> None:
         session = _session_with(5)

@@ -983,3 +983,145 @@ def test_hostile_messages_of_every_kind_survive_both_backends(tmp_path: Path) ->
         assert loaded is not None
         assert [m.to_json() for m in loaded.messages] == [m.to_json() for m in session.messages]
         store.close()
+
+
+# -- a model cannot poison a session (issue 14 item 9) ---------------------------------------
+
+POISON_ARGUMENTS = {
+    "lone-surrogate": '{"text": "\\ud800"}',
+    "lone-surrogate-key": '{"\\udc00": "x"}',
+    "nan": '{"text": NaN}',
+    "infinity": '{"text": [1, -Infinity]}',
+    "huge-integer": '{"text": 123456789012345678901234567890}',
+    "too-many-digits": '{"text": ' + "9" * 5000 + "}",
+}
+
+
+def _poison_store(kind: str, tmp_path: Path) -> SessionStore:
+    if kind == "sqlite":
+        return SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    return SessionStore(FileBackend(tmp_path / "sessions"))
+
+
+def _echo_runtime(store: SessionStore, turns: list[list[dict[str, Any]]], workspace: Path) -> Any:
+    from astrid.default_plugins.scripted_provider import ScriptedProvider
+    from astrid.runtime import AgentRuntime, RuntimeConfig
+    from astrid.tools import FunctionTool
+
+    ran: list[Any] = []
+    echo = FunctionTool(
+        "echo",
+        "Echo the text back.",
+        {"type": "object", "properties": {"text": {"type": "string"}}},
+        lambda args, ctx: ran.append(args) or f"echo: {args.get('text', '')}",
+    )
+    provider = ScriptedProvider(turns)
+    runtime = AgentRuntime(
+        provider, store=store, config=RuntimeConfig(workspace=workspace), tools=[echo]
+    )
+    return runtime, provider, ran
+
+
+def _usage(tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    return {"usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+@pytest.mark.parametrize("poison", sorted(POISON_ARGUMENTS))
+def test_a_tool_call_no_store_can_keep_is_refused_and_the_session_still_saves(
+    kind: str, poison: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = _poison_store(kind, tmp_path)
+    turns = [
+        [
+            {"tool_call": {"id": "c1", "name": "echo", "arguments": POISON_ARGUMENTS[poison]}},
+            _usage(1000, 500),
+        ],
+        [{"text": "I see the error."}, _usage(2000, 100)],
+        [{"text": "second turn"}, _usage(10, 10)],
+    ]
+    runtime, provider, ran = _echo_runtime(store, turns, workspace)
+    session = runtime.create_session("p")
+    result = asyncio.run(runtime.run_turn(session, "go"))
+    assert result.text == "I see the error."
+    assert ran == []  # the tool was not run
+    [record] = result.tool_calls
+    assert record.result.is_error
+    assert record.result.content.startswith("Invalid arguments for tool echo: ")
+    # Python's json refuses 5 000 digits itself (an "invalid JSON" result, not a crash).
+    assert ("refused" if poison != "too-many-digits" else "invalid JSON") in record.result.content
+    seen = provider.requests[1][0]  # what the model was sent on its next call
+    assert seen[-1].tool_result_content() == record.result
+    spent = session.budget_tracker.spent()
+    assert spent > 0
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert [m.to_json() for m in loaded.messages] == [m.to_json() for m in session.messages]
+    assert loaded.budget_tracker.spent() == pytest.approx(spent)
+    assert asyncio.run(runtime.run_turn(session, "again")).text == "second turn"
+    again = store.load(session.id)
+    assert again is not None and again.messages[-1].text() == "second turn"
+    assert again.budget_tracker.spent() == pytest.approx(session.budget_tracker.spent())
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_text_ids_names_and_tool_output_with_lone_surrogates_are_stored_replaced(
+    kind: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = _poison_store(kind, tmp_path)
+    turns = [
+        [
+            {"text": "thinking \ud800"},
+            {"tool_call": {"id": "c\udfff", "name": "echo", "arguments": {"text": "ok"}}},
+            {"tool_call": {"id": "c2", "name": "ech\ud800", "arguments": {}}},
+        ],
+        [{"text": "done \udc00"}],
+    ]
+    runtime, _provider, _ran = _echo_runtime(store, turns, workspace)
+    session = runtime.create_session("p")
+    result = asyncio.run(runtime.run_turn(session, "go"))
+    assert result.text == "done \ufffd"
+    assert [r.call.id for r in result.tool_calls] == ["c\ufffd", "c2"]
+    assert result.tool_calls[0].result.content == "echo: ok"
+    assert "Unknown tool: ech\ufffd" in result.tool_calls[1].result.content
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert [m.to_json() for m in loaded.messages] == [m.to_json() for m in session.messages]
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_save_refused_for_a_host_message_still_stores_the_spend(
+    kind: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    store = _poison_store(kind, tmp_path)
+    turns = [[{"text": "one"}, _usage(1000, 500)], [{"text": "two"}, _usage(1000, 500)]]
+    runtime, _provider, _ran = _echo_runtime(store, turns, workspace)
+    session = runtime.create_session("p")
+    asyncio.run(runtime.run_turn(session, "first"))
+    session.add_message(Message.user("pasted \ud800 by the host"))
+    with pytest.raises(SerializationError, match=rf"session {session.id.bare}: message 2 "):
+        asyncio.run(runtime.run_turn(session, "second"))
+    stored = store.load(session.id)
+    assert stored is not None
+    assert stored.budget_tracker.spent() == pytest.approx(session.budget_tracker.spent())
+    assert [m.text() for m in stored.messages] == ["first", "one"]  # nothing else written
+    session.messages[2] = Message.user("pasted by the host")  # the host fixes its message
+    store.save(session)
+    fixed = store.load(session.id)
+    assert fixed is not None
+    assert [m.to_json() for m in fixed.messages] == [m.to_json() for m in session.messages]
+    store.close()

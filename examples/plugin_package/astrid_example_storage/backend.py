@@ -47,7 +47,13 @@ from astrid.errors import (
 )
 from astrid.ids import validate_session_id
 from astrid.security.kv import validate_name
-from astrid.store import HistoryEntry, SessionRecord, SessionSummary, SessionWrite
+from astrid.store import (
+    HistoryEntry,
+    SessionRecord,
+    SessionSummary,
+    SessionWrite,
+    check_messages_storable,
+)
 
 FORMAT_VERSION = 1
 _CHUNK = 64 * 1024
@@ -360,6 +366,7 @@ class JsonlBackend:
         and its history are one atomic write.
         """
         sid = validate_session_id(change.session_id)
+        change.check_storable()  # the rule every backend applies: no NaN, no lone surrogate
         archived = list(change.archived)
         if archived and change.expected_revision is not None and not change.replace:
             raise ValueError(
@@ -412,6 +419,7 @@ class JsonlBackend:
     ) -> tuple[int, int]:
         """Append without a revision check; ``SessionNotFound`` if the session does not exist."""
         sid = validate_session_id(session_id)
+        check_messages_storable(sid, messages)
         path = self._path(sid)
         with self._open_for_append(sid, create=False) as (fd, last):
             if fd is None or last is None:

@@ -45,6 +45,7 @@ from astrid.store import (
     SessionSummary,
     SessionWrite,
     StateDelta,
+    check_messages_storable,
     join_keyed_state,
     split_keyed_state,
 )
@@ -366,6 +367,7 @@ class PostgresBackend:
         only changed rows; a delta for an inline row writes ``delta.full_state()`` keyed.
         """
         change.check_archived()
+        change.check_storable()
         sid = change.session_id
         summary = change.summary
         delta = change.delta
@@ -704,6 +706,7 @@ class PostgresBackend:
         ``next_seq = next_seq + n ... RETURNING`` reserves the sequence numbers under the row
         lock, so appends from any number of processes never collide.
         """
+        check_messages_storable(session_id, messages)
         params: dict[str, Any] = {
             "sid": session_id,
             "bodies": [self._encode(m, session_id, "message") for m in messages],
