@@ -12,6 +12,8 @@ The storage contract they honour is documented in ``docs/storage.md`` and checke
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from .document import GitState, SessionDocument, describe_validation_error
-from .errors import ConcurrencyError, SerializationError, StorageError
+from .errors import ConcurrencyError, InvalidCost, SerializationError, StorageError
 from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
 from .messages import Message
@@ -310,6 +312,179 @@ class StorageBackend(Protocol):
         ...
 
 
+# -- workspace state -----------------------------------------------------------------------
+
+WORKSPACE_STATE_KEY = "state"
+"""A workspace's state is one JSON document under this key of the namespace ``ws:<workspace>``:
+``{"allowances": [...], "budget": {...}, "escape": {...}}`` (budget and escape optional)."""
+
+LEGACY_WORKSPACE_PARTS = ("allowances", "budget", "escape")
+"""The older layout: three keys ``ws:<workspace>:<part>`` / ``all``, read when the document is
+absent and removed by the first write of the document."""
+
+
+def workspace_namespace(workspace: str) -> str:
+    """The key-value namespace of a workspace's state (``workspace``: its ``workspace_key``)."""
+    return f"ws:{workspace}"
+
+
+def _json_of(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SerializationError(f"{where}: not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoredWorkspace:
+    """A workspace's stored state as JSON data, and whether it was read from the older layout."""
+
+    doc: dict[str, Any]
+    legacy: bool
+    workspace: str
+    where: str
+
+    def source(self, part: str) -> str:
+        """Where ``part`` (allowances, budget, escape) was read, for error messages."""
+        namespace = workspace_namespace(self.workspace)
+        if self.legacy:
+            return f"{self.where}: {namespace}:{part}/all"
+        return f"{self.where}: {namespace}/{WORKSPACE_STATE_KEY} ({part})"
+
+
+def read_workspace_document(
+    get: Callable[[str, str], bytes | None], workspace: str, where: str
+) -> StoredWorkspace | None:
+    """The stored state of ``workspace`` (None if there is none).
+
+    ``get(namespace, key)`` reads the key-value store (inside the caller's transaction, for a
+    backend's ``write_workspace_state``). The document is read when present, else the three
+    keys of the older layout, assembled into one document. Bad JSON is a ``SerializationError``
+    naming ``where`` and the key.
+    """
+    namespace = workspace_namespace(workspace)
+    raw = get(namespace, WORKSPACE_STATE_KEY)
+    if raw is not None:
+        source = f"{where}: {namespace}/{WORKSPACE_STATE_KEY}"
+        doc = _json_of(raw, source)
+        if not isinstance(doc, dict) or not isinstance(doc.get("allowances", []), list):
+            raise SerializationError(
+                f"{source}: a workspace state must be a JSON object with an allowances array"
+            )
+        return StoredWorkspace(doc, False, workspace, where)
+    doc = {}
+    for part in LEGACY_WORKSPACE_PARTS:
+        value = get(f"{namespace}:{part}", "all")
+        if value is not None:
+            doc[part] = _json_of(value, f"{where}: {namespace}:{part}/all")
+    if not doc:
+        return None
+    if not isinstance(doc.get("allowances", []), list):
+        raise SerializationError(f"{where}: {namespace}:allowances/all: not a JSON array")
+    return StoredWorkspace(doc, True, workspace, where)
+
+
+@dataclass(frozen=True)
+class WorkspaceWrite:
+    """One save of a workspace's state, for a backend's ``write_workspace_state``.
+
+    ``allowances`` replace the stored ones. ``escape`` None keeps the stored escape paths;
+    ``budget`` None keeps the stored budget. With ``spend_delta`` None the budget is stored as
+    given (an administrative write: a copy, a restore); with a number, the stored total plus
+    ``spend_delta`` (never below 0) becomes the budget's ``total_spent_usd``: what a session
+    charged since it last read the total is added, never a last-writer-wins snapshot.
+    """
+
+    workspace: str
+    allowances: list[Any]
+    budget: dict[str, Any] | None = None
+    escape: dict[str, Any] | None = None
+    spend_delta: float | None = None
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the workspace's document."""
+        return workspace_namespace(self.workspace)
+
+    def legacy_keys(self) -> list[tuple[str, str]]:
+        """The (namespace, key) pairs of the older three-key layout, deleted by the write."""
+        return [(f"{self.namespace}:{part}", "all") for part in LEGACY_WORKSPACE_PARTS]
+
+    def apply(self, stored: StoredWorkspace | None, where: str) -> tuple[bytes, float | None]:
+        """The document to store (UTF-8 JSON) and its budget total, given the stored one.
+
+        A stored total that is not a finite, non-negative number is a ``SerializationError``
+        (nothing is added to it); a total that would overflow is ``InvalidCost``.
+        """
+        current = stored.doc if stored is not None else {}
+        doc = {k: v for k, v in current.items() if k not in LEGACY_WORKSPACE_PARTS}
+        doc["allowances"] = self.allowances
+        budget = self.budget if self.budget is not None else current.get("budget")
+        if self.budget is not None and self.spend_delta is not None:
+            total = 0.0
+            if current.get("budget") is not None:
+                source = stored.source("budget") if stored is not None else where
+                snapshot = _validated(WorkspaceBudgetSnapshot, current["budget"], source)
+                total = snapshot.total_spent_usd
+            added = total + float(self.spend_delta)
+            if not math.isfinite(added):
+                raise InvalidCost(
+                    f"{where}: {self.namespace}: adding {self.spend_delta!r} USD to the stored "
+                    f"workspace total {total!r} would overflow"
+                )
+            budget = {**self.budget, "total_spent_usd": max(added, 0.0)}
+        if budget is not None:
+            doc["budget"] = budget
+        escape = self.escape if self.escape is not None else current.get("escape")
+        if escape is not None:
+            doc["escape"] = escape
+        try:
+            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"{where}: {self.namespace}: cannot encode the workspace state: {exc}"
+            ) from None
+        total_out = budget.get("total_spent_usd") if isinstance(budget, dict) else None
+        return text.encode("utf-8"), float(total_out) if total_out is not None else None
+
+
+def apply_workspace_write(
+    change: WorkspaceWrite,
+    get: Callable[[str, str], bytes | None],
+    put: Callable[[str, str, bytes], None],
+    delete: Callable[[str, str], object],
+    where: str,
+) -> float | None:
+    """``write_workspace_state`` over a backend's key-value primitives; return the new total.
+
+    Call it inside ONE transaction (or under one lock across processes) that ``get``, ``put``
+    and ``delete`` run in: it reads the stored state, writes the new document and removes the
+    older layout's keys.
+    """
+    stored = read_workspace_document(get, change.workspace, where)
+    data, total = change.apply(stored, where)
+    put(change.namespace, WORKSPACE_STATE_KEY, data)
+    for namespace, key in change.legacy_keys():
+        delete(namespace, key)
+    return total
+
+
+@runtime_checkable
+class WorkspaceStateWriter(Protocol):
+    """The optional ``StorageBackend`` method that saves a workspace's state atomically."""
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Apply ``change`` in one atomic step across processes; return the stored total.
+
+        Reads the stored document (or the older three-key layout), writes the new document
+        (``WorkspaceWrite.apply``) and removes the older keys, in one transaction: after a crash
+        the store holds the old state or the new one, and concurrent writers' spend deltas all
+        add up. ``apply_workspace_write`` does it given the backend's transactional primitives.
+        Returns the new budget total (None when no budget is stored).
+        """
+        ...
+
+
 # -- the facade ----------------------------------------------------------------------------
 
 
@@ -382,6 +557,10 @@ class SessionStore:
         self.workspace_max_usd = workspace_max_usd
         self.capabilities = capabilities
         self._marks: weakref.WeakKeyDictionary[AgentSession, _Mark] = weakref.WeakKeyDictionary()
+        self._workspace_trackers: weakref.WeakValueDictionary[
+            tuple[str, float | None, int], WorkspaceBudgetTracker
+        ] = weakref.WeakValueDictionary()
+        """The workspace trackers of attached sessions, shared by workspace and limits."""
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -623,28 +802,42 @@ class SessionStore:
         return self.kv(f"deferred:{validate_session_id(session_id)}")
 
     def load_workspace_state(self, workspace: str | Path) -> WorkspaceState:
-        """The workspace's allowances, budget snapshot and escape paths (empty if none)."""
-        ns = f"ws:{workspace_key(workspace)}"
+        """The workspace's allowances, budget snapshot and escape paths (empty if none).
+
+        Reads the one-document layout, or the older three-key layout when that is absent.
+        """
+        ws = workspace_key(workspace)
+        stored = read_workspace_document(self.backend.kv().get, ws, self.backend.name)
         state = WorkspaceState()
-        raw = self.kv(f"{ns}:allowances").get("all")
-        if raw is not None:
-            state.allowances = load_allowances(raw, source=f"{ns}:allowances/all")
-        budget = self.kv(f"{ns}:budget").get_json("all")
-        if budget is not None:
-            state.budget = _validated(WorkspaceBudgetSnapshot, budget, f"{ns}:budget/all")
-        escape = self.kv(f"{ns}:escape").get_json("all")
-        if escape is not None:
-            state.escape = _validated(EscapeState, escape, f"{ns}:escape/all")
+        if stored is None:
+            return state
+        doc = stored.doc
+        if doc.get("allowances") is not None:
+            text = json.dumps(doc["allowances"], ensure_ascii=False)
+            state.allowances = load_allowances(text, source=stored.source("allowances"))
+        if doc.get("budget") is not None:
+            budget = _validated(WorkspaceBudgetSnapshot, doc["budget"], stored.source("budget"))
+            state.budget = budget
+        if doc.get("escape") is not None:
+            state.escape = _validated(EscapeState, doc["escape"], stored.source("escape"))
         return state
 
     def save_workspace_state(self, workspace: str | Path, state: WorkspaceState) -> None:
-        """Persist a workspace's allowances, budget snapshot and escape paths."""
-        ns = f"ws:{workspace_key(workspace)}"
-        self.kv(f"{ns}:allowances").set("all", dump_allowances(state.allowances).encode())
-        if state.budget is not None:
-            self.kv(f"{ns}:budget").set_json("all", state.budget.model_dump(mode="json"))
-        if state.escape is not None:
-            self.kv(f"{ns}:escape").set_json("all", state.escape.model_dump(mode="json"))
+        """Store a workspace's allowances, budget snapshot and escape paths as given.
+
+        One atomic write (the backend's ``write_workspace_state``). An administrative write (a
+        copy, a restore): ``state.budget`` replaces the stored total, and None keeps the stored
+        budget (likewise ``state.escape``). Sessions charge through ``save_workspace_of``, which
+        adds what they spent instead.
+        """
+        self._write_workspace(
+            WorkspaceWrite(
+                workspace=workspace_key(workspace),
+                allowances=json.loads(dump_allowances(state.allowances)),
+                budget=state.budget.model_dump(mode="json") if state.budget else None,
+                escape=state.escape.model_dump(mode="json") if state.escape else None,
+            )
+        )
 
     def attach_workspace(
         self,
@@ -656,37 +849,68 @@ class SessionStore:
     ) -> WorkspaceBudgetTracker:
         """Set the session's workspace and load that workspace's allowances, budget and escapes.
 
-        ``max_usd`` defaults to the store's ``workspace_max_usd`` (None: unlimited).
+        ``max_usd`` defaults to the store's ``workspace_max_usd`` (None: unlimited). Sessions
+        attached through this store to one workspace with the same limits share one tracker,
+        so they refuse together within the process; across processes their spend adds up in
+        the store (``save_workspace_of``).
         """
         if max_usd is None:
             max_usd = self.workspace_max_usd
-        state = self.load_workspace_state(workspace)
-        session.with_workspace(workspace_key(workspace))
+        ws = workspace_key(workspace)
+        state = self.load_workspace_state(ws)
+        session.with_workspace(ws)
         session.import_workspace_allowances(state.allowances)
         if state.budget is not None:
             tracker = WorkspaceBudgetTracker.restore(state.budget, max_usd, warn_at_percent)
         else:
             tracker = WorkspaceBudgetTracker(max_usd, warn_at_percent)
+        shared_key = (ws, tracker.max_usd(), tracker.warn_at_percent())
+        tracker = self._workspace_trackers.setdefault(shared_key, tracker)
         session.with_workspace_budget(tracker)
         if state.escape is not None:
             # Stored paths are re-checked: a tampered workspace state cannot unlock /etc.
-            boundary = WorkspaceBoundary(WorkspaceConfig.new(workspace_key(workspace)))
+            boundary = WorkspaceBoundary(WorkspaceConfig.new(ws))
             session.escape_handler.restore_state(state.escape, boundary=boundary)
         return tracker
 
     def save_workspace_of(self, session: AgentSession) -> None:
-        """Persist the workspace state a session carries (allowances, budget, escapes)."""
+        """Persist the workspace state a session carries (allowances, budget, escapes).
+
+        One atomic write. The budget is an increment: what the session's workspace tracker
+        charged since it last read the stored total is added to it, and the tracker then adopts
+        the new total (so it sees what other sessions and processes spent).
+        """
         if session.workspace_path is None:
             raise StorageError(f"session {session.id.bare} has no workspace to save")
+        ws = workspace_key(session.workspace_path)
+        allowances = json.loads(dump_allowances(session.export_workspace_allowances()))
+        escape = session.escape_handler.export_state().model_dump(mode="json")
         tracker = session.workspace_budget_tracker
-        self.save_workspace_state(
-            session.workspace_path,
-            WorkspaceState(
-                allowances=session.export_workspace_allowances(),
-                budget=tracker.snapshot() if tracker is not None else None,
-                escape=session.escape_handler.export_state(),
-            ),
-        )
+        if tracker is None:
+            self._write_workspace(WorkspaceWrite(ws, allowances, None, escape))
+            return
+        budget = tracker.snapshot().model_dump(mode="json")
+
+        def write(delta: float) -> float:
+            total = self._write_workspace(WorkspaceWrite(ws, allowances, budget, escape, delta))
+            if total is None:
+                raise StorageError(
+                    f"storage backend {self.backend.name!r}: write_workspace_state of {ws} "
+                    "returned no budget total"
+                )
+            return total
+
+        tracker.sync(write)
+
+    def _write_workspace(self, change: WorkspaceWrite) -> float | None:
+        """``write_workspace_state`` of the backend; a backend without it fails closed."""
+        if not isinstance(self.backend, WorkspaceStateWriter):
+            raise StorageError(
+                f"storage backend {self.backend.name!r} cannot save workspace state: it has no "
+                "write_workspace_state (one atomic write that adds the workspace's spend; see "
+                "docs/plugin-authors.md)"
+            )
+        return self.backend.write_workspace_state(change)
 
     def close(self) -> None:
         """Close the backend (and the capability store's backend, if it has one to close)."""
@@ -796,6 +1020,7 @@ __all__ = [
     "ITEM_ALLOWANCE",
     "ITEM_ESCAPE_PATH",
     "KEYED_STATE_MIN",
+    "WORKSPACE_STATE_KEY",
     "ConcurrencyError",
     "GitState",
     "HistoryEntry",
@@ -806,7 +1031,11 @@ __all__ = [
     "SessionWrite",
     "StateDelta",
     "StorageBackend",
+    "StoredWorkspace",
     "WorkspaceState",
+    "WorkspaceStateWriter",
+    "WorkspaceWrite",
+    "apply_workspace_write",
     "check_messages_storable",
     "join_keyed_state",
     "split_keyed_state",

@@ -65,6 +65,8 @@ from ..store import (
     SessionRecord,
     SessionSummary,
     SessionWrite,
+    WorkspaceWrite,
+    apply_workspace_write,
     check_messages_storable,
     workspace_key,
 )
@@ -79,6 +81,8 @@ ASTRID_KEYS = frozenset({REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY})
 INDEX_NAME = ".astrid-index.json"
 JOURNAL_NAME = ".astrid-index.log"
 LOCKS_DIR = ".locks"
+WORKSPACE_LOCK = ".workspace.lock"
+"""The kv directory's lock file for workspace-state writes (never a namespace name)."""
 JOURNAL_MIN_BYTES = 64 * 1024
 """The journal is folded into the snapshot once larger than this and than the snapshot."""
 JOURNAL_MAX_READ = 256 * 1024 * 1024
@@ -1064,10 +1068,25 @@ class FileBackend:
 
     def kv(self) -> KvStore:
         """The file key-value store (``kv_directory``)."""
+        return self._file_kv()
+
+    def _file_kv(self) -> FileKvStore:
         with self._lock:
             if self._kv is None:
                 self._kv = FileKvStore(self.kv_directory)
             return self._kv
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Apply a workspace write under the kv store's workspace lock; the stored total.
+
+        The document is one file replaced atomically; the lock (``flock`` on
+        ``<kv_directory>/.workspace.lock``) makes the read-add-write one step across processes.
+        """
+        kv = self._file_kv()
+        with kv.workspace_lock():
+            return apply_workspace_write(
+                change, kv.get, kv.set, kv.delete, f"file kv store {kv.directory}"
+            )
 
     def schema_version(self) -> int:
         """The document format version: 1."""
@@ -1121,6 +1140,17 @@ class FileKvStore:
 
     def __repr__(self) -> str:
         return f"FileKvStore({str(self.directory)!r})"
+
+    @contextlib.contextmanager
+    def workspace_lock(self) -> Iterator[None]:
+        """Hold ``<directory>/.workspace.lock`` (``flock``): workspace writes, across processes."""
+        with _os_errors(f"cannot lock {self.directory}"):
+            make_private_dirs(self.directory)
+            fd = _acquire(self.directory / WORKSPACE_LOCK)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def _paths(self, namespace: str, key: str) -> tuple[Path, Path, Path | None]:
         ns_name, _ = _encode_name("namespace", namespace)

@@ -20,6 +20,8 @@ from ..store import (
     SessionRecord,
     SessionSummary,
     SessionWrite,
+    WorkspaceWrite,
+    apply_workspace_write,
     check_messages_storable,
 )
 from ..timeutil import utcnow
@@ -167,6 +169,12 @@ class MemoryBackend:
     def kv(self) -> KvStore:
         """The in-memory key-value store."""
         return self._kv
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Apply a workspace write under the backend's lock; return the stored total."""
+        kv = self._kv
+        with self._lock:
+            return apply_workspace_write(change, kv.get, kv.set, kv.delete, "memory store")
 
     def schema_version(self) -> int:
         """Schemaless: 0."""

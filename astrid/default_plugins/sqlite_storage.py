@@ -63,6 +63,8 @@ from ..store import (
     SessionSummary,
     SessionWrite,
     StateDelta,
+    WorkspaceWrite,
+    apply_workspace_write,
     check_messages_storable,
     join_keyed_state,
     split_keyed_state,
@@ -1192,6 +1194,30 @@ class SqliteBackend:
     def kv(self) -> SqliteKvStore:
         """The key-value store in the same database file."""
         return self._kv
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Apply a workspace write in one ``BEGIN IMMEDIATE`` transaction; the stored total."""
+
+        def apply(c: sqlite3.Connection) -> float | None:
+            def get(namespace: str, key: str) -> bytes | None:
+                row = c.execute(
+                    "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+                ).fetchone()
+                return None if row is None else bytes(row[0])
+
+            def put(namespace: str, key: str, value: bytes) -> None:
+                c.execute(
+                    "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                    (namespace, key, value),
+                )
+
+            def delete(namespace: str, key: str) -> None:
+                c.execute("DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
+
+            return apply_workspace_write(change, get, put, delete, f"SQLite store {self.path}")
+
+        return self._run(apply, "write")
 
     def schema_version(self) -> int:
         """The applied schema version (``PRAGMA user_version``: the number of migrations)."""

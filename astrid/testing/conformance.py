@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - only without pytest installed
 
 from ..document import GitState
 from ..errors import (
+    BudgetExceeded,
     ConcurrencyError,
     InvalidKey,
     InvalidSessionId,
@@ -33,13 +34,14 @@ from ..errors import (
 from ..messages import ImagePart, Message, MessageRole, TextPart, ToolCall, ToolCallResult
 from ..security.actions import McpToolCall, Permission
 from ..security.allowances import Allowance, ExactTool, FilePattern
-from ..security.budget import WorkspaceBudgetSnapshot
+from ..security.budget import BudgetValidator, WorkspaceBudgetSnapshot, WorkspaceBudgetTracker
 from ..security.deferred import ActionContext, DeferredResolution, ErrorResolution, Priority
 from ..security.escape import EscapeDecision, EscapeOperation, EscapeRequest, EscapeState
 from ..security.kv import KvStore, NamespaceListing
 from ..session import AgentSession
 from ..store import (
     KEYED_STATE_MIN,
+    WORKSPACE_STATE_KEY,
     HistoryEntry,
     SessionRecord,
     SessionStore,
@@ -1545,6 +1547,148 @@ class StorageConformance:
         assert not stranger.escape_handler.is_allowed(first_escape)
         with pytest.raises(StorageError):
             store.save_workspace_of(AgentSession("no workspace"))
+
+    def _second_store(self, backend: StorageBackend, data_dir: Path) -> SessionStore:
+        """Another ``SessionStore`` on the same data: a second open instance (another process,
+        as far as the backend can tell) when the backend persists, else the same backend."""
+        other = self._maybe_reopen(backend, data_dir, close_first=False)
+        return SessionStore(other if other is not None else backend)
+
+    def test_workspace_spend_from_two_stores_adds_up(
+        self, backend: StorageBackend, store: SessionStore, data_dir: Path, workspace: Path
+    ) -> None:
+        """Issue 14 item 1: the stored total is the sum of what every session charged, not the
+        last saver's snapshot (it was 8.0 spent, 4.0 stored)."""
+        second = self._second_store(backend, data_dir)
+        first_session, second_session = AgentSession("a"), AgentSession("b")
+        first = store.attach_workspace(first_session, workspace, max_usd=10.0)
+        other = second.attach_workspace(second_session, workspace, max_usd=10.0)
+        assert first is not other
+        first.record_cost(4.0)
+        other.record_cost(4.0)
+        store.save_workspace_of(first_session)
+        second.save_workspace_of(second_session)
+        assert store.load_workspace_state(workspace).budget is not None
+        stored = store.load_workspace_state(workspace).budget
+        assert stored is not None and stored.total_spent_usd == 8.0
+        assert other.spent() == 8.0  # the saver adopted the stored total
+        # reservations, settles and refunds travel as deltas too
+        reservation = first.reserve(1.0)
+        first.settle(reservation, 0.5)
+        other.record_cost(1.0)
+        other.refund_cost(0.25)
+        store.save_workspace_of(first_session)
+        second.save_workspace_of(second_session)
+        store.save_workspace_of(first_session)  # nothing new: adopts what the other stored
+        assert first.spent() == other.spent() == 9.25
+        loaded = SessionStore(backend).load_workspace_state(workspace).budget
+        assert loaded is not None and loaded.total_spent_usd == 9.25
+        # a third session sees the sum and refuses what would exceed the limit
+        third_session = AgentSession("c")
+        third = SessionStore(backend).attach_workspace(third_session, workspace, max_usd=10.0)
+        assert third.spent() == 9.25
+        with pytest.raises(BudgetExceeded):
+            BudgetValidator(third_session.budget_tracker, third).reserve(1.0)
+
+    def test_sessions_of_one_store_share_a_workspace_tracker(
+        self, store: SessionStore, workspace: Path
+    ) -> None:
+        one, two = AgentSession("a"), AgentSession("b")
+        tracker = store.attach_workspace(one, workspace, max_usd=5.0)
+        assert store.attach_workspace(two, workspace, max_usd=5.0) is tracker
+        tracker.record_cost(4.0)
+        with pytest.raises(BudgetExceeded):  # refused at once, before any save
+            BudgetValidator(two.budget_tracker, two.workspace_budget_tracker).reserve(2.0)
+        store.save_workspace_of(one)
+        store.save_workspace_of(two)  # the same tracker: its spend is added once
+        stored = store.load_workspace_state(workspace).budget
+        assert stored is not None and stored.total_spent_usd == 4.0
+        different = store.attach_workspace(AgentSession("c"), workspace, max_usd=8.0)
+        assert different is not tracker and different.max_usd() == 8.0
+        assert different.spent() == 4.0
+
+    def test_threads_saving_workspace_spend_at_once_lose_nothing(
+        self, backend: StorageBackend, data_dir: Path, workspace: Path
+    ) -> None:
+        saves = 10
+        stores = [self._second_store(backend, data_dir) for _ in range(self.thread_count)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(stores))
+
+        def charge(store: SessionStore) -> None:
+            try:
+                session = AgentSession("p")
+                tracker = store.attach_workspace(session, workspace)
+                start.wait()
+                for _ in range(saves):
+                    tracker.record_cost(0.25)
+                    store.save_workspace_of(session)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=charge, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        stored = SessionStore(backend).load_workspace_state(workspace).budget
+        assert stored is not None and stored.total_spent_usd == 0.25 * saves * len(stores)
+
+    def test_workspace_state_is_one_document_and_the_three_key_layout_still_loads(
+        self, backend: StorageBackend, store: SessionStore, workspace: Path
+    ) -> None:
+        """Issue 14 item 2: one atomic write; stores written with three keys still load."""
+        ns = f"ws:{workspace}"
+        grant = Allowance.create(
+            ExactTool(server="fs", tool="read"), session_only=False, workspace_root=workspace
+        )
+        kv = backend.kv()
+        kv.set(f"{ns}:allowances", "all", f"[{grant.model_dump_json()}]".encode())
+        kv.set(
+            f"{ns}:budget",
+            "all",
+            b'{"total_spent_usd": 2.5, "last_updated": "2025-01-01T00:00:00Z"}',
+        )
+        kv.set(f"{ns}:escape", "all", b'{"remembered_paths": []}')
+        session = AgentSession("p")
+        tracker = store.attach_workspace(session, workspace, max_usd=10.0)
+        assert tracker.spent() == 2.5
+        assert [a.id for a in session.export_workspace_allowances()] == [grant.id]
+        tracker.record_cost(1.0)
+        store.save_workspace_of(session)
+        for part in ("allowances", "budget", "escape"):
+            assert kv.get(f"{ns}:{part}", "all") is None, f"the old {part} key was left"
+        assert kv.list_keys(ns) == [WORKSPACE_STATE_KEY]
+        state = store.load_workspace_state(workspace)
+        assert [a.id for a in state.allowances] == [grant.id]
+        assert state.budget is not None and state.budget.total_spent_usd == 3.5
+        assert state.escape == EscapeState(remembered_paths=[])
+
+    def test_a_bad_stored_workspace_spend_is_refused_not_reset(
+        self, backend: StorageBackend, store: SessionStore, workspace: Path
+    ) -> None:
+        """Issue 14 item 4: a non-finite stored spend is an error naming where, never 0."""
+        ns = f"ws:{workspace}"
+        for literal in (b"null", b"-1.0", b"1e999"):
+            backend.kv().set(
+                ns,
+                WORKSPACE_STATE_KEY,
+                b'{"allowances": [], "budget": {"total_spent_usd": '
+                + literal
+                + b', "last_updated": "2025-01-01T00:00:00Z"}}',
+            )
+            with pytest.raises(SerializationError, match="total_spent_usd"):
+                store.load_workspace_state(workspace)
+            with pytest.raises(SerializationError, match="total_spent_usd"):
+                store.attach_workspace(AgentSession("p"), workspace)
+            session = AgentSession("p").with_workspace(workspace)
+            session.with_workspace_budget(WorkspaceBudgetTracker(10.0))
+            session.workspace_budget_tracker.record_cost(1.0)  # type: ignore[union-attr]
+            before = backend.kv().get(ns, WORKSPACE_STATE_KEY)
+            with pytest.raises(SerializationError, match="total_spent_usd"):
+                store.save_workspace_of(session)  # nothing is added to a bad total
+            assert backend.kv().get(ns, WORKSPACE_STATE_KEY) == before
 
     # -- key-value store -------------------------------------------------------------------------
 

@@ -256,6 +256,60 @@ def test_many_sigkills(backend: str, summarize_every: int, tmp_path: Path) -> No
     assert record.kills >= SLOW_KILLS
 
 
+# -- workspace state killed midway ---------------------------------------------------------------
+
+
+def check_workspace(backend: str, location: Path, workspace: Path, durable: int) -> int:
+    """The stored workspace state after a kill: allowances ``t0 .. tk`` and a spend of ``k + 1``.
+
+    ``k`` is the last acknowledged save or the one in flight; returns it (-1: nothing stored).
+    """
+    if backend == "sqlite" and location.exists():
+        assert sqlite_integrity(location) == "ok"
+    store = SessionStore(open_backend(backend, str(location)))
+    try:
+        state = store.load_workspace_state(workspace)
+        tools = [getattr(a.action_pattern, "tool", None) for a in state.allowances]
+        last = len(tools) - 1
+        assert tools == [f"t{i}" for i in range(last + 1)], tools
+        assert durable <= last <= durable + 1, (durable, last)
+        spent = state.budget.total_spent_usd if state.budget is not None else 0.0
+        assert spent == last + 1, f"allowances of save {last} with the spend of {spent:g} saves"
+        return last
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "file"])
+def test_sigkill_during_workspace_saves_keeps_allowances_and_spend_in_step(
+    backend: str, tmp_path: Path
+) -> None:
+    """Issue 14 item 2: the allowances, the budget and the escape paths are one atomic write."""
+    location = _location(backend, tmp_path)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    rng = random.Random(f"w-{backend}")
+    durable = -1
+    for _ in range(KILLS):
+        child = Child.writer("wscrash", backend, str(location), str(workspace))
+        if not child.wait_for("saved ", rng.randint(1, 6)):
+            child.finish()
+            pytest.fail(f"the writer exited on its own: {child.stderr}")
+        time.sleep(rng.uniform(0.0, 0.01))
+        assert child.kill(), f"the writer died on its own: {child.stderr}"
+        assert child.stderr == "", child.stderr
+        for line in child.lines:
+            if line.startswith("saved "):
+                durable = max(durable, int(line.split()[1]))
+        durable = check_workspace(backend, location, workspace, durable)
+    child = Child.writer("wscrash", backend, str(location), str(workspace), "--count", "2")
+    assert child.finish() == 0, child.stderr
+    saved = [int(line.split()[1]) for line in child.lines if line.startswith("saved ")]
+    assert saved == [durable + 1, durable + 2]
+    assert check_workspace(backend, location, workspace, durable + 2) == durable + 2
+    assert durable >= KILLS  # the writers made progress across the kills
+
+
 # -- a migration killed midway ------------------------------------------------------------------
 
 N_SESSIONS = 36

@@ -7,6 +7,8 @@ Usage (``BACKEND``: ``sqlite`` or ``file``; ``LOCATION``: the database file or s
     writer.py own    BACKEND LOCATION SID TAG COUNT
     writer.py race   BACKEND LOCATION SID TAG
     writer.py retry  BACKEND LOCATION SID TAG COUNT
+    writer.py wscrash BACKEND LOCATION WORKSPACE [--count N]
+    writer.py spend  BACKEND LOCATION WORKSPACE TAG COUNT
 
 (SQLite only: ``--busy-timeout-ms`` sets the backend's ``busy_timeout_ms``.)
 
@@ -24,6 +26,13 @@ writing, so that the parent can start them together:
 * ``race``: one load -> add -> save; prints ``won`` or ``conflict`` (``ConcurrencyError``);
 * ``retry``: for each message, reload -> add -> save until no ``ConcurrencyError``; prints
   ``done <conflicts>``.
+* ``spend``: attach a new session to the workspace ``WORKSPACE`` (the ``SID`` argument), then
+  ``COUNT`` times charge its workspace tracker 0.25 and ``save_workspace_of``; prints
+  ``done <the tracker's spend>``.
+
+``wscrash`` (like ``crash``, no stdin) attaches a session to ``WORKSPACE`` and loops: add the
+workspace allowance ``ws/t<n>``, charge the workspace budget 1.0, ``save_workspace_of``, print
+``saved <n>``; so a stored state holds allowances ``t0 .. tk`` and a spend of ``k + 1``.
 
 Any other exception escapes: the parent treats a non-zero exit or any stderr output as an error
 that reached the caller.
@@ -43,6 +52,7 @@ from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import ConcurrencyError
 from astrid.messages import Message
 from astrid.security.allowances import Allowance, ExactTool
+from astrid.security.budget import WorkspaceBudgetTracker
 from astrid.session import AgentSession
 from astrid.store import SessionStore, StorageBackend
 
@@ -165,9 +175,51 @@ def retry(store: SessionStore, sid: str, tag: str, count: int) -> None:
     _say(f"done {conflicts}")
 
 
+def _workspace_tracker(session: AgentSession) -> WorkspaceBudgetTracker:
+    tracker = session.workspace_budget_tracker
+    assert tracker is not None
+    return tracker
+
+
+def wscrash(store: SessionStore, workspace: str, count: int | None) -> None:
+    session = store.new_session("workspace crash test")
+    tracker = store.attach_workspace(session, workspace)
+    n = len(session.export_workspace_allowances())
+    _say("ready")
+    written = 0
+    while count is None or written < count:
+        session.import_workspace_allowances(
+            [
+                Allowance.create(
+                    ExactTool(server="ws", tool=f"t{n}"),
+                    session_only=False,
+                    workspace_root=workspace,
+                )
+            ]
+        )
+        tracker.record_cost(1.0)
+        store.save_workspace_of(session)
+        _say(f"saved {n}")
+        n += 1
+        written += 1
+
+
+def spend(store: SessionStore, workspace: str, count: int) -> None:
+    session = store.new_session("spend")
+    store.attach_workspace(session, workspace)
+    _say("ready")
+    sys.stdin.readline()
+    for _ in range(count):
+        _workspace_tracker(session).record_cost(0.25)
+        store.save_workspace_of(session)
+    _say(f"done {_workspace_tracker(session).spent()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="writer.py")
-    parser.add_argument("mode", choices=["crash", "append", "own", "race", "retry"])
+    parser.add_argument(
+        "mode", choices=["crash", "append", "own", "race", "retry", "wscrash", "spend"]
+    )
     parser.add_argument("backend", choices=["sqlite", "file"])
     parser.add_argument("location")
     parser.add_argument("sid")
@@ -188,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
             own(store, args.sid, args.tag, args.count)
         elif args.mode == "race":
             race(store, args.sid, args.tag)
+        elif args.mode == "wscrash":
+            wscrash(store, args.sid, args.limit)
+        elif args.mode == "spend":
+            spend(store, args.sid, args.count)
         else:
             retry(store, args.sid, args.tag, args.count)
     finally:

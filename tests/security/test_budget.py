@@ -904,3 +904,53 @@ def test_reserved_spend_never_exceeds_session_max(costs: list[float]) -> None:
         assert 0.0 <= tracker.remaining() <= 50.0
         if isinstance(result, WarnAndAllow):
             assert 0.0 <= result.percent_used <= 100.0
+
+
+# ------------------------------------------------------------------------------ workspace sync
+
+
+def test_workspace_sync_sends_only_the_unsaved_spend_and_adopts_the_stored_total() -> None:
+    """Issue 14 item 1: a save is an increment; the tracker then sees the others' spend."""
+    stored = [10.0]
+    sent: list[float] = []
+
+    def write(delta: float) -> float:
+        sent.append(delta)
+        stored[0] += delta
+        return stored[0]
+
+    tracker = WorkspaceBudgetTracker.restore(
+        WorkspaceBudgetSnapshot(total_spent_usd=10.0, last_updated=datetime.now(UTC)), 50.0
+    )
+    tracker.record_cost(3.0)
+    reservation = tracker.reserve(2.0)
+    tracker.settle(reservation, 1.5)
+    assert tracker.unsaved() == 4.5
+    stored[0] += 20.0  # another process saved meanwhile
+    assert tracker.sync(write) == 34.5
+    assert sent == [4.5] and tracker.spent() == 34.5 and tracker.unsaved() == 0.0
+    tracker.refund_cost(0.5)
+    tracker.sync(write)
+    assert sent == [4.5, -0.5] and stored[0] == 34.0 == tracker.spent()
+    assert tracker.check_budget(16.5).is_exceeded()  # the adopted total counts
+
+
+def test_a_failed_workspace_sync_keeps_the_spend_unsaved() -> None:
+    tracker = WorkspaceBudgetTracker(None)
+    tracker.record_cost(2.0)
+
+    def broken(delta: float) -> float:
+        raise RuntimeError("store down")
+
+    with pytest.raises(RuntimeError):
+        tracker.sync(broken)
+    assert tracker.unsaved() == 2.0 and tracker.spent() == 2.0
+    assert tracker.sync(lambda delta: delta) == 2.0
+
+
+def test_a_workspace_sync_refuses_a_non_finite_stored_total() -> None:
+    tracker = WorkspaceBudgetTracker(10.0)
+    tracker.record_cost(1.0)
+    with pytest.raises(InvalidCost, match="stored workspace total"):
+        tracker.sync(lambda delta: math.inf)
+    assert tracker.unsaved() == 1.0 and tracker.spent() == 1.0

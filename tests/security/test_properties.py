@@ -72,6 +72,7 @@ from astrid.security.budget import (
     BudgetTracker,
     BudgetValidator,
     WorkspaceBudgetSnapshot,
+    WorkspaceBudgetTracker,
 )
 from astrid.security.capabilities import (
     AuditEntryId,
@@ -271,6 +272,11 @@ def test_a_workspace_budget_edited_to_nan_or_negative_is_refused_never_reset(
         with pytest.raises(SerializationError, match="total_spent_usd") as info:
             store.attach_workspace(store.new_session("p"), workspace, max_usd=8.0)
         assert str(workspace) in str(info.value)
+        session = store.new_session("p").with_workspace(workspace)
+        session.with_workspace_budget(WorkspaceBudgetTracker(8.0))
+        with pytest.raises(SerializationError, match="total_spent_usd"):
+            store.save_workspace_of(session)  # an increment never lands on a bad total
+        assert kv.get("all") == tampered.encode()
     store.close()
 
 
@@ -615,15 +621,23 @@ def test_restored_escape_paths_from_a_session_never_open_never_allowed_paths(
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("layout", ["document", "three keys"])
 def test_restored_workspace_escape_paths_never_open_never_allowed_paths(
-    kind: str, tmp_path: Path
+    kind: str, layout: str, tmp_path: Path
 ) -> None:
     paths, fine = _tampered_escape_paths(tmp_path)
     workspace = tmp_path / "ws"
     workspace.mkdir()
     store = STORES[kind](tmp_path)
-    store.save_workspace_state(workspace, WorkspaceState(escape=EscapeState(remembered_paths=[])))
-    store.kv(f"ws:{workspace}:escape").set_json("all", {"remembered_paths": paths})
+    if layout == "document":
+        store.save_workspace_state(
+            workspace, WorkspaceState(escape=EscapeState(remembered_paths=[]))
+        )
+        doc = store.kv(f"ws:{workspace}").get_json("state")
+        doc["escape"] = {"remembered_paths": paths}
+        store.kv(f"ws:{workspace}").set_json("state", doc)
+    else:  # the older layout, read when there is no document
+        store.kv(f"ws:{workspace}:escape").set_json("all", {"remembered_paths": paths})
     session = store.new_session("p")
     store.attach_workspace(session, workspace)
     for path in ("/etc/passwd", "/etc/shadow", "/usr/bin/env", "/root/.ssh"):

@@ -52,6 +52,8 @@ from astrid.store import (
     SessionRecord,
     SessionSummary,
     SessionWrite,
+    WorkspaceWrite,
+    apply_workspace_write,
     check_messages_storable,
 )
 
@@ -467,6 +469,10 @@ class JsonlBackend:
         """The key-value store in ``<directory>/kv``."""
         return self._kv
 
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Save a workspace's state in one step across processes; the stored budget total."""
+        return self._kv.write_workspace_state(change)
+
     def schema_version(self) -> int:
         """The layout version of the directory."""
         return FORMAT_VERSION
@@ -557,6 +563,32 @@ class JsonlKvStore:
             removed = len(self._read(namespace))
             self._write(namespace, {})
             return removed
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """``apply_workspace_write`` under the store's exclusive lock.
+
+        The document is one namespace file, replaced atomically; the lock makes reading the
+        stored total and writing the new one a single step for every process.
+        """
+
+        def put(namespace: str, key: str, value: bytes) -> None:
+            items = self._read(namespace)
+            items[key] = value
+            self._write(namespace, items)
+
+        def delete(namespace: str, key: str) -> None:
+            items = self._read(namespace)
+            if items.pop(key, None) is not None:
+                self._write(namespace, items)
+
+        with self._locked(exclusive=True):
+            return apply_workspace_write(
+                change,
+                lambda namespace, key: self._read(namespace).get(key),
+                put,
+                delete,
+                f"jsonl kv store {self.directory}",
+            )
 
     def list_namespaces(self) -> list[str]:
         """Every namespace holding at least one key, sorted (optional ``KvStore`` method)."""

@@ -45,6 +45,8 @@ from astrid.store import (
     SessionSummary,
     SessionWrite,
     StateDelta,
+    WorkspaceWrite,
+    apply_workspace_write,
     check_messages_storable,
     join_keyed_state,
     split_keyed_state,
@@ -53,7 +55,7 @@ from astrid.timeutil import to_utc, utcnow
 from psycopg import sql
 
 from .connection import Conn, Database
-from .schema import q
+from .schema import WORKSPACE_LOCK_CLASS, q
 
 # -- JSON ---------------------------------------------------------------------------------------
 
@@ -835,6 +837,49 @@ class PostgresBackend:
             HistoryEntry(int(seq), bool(active), self._decode(body, session_id, "message"))
             for seq, active, body in rows
         ]
+
+    def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
+        """Apply a workspace write in one transaction; return the stored total.
+
+        The transaction first takes a transaction-scoped advisory lock on the workspace (so the
+        read of the stored total and the write of the new one are one step across connections
+        and hosts; at READ COMMITTED every later statement sees the previous holder's commit).
+        """
+
+        def apply(c: Conn) -> float | None:
+            c.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (WORKSPACE_LOCK_CLASS, f"{self.schema} {change.namespace}"),
+            )
+
+            def get(namespace: str, key: str) -> bytes | None:
+                row = c.execute(
+                    self._q("SELECT value FROM {s}.kv WHERE namespace = %s AND key = %s"),
+                    (namespace, key),
+                ).fetchone()
+                return None if row is None else bytes(row[0])
+
+            def put(namespace: str, key: str, value: bytes) -> None:
+                c.execute(
+                    self._q(
+                        "INSERT INTO {s}.kv (namespace, key, value) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value"
+                    ),
+                    (namespace, key, value),
+                )
+
+            def delete(namespace: str, key: str) -> None:
+                c.execute(
+                    self._q("DELETE FROM {s}.kv WHERE namespace = %s AND key = %s"),
+                    (namespace, key),
+                )
+
+            where = f"PostgreSQL store {self.where}"
+            total: float | None = apply_workspace_write(change, get, put, delete, where)
+            return total
+
+        result: float | None = self._run(apply, write=True)
+        return result
 
     def kv(self) -> PostgresKvStore:
         """The key-value store in the same schema."""

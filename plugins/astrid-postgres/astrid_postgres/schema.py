@@ -23,6 +23,11 @@ from psycopg import sql
 MIGRATION_LOCK = 0x6173_7472_6964_0001
 """The advisory lock key held while migrations are applied (``astrid`` + 1, as a bigint)."""
 
+WORKSPACE_LOCK_CLASS = 0x6173_7472
+"""The first key of the two-key advisory lock a workspace-state write holds (``astr``); the
+second is ``hashtext`` of the schema and the workspace's namespace. Two-key and one-key advisory
+locks never conflict, so it cannot meet ``MIGRATION_LOCK``."""
+
 MIGRATIONS: tuple[tuple[str, tuple[LiteralString, ...]], ...] = (
     (
         "0001_sessions",
