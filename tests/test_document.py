@@ -6,13 +6,19 @@ import json
 import string
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from astrid import AgentSession, SessionDocument
+from astrid import AgentSession, Message, SessionDocument
+from astrid.default_plugins.file_storage import FileBackend
+from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import SerializationError
+from astrid.security.allowances import Allowance, ExactTool
+from astrid.store import SessionStore
 from astrid.timeutil import format_rfc3339
 from tests.originals import RUST_DOCUMENT
 
@@ -186,3 +192,55 @@ def test_decoder_either_loads_or_raises_the_typed_error(value: Any) -> None:
         assert str(exc)
     else:
         assert isinstance(doc, SessionDocument)
+
+
+# -- timestamps come back as they were written (issue 14 item 12) ----------------------------
+
+
+def _with_times(created: str, allowance_created: str, expires: str) -> str:
+    data = json.loads(RUST_DOCUMENT)
+    data["created_at"] = created
+    allowance = Allowance.create(ExactTool(server="fs", tool="read"), session_only=True)
+    stored = allowance.model_dump(mode="json")
+    stored.update(created_at=allowance_created, expires_at=expires)
+    data["allowances"] = [stored]
+    return json.dumps(data)
+
+
+TIMES = ("2026-02-22T03:48:10.123456789Z", "2026-02-22T03:48:10.5Z", "2099-01-01T00:00:00.000Z")
+
+
+def test_a_documents_timestamps_are_written_back_as_they_were_read() -> None:
+    doc = SessionDocument.from_json_text(_with_times(*TIMES))
+    data = json.loads(doc.to_json_text())
+    assert data["created_at"] == TIMES[0]
+    [allowance] = data["allowances"]
+    assert (allowance["created_at"], allowance["expires_at"]) == TIMES[1:]
+    again = AgentSession.from_document(doc).to_document().to_data()
+    assert again["created_at"] == TIMES[0]
+    assert [(a["created_at"], a["expires_at"]) for a in again["allowances"]] == [TIMES[1:]]
+
+
+def test_a_changed_timestamp_is_written_in_the_usual_form() -> None:
+    session = AgentSession.from_document(SessionDocument.from_json_text(_with_times(*TIMES)))
+    session.created_at = session.created_at.replace(microsecond=250000)
+    assert session.to_document().to_data()["created_at"] == "2026-02-22T03:48:10.250000Z"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_stores_keep_the_timestamps_a_document_was_read_with(kind: str, tmp_path: Path) -> None:
+    backend: Any = (
+        SqliteBackend(tmp_path / "a.db") if kind == "sqlite" else FileBackend(tmp_path / "s")
+    )
+    store = SessionStore(backend)
+    session = AgentSession.from_document(SessionDocument.from_json_text(_with_times(*TIMES)))
+    store.save(session)
+    loaded = store.load(session.id)
+    assert loaded is not None
+    loaded.add_message(Message.user("one more"))
+    store.save(loaded)
+    record = backend.load(session.id.bare)
+    assert record is not None and record.state["created_at"] == TIMES[0]
+    [allowance] = record.state["allowances"]
+    assert (allowance["created_at"], allowance["expires_at"]) == TIMES[1:]
+    store.close()

@@ -229,7 +229,8 @@ def test_allowance_reads_original_json_with_offsets_nanos_and_extra_keys() -> No
     assert a.created_at.isoformat() == "2025-01-01T00:00:00.123456+00:00"
     assert a.uses_remaining == 2
     assert a.action_pattern == ServerTools(server="fs")
-    assert json.loads(a.model_dump_json())["created_at"] == "2025-01-01T00:00:00.123456Z"
+    # Written in the original's form (UTC, Z) with the digits as read (issue 14 item 12).
+    assert json.loads(a.model_dump_json())["created_at"] == "2025-01-01T00:00:00.123456789Z"
 
 
 def test_allowance_missing_optional_keys_become_none() -> None:
