@@ -444,8 +444,10 @@ class WorkspaceWrite:
             raise SerializationError(
                 f"{where}: {self.namespace}: cannot encode the workspace state: {exc}"
             ) from None
-        total_out = budget.get("total_spent_usd") if isinstance(budget, dict) else None
-        return text.encode("utf-8"), float(total_out) if total_out is not None else None
+        out = budget.get("total_spent_usd") if isinstance(budget, dict) else None
+        if isinstance(out, bool) or not isinstance(out, int | float):
+            return text.encode("utf-8"), None  # no budget, or a kept one not checked here
+        return text.encode("utf-8"), float(out)
 
 
 def apply_workspace_write(
@@ -865,7 +867,10 @@ class SessionStore:
         else:
             tracker = WorkspaceBudgetTracker(max_usd, warn_at_percent)
         shared_key = (ws, tracker.max_usd(), tracker.warn_at_percent())
-        tracker = self._workspace_trackers.setdefault(shared_key, tracker)
+        shared = self._workspace_trackers.setdefault(shared_key, tracker)
+        if shared is not tracker and state.budget is not None:
+            shared.refresh(state.budget.total_spent_usd)  # what others stored since
+        tracker = shared
         session.with_workspace_budget(tracker)
         if state.escape is not None:
             # Stored paths are re-checked: a tampered workspace state cannot unlock /etc.

@@ -524,6 +524,17 @@ class WorkspaceBudgetTracker(_Ledger):
         with self._lock:
             return self._spent - self._stored
 
+    def refresh(self, stored_total: float) -> None:
+        """Adopt a stored total read from the store, if newer (larger) than the last one read.
+
+        The unsaved spend is kept (both move together), so nothing is sent twice or lost.
+        """
+        total = _restored_spend(stored_total, "the stored workspace total")
+        with self._sync_lock, self._lock:
+            if total > self._stored:
+                self._spent = _finite_total(self._spent, total - self._stored)
+                self._stored = total
+
     def sync(self, write: Callable[[float], float]) -> float:
         """Store this tracker's unsaved spend as an increment and adopt the new stored total.
 

@@ -1603,9 +1603,18 @@ class StorageConformance:
         store.save_workspace_of(two)  # the same tracker: its spend is added once
         stored = store.load_workspace_state(workspace).budget
         assert stored is not None and stored.total_spent_usd == 4.0
-        different = store.attach_workspace(AgentSession("c"), workspace, max_usd=8.0)
+        third = AgentSession("c")
+        different = store.attach_workspace(third, workspace, max_usd=8.0)
         assert different is not tracker and different.max_usd() == 8.0
         assert different.spent() == 4.0
+        different.record_cost(1.0)
+        store.save_workspace_of(third)  # another tracker (other limits) stores 1.0 more
+        tracker.record_cost(0.5)
+        assert store.attach_workspace(AgentSession("d"), workspace, max_usd=5.0) is tracker
+        assert tracker.spent() == 5.5 and tracker.unsaved() == 0.5  # the attach read the 5.0
+        store.save_workspace_of(one)
+        stored = store.load_workspace_state(workspace).budget
+        assert stored is not None and stored.total_spent_usd == 5.5
 
     def test_threads_saving_workspace_spend_at_once_lose_nothing(
         self, backend: StorageBackend, data_dir: Path, workspace: Path

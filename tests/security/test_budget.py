@@ -954,3 +954,16 @@ def test_a_workspace_sync_refuses_a_non_finite_stored_total() -> None:
     with pytest.raises(InvalidCost, match="stored workspace total"):
         tracker.sync(lambda delta: math.inf)
     assert tracker.unsaved() == 1.0 and tracker.spent() == 1.0
+
+
+def test_workspace_refresh_adopts_a_newer_stored_total_and_keeps_the_unsaved_spend() -> None:
+    tracker = WorkspaceBudgetTracker.restore(
+        WorkspaceBudgetSnapshot(total_spent_usd=2.0, last_updated=datetime.now(UTC)), 10.0
+    )
+    tracker.record_cost(1.0)
+    tracker.refresh(6.0)  # another process stored 4.0 more
+    assert tracker.spent() == 7.0 and tracker.unsaved() == 1.0
+    tracker.refresh(3.0)  # an older reading changes nothing
+    assert tracker.spent() == 7.0 and tracker.unsaved() == 1.0
+    with pytest.raises(InvalidCost):
+        tracker.refresh(math.nan)
