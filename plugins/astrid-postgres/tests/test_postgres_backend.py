@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from astrid.errors import SchemaVersionError, StorageError
+from astrid.errors import SchemaVersionError, SerializationError, StorageError
 from astrid.messages import Message
 from astrid.plugins import PluginContext, get_implementation, plugin_info
 from astrid.security.actions import Permission
@@ -333,14 +333,22 @@ def test_nul_in_summary_columns_round_trips_and_filters_exactly(
         assert loaded.metadata.title == "a\0b\\0c\\\\"
 
 
-def test_lone_surrogates_round_trip(pg_server: TemporaryServer, schema: str) -> None:
+def test_lone_surrogates_and_nan_are_refused_like_every_backend(
+    pg_server: TemporaryServer, schema: str
+) -> None:
+    """They were kept as JSON escapes here while SQLite and files refused them (issue 14 item 9)."""
     backend = PostgresBackend(pg_server.dsn(), schema=schema)
     with SessionStore(backend) as store:
         sid = save_one(store)
-        odd = {"role": "user", "content": "half a pair: \ud800 and \U0001f680", "\udfff": 1}
-        backend.append(sid, [odd])
-        record = backend.load(sid, tail=1)
-        assert record is not None and record.messages == [odd]
+        before = backend.load(sid)
+        for odd in (
+            {"role": "user", "content": "half a pair: \ud800 and \U0001f680"},
+            {"role": "user", "content": "x", "\udfff": 1},
+            {"role": "tool", "content": {"n": float("nan")}},
+        ):
+            with pytest.raises(SerializationError, match=f"session {sid}: new message 0"):
+                backend.append(sid, [odd])
+        assert backend.load(sid) == before
 
 
 def test_a_closed_backend_says_so(pg_server: TemporaryServer, schema: str) -> None:
