@@ -1,12 +1,15 @@
 """A separate process for the multi-process tests: waits for ``go`` on stdin, then works.
 
-Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]`` (``use``: ``TOKEN_ID``)
+Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]`` (``use``: ``TOKEN_ID``;
+``spend``: ``WORKSPACE COUNT``)
 
 * ``append``: append COUNT messages ``WRITER:i`` with ``SessionStore.append_messages``.
 * ``save``: COUNT times load the tail, add ``WRITER:i`` and save, retrying on ConcurrencyError.
 * ``open``: open the backend (applying migrations) and report the schema version.
 * ``use``: use the single-use capability token TOKEN_ID from the schema's
   capability store and report whether this process got it (``TokenAlreadyUsed``: not).
+* ``spend``: attach a new session to WORKSPACE, then COUNT times charge its workspace budget
+  0.25 and ``save_workspace_of``; report the tracker's spend after its last save.
 
 Prints ``ready`` once connected, then one JSON line with what it did.
 """
@@ -49,6 +52,19 @@ def main(argv: list[str]) -> None:
             print(json.dumps({"used": False}), flush=True)
         else:
             print(json.dumps({"used": True}), flush=True)
+        return
+    if mode == "spend":
+        workspace, saves = argv[3], int(argv[4])
+        store = SessionStore(PostgresBackend(dsn, schema=schema, min_size=1, max_size=1))
+        spender = store.new_session("spend")
+        tracker = store.attach_workspace(spender, workspace)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(saves):
+            tracker.record_cost(0.25)
+            store.save_workspace_of(spender)
+        print(json.dumps({"spent": tracker.spent()}), flush=True)
+        store.close()
         return
     session_id, writer, count = argv[3], argv[4], int(argv[5])
     store = SessionStore(PostgresBackend(dsn, schema=schema, min_size=1, max_size=1))

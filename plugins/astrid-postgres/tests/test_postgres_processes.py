@@ -1,5 +1,5 @@
 """Several processes at once: appends and saves to one session, migrations on one schema, uses
-of one single-use capability token."""
+of one single-use capability token, charges to one workspace budget."""
 
 from __future__ import annotations
 
@@ -132,3 +132,23 @@ def test_processes_racing_to_use_one_single_use_token_let_exactly_one_use_it(
         results = run_together([["use", pg_server.dsn(), schema, str(token.id)] for _ in range(5)])
         assert sorted(r["used"] for r in results) == [False, False, False, False, True]
         assert backend.used_ids() == {str(token.id)}
+
+
+def test_processes_charging_one_workspace_add_up_exactly(
+    pg_server: TemporaryServer, schema: str, tmp_path: Path
+) -> None:
+    """Each save adds what its process charged (issue 14 item 1): the stored total is the sum."""
+    workspace, writers, saves = str(tmp_path / "ws"), 4, 25
+    results = run_together(
+        [["spend", pg_server.dsn(), schema, workspace, str(saves)] for _ in range(writers)]
+    )
+    seen = [r["spent"] for r in results]
+    assert all(saves * 0.25 <= spent <= writers * saves * 0.25 for spent in seen)
+    assert max(seen) == writers * saves * 0.25  # the last save saw every process's spend
+    store = SessionStore(PostgresBackend(pg_server.dsn(), schema=schema))
+    try:
+        budget = store.load_workspace_state(workspace).budget
+        assert budget is not None
+        assert budget.total_spent_usd == writers * saves * 0.25
+    finally:
+        store.close()
