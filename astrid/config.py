@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, PluginError
+from .fsutil import atomic_write, make_private_dirs
 
 CONFIG_ENV = "ASTRID_CONFIG"
 HOME_ENV = "ASTRID_HOME"
@@ -410,12 +411,18 @@ estimated_output_tokens = 1024
 
 
 def write_default_config(path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the commented default config file; refuses to overwrite unless asked."""
+    """Write the commented default config file (0600, atomically); refuses to overwrite unless
+    asked, also when another process creates the file meanwhile."""
     target = Path(path)
     if target.exists() and not overwrite:
         raise ConfigError(f"{target}: already exists (use overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    try:
+        make_private_dirs(target.parent)
+        atomic_write(target, DEFAULT_CONFIG_TEXT.encode("utf-8"), replace=overwrite)
+    except FileExistsError:
+        raise ConfigError(f"{target}: already exists (use overwrite to replace it)") from None
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write the config file: {exc}") from exc
     return target
 
 

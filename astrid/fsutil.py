@@ -1,8 +1,11 @@
-"""File-system helpers shared by the backends and the key store."""
+"""File-system helpers shared by the backends and the key store: private directories and the
+one atomic private-file write."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -27,3 +30,76 @@ def make_private_dirs(path: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+PRIVATE_FILE_MODE = 0o600
+
+TEMP_NAME = re.compile(r"(?P<target>.+)\.tmp\.[0-9a-f]{16}")
+"""The name of an ``atomic_write`` temp file: ``<target>.tmp.<16 hex>`` (sweepers match it)."""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a create, rename or unlink in ``directory`` durable (``OSError`` if it cannot)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: Path, data: bytes, *, durable: bool = True, replace: bool = True
+) -> os.stat_result:
+    """Write ``data`` to ``path`` whole or not at all, as a private (0600) file.
+
+    The bytes go to a temp file beside ``path`` (``TEMP_NAME``), written in full, fsynced, then
+    renamed over ``path`` and the directory fsynced: after a crash ``path`` holds the old bytes or
+    the new ones. ``durable`` False skips both fsyncs (a cache that can be rebuilt).
+    ``replace`` False never replaces an existing file: ``FileExistsError`` if ``path`` exists
+    (or another process created it meanwhile). The temp file is removed on any failure.
+    Returns the stat of the written file (taken before the rename). ``OSError`` on failure.
+    """
+    tmp = path.with_name(f"{path.name}.tmp.{os.urandom(8).hex()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, PRIVATE_FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # the open's mode is filtered by the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+    return st
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` as an empty 0600 file; False if it exists already (kept as it is).
+
+    An exclusive create (``O_EXCL``): of two processes racing, exactly one gets True. The
+    directory is not fsynced (``fsync_dir`` if the create must be durable). ``OSError`` else.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    return True

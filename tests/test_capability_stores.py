@@ -634,7 +634,7 @@ def test_file_store_layout(tmp_path: Path, key: KeyPair) -> None:
     assert not (root / "tokens" / f"{other.id}.json").exists()
     assert (root / "revoked" / str(other.id)).is_file()
     assert (root / "used" / str(token.id)).is_file()
-    leftovers = [p for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    leftovers = [p for p in root.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
     assert leftovers == []
 
 
@@ -646,6 +646,8 @@ def test_file_listing_reads_the_tokens_directory(tmp_path: Path, key: KeyPair) -
     (root / "tokens" / f"{token.id}.json").write_text(token.model_dump_json())
     (root / "tokens" / "README.txt").write_text("not a token")
     (root / "tokens" / f".{uuid4()}.json.abcd.tmp").write_text("half written")
+    (root / "tokens" / f"{uuid4()}.json.tmp.{'ab' * 8}").write_text("half written")
+    (root / "revoked" / f"{uuid4()}.tmp.{'cd' * 8}").write_text("")
     (root / "tokens" / "notes.json").write_text(make_token(key, "mcp://other:x").model_dump_json())
     (root / "revoked" / "not-a-uuid").write_text("")
     (root / "used" / f"{uuid4()}.tmp").write_text("")

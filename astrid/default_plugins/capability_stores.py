@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..config import PathOption
 from ..errors import StorageError
-from ..fsutil import make_private_dirs
+from ..fsutil import atomic_write, create_private_file, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.capabilities import MemoryCapabilityBackend
@@ -49,9 +48,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-_FILE_MODE = 0o600
-
 
 class InvalidTokenId(StorageError, ValueError):
     """A capability token id given to a store is not a UUID (checked before any path or query)."""
@@ -115,38 +111,6 @@ def _ensure_private_dir(path: Path) -> None:
         raise StorageError(f"capability store: {path} exists and is not a directory")
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory entry change (rename, create, unlink) to disk."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: private temp file, fsync, rename, directory fsync."""
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, _FILE_MODE)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 # --------------------------------------------------------------------------------------------
 # file
 
@@ -180,7 +144,7 @@ class FileCapabilityBackend:
         """Store (or replace) a token's JSON under its id, atomically."""
         path = self._token_path(token_id)
         try:
-            _atomic_write(path, data.encode("utf-8"))
+            atomic_write(path, data.encode("utf-8"))
         except OSError as exc:
             raise StorageError(f"capability store: cannot write {path}: {exc}") from exc
 
@@ -237,7 +201,7 @@ class FileCapabilityBackend:
         if path.exists():
             return
         try:
-            _atomic_write(path, b"")
+            atomic_write(path, b"")
         except OSError as exc:
             raise StorageError(f"capability store: cannot write {path}: {exc}") from exc
 
@@ -261,21 +225,16 @@ class FileCapabilityBackend:
         """Record a used token id; False if already recorded (an ``O_EXCL`` marker create)."""
         path = self._used / canonical_token_id(token_id)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except FileExistsError:
-            return False
+            if not create_private_file(path):
+                return False
         except OSError as exc:
             raise StorageError(f"capability store: cannot write {path}: {exc}") from exc
-        try:
-            os.fchmod(fd, _FILE_MODE)
-        finally:
-            os.close(fd)
         self._sync(self._used)
         return True
 
     def _sync(self, directory: Path) -> None:
         try:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:
             raise StorageError(f"capability store: cannot sync {directory}: {exc}") from exc
 
@@ -291,15 +250,8 @@ class FileCapabilityBackend:
 
 def _create_private_file(path: Path) -> None:
     """Create ``path`` as an empty 0600 file if it does not exist (an existing file is kept)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, _FILE_MODE)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
+    if create_private_file(path):
+        fsync_dir(path.parent)
 
 
 class SqliteCapabilityBackend:

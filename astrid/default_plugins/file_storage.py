@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import threading
 import time
@@ -55,7 +54,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..config import PathOption
 from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNotFound, StorageError
-from ..fsutil import make_private_dirs
+from ..fsutil import TEMP_NAME, atomic_write, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..plugins import PluginContext
@@ -144,38 +143,9 @@ def _os_errors(what: str) -> Iterator[None]:
         raise StorageError(f"file store: {what}: {exc.strerror or exc}") from exc
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> _Sig:
-    """Write ``data`` to a private temp file, fsync, rename over ``path``; return its signature."""
-    tmp = path.with_name(f"{path.name}.tmp.{secrets.token_hex(8)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
+    """``fsutil.atomic_write`` (private, whole or nothing); return the written file's signature."""
+    st = atomic_write(path, data, durable=durable)
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
@@ -188,10 +158,6 @@ def _acquire(path: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-_TEMP_NAME = re.compile(r"(?P<target>.+)\.tmp\.[0-9a-f]{16}")
-"""A temp file of ``_atomic_write``: ``<target>.tmp.<16 hex>``."""
 
 
 @contextlib.contextmanager
@@ -238,7 +204,7 @@ def _remove_temps(directory: Path, names: Sequence[str], state: bool | None, now
 
 def _sweep_kv_temps(directory: Path, names: Sequence[str]) -> int:
     """Remove the old temp files among ``names`` in a kv namespace directory (kv has no locks)."""
-    temps = [n for n in names if ".tmp." in n and _TEMP_NAME.fullmatch(n)]
+    temps = [n for n in names if ".tmp." in n and TEMP_NAME.fullmatch(n)]
     return _remove_temps(directory, temps, None, time.time()) if temps else 0
 
 
@@ -760,7 +726,7 @@ class FileBackend:
             except OSError as exc:
                 raise StorageError(f"file store: cannot delete {path}: {exc}") from exc
             with _os_errors(f"cannot sync {self.directory}"):
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             self._index_drop(sid)
             return True
 
@@ -774,7 +740,7 @@ class FileBackend:
             return 0
         by_lock: dict[str, list[str]] = {}
         for name in names:
-            match = _TEMP_NAME.fullmatch(name) if ".tmp." in name else None
+            match = TEMP_NAME.fullmatch(name) if ".tmp." in name else None
             if match is None:
                 continue
             target = match["target"]
@@ -1207,7 +1173,7 @@ class FileKvStore:
             with contextlib.suppress(OSError):
                 os.unlink(name_file)
         with _os_errors(f"cannot sync {ns_dir}"):
-            _fsync_dir(ns_dir)
+            fsync_dir(ns_dir)
         return True
 
     def exists(self, namespace: str, key: str) -> bool:
@@ -1328,7 +1294,7 @@ class FileKvStore:
                     with contextlib.suppress(OSError):
                         _atomic_write(ns_file, namespace.encode("utf-8"))
             with contextlib.suppress(OSError):
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         return removed
 
 

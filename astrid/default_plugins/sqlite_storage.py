@@ -49,7 +49,7 @@ from ..errors import (
     SessionNotFound,
     StorageError,
 )
-from ..fsutil import make_private_dirs
+from ..fsutil import create_private_file, make_private_dirs
 from ..hookspecs import hookimpl
 from ..messages import Message, MessageRole
 from ..plugins import PluginContext
@@ -521,16 +521,11 @@ class SqliteBackend:
             self._check_header()
         else:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                self._check_header()
+                created = create_private_file(self.path)
             except OSError as exc:
                 raise StorageError(f"cannot create {self.path}: {exc}") from exc
-            else:
-                try:
-                    os.fchmod(fd, 0o600)
-                finally:
-                    os.close(fd)
+            if not created:
+                self._check_header()
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -1239,6 +1234,10 @@ class SqliteBackend:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+
+    def describe(self, session_id: str) -> str:
+        """Where a session lives, for error messages: the database file and the id."""
+        return f"{self.path}: session {session_id}"
 
     def __repr__(self) -> str:
         return f"SqliteBackend({str(self.path)!r})"

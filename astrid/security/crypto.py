@@ -9,12 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from astrid.errors import AstridError
-from astrid.fsutil import make_private_dirs
+from astrid.fsutil import atomic_write, make_private_dirs
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -178,20 +177,13 @@ def load_or_create_keypair(path: Path) -> KeyPair:
         return KeyPair.from_private_bytes(data)
     keypair = KeyPair.generate()
     make_private_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, keypair.private_bytes())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key another process created meanwhile
+        # replace=False: never replaces a key another process created meanwhile
+        atomic_write(path, keypair.private_bytes(), replace=False)
     except FileExistsError:
-        os.unlink(tmp)
         return load_or_create_keypair(path)
-    os.unlink(tmp)
+    except OSError as exc:
+        raise CryptoKeyError(f"{path}: cannot write the runtime key: {exc}") from exc
     return keypair
 
 
