@@ -7,6 +7,7 @@ goes through ``to_document`` / ``from_document``; the ``SessionStore`` moves doc
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -229,6 +230,15 @@ class AgentSession:
         self.extra_fields: dict[str, Any] = {}
         self._approvals_counted = 0
         self._created_text: tuple[datetime, str] | None = None
+        self._async_save: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def _save_lock(self) -> asyncio.Lock:
+        """The lock that runs this session's async saves one at a time (one per event loop)."""
+        loop = asyncio.get_running_loop()
+        held = self._async_save
+        if held is None or held[0] is not loop:
+            held = self._async_save = (loop, asyncio.Lock())
+        return held[1]
 
     @property
     def messages(self) -> MessageList:

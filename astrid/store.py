@@ -29,6 +29,7 @@ from .errors import ConcurrencyError, InvalidCost, SerializationError, StorageEr
 from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
 from .messages import Message
+from .offload import read_in_thread, write_in_thread
 from .security.allowances import Allowance, AllowanceStore, dump_allowances, load_allowances
 from .security.budget import (
     BudgetConfig,
@@ -38,8 +39,8 @@ from .security.budget import (
 )
 from .security.capabilities import CapabilityStore
 from .security.escape import EscapeHandler, EscapeState, WorkspaceBoundary, WorkspaceConfig
-from .security.kv import KvStore, ScopedKvStore
-from .session import AgentSession, GitCapture
+from .security.kv import AsyncScopedKvStore, KvStore, ScopedKvStore
+from .session import AgentSession, GitCapture, MessageList
 from .timeutil import to_utc, utcnow
 from .tokens import TokenEstimator
 
@@ -507,6 +508,20 @@ class _KeyedBasis:
     """Escape paths stored but refused by the load (gone, never allowed): removed likewise."""
 
 
+@dataclass(frozen=True)
+class _PendingSave:
+    """A write computed from a session, and what to record once the backend applied it."""
+
+    change: SessionWrite
+    messages: MessageList
+    serial: int
+    count: int
+    offset: int
+    keyed: _KeyedBasis | None
+    clean: bool
+    """True when the write holds every message change (``save``; not ``save_state``)."""
+
+
 @dataclass
 class _Mark:
     revision: int
@@ -580,9 +595,29 @@ class SessionStore:
 
         Raises ``ConcurrencyError`` if another writer saved the session in between.
         """
+        pending = self._prepare_save(session)
+        revision = self.backend.write(pending.change)
+        self._saved(session, pending, revision)
+        return revision
+
+    def save_state(self, session: AgentSession) -> int:
+        """Save the session's state (budget spend, counters, security state) without messages.
+
+        For when ``save`` failed because of a message (``SerializationError``): the spend is
+        stored all the same, and the message changes stay pending for the next ``save``.
+        Raises ``ConcurrencyError`` if another writer saved the session in between.
+        """
+        pending = self._prepare_save_state(session)
+        revision = self.backend.write(pending.change)
+        self._saved(session, pending, revision)
+        return revision
+
+    def _prepare_save(self, session: AgentSession) -> _PendingSave:
+        """The write a ``save`` sends, computed from the session (on the caller's thread)."""
         mark = self._marks.get(session)
         state, delta, keyed = self._state_for_write(session, mark)
         messages = session.messages
+        serial = messages.serial
         if mark is None:
             change_messages: list[Any] = [m.to_json() for m in messages]
             expected, base, replace = None, 0, False
@@ -605,49 +640,50 @@ class SessionStore:
                 change_messages = [m.to_json() for m in messages]
                 replace = True
             expected, base = mark.revision, mark.count
-        summary = self._summary_of(session, state, offset + len(messages))
-        revision = self.backend.write(
-            SessionWrite(
-                session_id=session.id.bare,
-                expected_revision=expected,
-                state=state,
-                messages=change_messages,
-                base_count=base,
-                replace=replace,
-                summary=summary,
-                delta=delta,
-            )
+        count = offset + len(messages)
+        summary = self._summary_of(session, state, count)
+        change = SessionWrite(
+            session_id=session.id.bare,
+            expected_revision=expected,
+            state=state,
+            messages=change_messages,
+            base_count=base,
+            replace=replace,
+            summary=summary,
+            delta=delta,
         )
-        self._remember(session, revision, offset + len(messages), offset, keyed)
-        return revision
+        return _PendingSave(change, messages, serial, count, offset, keyed, clean=True)
 
-    def save_state(self, session: AgentSession) -> int:
-        """Save the session's state (budget spend, counters, security state) without messages.
-
-        For when ``save`` failed because of a message (``SerializationError``): the spend is
-        stored all the same, and the message changes stay pending for the next ``save``.
-        Raises ``ConcurrencyError`` if another writer saved the session in between.
-        """
+    def _prepare_save_state(self, session: AgentSession) -> _PendingSave:
+        """The write a ``save_state`` sends (the state, no messages)."""
         mark = self._marks.get(session)
         state, delta, keyed = self._state_for_write(session, mark)
         if mark is None:
             expected, count, offset, serial = None, 0, 0, 0  # serial 0: every message pending
         else:
             expected, count, offset, serial = mark.revision, mark.count, mark.offset, mark.serial
-        revision = self.backend.write(
-            SessionWrite(
-                session_id=session.id.bare,
-                expected_revision=expected,
-                state=state,
-                messages=[],
-                base_count=count,
-                replace=False,
-                summary=self._summary_of(session, state, count),
-                delta=delta,
-            )
+        change = SessionWrite(
+            session_id=session.id.bare,
+            expected_revision=expected,
+            state=state,
+            messages=[],
+            base_count=count,
+            replace=False,
+            summary=self._summary_of(session, state, count),
+            delta=delta,
         )
-        self._marks[session] = _Mark(revision, count, offset, serial, keyed)
-        return revision
+        return _PendingSave(change, session.messages, serial, count, offset, keyed, clean=False)
+
+    def _saved(self, session: AgentSession, pending: _PendingSave, revision: int) -> None:
+        """Record a successful write of ``pending`` as the session's stored state."""
+        serial = pending.serial
+        if pending.clean:
+            messages = session.messages
+            if messages is pending.messages and messages.serial == pending.serial:
+                serial = messages.mark_clean()
+            else:
+                serial = -1  # edited while the write ran: the next save rewrites them all
+        self._marks[session] = _Mark(revision, pending.count, pending.offset, serial, pending.keyed)
 
     def _state_for_write(
         self, session: AgentSession, mark: _Mark | None
@@ -707,6 +743,19 @@ class SessionStore:
 
     def load(self, session_id: str | SessionId, *, tail: int | None = None) -> AgentSession | None:
         """Load a session (or only its last ``tail`` messages); None if it does not exist."""
+        loaded = self._load_session(session_id, tail)
+        if loaded is None:
+            return None
+        self._loaded(*loaded)
+        return loaded[0]
+
+    def _load_session(
+        self, session_id: str | SessionId, tail: int | None
+    ) -> tuple[AgentSession, SessionRecord, _KeyedBasis | None] | None:
+        """Read and rebuild a session, not yet recorded as loaded (``_loaded`` does that).
+
+        Touches only the new session, so ``aload`` runs it in a worker thread.
+        """
         sid = validate_session_id(session_id)
         if tail is not None and tail < 0:
             raise ValueError("tail must be >= 0")
@@ -727,10 +776,14 @@ class SessionStore:
             if getattr(self.backend, "accepts_state_delta", False) is True
             else None
         )
+        return session, record, keyed
+
+    def _loaded(
+        self, session: AgentSession, record: SessionRecord, keyed: _KeyedBasis | None
+    ) -> None:
         self._remember(
             session, record.revision, record.message_count, record.message_offset, keyed
         )
-        return session
 
     def load_document(self, session_id: str | SessionId) -> SessionDocument | None:
         """The stored document of a session (all active messages), or None."""
@@ -856,10 +909,20 @@ class SessionStore:
         so they refuse together within the process; across processes their spend adds up in
         the store (``save_workspace_of``).
         """
+        ws = workspace_key(workspace)
+        return self._attach(session, ws, self.load_workspace_state(ws), max_usd, warn_at_percent)
+
+    def _attach(
+        self,
+        session: AgentSession,
+        ws: str,
+        state: WorkspaceState,
+        max_usd: float | None,
+        warn_at_percent: int,
+    ) -> WorkspaceBudgetTracker:
+        """``attach_workspace`` once the workspace's state is read (no I/O)."""
         if max_usd is None:
             max_usd = self.workspace_max_usd
-        ws = workspace_key(workspace)
-        state = self.load_workspace_state(ws)
         session.with_workspace(ws)
         session.import_workspace_allowances(state.allowances)
         if state.budget is not None:
@@ -885,6 +948,15 @@ class SessionStore:
         charged since it last read the stored total is added to it, and the tracker then adopts
         the new total (so it sees what other sessions and processes spent).
         """
+        self._workspace_write_of(session)()
+
+    def _workspace_write_of(self, session: AgentSession) -> Callable[[], object]:
+        """The I/O of ``save_workspace_of``, its data read from the session now.
+
+        What the session carries is exported on the caller's thread; the returned call only
+        writes (and syncs the thread-safe tracker), so ``asave_workspace_of`` runs it in a
+        worker thread.
+        """
         if session.workspace_path is None:
             raise StorageError(f"session {session.id.bare} has no workspace to save")
         ws = workspace_key(session.workspace_path)
@@ -892,8 +964,9 @@ class SessionStore:
         escape = session.escape_handler.export_state().model_dump(mode="json")
         tracker = session.workspace_budget_tracker
         if tracker is None:
-            self._write_workspace(WorkspaceWrite(ws, allowances, None, escape))
-            return
+            return functools.partial(
+                self._write_workspace, WorkspaceWrite(ws, allowances, None, escape)
+            )
         budget = tracker.snapshot().model_dump(mode="json")
 
         def write(delta: float) -> float:
@@ -905,7 +978,10 @@ class SessionStore:
                 )
             return total
 
-        tracker.sync(write)
+        def sync() -> None:
+            tracker.sync(write)
+
+        return sync
 
     def _write_workspace(self, change: WorkspaceWrite) -> float | None:
         """``write_workspace_state`` of the backend; a backend without it fails closed."""
@@ -916,6 +992,99 @@ class SessionStore:
                 "docs/plugin-authors.md)"
             )
         return self.backend.write_workspace_state(change)
+
+    # -- the async API -----------------------------------------------------------------------
+    # The same operations for code on an event loop. Backend I/O runs in a worker thread
+    # (``astrid.offload``); what a write needs from the session is read on the loop thread
+    # before the hop and recorded there after it, so the session is never read from the
+    # worker thread while the loop changes it.
+
+    async def asave(self, session: AgentSession) -> int:
+        """``save`` off the event loop; saves of one session run one after another.
+
+        Cancelled while the write runs, it waits for the write to end and records it before
+        the cancellation is raised: the session's stored state is never half recorded.
+        """
+        async with session._save_lock():
+            pending = self._prepare_save(session)
+            return await write_in_thread(
+                self.backend.write,
+                pending.change,
+                done=functools.partial(self._saved, session, pending),
+            )
+
+    async def asave_state(self, session: AgentSession) -> int:
+        """``save_state`` off the event loop (serialized with ``asave`` of the session)."""
+        async with session._save_lock():
+            pending = self._prepare_save_state(session)
+            return await write_in_thread(
+                self.backend.write,
+                pending.change,
+                done=functools.partial(self._saved, session, pending),
+            )
+
+    async def aload(
+        self, session_id: str | SessionId, *, tail: int | None = None
+    ) -> AgentSession | None:
+        """``load`` off the event loop (reading and decoding run in the worker thread)."""
+        loaded = await read_in_thread(self._load_session, session_id, tail)
+        if loaded is None:
+            return None
+        self._loaded(*loaded)
+        return loaded[0]
+
+    async def alist_sessions(
+        self, *, workspace: str | Path | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SessionSummary]:
+        """``list_sessions`` off the event loop."""
+        return await read_in_thread(
+            functools.partial(self.list_sessions, workspace=workspace, limit=limit, offset=offset)
+        )
+
+    async def acount(self, *, workspace: str | Path | None = None) -> int:
+        """``count`` off the event loop."""
+        return await read_in_thread(functools.partial(self.count, workspace=workspace))
+
+    async def adelete(self, session_id: str | SessionId) -> bool:
+        """``delete`` off the event loop (a cancellation waits for the delete to end)."""
+        return await write_in_thread(self.delete, session_id)
+
+    async def aprune(
+        self, *, older_than: timedelta, dry_run: bool = False, now: datetime | None = None
+    ) -> list[str]:
+        """``prune`` off the event loop (a cancellation waits for the prune to end)."""
+        return await write_in_thread(
+            functools.partial(self.prune, older_than=older_than, dry_run=dry_run, now=now)
+        )
+
+    async def ahistory(self, session_id: str | SessionId) -> list[Message]:
+        """``history`` off the event loop."""
+        return await read_in_thread(self.history, session_id)
+
+    async def aload_workspace_state(self, workspace: str | Path) -> WorkspaceState:
+        """``load_workspace_state`` off the event loop."""
+        return await read_in_thread(self.load_workspace_state, workspace)
+
+    async def aattach_workspace(
+        self,
+        session: AgentSession,
+        workspace: str | Path,
+        *,
+        max_usd: float | None = None,
+        warn_at_percent: int = 80,
+    ) -> WorkspaceBudgetTracker:
+        """``attach_workspace``: the state is read in the worker thread, applied on the loop."""
+        ws = workspace_key(workspace)
+        state = await read_in_thread(self.load_workspace_state, ws)
+        return self._attach(session, ws, state, max_usd, warn_at_percent)
+
+    async def asave_workspace_of(self, session: AgentSession) -> None:
+        """``save_workspace_of``: exported on the loop, written in the worker thread."""
+        await write_in_thread(self._workspace_write_of(session))
+
+    def akv(self, namespace: str) -> AsyncScopedKvStore:
+        """``kv(namespace)`` with awaitable methods that run off the event loop."""
+        return AsyncScopedKvStore(self.kv(namespace))
 
     def close(self) -> None:
         """Close the backend (and the capability store's backend, if it has one to close)."""

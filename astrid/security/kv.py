@@ -17,8 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from astrid.errors import InvalidKey, SerializationError
+from astrid.offload import read_in_thread, write_in_thread
 
 __all__ = [
+    "AsyncScopedKvStore",
     "KvStore",
     "MemoryKvStore",
     "NamespaceListing",
@@ -198,29 +200,99 @@ class ScopedKvStore:
 
     def get_json(self, key: str) -> Any | None:
         """The JSON value under ``key`` (None when absent); bad JSON is a ``SerializationError``."""
-        raw = self.get(key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise SerializationError(
-                f"serialization error: invalid JSON under key {key!r} "
-                f"in namespace {self._namespace!r}: {exc}"
-            ) from exc
+        return _decode_json(self.get(key), key, self._namespace)
 
     def set_json(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON data or a pydantic model) as compact UTF-8 JSON."""
         validate_name("key", key)
-        try:
-            data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise SerializationError(
-                f"serialization error: cannot encode the value for key {key!r} "
-                f"in namespace {self._namespace!r}: {exc}"
-            ) from exc
-        self._store.set(self._namespace, key, text.encode("utf-8"))
+        self._store.set(self._namespace, key, _encode_json(value, key, self._namespace))
 
     def __repr__(self) -> str:
         return f"ScopedKvStore(namespace={self._namespace!r}, store={self._store!r})"
+
+
+def _decode_json(raw: bytes | None, key: str, namespace: str) -> Any | None:
+    """The JSON value of ``raw`` (None when absent); bad JSON is a ``SerializationError``."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SerializationError(
+            f"serialization error: invalid JSON under key {key!r} "
+            f"in namespace {namespace!r}: {exc}"
+        ) from exc
+
+
+def _encode_json(value: Any, key: str, namespace: str) -> bytes:
+    """``value`` (JSON data or a pydantic model) as compact UTF-8 JSON."""
+    try:
+        data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"serialization error: cannot encode the value for key {key!r} "
+            f"in namespace {namespace!r}: {exc}"
+        ) from exc
+    return text.encode("utf-8")
+
+
+class AsyncScopedKvStore:
+    """A ``ScopedKvStore`` for code on an event loop: the same checks, the I/O in a thread.
+
+    Names are checked and JSON is encoded and decoded on the loop thread; only the
+    underlying store's call runs in the worker thread (``astrid.offload``).
+    """
+
+    def __init__(self, scoped: ScopedKvStore) -> None:
+        self._scoped = scoped
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this view is bound to."""
+        return self._scoped.namespace
+
+    @property
+    def sync(self) -> ScopedKvStore:
+        """The synchronous view over the same namespace."""
+        return self._scoped
+
+    async def aget(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None when absent."""
+        validate_name("key", key)
+        return await read_in_thread(self._scoped.get, key)
+
+    async def aset(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` (a cancellation waits for the write to end)."""
+        validate_name("key", key)
+        await write_in_thread(self._scoped.set, key, bytes(value))
+
+    async def adelete(self, key: str) -> bool:
+        """Remove ``key``; True if it existed."""
+        validate_name("key", key)
+        return await write_in_thread(self._scoped.delete, key)
+
+    async def aexists(self, key: str) -> bool:
+        """True if ``key`` is stored."""
+        validate_name("key", key)
+        return await read_in_thread(self._scoped.exists, key)
+
+    async def alist_keys(self) -> list[str]:
+        """Every key of the namespace, sorted."""
+        return await read_in_thread(self._scoped.list_keys)
+
+    async def aclear(self) -> int:
+        """Remove every key of the namespace; return how many were removed."""
+        return await write_in_thread(self._scoped.clear)
+
+    async def aget_json(self, key: str) -> Any | None:
+        """The JSON value under ``key`` (None when absent); bad JSON is a ``SerializationError``."""
+        return _decode_json(await self.aget(key), key, self.namespace)
+
+    async def aset_json(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON data or a pydantic model) as compact UTF-8 JSON."""
+        validate_name("key", key)
+        await self.aset(key, _encode_json(value, key, self.namespace))
+
+    def __repr__(self) -> str:
+        return f"AsyncScopedKvStore({self._scoped!r})"
