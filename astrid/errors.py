@@ -104,3 +104,42 @@ class InvalidPattern(CapabilityError, ValueError):
 
 class SubAgentError(AstridError):
     """A sub-agent could not be spawned or failed."""
+
+
+class ProviderError(AstridError):
+    """An LLM provider's request failed (names the provider; ``status`` is the HTTP status).
+
+    ``retried`` says whether the provider (or its SDK) already retried before giving up.
+    """
+
+    def __init__(
+        self, message: str, *, provider: str = "", status: int | None = None, retried: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.retried = retried
+
+
+class RateLimited(ProviderError):
+    """The provider refused the request for its rate limit (HTTP 429); ``retry_after_s`` if sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status: int | None = 429,
+        retried: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status, retried=retried)
+        self.retry_after_s = retry_after_s
+
+
+class AuthenticationFailed(ProviderError):
+    """The provider refused the API key (HTTP 401/403), or no key was configured."""
+
+
+class ContextTooLong(ProviderError):
+    """The request is larger than the model's context window."""
