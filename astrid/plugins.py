@@ -169,38 +169,53 @@ def _plugin_name(pm: pluggy.PluginManager, impl: Any) -> str:
     return pm.get_name(impl.plugin) or repr(impl.plugin)
 
 
-def registry(kind: str) -> dict[str, Implementation]:
-    """Every implementation of ``kind`` by name; two plugins claiming a name is an error."""
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise PluginError(f"unknown registry kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+
+
+def collect(pm: pluggy.PluginManager, kind: str) -> dict[str, Implementation]:
+    """Call every ``kind`` hook of ``pm`` with one ``register`` callback per plugin; the result.
+
+    The one registration mechanism: the process-wide ``registry`` and a host's own plugin
+    manager (``AgentRuntime(plugin_manager=...)``) both fill their registries through it. Two
+    plugins registering one name, or an empty name, is a ``PluginError`` naming the plugins.
+    """
+    _check_kind(kind)
+    found: dict[str, Implementation] = {}
+    hook = getattr(pm.hook, KINDS[kind])
+    for hook_impl in reversed(hook.get_hookimpls()):
+        owner = _plugin_name(pm, hook_impl)
+
+        def register(
+            name: str,
+            factory: Callable[[Any, PluginContext], Any],
+            options: type[BaseModel] = NoOptions,
+            description: str = "",
+            *,
+            _owner: str = owner,
+        ) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {_owner!r} registered a {kind} with an empty name")
+            if name in found:
+                raise PluginError(
+                    f"{kind} {name!r} is registered by two plugins: "
+                    f"{found[name].plugin!r} and {_owner!r}"
+                )
+            found[name] = Implementation(kind, name, factory, options, description, _owner)
+
+        hook_impl.function(register=register)
+    return found
+
+
+def registry(kind: str) -> dict[str, Implementation]:
+    """Every implementation of ``kind`` by name (cached); two plugins claiming a name: an error."""
+    _check_kind(kind)
     with _lock:
         cached = _state.registries.get(kind)
         if cached is not None:
             return cached
-        pm = get_plugin_manager()
-        found: dict[str, Implementation] = {}
-        hook = getattr(pm.hook, KINDS[kind])
-        for hook_impl in reversed(hook.get_hookimpls()):
-            owner = _plugin_name(pm, hook_impl)
-
-            def register(
-                name: str,
-                factory: Callable[[Any, PluginContext], Any],
-                options: type[BaseModel] = NoOptions,
-                description: str = "",
-                *,
-                _owner: str = owner,
-            ) -> None:
-                if not isinstance(name, str) or not name:
-                    raise PluginError(f"plugin {_owner!r} registered a {kind} with an empty name")
-                if name in found:
-                    raise PluginError(
-                        f"{kind} {name!r} is registered by two plugins: "
-                        f"{found[name].plugin!r} and {_owner!r}"
-                    )
-                found[name] = Implementation(kind, name, factory, options, description, _owner)
-
-            hook_impl.function(register=register)
+        found = collect(get_plugin_manager(), kind)
         _state.registries[kind] = found
         return found
 

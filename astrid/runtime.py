@@ -46,7 +46,7 @@ from .llm import (
     Usage,
 )
 from .messages import Message, ToolCall, ToolCallResult
-from .plugins import Implementation, NoOptions, PluginContext, get_plugin_manager, registry
+from .plugins import Implementation, PluginContext, collect, get_plugin_manager, registry
 from .security.actions import (
     ExecuteCommand,
     FileDelete,
@@ -492,22 +492,8 @@ class AgentRuntime:
         from .config import astrid_home
 
         context = PluginContext(home=astrid_home())
-        if plugin_manager is None:
-            return [_checked_tool(impl, context) for impl in registry("tool").values()]
-        found: dict[str, Implementation] = {}
-
-        def register(
-            name: str,
-            factory: Callable[[Any, PluginContext], Any],
-            options: type[BaseModel] = NoOptions,
-            description: str = "",
-        ) -> None:
-            if name in found:
-                raise ValueError(f"tool {name!r} is registered twice")
-            found[name] = Implementation("tool", name, factory, options, description, "")
-
-        plugin_manager.hook.register_tools(register=register)
-        return [_checked_tool(impl, context) for impl in found.values()]
+        impls = registry("tool") if plugin_manager is None else collect(plugin_manager, "tool")
+        return [_checked_tool(impl, context) for impl in impls.values()]
 
     def add_tool(self, tool: Tool) -> None:
         """Offer one more tool to the model (a host tool next to the registered ones)."""

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 from pydantic import BaseModel
 
@@ -17,6 +18,7 @@ from astrid import hookimpl, hookspecs
 from astrid.errors import PluginError
 from astrid.plugins import (
     KINDS,
+    collect,
     load_plugins,
     plugin_info,
     register_plugin,
@@ -73,6 +75,47 @@ def test_duplicate_names_are_an_error_naming_both_plugins() -> None:
     finally:
         unregister_plugin("dup-plugin")
     assert "memory" in registry("storage")
+
+
+class _ToolA:
+    @hookimpl
+    def register_tools(self, register: Any) -> None:
+        register("same", lambda options, context: None)
+
+
+class _ToolB(_ToolA):
+    pass
+
+
+class _Nameless:
+    @hookimpl
+    def register_tools(self, register: Any) -> None:
+        register("", lambda options, context: None)
+
+
+def _host_manager(*plugins: tuple[str, object]) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("astrid")
+    pm.add_hookspecs(hookspecs)
+    for name, plugin in plugins:
+        pm.register(plugin, name=name)
+    return pm
+
+
+def test_a_host_plugin_manager_registers_through_the_same_mechanism(tmp_path: Path) -> None:
+    """``AgentRuntime(plugin_manager=...)`` had its own ``register``: a duplicate was a bare
+    ``ValueError`` naming no plugin, and an empty name was accepted."""
+    from astrid.default_plugins.scripted_provider import ScriptedProvider
+    from astrid.runtime import AgentRuntime, RuntimeConfig
+
+    config = RuntimeConfig(workspace=tmp_path)
+    twice = _host_manager(("tools-a", _ToolA()), ("tools-b", _ToolB()))
+    with pytest.raises(PluginError, match=r"tool 'same' is registered by two plugins: "
+                       r"'tools-(a|b)' and 'tools-(a|b)'"):
+        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=twice)
+    nameless = _host_manager(("nameless", _Nameless()))
+    with pytest.raises(PluginError, match="plugin 'nameless' registered a tool with an empty name"):
+        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=nameless)
+    assert set(collect(_host_manager(("tools-a", _ToolA())), "tool")) == {"same"}
 
 
 def test_in_process_plugin_registers_an_implementation(tmp_path: Path) -> None:
