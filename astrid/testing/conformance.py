@@ -6,6 +6,7 @@ backend itself, through the raw ``StorageBackend`` methods. See ``docs/plugin-au
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import threading
@@ -2059,6 +2060,69 @@ class StorageConformance:
         assert loaded.messages[2].text() == big[::-1]
         record = backend.load(session.id.bare, tail=1)
         assert record is not None and record.messages == [Message.assistant(big[::-1]).to_json()]
+
+    # -- the async API ---------------------------------------------------------------------------
+
+    def test_every_async_store_method_works_through_a_worker_thread(
+        self, store: SessionStore, workspace: Path
+    ) -> None:
+        """The async API runs the backend's calls in a worker thread: each method once."""
+
+        async def main() -> None:
+            session = _session_with(2)
+            assert await store.asave(session) == store.revision_of(session)
+            session.add_message(Message.assistant("appended"))
+            revision = await store.asave(session)
+            session.budget_tracker.record_cost(0.25)
+            assert await store.asave_state(session) > revision
+            loaded = await store.aload(session.id)
+            assert loaded is not None
+            assert _as_json(loaded.messages) == _as_json(session.messages)
+            assert loaded.budget_tracker.spent() == 0.25
+            tail = await store.aload(session.id, tail=1)
+            assert tail is not None and [m.text() for m in tail.messages] == ["appended"]
+            assert _as_json(await store.ahistory(session.id)) == _as_json(session.messages)
+            assert [s.id for s in await store.alist_sessions()] == [session.id.bare]
+            assert await store.acount() == 1 and await store.acount(workspace=workspace) == 0
+
+            tracker = await store.aattach_workspace(session, workspace, max_usd=5.0)
+            assert tracker.max_usd() == 5.0 and session.workspace_path == workspace
+            tracker.record_cost(1.0)
+            await store.asave_workspace_of(session)
+            state = await store.aload_workspace_state(workspace)
+            assert state.budget is not None and state.budget.total_spent_usd == 1.0
+
+            kv = store.akv("conformance-async")
+            await kv.aset_json("k", {"v": [1, "two"]})
+            assert await kv.aget_json("k") == {"v": [1, "two"]}
+            assert await kv.aexists("k") and await kv.alist_keys() == ["k"]
+            assert await kv.adelete("k") and not await kv.aexists("k")
+            await kv.aset("raw", b"\x00bytes")
+            assert await kv.aget("raw") == b"\x00bytes"
+            assert await kv.aclear() == 1
+
+            future = utcnow() + timedelta(days=30)
+            doomed = await store.aprune(older_than=timedelta(days=1), now=future, dry_run=True)
+            assert doomed == [session.id.bare] and await store.acount() == 1
+            assert await store.adelete(session.id) and not await store.adelete(session.id)
+            assert await store.aload(session.id) is None
+
+        asyncio.run(main())
+
+    def test_concurrent_async_saves_of_one_session_lose_nothing(self, store: SessionStore) -> None:
+        """Two ``asave`` of one session at once run one after another, neither conflicting."""
+
+        async def main() -> None:
+            session = _session_with(1)
+            saves = [asyncio.create_task(store.asave(session)) for _ in range(3)]
+            session.add_message(Message.user("added while the saves wait"))
+            revisions = await asyncio.gather(*saves)
+            assert list(revisions) == sorted(set(revisions))
+            loaded = await store.aload(session.id)
+            assert loaded is not None
+            assert _as_json(loaded.messages) == _as_json(session.messages)
+
+        asyncio.run(main())
 
 
 __all__ = ["HOSTILE_IDS", "HOSTILE_TEXTS", "StorageConformance", "sample_messages"]
