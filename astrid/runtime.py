@@ -75,8 +75,8 @@ from .security.interceptor import (
     InterceptProof,
     PolicyBlocked,
     SecurityInterceptor,
+    SessionApproval,
 )
-from .security.interceptor import SessionApproval as SessionApprovalProof
 from .security.policy import SecurityPolicy
 from .session import AgentSession
 from .store import SessionStore
@@ -871,7 +871,7 @@ class AgentRuntime:
     def _remember_escape(
         session: AgentSession, path: str, operation: EscapeOperation, proof: InterceptProof
     ) -> None:
-        if isinstance(proof, SessionApprovalProof):
+        if isinstance(proof, SessionApproval):
             decision = EscapeDecision.ALLOW_SESSION
         elif isinstance(proof, CapabilityCreated):
             decision = EscapeDecision.ALLOW_ALWAYS

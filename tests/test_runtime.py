@@ -62,8 +62,7 @@ from astrid.security.approvals import (
 from astrid.security.budget import BudgetConfig
 from astrid.security.deferred import ApprovalRequest
 from astrid.security.escape import EscapeOperation
-from astrid.security.interceptor import AuditLog
-from astrid.security.interceptor import SessionApproval as SessionApprovalProof
+from astrid.security.interceptor import AuditLog, SessionApproval
 from astrid.session import AgentSession
 from astrid.store import SessionStore
 from astrid.subagents import NO_TEXT_OUTPUT, SubAgentRequest, SubAgentResult
@@ -1126,7 +1125,7 @@ def test_a_deferred_read_resolved_for_the_session_runs_next_turn_without_asking(
     run(runtime.run_turn(session, "read it"))
     [pending] = session.approval_manager.get_pending_resolutions()
     proof = runtime.resolve_deferred(session, pending.id, ApproveSession())
-    assert isinstance(proof, SessionApprovalProof)
+    assert isinstance(proof, SessionApproval)
     assert proof.allowance_id in {a.id for a in session.allowance_store.all()}
     run(runtime.run_turn(session, "read it again"))  # no handler: it would be deferred again
     first, second = tool_results(session)

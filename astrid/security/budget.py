@@ -7,7 +7,7 @@ differences (design §5 item 4):
   ``settle``, ``record_cost``, ``refund_cost``) must be a finite, non-negative real number: NaN,
   infinities, negative amounts, non-numbers and integers too large for a float raise
   :class:`~astrid.errors.InvalidCost`, and so does a cost that would make the running total
-  overflow (the original let a NaN estimate through as ``Allowed``, ignored bad recorded costs
+  overflow (the original let a NaN estimate through as within budget, ignored bad recorded costs
   and could reach ``inf``, which then read back as 0).
 * An estimate can be reserved (``reserve``) and later settled with the actual cost (``settle``)
   or handed back on denial or deferral (``release``); both are idempotent.
@@ -27,16 +27,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from astrid._exports import module_attributes
 from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
 from astrid.security._extras import unknown_keys, with_unknown_keys
 from astrid.timeutil import Timestamp, format_rfc3339, utcnow
 
 __all__ = [
-    "Allowed",
     "BudgetConfig",
     "BudgetReservation",
     "BudgetResult",
@@ -51,6 +51,7 @@ __all__ = [
     "InvalidCost",
     "ReservationError",
     "WarnAndAllow",
+    "WithinBudget",
     "WorkspaceBudgetSnapshot",
     "WorkspaceBudgetTracker",
 ]
@@ -181,12 +182,12 @@ _REASON_TEXT = {
 
 
 class BudgetResult:
-    """The outcome of a budget check: ``Allowed``, ``WarnAndAllow`` or ``Exceeded``."""
+    """The outcome of a budget check: ``WithinBudget``, ``WarnAndAllow`` or ``Exceeded``."""
 
     __slots__ = ()
 
     def is_allowed(self) -> bool:
-        """True for Allowed and WarnAndAllow."""
+        """True for WithinBudget and WarnAndAllow."""
         return not isinstance(self, Exceeded)
 
     def is_exceeded(self) -> bool:
@@ -195,7 +196,7 @@ class BudgetResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Allowed(BudgetResult):
+class WithinBudget(BudgetResult):
     """The cost fits and the warning threshold is not reached."""
 
     def __str__(self) -> str:
@@ -280,7 +281,7 @@ class BudgetReservation:
 
     __slots__ = ("_closed", "_owner", "amount", "result", "settled_cost")
 
-    def __init__(self, owner: _Ledger, amount: float, result: Allowed | WarnAndAllow) -> None:
+    def __init__(self, owner: _Ledger, amount: float, result: WithinBudget | WarnAndAllow) -> None:
         self._owner = owner
         self._closed = False
         self.amount = amount
@@ -340,7 +341,7 @@ class _Ledger(ABC):
         value = _require_cost(estimate)
         with self._lock:
             result = self._reserve_locked(value)
-        if isinstance(result, Allowed | WarnAndAllow):
+        if isinstance(result, WithinBudget | WarnAndAllow):
             return BudgetReservation(self, value if value > 0 else 0.0, result)
         raise BudgetExceeded(str(result))
 
@@ -444,7 +445,7 @@ class BudgetTracker(_Ledger):
         new = self._spent + cost
         if new >= config.warn_threshold_usd():
             return WarnAndAllow(new, config.session_max_usd, _percent(new, config.session_max_usd))
-        return Allowed()
+        return WithinBudget()
 
     def config(self) -> BudgetConfig:
         """The (immutable) limits."""
@@ -561,14 +562,14 @@ class WorkspaceBudgetTracker(_Ledger):
     def _check_locked(self, cost: float) -> BudgetResult:
         maximum = self._max_usd
         if maximum is None:
-            return Allowed()
+            return WithinBudget()
         remaining = maximum - self._spent
         if cost > remaining:
             return Exceeded(ExceededReason.WORKSPACE_BUDGET, cost, max(remaining, 0.0))
         new = self._spent + cost
         if new >= maximum * float(self._warn_at_percent) / 100.0:
             return WarnAndAllow(new, maximum, _percent(new, maximum))
-        return Allowed()
+        return WithinBudget()
 
     def max_usd(self) -> float | None:
         """The workspace limit, or ``None`` when unlimited."""
@@ -698,3 +699,7 @@ class BudgetValidator:
             f"BudgetValidator(session={self.session_tracker!r}, "
             f"workspace={self.workspace_tracker!r})"
         )
+
+
+if not TYPE_CHECKING:  # the result's name before 0.2.0, served with a DeprecationWarning
+    __getattr__, __dir__ = module_attributes(__name__, renamed={"Allowed": "WithinBudget"})

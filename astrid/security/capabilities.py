@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from astrid._exports import module_attributes
 from astrid.errors import (
     InvalidPattern,
     InvalidSignature,
@@ -64,7 +65,7 @@ __all__ = [
     "CapabilityValidator",
     "MemoryCapabilityBackend",
     "MultiPermissionCheck",
-    "RequiresApproval",
+    "NotAuthorized",
     "ResourcePattern",
     "ResourceUri",
     "TokenBuilder",
@@ -906,7 +907,7 @@ class Authorized:
 
 
 @dataclass(frozen=True)
-class RequiresApproval:
+class NotAuthorized:
     """No valid token: ``permission`` on ``resource`` needs an approval."""
 
     resource: str
@@ -922,7 +923,7 @@ class RequiresApproval:
         return False
 
 
-AuthorizationResult = Authorized | RequiresApproval
+AuthorizationResult = Authorized | NotAuthorized
 """The outcome of ``CapabilityValidator.check``."""
 
 
@@ -947,7 +948,7 @@ class CapabilityValidator:
         return self
 
     def check(self, resource: str, permission: Permission) -> AuthorizationResult:
-        """``Authorized`` by a found and valid token, else ``RequiresApproval``."""
+        """``Authorized`` by a found and valid token, else ``NotAuthorized``."""
         token = self._store.find_capability(resource, permission)
         if token is not None:
             try:
@@ -956,7 +957,7 @@ class CapabilityValidator:
                 pass
             else:
                 return Authorized(token=token)
-        return RequiresApproval(resource=resource, permission=permission)
+        return NotAuthorized(resource=resource, permission=permission)
 
     def validate_token(self, token: CapabilityToken) -> None:
         """Raise unless unexpired (no skew), correctly signed and from a trusted issuer."""
@@ -999,3 +1000,9 @@ class MultiPermissionCheck:
     def needs_approval(self, validator: CapabilityValidator) -> list[tuple[str, Permission]]:
         """The checks that are not authorized."""
         return [(r, p) for r, p in self._checks if not validator.check(r, p).is_authorized()]
+
+
+if not TYPE_CHECKING:  # the result's name before 0.2.0, served with a DeprecationWarning
+    __getattr__, __dir__ = module_attributes(
+        __name__, renamed={"RequiresApproval": "NotAuthorized"}
+    )

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from astrid._exports import module_attributes
 from astrid.errors import ApprovalError, CapabilityError, InvalidCost
 from astrid.ids import SessionId
 from astrid.security import approvals
 from astrid.security.actions import SensitiveAction
+from astrid.security.approvals import AllowanceProof, SessionApproval, WorkspaceApproval
 from astrid.security.budget import BudgetValidator, BudgetWarning, DualReservation
 from astrid.security.capabilities import (
     AuditEntryId,
@@ -48,8 +50,7 @@ from astrid.security.capabilities import (
 )
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import ApprovalNeeded, FallbackBehavior, format_resolution_id
-from astrid.security.policy import Allowed as PolicyAllowedResult
-from astrid.security.policy import Blocked, SecurityPolicy, action_resource
+from astrid.security.policy import Blocked, PolicyAllowed, SecurityPolicy, action_resource
 from astrid.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOW_ALWAYS_TTL",
-    "Allowance",
+    "AllowanceProof",
     "ApprovalDeferred",
     "ApprovalDenied",
     "AuditEntry",
@@ -118,11 +119,6 @@ class ApprovalDeferred(ApprovalError):
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyAllowed:
-    """The policy allows the action without any approval."""
-
-
-@dataclass(frozen=True, slots=True)
 class Capability:
     """An existing capability token authorized the action."""
 
@@ -130,31 +126,10 @@ class Capability:
 
 
 @dataclass(frozen=True, slots=True)
-class Allowance:
-    """An existing allowance (stored earlier or by a custom approval) authorized the action."""
-
-    allowance_id: UUID
-
-
-@dataclass(frozen=True, slots=True)
 class UserApproval:
     """A human approved this one action; ``approval_id`` is the audit entry of the approval."""
 
     approval_id: AuditEntryId
-
-
-@dataclass(frozen=True, slots=True)
-class SessionApproval:
-    """A human approved for the session; ``allowance_id`` is the session allowance created."""
-
-    allowance_id: UUID
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspaceApproval:
-    """A human approved for the workspace; ``allowance_id`` is the allowance created."""
-
-    allowance_id: UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +143,18 @@ class CapabilityCreated:
 InterceptProof = (
     PolicyAllowed
     | Capability
-    | Allowance
+    | AllowanceProof
     | UserApproval
     | SessionApproval
     | WorkspaceApproval
     | CapabilityCreated
 )
-"""How an action that passed the interceptor was authorized."""
+"""How an action that passed the interceptor was authorized.
+
+``PolicyAllowed`` is the policy's own result; ``AllowanceProof`` (an existing or custom
+allowance), ``SessionApproval`` and ``WorkspaceApproval`` are the approval manager's proofs,
+passed on as they are.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +249,10 @@ def literal_resource_pattern(resource: str) -> ResourcePattern:
 
 def _granted_proof(proof: approvals.ApprovalProof, approval_id: AuditEntryId) -> InterceptProof:
     """The interceptor's proof for what the approval manager granted."""
-    if isinstance(proof, approvals.AllowanceProof | approvals.CustomAllowance):
-        return Allowance(proof.allowance_id)
-    if isinstance(proof, approvals.SessionApproval):
-        return SessionApproval(proof.allowance_id)
-    if isinstance(proof, approvals.WorkspaceApproval):
-        return WorkspaceApproval(proof.allowance_id)
+    if isinstance(proof, AllowanceProof | SessionApproval | WorkspaceApproval):
+        return proof
+    if isinstance(proof, approvals.CustomAllowance):
+        return AllowanceProof(proof.allowance_id)
     if isinstance(proof, approvals.AlwaysAllow) and proof.token_id is not None:
         return CapabilityCreated(proof.token_id, approval_id)
     return UserApproval(approval_id)
@@ -366,8 +344,8 @@ class SecurityInterceptor:
         reservation = self._reserve(action, cost)
         try:
             # 4. The policy needs no approval.
-            if isinstance(policy_result, PolicyAllowedResult):
-                return self._allowed(action, PolicyAllowed(), reservation)
+            if isinstance(policy_result, PolicyAllowed):
+                return self._allowed(action, policy_result, reservation)
             # 5. Allowance, human, or deferral.
             return await self._approve(action, context, reservation)
         except BaseException:
@@ -425,7 +403,7 @@ class SecurityInterceptor:
 
         proof = outcome.proof
         if isinstance(proof, approvals.AllowanceProof | approvals.CustomAllowance):
-            return self._allowed(action, Allowance(proof.allowance_id), reservation)
+            return self._allowed(action, AllowanceProof(proof.allowance_id), reservation)
 
         approval_id = AuditEntryId.new()
         if not isinstance(proof, approvals.AlwaysAllow):
@@ -541,3 +519,7 @@ class SecurityInterceptor:
             f"SecurityInterceptor(session={self.session.id}, policy={self.policy!r}, "
             f"workspace_root={self.workspace_root!r}, audit={self.audit!r})"
         )
+
+
+if not TYPE_CHECKING:  # the proof's name before 0.2.0, served with a DeprecationWarning
+    __getattr__, __dir__ = module_attributes(__name__, renamed={"Allowance": "AllowanceProof"})

@@ -14,9 +14,11 @@ may run freely. Our deliberate differences (each one fails closed):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from astrid._exports import module_attributes
 from astrid.security.actions import (
     AccessControlChange,
     CapabilityGrant,
@@ -42,8 +44,8 @@ __all__ = [
     "DEFAULT_BLOCKED_TOOLS",
     "DEFAULT_DENIED_PATHS",
     "DEFAULT_MAX_ARGUMENT_SIZE",
-    "Allowed",
     "Blocked",
+    "PolicyAllowed",
     "PolicyResult",
     "RequiresApproval",
     "SecurityPolicy",
@@ -89,8 +91,8 @@ _PLUGIN_FILE_CAPABILITIES: dict[Permission, str] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Allowed:
-    """The action may run without an approval."""
+class PolicyAllowed:
+    """The action may run without an approval (also the interceptor's proof that it did)."""
 
     def is_allowed(self) -> bool:
         """True: the action may run."""
@@ -152,7 +154,7 @@ class Blocked:
         return f"blocked: {self.reason}"
 
 
-PolicyResult = Allowed | RequiresApproval | Blocked
+PolicyResult = PolicyAllowed | RequiresApproval | Blocked
 """The outcome of ``SecurityPolicy.check``."""
 
 
@@ -212,7 +214,7 @@ class SecurityPolicy(BaseModel):
         )
 
     def check(self, action: SensitiveAction) -> PolicyResult:
-        """Blocked, RequiresApproval or Allowed, by the rules of the action's kind."""
+        """Blocked, RequiresApproval or PolicyAllowed, by the rules of the action's kind."""
         if isinstance(action, ExecuteCommand):
             return self._check_command(action.command, action.args)
         if isinstance(action, McpToolCall):
@@ -258,7 +260,7 @@ class SecurityPolicy(BaseModel):
         required = self.approval_required_tools
         if qualified in required or server in required:
             return _approval(RiskLevel.MEDIUM, f"tool '{qualified}' requires approval")
-        return Allowed()
+        return PolicyAllowed()
 
     def _path_block(self, path: str) -> Blocked | None:
         if has_traversal(path):
@@ -290,7 +292,7 @@ class SecurityPolicy(BaseModel):
             return Blocked(f"host '{host}' is not in allowed hosts")
         if self.require_approval_for_network:
             return _approval(RiskLevel.MEDIUM, f"network access requires approval: {host}")
-        return Allowed()
+        return PolicyAllowed()
 
     def _check_plugin(
         self, action: PluginExecution | PluginHttpRequest | PluginFileAccess
@@ -370,3 +372,7 @@ def capability_widens(action: SensitiveAction) -> bool:
     return isinstance(action, ExecuteCommand | PluginHttpRequest | PluginFileAccess) and (
         action_resource(action) is not None
     )
+
+
+if not TYPE_CHECKING:  # the result's name before 0.2.0, served with a DeprecationWarning
+    __getattr__, __dir__ = module_attributes(__name__, renamed={"Allowed": "PolicyAllowed"})

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from astrid.errors import ApprovalError, BudgetExceeded, InvalidCost, SecurityError
 from astrid.security.budget import (
-    Allowed,
     BudgetConfig,
     BudgetReservation,
     BudgetResult,
@@ -27,6 +26,7 @@ from astrid.security.budget import (
     InvalidBudgetLimit,
     ReservationError,
     WarnAndAllow,
+    WithinBudget,
     WorkspaceBudgetSnapshot,
     WorkspaceBudgetTracker,
 )
@@ -87,19 +87,19 @@ def test_config_is_immutable() -> None:
 
 
 def test_result_predicates() -> None:
-    assert Allowed().is_allowed()
-    assert not Allowed().is_exceeded()
+    assert WithinBudget().is_allowed()
+    assert not WithinBudget().is_exceeded()
     warn = WarnAndAllow(current_spend=85.0, session_max=100.0, percent_used=85.0)
     assert warn.is_allowed()
     assert not warn.is_exceeded()
     exceeded = Exceeded(ExceededReason.PER_ACTION_LIMIT, 15.0, 10.0)
     assert not exceeded.is_allowed()
     assert exceeded.is_exceeded()
-    assert all(isinstance(r, BudgetResult) for r in (Allowed(), warn, exceeded))
+    assert all(isinstance(r, BudgetResult) for r in (WithinBudget(), warn, exceeded))
 
 
 def test_result_display() -> None:
-    assert str(Allowed()) == "within budget"
+    assert str(WithinBudget()) == "within budget"
     assert str(WarnAndAllow(85.0, 100.0, 85.0)) == "budget warning: 85% used"
     text = str(Exceeded(ExceededReason.PER_ACTION_LIMIT, 15.0, 10.0))
     assert text == "budget exceeded (per-action limit): requested $15.00, available $10.00"
@@ -122,7 +122,7 @@ def test_exceeded_reason_json_and_display() -> None:
 
 def test_within_budget_is_allowed() -> None:
     tracker = BudgetTracker()
-    assert tracker.check_budget(5.0) == Allowed()
+    assert tracker.check_budget(5.0) == WithinBudget()
     assert tracker.spent() == 0.0  # check_budget records nothing
 
 
@@ -158,7 +158,7 @@ def test_warning_at_threshold() -> None:
 def test_below_threshold_is_allowed() -> None:
     tracker = BudgetTracker()
     tracker.record_cost(70.0)
-    assert tracker.check_budget(5.0) == Allowed()
+    assert tracker.check_budget(5.0) == WithinBudget()
 
 
 def test_record_and_remaining() -> None:
@@ -199,8 +199,8 @@ def test_repr() -> None:
 
 def test_zero_cost() -> None:
     tracker = BudgetTracker()
-    assert tracker.check_budget(0.0) == Allowed()
-    assert tracker.check_and_reserve(0.0) == Allowed()
+    assert tracker.check_budget(0.0) == WithinBudget()
+    assert tracker.check_and_reserve(0.0) == WithinBudget()
     assert tracker.spent() == 0.0
     tracker.record_cost(80.0)
     assert isinstance(tracker.check_budget(0.0), WarnAndAllow)
@@ -222,7 +222,7 @@ def test_zero_session_max_warns_at_100_percent() -> None:
 
 def test_check_and_reserve_records() -> None:
     tracker = BudgetTracker()
-    assert tracker.check_and_reserve(5.0) == Allowed()
+    assert tracker.check_and_reserve(5.0) == WithinBudget()
     assert tracker.spent() == 5.0
     tracker.record_cost(70.0)
     assert tracker.check_and_reserve(10.0) == WarnAndAllow(85.0, 100.0, 85.0)
@@ -434,17 +434,17 @@ def test_a_bad_spend_from_json_is_refused(literal: str) -> None:
 
 def test_workspace_unlimited() -> None:
     tracker = WorkspaceBudgetTracker(None, 80)
-    assert tracker.check_budget(1000.0) == Allowed()
+    assert tracker.check_budget(1000.0) == WithinBudget()
     assert tracker.remaining() is None
     assert tracker.spent() == 0.0
-    assert tracker.check_and_reserve(1000.0) == Allowed()
+    assert tracker.check_and_reserve(1000.0) == WithinBudget()
     assert tracker.spent() == 1000.0  # recorded for reporting
     assert tracker.remaining() is None
 
 
 def test_workspace_within_budget() -> None:
     tracker = WorkspaceBudgetTracker(100.0, 80)
-    assert tracker.check_budget(10.0) == Allowed()
+    assert tracker.check_budget(10.0) == WithinBudget()
 
 
 def test_workspace_exceeded() -> None:
@@ -470,7 +470,7 @@ def test_workspace_warning() -> None:
 
 
 def test_workspace_no_per_action_limit() -> None:
-    assert WorkspaceBudgetTracker(100.0, 80).check_budget(50.0) == Allowed()
+    assert WorkspaceBudgetTracker(100.0, 80).check_budget(50.0) == WithinBudget()
 
 
 def test_workspace_record_and_remaining() -> None:
@@ -492,7 +492,7 @@ def test_workspace_warn_percent_clamped() -> None:
 
 def test_workspace_check_and_reserve() -> None:
     tracker = WorkspaceBudgetTracker(50.0, 80)
-    assert tracker.check_and_reserve(30.0) == Allowed()
+    assert tracker.check_and_reserve(30.0) == WithinBudget()
     assert tracker.check_and_reserve(15.0) == WarnAndAllow(45.0, 50.0, 90.0)
     assert tracker.check_and_reserve(10.0).is_exceeded()
     assert tracker.spent() == 45.0
@@ -637,7 +637,7 @@ def test_reserve_carries_warning() -> None:
     assert tracker.reserve(1.0).warning is not None
     fresh = BudgetTracker().reserve(1.0)
     assert fresh.warning is None
-    assert fresh.result == Allowed()
+    assert fresh.result == WithinBudget()
 
 
 def test_zero_reservation() -> None:

@@ -34,7 +34,7 @@ from astrid.security.capabilities import (
     CapabilityValidator,
     MemoryCapabilityBackend,
     MultiPermissionCheck,
-    RequiresApproval,
+    NotAuthorized,
     ResourcePattern,
     ResourceUri,
     TokenBuilder,
@@ -264,7 +264,7 @@ def test_foreign_issuer_token_refused(key: KeyPair) -> None:
     store = CapabilityStore(backend)
     assert store.find_capability("mcp://test:tool", Permission.INVOKE) is None
     validator = CapabilityValidator(store).trust_issuer(key.public_key_bytes)
-    assert isinstance(validator.check("mcp://test:tool", Permission.INVOKE), RequiresApproval)
+    assert isinstance(validator.check("mcp://test:tool", Permission.INVOKE), NotAuthorized)
     with pytest.raises(InvalidSignature):
         validator.validate_by_id(persistent.id)
 
@@ -915,7 +915,7 @@ def test_validator_authorization(key: KeyPair) -> None:
     assert result.is_authorized()
     assert result.token == token
     denied = validator.check("mcp://test:other", Permission.INVOKE)
-    assert isinstance(denied, RequiresApproval)
+    assert isinstance(denied, NotAuthorized)
     assert not denied.is_authorized()
     assert denied.token is None
     assert denied.resource == "mcp://test:other"

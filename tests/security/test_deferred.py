@@ -27,7 +27,6 @@ from astrid.security.approvals import (
     ApproveWorkspace,
     Deferred,
 )
-from astrid.security.approvals import SessionApproval as ManagerSessionApproval
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import (
     MAX_LOAD_AGE,
@@ -47,7 +46,6 @@ from astrid.security.deferred import (
     format_resolution_id,
 )
 from astrid.security.interceptor import (
-    Allowance,
     ApprovalDeferred,
     ApprovalDenied,
     Capability,
@@ -668,7 +666,7 @@ def test_resolving_a_deferral_grants_and_the_action_is_not_deferred_again(
         assert isinstance(proof, CapabilityCreated)
         assert session.capabilities.get(proof.token_id) is not None
     again = asyncio.run(interceptor.intercept(DELETE_OUTSIDE, "cleanup"))  # no handler: would defer
-    assert isinstance(again.proof, Allowance | Capability)
+    assert isinstance(again.proof, AllowanceProof | Capability)
     assert session.approval_manager.deferred_queue.count() == 0
     store.close()
 
@@ -690,7 +688,7 @@ def test_a_workspace_resolution_is_saved_with_the_workspace(tmp_path: Path) -> N
         later, SecurityPolicy.default(), KeyPair.generate(), workspace_root=later.workspace_path
     )
     passed = asyncio.run(fresh.intercept(DELETE_OUTSIDE, "cleanup"))
-    assert passed.proof == Allowance(proof.allowance_id)
+    assert passed.proof == AllowanceProof(proof.allowance_id)
     reopened.close()
 
 
@@ -699,7 +697,7 @@ def test_manager_resolution_stores_the_allowance_its_proof_names() -> None:
     first = asyncio.run(manager.check_approval(DELETE_OUTSIDE, "cleanup"))
     assert isinstance(first, Deferred)
     outcome = manager.resolve_deferred(first.resolution_id, ApproveSession())
-    assert isinstance(outcome, Allowed) and isinstance(outcome.proof, ManagerSessionApproval)
+    assert isinstance(outcome, Allowed) and isinstance(outcome.proof, SessionApproval)
     [allowance] = manager.allowance_store.all()
     assert allowance.id == outcome.proof.allowance_id
     assert manager.allowance_store.owner_of(allowance.id) == "s1"

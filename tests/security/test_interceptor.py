@@ -22,8 +22,7 @@ from astrid.security.actions import (
     SensitiveAction,
     TransmitData,
 )
-from astrid.security.allowances import Allowance as AllowanceRecord
-from astrid.security.allowances import CommandPattern, ExactTool, FilePattern
+from astrid.security.allowances import Allowance, CommandPattern, ExactTool, FilePattern
 from astrid.security.approvals import (
     ApprovalDecision,
     ApprovalRequest,
@@ -51,7 +50,7 @@ from astrid.security.crypto import KeyPair
 from astrid.security.deferred import FallbackBehavior
 from astrid.security.interceptor import (
     ALLOW_ALWAYS_TTL,
-    Allowance,
+    AllowanceProof,
     ApprovalDeferred,
     ApprovalDenied,
     AuditLog,
@@ -476,7 +475,7 @@ def test_second_call_after_session_approval_is_matched_by_the_allowance() -> Non
     assert isinstance(first.proof, SessionApproval)
     assert h.count() == 1
     second = h.intercept(HOME_FILE)
-    assert second.proof == Allowance(first.proof.allowance_id)
+    assert second.proof == AllowanceProof(first.proof.allowance_id)
     assert len(handler.requests) == 1  # the user was asked once
     assert h.count() == 2
     assert h.audit.session_entries(h.session.id)[1].proof == second.proof
@@ -515,7 +514,7 @@ def test_command_session_approval_covers_exactly_that_command_and_its_args() -> 
     assert allowance.action_pattern == CommandPattern(command="git", args=("status",))
 
     again = h.intercept(ExecuteCommand(command="git", args=["status"]))
-    assert again.proof == Allowance(first.proof.allowance_id)
+    assert again.proof == AllowanceProof(first.proof.allowance_id)
     assert len(handler.requests) == 1
     handler.decision = Deny(reason="ask me first")
     for args in (["push", "--force"], ["status", "--porcelain"], []):
@@ -554,7 +553,7 @@ def test_approve_always_of_an_action_a_capability_cannot_pin_is_an_exact_session
     first = h.intercept(approved)
     assert isinstance(first.proof, SessionApproval)  # no capability: it would cover `other`
     assert h.session.capabilities.list_tokens() == []
-    assert h.intercept(approved).proof == Allowance(first.proof.allowance_id)
+    assert h.intercept(approved).proof == AllowanceProof(first.proof.allowance_id)
     handler.decision = Deny(reason="ask me first")
     with pytest.raises(ApprovalDenied):
         h.intercept(other)
@@ -562,11 +561,11 @@ def test_approve_always_of_an_action_a_capability_cannot_pin_is_an_exact_session
 
 
 def test_custom_allowance_decision_gives_allowance_proof() -> None:
-    custom = AllowanceRecord.create(ExactTool(server="fs", tool="write"), session_only=True)
+    custom = Allowance.create(ExactTool(server="fs", tool="write"), session_only=True)
     h = Harness(SecurityPolicy.default(), DecisionHandler(ApproveWithAllowance(allowance=custom)))
     h.interceptor.policy.approval_required_tools.add("fs")
     result = h.intercept(McpToolCall(server="fs", tool="write"))
-    assert result.proof == Allowance(custom.id)
+    assert result.proof == AllowanceProof(custom.id)
     assert h.count() == 1
 
 
@@ -590,7 +589,7 @@ def test_session_approval_of_a_star_path_does_not_allow_other_paths() -> None:
         h.intercept(FileDelete(path="/tmp/a/b"))
     # The literal path itself is still covered by the allowance.
     again = h.intercept(FileDelete(path="/tmp/*"))
-    assert again.proof == Allowance(first.proof.allowance_id)
+    assert again.proof == AllowanceProof(first.proof.allowance_id)
 
 
 @pytest.mark.parametrize("path", ["/tmp/?", "/tmp/[ab]", "/tmp/{a,b}", "/tmp/**"])
@@ -602,7 +601,7 @@ def test_workspace_approval_of_glob_like_paths_stays_literal(path: str) -> None:
     for other in ("/tmp/a", "/tmp/b", "/tmp/x/y"):
         with pytest.raises(ApprovalDenied):
             h.intercept(FileDelete(path=other))
-    assert isinstance(h.intercept(FileDelete(path=path)).proof, Allowance)
+    assert isinstance(h.intercept(FileDelete(path=path)).proof, AllowanceProof)
 
 
 def test_approve_always_mints_a_capability_that_does_not_grant_other_paths() -> None:

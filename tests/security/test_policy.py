@@ -27,8 +27,8 @@ from astrid.security.actions import (
 from astrid.security.deferred import RiskAssessment
 from astrid.security.policy import (
     DEFAULT_MAX_ARGUMENT_SIZE,
-    Allowed,
     Blocked,
+    PolicyAllowed,
     PolicyResult,
     RequiresApproval,
     SecurityPolicy,
@@ -352,13 +352,13 @@ def test_capability_grant_requires_approval() -> None:
 
 
 def test_policy_result_display_and_predicates() -> None:
-    assert str(Allowed()) == "allowed"
+    assert str(PolicyAllowed()) == "allowed"
     blocked = Blocked("test")
     assert "blocked" in str(blocked)
     assert str(blocked) == "blocked: test"
     approval = RequiresApproval(RiskAssessment.new(RiskLevel.HIGH, "why"))
     assert str(approval) == "requires approval: [high] why"
-    assert Allowed().is_allowed() and not Allowed().requires_approval()
+    assert PolicyAllowed().is_allowed() and not PolicyAllowed().requires_approval()
     assert blocked.is_blocked() and not blocked.is_allowed()
     assert approval.requires_approval() and not approval.is_blocked()
 

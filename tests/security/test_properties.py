@@ -79,7 +79,7 @@ from astrid.security.capabilities import (
     CapabilityStore,
     CapabilityToken,
     CapabilityValidator,
-    RequiresApproval,
+    NotAuthorized,
     ResourcePattern,
     TokenScope,
 )
@@ -93,9 +93,7 @@ from astrid.security.escape import (
     WorkspaceConfig,
 )
 from astrid.security.interceptor import (
-    Allowance as AllowanceProof,
-)
-from astrid.security.interceptor import (
+    AllowanceProof,
     ApprovalDenied,
     Capability,
     PolicyBlocked,
@@ -537,7 +535,7 @@ def test_a_token_edited_on_disk_grants_nothing(backend: str, tmp_path: Path) -> 
         for permission in (Permission.READ, Permission.DELETE):
             assert store.find_capability(resource, permission) is None
     assert isinstance(
-        CapabilityValidator(store).check("file:///etc/shadow", Permission.READ), RequiresApproval
+        CapabilityValidator(store).check("file:///etc/shadow", Permission.READ), NotAuthorized
     )
     with pytest.raises(InvalidSignature):
         store.use_token(token.id)
@@ -553,7 +551,7 @@ def test_a_foreign_issuer_token_is_refused_by_a_validator_that_trusts_only_us() 
     store = CapabilityStore()
     store.add(_token(foreign, "file:///tmp/ws/**"))  # validly signed, by somebody else
     validator = CapabilityValidator(store).trust_issuer(ours.public_key_bytes)
-    assert isinstance(validator.check("file:///tmp/ws/a.txt", Permission.READ), RequiresApproval)
+    assert isinstance(validator.check("file:///tmp/ws/a.txt", Permission.READ), NotAuthorized)
 
 
 @pytest.mark.parametrize("backend", ["file", "sqlite"])
