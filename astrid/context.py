@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import AstridError
+from .errors import SummarizationError
 from .messages import ImagePart, Message, MessageRole, OpaqueContent, TextPart, ToolCallResult
 from .session import AgentSession
 
@@ -61,10 +61,6 @@ _ROLE_NAMES = {
     MessageRole.SYSTEM: "System",
     MessageRole.TOOL: "Tool",
 }
-
-
-class SummarizationError(AstridError):
-    """A summary could not be produced; the session was left exactly as it was."""
 
 
 # -- the summarizer protocol and the original's transcript ----------------------------------

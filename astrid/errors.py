@@ -1,9 +1,19 @@
 """The astrid exception hierarchy: every error astrid raises is an ``AstridError``.
 
 Messages name what was wrong and where (file, key, session id) so a host can show them as-is.
+
+Every public exception class of astrid is defined here, under one of the branches below; the
+modules that raise one re-export it (``from astrid.security.budget import InvalidBudgetLimit``
+keeps working). A class that is also a ``ValueError`` stays one, for callers that catch that.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from .security.deferred import FallbackBehavior
 
 
 class AstridError(Exception):
@@ -46,6 +56,10 @@ class SchemaVersionError(StorageError):
     """A store was written by a newer schema version than this astrid knows."""
 
 
+class InvalidTokenId(StorageError, ValueError):
+    """A capability token id given to a store is not a UUID (checked before any path or query)."""
+
+
 class SecurityError(AstridError):
     """Base class of security-state errors (allowances, approvals, budget, capabilities)."""
 
@@ -66,12 +80,59 @@ class ApprovalHandlerError(ApprovalError):
     """An approval handler answered with something that is not an answer (names the handler)."""
 
 
+class PolicyBlocked(ApprovalError):
+    """The security policy blocks the action outright."""
+
+    def __init__(self, tool: str, reason: str) -> None:
+        super().__init__(f"blocked by policy: {tool}: {reason}")
+        self.tool = tool
+        self.reason = reason
+
+
+class ApprovalDenied(ApprovalError):
+    """The human (or the failure to queue a deferral) denied the action."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"approval denied: {reason}")
+        self.reason = reason
+
+
+class ApprovalDeferred(ApprovalError):
+    """Nobody could answer now: the action was queued; the agent applies ``fallback``."""
+
+    def __init__(self, resolution_id: UUID, fallback: FallbackBehavior) -> None:
+        from .security.deferred import format_resolution_id
+
+        super().__init__(
+            f"action deferred (resolution: {format_resolution_id(resolution_id)}, "
+            f"fallback: {fallback})"
+        )
+        self.resolution_id = resolution_id
+        self.fallback = fallback
+
+
 class BudgetExceeded(ApprovalError):
     """A cost would exceed the per-action, session or workspace budget."""
 
 
 class InvalidCost(SecurityError, ValueError):
     """A cost is NaN, infinite or negative where a real cost is required."""
+
+
+class InvalidBudgetLimit(SecurityError, ValueError):
+    """A budget limit is NaN or infinite (use ``None`` for an unlimited workspace)."""
+
+
+class ReservationError(SecurityError, ValueError):
+    """A reservation was handed to a tracker or validator that did not make it."""
+
+
+class GlobSyntaxError(SecurityError, ValueError):
+    """A glob pattern cannot be compiled (unclosed class or group, dangling escape)."""
+
+
+class CryptoKeyError(SecurityError):
+    """A stored key cannot be read or has the wrong size."""
 
 
 class CapabilityError(SecurityError):
@@ -104,6 +165,33 @@ class InvalidPattern(CapabilityError, ValueError):
 
 class SubAgentError(AstridError):
     """A sub-agent could not be spawned or failed."""
+
+
+class LLMError(AstridError):
+    """The LLM provider failed or its stream reported an error."""
+
+
+class MaxIterationsExceeded(AstridError):
+    """The model kept calling tools past the configured iteration cap."""
+
+    def __init__(self, max_iterations: int) -> None:
+        super().__init__(
+            f"turn stopped: the model was still calling tools after {max_iterations} LLM calls "
+            f"(max_iterations = {max_iterations})"
+        )
+        self.max_iterations = max_iterations
+
+
+class ToolError(AstridError):
+    """A tool failed; its message becomes the error result the model sees."""
+
+
+class SummarizationError(AstridError):
+    """A summary could not be produced; the session was left exactly as it was."""
+
+
+class ScriptedProviderError(AstridError):
+    """The script is malformed, exhausted, or (for ``complete_simple``) scripted an error."""
 
 
 class ProviderError(AstridError):

@@ -32,7 +32,14 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .context import ContextManager, SummarizationResult, cut_utf8
-from .errors import AstridError, BudgetExceeded, PluginError, SerializationError
+from .errors import (
+    AstridError,
+    BudgetExceeded,
+    LLMError,
+    MaxIterationsExceeded,
+    PluginError,
+    SerializationError,
+)
 from .jsonutil import json_problem, storable_text
 from .llm import (
     Done,
@@ -145,21 +152,6 @@ PATH_ARGUMENT_KEYS: frozenset[str] = frozenset(
 
 
 # -- errors ---------------------------------------------------------------------------------
-
-
-class LLMError(AstridError):
-    """The LLM provider failed or its stream reported an error."""
-
-
-class MaxIterationsExceeded(AstridError):
-    """The model kept calling tools past the configured iteration cap."""
-
-    def __init__(self, max_iterations: int) -> None:
-        super().__init__(
-            f"turn stopped: the model was still calling tools after {max_iterations} LLM calls "
-            f"(max_iterations = {max_iterations})"
-        )
-        self.max_iterations = max_iterations
 
 
 # -- configuration --------------------------------------------------------------------------

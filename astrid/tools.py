@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .errors import AstridError
+from .errors import ToolError
 from .llm import ToolDefinition
 from .security.actions import SensitiveAction
 
@@ -35,10 +35,6 @@ __all__ = [
     "ToolFunction",
     "tool_definition",
 ]
-
-
-class ToolError(AstridError):
-    """A tool failed; its message becomes the error result the model sees."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 from ..config import PathOption
-from ..errors import StorageError
+from ..errors import InvalidTokenId, StorageError
 from ..fsutil import atomic_write, create_private_file, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-class InvalidTokenId(StorageError, ValueError):
-    """A capability token id given to a store is not a UUID (checked before any path or query)."""
-
 
 def canonical_token_id(token_id: object) -> str:
     """The canonical lowercase hyphenated form of a UUID token id; ``InvalidTokenId`` otherwise."""

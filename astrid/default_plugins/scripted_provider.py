@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from ..config import check_path_option
-from ..errors import AstridError, ConfigError
+from ..errors import ConfigError, ScriptedProviderError
 from ..hookspecs import hookimpl
 from ..llm import (
     Done,
@@ -62,10 +62,6 @@ _CHUNK = 8
 """Characters per streamed text or argument delta."""
 
 _STEP_KEYS = ("text", "tool_call", "parallel_tool_calls", "usage", "error", "sleep")
-
-
-class ScriptedProviderError(AstridError):
-    """The script is malformed, exhausted, or (for ``complete_simple``) scripted an error."""
 
 
 class _Call(BaseModel):

@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from astrid._exports import module_attributes
-from astrid.errors import BudgetExceeded, InvalidCost, SecurityError
+from astrid.errors import (
+    BudgetExceeded,
+    InvalidBudgetLimit,
+    InvalidCost,
+    ReservationError,
+)
 from astrid.security._extras import unknown_keys, with_unknown_keys
 from astrid.timeutil import Timestamp, format_rfc3339, utcnow
 
@@ -55,14 +60,6 @@ __all__ = [
     "WorkspaceBudgetSnapshot",
     "WorkspaceBudgetTracker",
 ]
-
-
-class InvalidBudgetLimit(SecurityError, ValueError):
-    """A budget limit is NaN or infinite (use ``None`` for an unlimited workspace)."""
-
-
-class ReservationError(SecurityError, ValueError):
-    """A reservation was handed to a tracker or validator that did not make it."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from astrid.errors import AstridError
+from astrid.errors import CryptoKeyError as CryptoKeyError
 from astrid.fsutil import atomic_write, make_private_dirs
 
 if TYPE_CHECKING:
@@ -185,7 +185,3 @@ def load_or_create_keypair(path: Path) -> KeyPair:
     except OSError as exc:
         raise CryptoKeyError(f"{path}: cannot write the runtime key: {exc}") from exc
     return keypair
-
-
-class CryptoKeyError(AstridError):
-    """A stored key cannot be read or has the wrong size."""

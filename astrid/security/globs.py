@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from astrid.errors import GlobSyntaxError as GlobSyntaxError
+
 GLOB_METACHARACTERS = frozenset("*?[]{}\\,")
-
-
-class GlobSyntaxError(ValueError):
-    """A glob pattern cannot be compiled (unclosed class or group, dangling escape)."""
 
 
 def has_traversal(value: str) -> bool:

@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from astrid._exports import module_attributes
-from astrid.errors import ApprovalError, CapabilityError, InvalidCost
+from astrid.errors import (
+    ApprovalDeferred,
+    ApprovalDenied,
+    ApprovalError,
+    CapabilityError,
+    InvalidCost,
+    PolicyBlocked,
+)
 from astrid.ids import SessionId
 from astrid.security import approvals
 from astrid.security.actions import SensitiveAction
@@ -49,7 +56,7 @@ from astrid.security.capabilities import (
     TokenScope,
 )
 from astrid.security.crypto import KeyPair
-from astrid.security.deferred import ApprovalNeeded, FallbackBehavior, format_resolution_id
+from astrid.security.deferred import ApprovalNeeded, format_resolution_id
 from astrid.security.policy import Blocked, PolicyAllowed, SecurityPolicy, action_resource
 from astrid.timeutil import utcnow
 
@@ -83,35 +90,6 @@ ALLOW_ALWAYS_TTL = timedelta(hours=1)
 
 # --------------------------------------------------------------------------------------------
 # errors
-
-
-class PolicyBlocked(ApprovalError):
-    """The security policy blocks the action outright."""
-
-    def __init__(self, tool: str, reason: str) -> None:
-        super().__init__(f"blocked by policy: {tool}: {reason}")
-        self.tool = tool
-        self.reason = reason
-
-
-class ApprovalDenied(ApprovalError):
-    """The human (or the failure to queue a deferral) denied the action."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"approval denied: {reason}")
-        self.reason = reason
-
-
-class ApprovalDeferred(ApprovalError):
-    """Nobody could answer now: the action was queued; the agent applies ``fallback``."""
-
-    def __init__(self, resolution_id: UUID, fallback: FallbackBehavior) -> None:
-        super().__init__(
-            f"action deferred (resolution: {format_resolution_id(resolution_id)}, "
-            f"fallback: {fallback})"
-        )
-        self.resolution_id = resolution_id
-        self.fallback = fallback
 
 
 # --------------------------------------------------------------------------------------------
