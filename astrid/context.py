@@ -468,7 +468,8 @@ class ContextManager:
         ``SummarizationError`` and changes nothing. With ``store``, the session is saved (so
         every original is stored), then the window moves and is saved again as a replace, which
         keeps the originals in ``store.history(session.id)``; if that save raises, the old
-        window and token count are restored and the error propagates.
+        window and token count are restored and the error propagates. Both saves are
+        ``store.asave``: the backend's I/O runs off the event loop.
         """
         original = session.messages
         cut = choose_cut(original, self.keep_recent_count)
@@ -494,7 +495,7 @@ class ContextManager:
                 f"session {session.id.bare}: its messages changed while summarizing; retry"
             )
         if store is not None:
-            store.save(session)
+            await store.asave(session)
         estimator = session.token_estimator
         tokens_freed = sum(max(0, estimator.estimate(m)) for m in evicted)
         message = summary_message(summary)
@@ -502,11 +503,15 @@ class ContextManager:
         session.messages = [message, *current[cut:]]
         session.token_count = max(0, old_count - tokens_freed) + max(0, estimator.estimate(message))
         if store is not None:
+            saved = store.revision_of(session)
             try:
-                store.save(session)
+                await store.asave(session)
             except BaseException:
-                session.messages = current
-                session.token_count = old_count
+                # A cancellation arriving while the write ran is raised after it is recorded:
+                # the stored window is then the new one, and the session keeps it too.
+                if store.revision_of(session) == saved:
+                    session.messages = current
+                    session.token_count = old_count
                 raise
         return SummarizationResult(messages_evicted=cut, tokens_freed=tokens_freed, summary=summary)
 

@@ -14,7 +14,9 @@ A port of the original ``runtime`` module (spec §6.3 to §6.7) with these delib
 * outside-workspace paths are approved through the interceptor and the approval manager (the
   original asked the frontend directly), ``~`` is expanded and relative paths are resolved
   against the working directory before the boundary check;
-* one save per top-level turn, in ``finally`` (also when the turn fails).
+* one save per top-level turn, in ``finally`` (also when the turn fails), through
+  ``store.asave``: the backend's I/O runs in a worker thread, never on the event loop (so do
+  the deferred queue's writes and a persistent capability store's reads and writes).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .llm import (
     Usage,
 )
 from .messages import Message, ToolCall, ToolCallResult
+from .offload import write_in_thread
 from .plugins import Implementation, PluginContext, collect, get_plugin_manager, registry
 from .security.actions import (
     ExecuteCommand,
@@ -536,16 +539,32 @@ class AgentRuntime:
         capability is made with this runtime's key, so the same action then runs without being
         deferred again. Raises ``ApprovalDenied`` for a denial or a response to another request.
         """
-        interceptor = SecurityInterceptor(
+        proof = self._interceptor_for(session).resolve_deferred(resolution_id, response)
+        session.record_approvals()
+        return proof
+
+    async def aresolve_deferred(
+        self,
+        session: AgentSession,
+        resolution_id: UUID,
+        response: ApprovalResponse | ApprovalDecision,
+    ) -> InterceptProof:
+        """``resolve_deferred`` for a host on an event loop: taking the item off a persistent
+        queue and storing the capability it grants run in a worker thread (a cancellation
+        waits for them), so the loop never waits on the store."""
+        interceptor = self._interceptor_for(session)
+        proof = await write_in_thread(interceptor.resolve_deferred, resolution_id, response)
+        session.record_approvals()
+        return proof
+
+    def _interceptor_for(self, session: AgentSession) -> SecurityInterceptor:
+        return SecurityInterceptor(
             session,
             self.policy,
             self.keypair,
             workspace_root=self.workspace_root(session),
             audit=self.audit,
         )
-        proof = interceptor.resolve_deferred(resolution_id, response)
-        session.record_approvals()
-        return proof
 
     def _new_turn(self, session: AgentSession, parent_subagent_id: SubAgentId | None) -> _Turn:
         root = self.workspace_root(session)
@@ -583,7 +602,7 @@ class AgentRuntime:
             return self._finish(turn)
         finally:
             session.record_approvals()
-            self._save(session, quiet=failed)
+            await self._save(session, quiet=failed)
 
     async def run_subagent_turn(
         self, session: AgentSession, prompt: str, subagent_id: SubAgentId
@@ -605,18 +624,19 @@ class AgentRuntime:
         turn.result.usage = Usage(turn.input_tokens, turn.output_tokens)
         return turn.result
 
-    def _save(self, session: AgentSession, *, quiet: bool) -> None:
-        """Save the turn; if a message cannot be stored, still store the state (the spend)."""
+    async def _save(self, session: AgentSession, *, quiet: bool) -> None:
+        """Save the turn off the event loop; if a message cannot be stored, still store the
+        state (the spend)."""
         if self.store is None:
             return
         try:
             try:
-                self.store.save(session)
+                await self.store.asave(session)
             except SerializationError:
                 # Content the host put in the session (the runtime's own is made storable):
                 # the spend and counters are stored anyway, the error still propagates.
                 try:
-                    self.store.save_state(session)
+                    await self.store.asave_state(session)
                 except Exception:
                     logger.warning("could not save the state of session %s either",
                                    session.id.bare, exc_info=True)

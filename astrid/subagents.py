@@ -719,7 +719,7 @@ class SubAgentExecutor:
         finally:
             self.pool.release(handle.id)
             if child is not None:
-                self._finish_child(child)
+                await self._finish_child(child)
 
     async def _run(self, child: AgentSession, prompt: str, agent_id: SubAgentId) -> None:
         await self.run_child(child, prompt, agent_id)
@@ -761,10 +761,11 @@ class SubAgentExecutor:
             session_id=child.id.bare,
         )
 
-    def _finish_child(self, child: AgentSession) -> None:
+    async def _finish_child(self, child: AgentSession) -> None:
+        """Save the child off the event loop (``store.asave``), then end its session."""
         if self.store is not None:
             try:
-                self.store.save(child)
+                await self.store.asave(child)
             except Exception:
                 logger.warning(
                     "could not save sub-agent session %s (parent %s)",

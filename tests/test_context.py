@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -958,3 +959,75 @@ def test_a_plugin_summarizer_is_found_next_to_the_builtins(
     finally:
         unregister_plugin("shouting-summarizer")
         load_plugins()
+
+
+# -- the saves run off the event loop (issue 15) ---------------------------------------------
+
+
+@_needs_sqlite
+def test_both_summarize_saves_run_in_a_worker_thread(tmp_path: Path) -> None:
+    assert SqliteBackend is not None
+
+    class ThreadRecordingSqlite(SqliteBackend):
+        threads: list[int] = []
+
+        def write(self, change: SessionWrite) -> int:
+            self.threads.append(threading.get_ident())
+            return int(super().write(change))
+
+    backend = ThreadRecordingSqlite(tmp_path / "astrid.db")
+    store = SessionStore(backend)
+    session = session_with(conversation(10))
+    manager = ContextManager(keep_recent=4, summarizer=CountingSummarizer())
+
+    async def summarize() -> int:
+        await manager.summarize(session, store=store)
+        return threading.get_ident()
+
+    loop_thread = run(summarize())
+    assert len(backend.threads) == 2  # every original, then the new window as a replace
+    assert loop_thread not in backend.threads
+    loaded = store.load(session.id)
+    assert loaded is not None and is_summary_message(loaded.messages[0])
+    store.close()
+
+
+@_needs_sqlite
+def test_a_cancellation_during_the_replace_write_keeps_session_and_store_in_step(
+    tmp_path: Path,
+) -> None:
+    assert SqliteBackend is not None
+
+    class HeldReplaceSqlite(SqliteBackend):
+        """The replace write waits in its worker thread until the test lets it go."""
+
+        started = threading.Event()
+        go = threading.Event()
+
+        def write(self, change: SessionWrite) -> int:
+            if change.replace:
+                self.started.set()
+                self.go.wait(10)
+            return int(super().write(change))
+
+    backend = HeldReplaceSqlite(tmp_path / "astrid.db")
+    store = SessionStore(backend)
+    session = session_with(conversation(10))
+    store.save(session)
+    manager = ContextManager(keep_recent=4, summarizer=CountingSummarizer("short summary"))
+
+    async def cancel_while_writing() -> None:
+        summarizing = asyncio.create_task(manager.summarize(session, store=store))
+        assert await asyncio.to_thread(backend.started.wait, 10)
+        summarizing.cancel()
+        await asyncio.sleep(0.01)  # the cancellation reaches the task while the write runs
+        backend.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await summarizing
+
+    run(cancel_while_writing())
+    # The write went through, so the session keeps the window the store now holds.
+    assert is_summary_message(session.messages[0])
+    loaded = store.load(session.id)
+    assert loaded is not None and loaded.messages == session.messages
+    store.close()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import pytest
@@ -25,6 +27,7 @@ from astrid.default_plugins.builtin_tools import (
     TaskTool,
     WriteFileTool,
 )
+from astrid.default_plugins.capability_stores import SqliteCapabilityBackend
 from astrid.default_plugins.memory_storage import MemoryBackend
 from astrid.default_plugins.scripted_provider import ScriptedProvider
 from astrid.default_plugins.sqlite_storage import SqliteBackend
@@ -1133,3 +1136,208 @@ def test_a_deferred_read_resolved_for_the_session_runs_next_turn_without_asking(
     assert second.content == "remember the milk\n"
     assert session.approval_manager.get_pending_resolutions() == []
     assert session.metadata.approval_count == 1
+
+
+# -- off the event loop (issue 15): saves, the deferred queue and capability use ------------
+
+if TYPE_CHECKING:
+    from astrid.security.kv import KvStore
+    from astrid.store import SessionWrite
+
+
+class ThreadRecordingSqlite(SqliteBackend):
+    """A real SQLite backend that notes the thread of each session write and key-value write."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.write_threads: list[int] = []
+        self.recording_kv = ThreadRecordingKv(super().kv())
+
+    def write(self, change: SessionWrite) -> int:
+        self.write_threads.append(threading.get_ident())
+        return int(super().write(change))
+
+    def kv(self) -> Any:
+        return self.recording_kv
+
+
+class ThreadRecordingKv:
+    """A real key-value store (the SQLite backend's) that notes the thread of each write."""
+
+    def __init__(self, inner: KvStore) -> None:
+        self.inner = inner
+        self.write_threads: list[int] = []
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.inner.get(namespace, key)
+
+    def set(self, namespace: str, key: str, value: bytes) -> None:
+        self.write_threads.append(threading.get_ident())
+        self.inner.set(namespace, key, value)
+
+    def delete(self, namespace: str, key: str) -> bool:
+        self.write_threads.append(threading.get_ident())
+        return self.inner.delete(namespace, key)
+
+    def exists(self, namespace: str, key: str) -> bool:
+        return self.inner.exists(namespace, key)
+
+    def list_keys(self, namespace: str) -> list[str]:
+        return self.inner.list_keys(namespace)
+
+    def clear_namespace(self, namespace: str) -> int:
+        self.write_threads.append(threading.get_ident())
+        return self.inner.clear_namespace(namespace)
+
+
+class ThreadRecordingCapabilities(SqliteCapabilityBackend):
+    """A real SQLite capability store that notes the thread of each lookup, use and mint."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.threads: dict[str, list[int]] = {}
+
+    def _note(self, call: str) -> None:
+        self.threads.setdefault(call, []).append(threading.get_ident())
+
+    def put_token(self, token_id: str, data: str) -> None:
+        self._note("put_token")
+        super().put_token(token_id, data)
+
+    def list_tokens(self) -> list[str]:
+        self._note("list_tokens")
+        return list(super().list_tokens())
+
+    def claim_use(self, token_id: str) -> bool:
+        self._note("claim_use")
+        return bool(super().claim_use(token_id))
+
+
+async def on_the_loop(work: Any) -> tuple[Any, int]:
+    """Await ``work``; its result and the loop's thread."""
+    return await work, threading.get_ident()
+
+
+def test_the_loop_keeps_running_while_a_save_waits_on_another_writers_lock(
+    tmp_path: Path, workspace: Path
+) -> None:
+    db = tmp_path / "astrid.db"
+    backend = ThreadRecordingSqlite(db, busy_timeout_ms=1000)
+    store = SessionStore(backend)
+    runtime, _ = make_runtime([text("hello")], store, workspace)
+    session = runtime.create_session()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+
+    async def heartbeat_during_the_turn() -> int:
+        turn = asyncio.create_task(runtime.run_turn(session, "hi"))
+        ticks = 0
+        try:
+            while ticks < 20:
+                await asyncio.sleep(0.005)
+                assert not turn.done(), "the turn's save finished under another writer's lock"
+                ticks += 1
+            # The save started and is waiting on the lock: nothing is recorded yet.
+            assert len(backend.write_threads) == 1
+            assert store.revision_of(session) is None
+        finally:
+            other.execute("COMMIT")
+        await turn
+        return ticks
+
+    try:
+        assert run(heartbeat_during_the_turn()) == 20
+    finally:
+        other.close()
+    assert store.revision_of(session) is not None
+    loaded = store.load(session.id)
+    assert loaded is not None and [m.text() for m in loaded.messages] == ["hi", "hello"]
+    store.close()
+
+
+def test_turn_saves_run_in_a_worker_thread(tmp_path: Path, workspace: Path) -> None:
+    backend = ThreadRecordingSqlite(tmp_path / "astrid.db")
+    store = SessionStore(backend)
+    runtime, _ = make_runtime([text("one"), text("two")], store, workspace)
+    session = runtime.create_session()
+
+    async def two_turns() -> None:
+        await runtime.run_turn(session, "first")
+        await runtime.run_turn(session, "second")
+
+    _, loop_thread = run(on_the_loop(two_turns()))
+    assert len(backend.write_threads) == 2
+    assert loop_thread not in backend.write_threads
+    store.close()
+
+
+def test_a_deferral_and_its_resolution_touch_the_persistent_queue_off_the_loop(
+    tmp_path: Path, workspace: Path
+) -> None:
+    backend = ThreadRecordingSqlite(tmp_path / "astrid.db")
+    store = SessionStore(backend)
+    kv = backend.recording_kv
+    runtime, _ = make_runtime(read_script(2), store, workspace)  # no handler: deferred
+    session = runtime.create_session()
+    session.with_persistent_deferred_queue(store.deferred_queue_kv(session.id))
+
+    _, loop_thread = run(on_the_loop(runtime.run_turn(session, "read it")))
+    [pending] = session.approval_manager.get_pending_resolutions()
+    assert store.deferred_queue_kv(session.id).list_keys() == [str(pending.id)]
+    assert len(kv.write_threads) == 1 and loop_thread not in kv.write_threads
+
+    proof, loop_thread = run(
+        on_the_loop(runtime.aresolve_deferred(session, pending.id, ApproveSession()))
+    )
+    assert isinstance(proof, SessionApproval)
+    assert store.deferred_queue_kv(session.id).list_keys() == []
+    assert len(kv.write_threads) == 2 and loop_thread not in kv.write_threads
+    run(runtime.run_turn(session, "read it again"))  # the session allowance covers it now
+    assert tool_results(session)[-1].content == "remember the milk\n"
+    store.close()
+
+
+def test_capability_lookups_uses_and_mints_run_off_the_loop(
+    tmp_path: Path, workspace: Path
+) -> None:
+    from astrid.security.capabilities import (
+        AuditEntryId,
+        CapabilityStore,
+        ResourcePattern,
+        TokenBuilder,
+    )
+
+    capabilities = ThreadRecordingCapabilities(tmp_path / "capabilities.db")
+    store = SessionStore(
+        SqliteBackend(tmp_path / "astrid.db"), capabilities=CapabilityStore(capabilities)
+    )
+    (workspace / "once.txt").write_text("only once\n")
+    script = [*read_script(2), [call("o", "read_file", {"path": "once.txt"})], text("read once")]
+    handler = Handler(ApproveAlways())
+    runtime, _ = make_runtime(script, store, workspace, handler=handler)
+    session = runtime.create_session()
+    once = (
+        TokenBuilder(ResourcePattern.exact(f"file://{(workspace / 'once.txt').resolve()}"))
+        .permission(Permission.READ)
+        .persistent()
+        .single_use()
+        .build(runtime.keypair.key_id, AuditEntryId.new(), runtime.keypair)
+    )
+    session.capabilities.add(once)
+    capabilities.threads.clear()
+
+    async def three_turns() -> None:
+        await runtime.run_turn(session, "read it")  # approved always: a token is minted
+        await runtime.run_turn(session, "read it again")  # the minted token authorizes it
+        await runtime.run_turn(session, "read the other one")  # the single-use token is used
+
+    _, loop_thread = run(on_the_loop(three_turns()))
+    assert [r.content for r in tool_results(session)] == ["remember the milk\n"] * 2 + [
+        "only once\n"
+    ]
+    assert len(handler.requests) == 1
+    assert session.capabilities.is_used(once.id)
+    assert {"put_token", "list_tokens", "claim_use"} <= set(capabilities.threads)
+    for call_name, threads in capabilities.threads.items():
+        assert loop_thread not in threads, f"{call_name} ran on the event loop's thread"
+    store.close()

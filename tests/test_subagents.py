@@ -7,6 +7,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from astrid import AgentSession, Message, ToolCall
 from astrid.default_plugins.memory_storage import MemoryBackend
+from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import StorageError, SubAgentError
 from astrid.messages import ToolCallResult
 from astrid.security.allowances import Allowance, ExactTool
@@ -1148,3 +1150,30 @@ def test_nested_executor_depth_follows_the_handle_chain() -> None:
         assert pool.available_permits() == 5
 
     asyncio.run(main())
+
+
+# -- the child's save runs off the event loop (issue 15) -------------------------------------
+
+
+def test_the_child_is_saved_in_a_worker_thread(tmp_path: Path) -> None:
+    class ThreadRecordingSqlite(SqliteBackend):
+        threads: list[int] = []
+
+        def write(self, change: SessionWrite) -> int:
+            self.threads.append(threading.get_ident())
+            return int(super().write(change))
+
+    backend = ThreadRecordingSqlite(tmp_path / "astrid.db")
+    store = SessionStore(backend)
+
+    async def main() -> tuple[SubAgentResult, int]:
+        pool = SubAgentPool(2, 3)
+        executor = SubAgentExecutor(pool, parent_session(), answering("done"), store=store)
+        return await executor.spawn(request()), threading.get_ident()
+
+    result, loop_thread = run(main())
+    assert result.success and result.session_id is not None
+    assert len(backend.threads) == 1 and loop_thread not in backend.threads
+    loaded = store.load(result.session_id)
+    assert loaded is not None and loaded.messages[-1].text() == "done"
+    store.close()

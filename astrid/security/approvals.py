@@ -575,28 +575,28 @@ class ApprovalManager:
         request = ApprovalRequest.new(action, context)
         handler = self._handler
         if handler is None:
-            return self.defer(action, context, "no approval handler registered")
+            return await self.adefer(action, context, "no approval handler registered")
 
         try:
             available = handler.is_available()
         except Exception as exc:
             logger.warning("approval handler availability check failed: %s", exc)
-            return self.defer(action, context, f"approval handler failed: {exc}")
+            return await self.adefer(action, context, f"approval handler failed: {exc}")
         if not available:
-            return self.defer(action, context, "approval handler unavailable")
+            return await self.adefer(action, context, "approval handler unavailable")
 
         try:
             response = await asyncio.wait_for(
                 handler.request_approval(request), timeout=self._timeout
             )
         except TimeoutError:
-            return self.defer(action, context, "approval request timed out")
+            return await self.adefer(action, context, "approval request timed out")
         except Exception as exc:
             logger.warning("approval handler failed: %s", exc)
-            return self.defer(action, context, f"approval handler failed: {exc}")
+            return await self.adefer(action, context, f"approval handler failed: {exc}")
 
         if response is None:
-            return self.defer(action, context, "user did not respond")
+            return await self.adefer(action, context, "user did not respond")
         answer = _answer_to(request, response, handler)
         if isinstance(answer, Denied):
             return answer
@@ -683,6 +683,27 @@ class ApprovalManager:
 
     def defer(self, action: SensitiveAction, context: str, reason: str) -> ApprovalOutcome:
         """Queue the action (persisted when the queue has a store); Denied if queueing fails."""
+        resolution, fallback = self._deferral(action, context, reason)
+        try:
+            resolution_id = self._deferred_queue.queue_auto(resolution)
+        except Exception as exc:
+            logger.warning("failed to defer action: %s", exc)
+            return Denied(f"failed to defer action: {exc}")
+        return Deferred(resolution_id, fallback)
+
+    async def adefer(self, action: SensitiveAction, context: str, reason: str) -> ApprovalOutcome:
+        """``defer`` for code on an event loop: a persistent queue is written off the loop."""
+        resolution, fallback = self._deferral(action, context, reason)
+        try:
+            resolution_id = await self._deferred_queue.aqueue_auto(resolution)
+        except Exception as exc:
+            logger.warning("failed to defer action: %s", exc)
+            return Denied(f"failed to defer action: {exc}")
+        return Deferred(resolution_id, fallback)
+
+    def _deferral(
+        self, action: SensitiveAction, context: str, reason: str
+    ) -> tuple[DeferredResolution, FallbackBehavior]:
         fallback = self._default_fallback
         resolution = DeferredResolution.new(
             ApprovalNeeded(request=ApprovalRequest.new(action, context)),
@@ -690,12 +711,7 @@ class ApprovalManager:
             Priority.NORMAL,
             ActionContext.new(context),
         ).with_fallback(f"fallback: {fallback}")
-        try:
-            resolution_id = self._deferred_queue.queue_auto(resolution)
-        except Exception as exc:
-            logger.warning("failed to defer action: %s", exc)
-            return Denied(f"failed to defer action: {exc}")
-        return Deferred(resolution_id, fallback)
+        return resolution, fallback
 
     def get_pending_resolutions(self) -> list[DeferredResolution]:
         """Every deferred item, highest priority first."""

@@ -7,6 +7,7 @@ The signing layout is the original's format v1, byte for byte, so tokens interop
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import threading
 from collections.abc import Collection, Iterable, Sequence
@@ -749,6 +750,15 @@ class CapabilityStore:
             else:
                 self._session[token.id] = token
 
+    async def aadd(self, token: CapabilityToken) -> None:
+        """``add`` for code on an event loop: a persistent token is written in a worker thread."""
+        if token.scope is TokenScope.PERSISTENT and self._backend is not None:
+            from astrid.offload import write_in_thread
+
+            await write_in_thread(self.add, token)
+        else:
+            self.add(token)
+
     def get(self, token_id: UUID) -> CapabilityToken | None:
         """The token with this id; raises ``TokenRevoked`` if revoked, None if unknown."""
         with self._lock:
@@ -791,6 +801,23 @@ class CapabilityStore:
                 if self._usable(token, resource, permission):
                     return token
             return None
+
+    async def afind_capability(
+        self,
+        resource: str,
+        permission: Permission,
+        *,
+        trusted_issuers: Collection[bytes] | None = None,
+    ) -> CapabilityToken | None:
+        """``find_capability`` for code on an event loop: a backend is read in a worker thread."""
+        find = functools.partial(
+            self.find_capability, resource, permission, trusted_issuers=trusted_issuers
+        )
+        if self._backend is None:
+            return find()
+        from astrid.offload import read_in_thread
+
+        return await read_in_thread(find)
 
     def has_capability(self, resource: str, permission: Permission) -> bool:
         """True if some live token grants ``permission`` on ``resource``."""
@@ -858,6 +885,15 @@ class CapabilityStore:
             if token.single_use:
                 self.mark_used(token_id)
             return token
+
+    async def ause_token(self, token_id: UUID) -> CapabilityToken:
+        """``use_token`` for code on an event loop: with a backend (a lookup, the atomic
+        ``claim_use``) it runs in a worker thread, and a cancellation waits for the claim."""
+        if self._backend is None:
+            return self.use_token(token_id)
+        from astrid.offload import write_in_thread
+
+        return await write_in_thread(self.use_token, token_id)
 
     def list_tokens(self) -> list[CapabilityToken]:
         """Unexpired session tokens plus unrevoked, unexpired persistent tokens."""

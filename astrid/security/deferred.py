@@ -392,6 +392,15 @@ class DeferredResolutionStore:
             return self.queue_persistent(resolution)
         return self.queue(resolution)
 
+    async def aqueue_auto(self, resolution: DeferredResolution) -> UUID:
+        """``queue_auto`` for code on an event loop: the store write runs in a worker thread,
+        and a cancellation waits for it (the item is then in the store and in memory)."""
+        if self._persistent is None:
+            return self.queue(resolution)
+        from astrid.offload import write_in_thread
+
+        return await write_in_thread(self.queue_persistent, resolution)
+
     def get_pending(self) -> list[DeferredResolution]:
         """Every item, highest priority first, oldest first within a priority."""
         with self._lock:

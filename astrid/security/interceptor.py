@@ -20,6 +20,9 @@ Our deliberate differences from the original (design §5 items 4 and 5):
   is an exact session allowance instead.
 * A budget denial is audited like every other denial (the original returned it unaudited).
 * A single-use capability token is consumed when it authorizes an action.
+* ``intercept`` never waits on a store on the event loop: with a persistent capability store,
+  looking a token up, using a single-use one and minting one run in a worker thread, and a
+  deferral is written to a persistent queue the same way.
 """
 
 from __future__ import annotations
@@ -310,11 +313,11 @@ class SecurityInterceptor:
         # 2. An existing capability token.
         mapped = action_resource(action)
         if mapped is not None:
-            token = self.session.capabilities.find_capability(
+            token = await self.session.capabilities.afind_capability(
                 *mapped, trusted_issuers=self.trusted_issuers
             )
             if token is not None:
-                result = self._authorize_with_token(action, token, cost)
+                result = await self._authorize_with_token(action, token, cost)
                 if result is not None:
                     return result
 
@@ -342,13 +345,13 @@ class SecurityInterceptor:
             self._audit_denied(action, str(exc))
             raise
 
-    def _authorize_with_token(
+    async def _authorize_with_token(
         self, action: SensitiveAction, token: CapabilityToken, cost: float | None
     ) -> InterceptResult | None:
         reservation = self._reserve(action, cost)
         if token.single_use:
             try:
-                self.session.capabilities.use_token(token.id)
+                await self.session.capabilities.ause_token(token.id)
             except CapabilityError:
                 # Used up, revoked or expired since the lookup: fall through to the approval.
                 if reservation is not None:
@@ -391,7 +394,7 @@ class SecurityInterceptor:
 
         # AlwaysAllow: record the approval, mint the capability, record the grant.
         self._audit(action, AuditOutcome.ALLOWED, UserApproval(approval_id), None, approval_id)
-        token_id = self._mint_capability(action, approval_id)
+        token_id = await self._amint_capability(action, approval_id)
         minted: InterceptProof = (
             UserApproval(approval_id)
             if token_id is None
@@ -437,12 +440,36 @@ class SecurityInterceptor:
 
     def _mint_capability(self, action: SensitiveAction, approval_id: AuditEntryId) -> UUID | None:
         """Mint and store a 1 h persistent token for exactly this resource; None on failure."""
+        token = self._new_capability(action, approval_id)
+        try:
+            if token is not None:
+                self.session.capabilities.add(token)
+        except Exception:
+            return None
+        return None if token is None else token.id
+
+    async def _amint_capability(
+        self, action: SensitiveAction, approval_id: AuditEntryId
+    ) -> UUID | None:
+        """``_mint_capability`` with the capability store's write off the event loop."""
+        token = self._new_capability(action, approval_id)
+        try:
+            if token is not None:
+                await self.session.capabilities.aadd(token)
+        except Exception:
+            return None
+        return None if token is None else token.id
+
+    def _new_capability(
+        self, action: SensitiveAction, approval_id: AuditEntryId
+    ) -> CapabilityToken | None:
+        """The signed 1 h persistent token for exactly this action's resource, or None."""
         mapped = action_resource(action)
         if mapped is None:
             return None
         resource, permission = mapped
         try:
-            token = CapabilityToken.create(
+            return CapabilityToken.create(
                 literal_resource_pattern(resource),
                 [permission],
                 TokenScope.PERSISTENT,
@@ -451,10 +478,8 @@ class SecurityInterceptor:
                 self.keypair,
                 ALLOW_ALWAYS_TTL,
             )
-            self.session.capabilities.add(token)
         except Exception:
             return None
-        return token.id
 
     # -- audit --------------------------------------------------------------------------------
 
