@@ -1,0 +1,404 @@
+"""``OpenAIProvider``: astrid's provider protocol version 2 over the Chat Completions API.
+
+The official SDK does the transport, retries, error classes and SSE parsing. The request body
+is built here (``wire.WireCache``) and handed to the SDK in ``extra_body``, which the SDK merges
+into the JSON it sends without running it through its recursive type transform (that transform
+walks every message and tool on every call). The SDK only transforms the tiny rest (``model``,
+an empty ``messages`` and ``stream``).
+
+The stream becomes astrid events: ``TextDelta``; ``ToolCallStart`` / ``ToolCallDelta`` /
+``ToolCallEnd`` for each call, keyed by the chunk's ``index`` so parallel calls may interleave;
+then ``Usage`` (the last one the server sent), ``Stop`` from ``finish_reason`` and ``Done``.
+A request that fails before streaming raises a ``ProviderError`` (``RateLimited``,
+``AuthenticationFailed``, ``ContextTooLong``); a stream that breaks or ends before its
+``finish_reason`` yields one ``StreamError`` and nothing after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from astrid.errors import AuthenticationFailed, ContextTooLong, ProviderError, RateLimited
+from astrid.llm import (
+    CallSettings,
+    Completion,
+    Done,
+    Stop,
+    StopReason,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolDefinition,
+    Usage,
+)
+from astrid.messages import Message
+from pydantic import SecretStr
+
+from . import DEFAULT_BASE_URL, PROVIDER_NAME, OpenAIOptions
+from .wire import WireCache
+
+logger = logging.getLogger("astrid_openai")
+
+STOP_REASONS: Mapping[str, StopReason] = {
+    "stop": StopReason.END_TURN,
+    "tool_calls": StopReason.TOOL_USE,
+    "function_call": StopReason.TOOL_USE,
+    "length": StopReason.MAX_TOKENS,
+    "content_filter": StopReason.CONTENT_FILTER,
+}
+"""``finish_reason`` → astrid's stop reason (anything else is ``OTHER`` with the raw word)."""
+
+_CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
+_CONTEXT_WORDS = ("maximum context length", "context length", "context window", "too many tokens")
+
+
+class OpenAIProvider:
+    """A Chat Completions model behind the official ``openai`` SDK (``AsyncOpenAI``)."""
+
+    name = PROVIDER_NAME
+    provider_api = 2
+
+    def __init__(
+        self, options: OpenAIOptions, *, api_key: SecretStr, cache_wire: bool = True
+    ) -> None:
+        self.options = options
+        self.model = options.model
+        self.base_url = options.base_url or DEFAULT_BASE_URL
+        self._api_key = api_key
+        self._wire = WireCache(enabled=cache_wire)
+        self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(model={self.model!r}, base_url={_public_url(self.base_url)!r})"
+
+    @property
+    def wire(self) -> WireCache:
+        """The cache of wire-form messages and tools (for tests and benchmarks)."""
+        return self._wire
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client of the running event loop (a new loop gets a new client)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key.get_secret_value(),
+                base_url=self.base_url,
+                timeout=self.options.timeout_s,
+                max_retries=self.options.max_retries,
+                default_headers=dict(self.options.extra_headers) or None,
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connections (a later request opens new ones)."""
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    def request_body(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        system_prompt: str,
+        settings: CallSettings,
+    ) -> dict[str, Any]:
+        """Everything of the JSON body but ``model`` and ``stream`` (which the SDK adds)."""
+        body: dict[str, Any] = {"messages": self._wire.messages(messages, system_prompt)}
+        if tools:
+            body["tools"] = self._wire.tools(tools)
+        body["stream_options"] = {"include_usage": True}
+        max_tokens = settings.max_output_tokens or self.options.max_output_tokens
+        if max_tokens is not None:
+            body[self.options.max_tokens_field] = max_tokens
+        temperature = (
+            settings.temperature if settings.temperature is not None else self.options.temperature
+        )
+        if temperature is not None:
+            body["temperature"] = temperature
+        body.update(settings.extra)
+        return body
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        system_prompt: str,
+        *,
+        settings: CallSettings | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream one response (``settings`` None: the configured model and defaults)."""
+        settings = settings or CallSettings(model=self.model)
+        body = self.request_body(messages, tools, system_prompt, settings)
+        try:
+            response = await self.client().chat.completions.create(
+                model=settings.model, messages=[], stream=True, extra_body=body
+            )
+        except openai.APIError as exc:
+            raise self.error(exc) from None
+        state = _StreamState()
+        try:
+            async with response:
+                async for chunk in response:
+                    for event in state.feed(chunk):
+                        yield event
+        except openai.APIError as exc:
+            yield StreamError(self._stream_broke(exc))
+            return
+        if state.finish_reason is None:
+            yield StreamError(
+                f"{PROVIDER_NAME}: the stream from {_public_url(self.base_url)} ended before "
+                "the response was complete (no finish_reason)"
+            )
+            return
+        for event in state.finish():
+            yield event
+
+    async def complete_simple(
+        self, prompt: str, *, settings: CallSettings | None = None
+    ) -> Completion:
+        """One user message, no tools, no system prompt: the text, its usage and stop."""
+        text: list[str] = []
+        usage: Usage | None = None
+        stop: StopReason | None = None
+        async for event in self.stream([Message.user(prompt)], [], "", settings=settings):
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, Usage):
+                usage = event
+            elif isinstance(event, Stop):
+                stop = event.reason
+            elif isinstance(event, StreamError):
+                raise ProviderError(event.message, provider=PROVIDER_NAME)
+        return Completion("".join(text), usage=usage, stop=stop)
+
+    def error(self, exc: openai.APIError) -> ProviderError:
+        """The astrid error for an SDK error raised before the stream started."""
+        retried = _retried(exc)
+        where = _public_url(self.base_url)
+        detail = self._redact(_error_detail(exc))
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            text = f"{PROVIDER_NAME}: HTTP {status} from {where}: {detail}"
+            if isinstance(exc, openai.RateLimitError):
+                return RateLimited(
+                    text,
+                    provider=PROVIDER_NAME,
+                    status=status,
+                    retried=retried,
+                    retry_after_s=_retry_after(exc.response.headers),
+                )
+            if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+                return AuthenticationFailed(
+                    f"{text} (check the key in {self._key_source()})",
+                    provider=PROVIDER_NAME,
+                    status=status,
+                    retried=retried,
+                )
+            if _context_too_long(exc):
+                return ContextTooLong(text, provider=PROVIDER_NAME, status=status, retried=retried)
+            return ProviderError(text, provider=PROVIDER_NAME, status=status, retried=retried)
+        if isinstance(exc, openai.APITimeoutError):
+            text = f"{PROVIDER_NAME}: the request to {where} timed out"
+        elif isinstance(exc, openai.APIConnectionError):
+            text = f"{PROVIDER_NAME}: cannot reach {where}: {detail}"
+        else:
+            text = f"{PROVIDER_NAME}: request to {where} failed: {detail}"
+        if retried:
+            text += " (after retrying)"
+        return ProviderError(text, provider=PROVIDER_NAME, status=None, retried=retried)
+
+    def _stream_broke(self, exc: openai.APIError) -> str:
+        where = _public_url(self.base_url)
+        if isinstance(exc, openai.APIConnectionError):
+            return f"{PROVIDER_NAME}: the stream from {where} broke off: {_error_detail(exc)}"
+        return f"{PROVIDER_NAME}: the stream from {where} sent an error: {self._redact(str(exc))}"
+
+    def _key_source(self) -> str:
+        if self.options.api_key_file is not None:
+            return "llm.options.api_key_file"
+        return f"${self.options.api_key_env}"
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key.get_secret_value()
+        return text.replace(key, "***") if len(key) >= 4 else text
+
+
+@dataclass
+class _Call:
+    """One tool call being streamed: its id, name, and arguments held until it has a name."""
+
+    id: str
+    name: str = ""
+    started: bool = False
+    pending: list[str] = field(default_factory=list)
+
+
+class _StreamState:
+    """Chunks in, astrid events out; keeps what the end of the stream needs."""
+
+    def __init__(self) -> None:
+        self.calls: list[_Call] = []
+        self.by_index: dict[int, _Call] = {}
+        self.usage: Any = None
+        self.finish_reason: str | None = None
+
+    def feed(self, chunk: Any) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage
+        for choice in getattr(chunk, "choices", None) or ():
+            if getattr(choice, "index", 0) not in (0, None):
+                continue
+            delta = getattr(choice, "delta", None)
+            if delta is not None:
+                text = getattr(delta, "content", None)
+                if text:
+                    events.append(TextDelta(text))
+                for piece in getattr(delta, "tool_calls", None) or ():
+                    self._tool_piece(piece, events)
+            reason = getattr(choice, "finish_reason", None)
+            if reason:
+                self.finish_reason = reason
+        return events
+
+    def _tool_piece(self, piece: Any, events: list[StreamEvent]) -> None:
+        index = getattr(piece, "index", None)
+        index = index if isinstance(index, int) else len(self.calls)
+        call_id = getattr(piece, "id", None) or None
+        call = self.by_index.get(index)
+        if call is None or (call_id is not None and call.started and call_id != call.id):
+            # A new call; some servers put every call at index 0 and tell them apart by id.
+            call = _Call(id=call_id or f"call_{uuid.uuid4().hex[:24]}")
+            self.by_index[index] = call
+            self.calls.append(call)
+        elif call_id is not None and not call.started:
+            call.id = call_id
+        function = getattr(piece, "function", None)
+        name = getattr(function, "name", None) if function is not None else None
+        arguments = getattr(function, "arguments", None) if function is not None else None
+        if name and not call.name:
+            call.name = name
+        if arguments:
+            call.pending.append(arguments)
+        if call.name and not call.started:
+            call.started = True
+            events.append(ToolCallStart(call.id, call.name))
+        if call.started and call.pending:
+            events.extend(ToolCallDelta(call.id, part) for part in call.pending)
+            call.pending.clear()
+
+    def finish(self) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for call in self.calls:
+            if not call.started:
+                events.append(ToolCallStart(call.id, call.name))
+                events.extend(ToolCallDelta(call.id, part) for part in call.pending)
+            events.append(ToolCallEnd(call.id))
+        if self.usage is not None:
+            events.append(_usage(self.usage))
+        raw = self.finish_reason
+        reason = STOP_REASONS.get(raw or "", StopReason.OTHER)
+        events.append(Stop(reason, raw))
+        events.append(Done())
+        return events
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(usage: Any) -> Usage:
+    prompt = getattr(usage, "prompt_tokens_details", None)
+    completion = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=_count(getattr(usage, "prompt_tokens", 0)),
+        output_tokens=_count(getattr(usage, "completion_tokens", 0)),
+        cache_read_tokens=_count(getattr(prompt, "cached_tokens", 0)),
+        cache_write_tokens=_count(getattr(prompt, "cache_write_tokens", 0)),
+        reasoning_tokens=_count(getattr(completion, "reasoning_tokens", 0)),
+    )
+
+
+def _retried(exc: openai.APIError) -> bool:
+    """Whether the SDK retried: its ``x-stainless-retry-count`` header on the last attempt."""
+    request = None
+    response = getattr(exc, "response", None)
+    if response is not None:
+        request = getattr(response, "request", None)
+    if request is None:
+        request = getattr(exc, "request", None)
+    headers = getattr(request, "headers", None)
+    raw = headers.get("x-stainless-retry-count") if headers is not None else None
+    try:
+        return int(raw) > 0 if raw is not None else False
+    except ValueError:
+        return False
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asks to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) / divisor
+        except ValueError:
+            if name == "retry-after-ms":
+                continue
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
+                return None
+            return max(0.0, when.timestamp() - time.time())
+        return value if value >= 0 and value != float("inf") else None
+    return None
+
+
+def _error_detail(exc: openai.APIError) -> str:
+    """The server's own error message when it sent one, else the SDK's."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+        if isinstance(message, str) and message:
+            return message[:500]
+    return (exc.message or type(exc).__name__)[:500]
+
+
+def _context_too_long(exc: openai.APIStatusError) -> bool:
+    if exc.status_code == 413:
+        return True
+    if exc.status_code != 400:
+        return False
+    if getattr(exc, "code", None) in _CONTEXT_CODES:
+        return True
+    text = _error_detail(exc).lower()
+    return any(word in text for word in _CONTEXT_WORDS)
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user info or query (which may hold credentials)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -1,0 +1,197 @@
+"""astrid messages and tools as Chat Completions JSON, each built once and reused.
+
+``WireCache`` turns a ``Message`` into its wire dict the first time the provider sends it and
+hands back the same dict afterwards: messages are immutable, so a cached form cannot go stale.
+Entries are keyed by the object's identity and vanish with the object (a weak reference), so a
+cache shared by every session of a provider holds only messages somebody still has. The same
+goes for ``ToolDefinition`` objects. What a request costs before the SDK sees it is then a dict
+lookup per message, and the SDK never walks these dicts (they go in ``extra_body``).
+
+Mapping (content kind first, then role):
+
+* text: ``{"role": <system|user|assistant>, "content": text}``; a summary is a system message.
+* tool calls: ``{"role": "assistant", "content": null, "tool_calls": [...]}``, arguments as a
+  JSON string; an empty list is an empty assistant message.
+* a tool result: ``{"role": "tool", "tool_call_id": ..., "content": ...}`` (Chat Completions
+  has no error flag: the runtime's error text says what failed).
+* parts: user content parts (``text``, ``image_url`` with a ``data:`` URL); for other roles the
+  text parts joined (the API takes images from users only).
+* anything astrid does not know (an unknown role, opaque content, text in a tool message) is
+  left out of the request and logged once; it stays in the session unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from astrid.llm import ToolDefinition
+from astrid.messages import (
+    ImagePart,
+    Message,
+    MessageRole,
+    OpaqueContent,
+    TextPart,
+    ToolCall,
+    ToolCallResult,
+)
+
+logger = logging.getLogger("astrid_openai")
+
+WireMessage = dict[str, Any]
+
+_TEXT_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+}
+
+
+def arguments_json(arguments: Any) -> str:
+    """A tool call's arguments as the JSON string the API carries (a string is sent as is)."""
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_to_wire(message: Message) -> WireMessage | None:
+    """The Chat Completions form of one message; None for one the API cannot carry."""
+    content = message.content
+    role = message.role
+    if isinstance(content, OpaqueContent) or not isinstance(role, MessageRole):
+        return None
+    if isinstance(content, ToolCallResult):
+        return {"role": "tool", "tool_call_id": content.call_id, "content": content.content}
+    if isinstance(content, str):
+        wire_role = _TEXT_ROLES.get(role)
+        return None if wire_role is None else {"role": wire_role, "content": content}
+    calls = message.tool_calls()
+    if calls is not None:
+        if not calls:
+            return {"role": "assistant", "content": ""}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [_call_to_wire(call) for call in calls],
+        }
+    return _parts_to_wire(role, content)
+
+
+def _call_to_wire(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments_json(call.arguments)},
+    }
+
+
+def _parts_to_wire(role: MessageRole, content: Any) -> WireMessage | None:
+    wire_role = _TEXT_ROLES.get(role)
+    if wire_role is None:
+        return None
+    if role is not MessageRole.USER:
+        text = "".join(part.text for part in content if isinstance(part, TextPart))
+        return {"role": wire_role, "content": text}
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            url = f"data:{part.media_type};base64,{part.data}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": "user", "content": parts}
+
+
+def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
+    """A tool definition as a Chat Completions function tool."""
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+class _IdentityCache:
+    """Values computed once per live object, keyed by identity, dropped with the object."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref[Any], Any]] = {}
+        self.misses = 0
+
+    def get(self, obj: Any, build: Any) -> Any:
+        key = id(obj)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        self.misses += 1
+        value = build(obj)
+        self._entries[key] = (weakref.ref(obj, self._forget(key)), value)
+        return value
+
+    def _forget(self, key: int) -> Any:
+        entries = self._entries
+
+        def forget(ref: weakref.ref[Any]) -> None:
+            entry = entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del entries[key]
+
+        return forget
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class WireCache:
+    """Messages and tools in wire form, each built once (``enabled`` False: built every time)."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._messages = _IdentityCache()
+        self._tools = _IdentityCache()
+
+    def messages(self, messages: Sequence[Message], system_prompt: str) -> list[WireMessage]:
+        """The request's ``messages``: the system prompt (when not empty), then each message."""
+        out: list[WireMessage] = []
+        if system_prompt:
+            out.append({"role": "system", "content": system_prompt})
+        get = self._messages.get if self.enabled else _build_now
+        for message in messages:
+            wire = get(message, _message_or_log)
+            if wire is not None:
+                out.append(wire)
+        return out
+
+    def tools(self, tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
+        """The request's ``tools``."""
+        get = self._tools.get if self.enabled else _build_now
+        return [get(tool, tool_to_wire) for tool in tools]
+
+    @property
+    def cached_messages(self) -> int:
+        """How many messages have a cached wire form now."""
+        return len(self._messages)
+
+    @property
+    def built_messages(self) -> int:
+        """How many times a message's wire form was built (cache misses)."""
+        return self._messages.misses
+
+
+def _build_now(obj: Any, build: Any) -> Any:
+    return build(obj)
+
+
+def _message_or_log(message: Message) -> WireMessage | None:
+    wire = message_to_wire(message)
+    if wire is None:
+        role = message.role.value if isinstance(message.role, MessageRole) else message.role
+        logger.warning(
+            "openai: a %r message with %s content has no Chat Completions form; "
+            "it is left out of the request (and kept in the session)",
+            role,
+            type(message.content).__name__,
+        )
+    return wire
