@@ -1,11 +1,67 @@
-"""Test helpers for plugin authors: the storage conformance suite (needs pytest).
+"""Test helpers for plugin authors: conformance suites and fake LLM servers.
 
-``from astrid.testing import StorageConformance`` and subclass it in a test module; see
-``docs/plugin-authors.md``. ``import astrid`` never imports this package.
+``from astrid.testing import StorageConformance`` (or ``ProviderConformance``) and subclass it
+in a test module; the fake OpenAI / Anthropic servers are in ``astrid.testing.fake_llm``. See
+``docs/plugin-authors.md``. Names load on first use, so the fake servers work without pytest
+(the conformance suites need it); ``import astrid`` never imports this package.
 """
 
 from __future__ import annotations
 
-from .conformance import HOSTILE_IDS, HOSTILE_TEXTS, StorageConformance, sample_messages
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["HOSTILE_IDS", "HOSTILE_TEXTS", "StorageConformance", "sample_messages"]
+if TYPE_CHECKING:
+    from .conformance import HOSTILE_IDS, HOSTILE_TEXTS, StorageConformance, sample_messages
+    from .fake_llm import (
+        ErrorReply,
+        FakeAnthropicServer,
+        FakeOpenAIServer,
+        Reply,
+        Text,
+        Thinking,
+        Tokens,
+        ToolArgs,
+        ToolCallSpec,
+    )
+
+_WHERE = {
+    "HOSTILE_IDS": "conformance",
+    "HOSTILE_TEXTS": "conformance",
+    "StorageConformance": "conformance",
+    "sample_messages": "conformance",
+    "ErrorReply": "fake_llm",
+    "FakeAnthropicServer": "fake_llm",
+    "FakeOpenAIServer": "fake_llm",
+    "Reply": "fake_llm",
+    "Text": "fake_llm",
+    "Thinking": "fake_llm",
+    "Tokens": "fake_llm",
+    "ToolArgs": "fake_llm",
+    "ToolCallSpec": "fake_llm",
+}
+
+__all__ = [
+    "HOSTILE_IDS",
+    "HOSTILE_TEXTS",
+    "ErrorReply",
+    "FakeAnthropicServer",
+    "FakeOpenAIServer",
+    "Reply",
+    "StorageConformance",
+    "Text",
+    "Thinking",
+    "Tokens",
+    "ToolArgs",
+    "ToolCallSpec",
+    "sample_messages",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'astrid.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
