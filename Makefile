@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml
+$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml plugins/astrid-openai/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/astrid-postgres
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/astrid-postgres \
+		-e plugins/astrid-openai
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,14 +21,14 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check astrid tests examples
-	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres
+	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres plugins/astrid-openai/astrid_openai
 
 typecheck: lint
 
 # The PostgreSQL plugin's tests start a throwaway server on 127.0.0.1 (initdb/pg_ctl from
 # Debian's postgresql package); outside CI they skip with a message when none can be started.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests
+	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests plugins/astrid-openai/tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -149,7 +149,7 @@ class OpenAIProvider:
             )
         except openai.APIError as exc:
             raise self.error(exc) from None
-        state = _StreamState()
+        state = _StreamState(self._wire.renamed(tools))
         try:
             async with response:
                 async for chunk in response:
@@ -250,7 +250,8 @@ class _Call:
 class _StreamState:
     """Chunks in, astrid events out; keeps what the end of the stream needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, renamed: Mapping[str, str]) -> None:
+        self.renamed = renamed
         self.calls: list[_Call] = []
         self.by_index: dict[int, _Call] = {}
         self.usage: Any = None
@@ -292,7 +293,7 @@ class _StreamState:
         name = getattr(function, "name", None) if function is not None else None
         arguments = getattr(function, "arguments", None) if function is not None else None
         if name and not call.name:
-            call.name = name
+            call.name = self.renamed.get(name, name)
         if arguments:
             call.pending.append(arguments)
         if call.name and not call.started:

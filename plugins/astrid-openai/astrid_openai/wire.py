@@ -14,6 +14,8 @@ Mapping (content kind first, then role):
   JSON string; an empty list is an empty assistant message.
 * a tool result: ``{"role": "tool", "tool_call_id": ..., "content": ...}`` (Chat Completions
   has no error flag: the runtime's error text says what failed).
+* tool names outside ``[a-zA-Z0-9_-]{1,64}`` (``fs:read_file``) are sent as
+  ``wire_tool_name(name)`` and mapped back when the model calls them.
 * parts: user content parts (``text``, ``image_url`` with a ``data:`` URL); for other roles the
   text parts joined (the API takes images from users only).
 * anything astrid does not know (an unknown role, opaque content, text in a tool message) is
@@ -22,8 +24,10 @@ Mapping (content kind first, then role):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -43,11 +47,24 @@ logger = logging.getLogger("astrid_openai")
 
 WireMessage = dict[str, Any]
 
+_NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+
 _TEXT_ROLES = {
     MessageRole.SYSTEM: "system",
     MessageRole.USER: "user",
     MessageRole.ASSISTANT: "assistant",
 }
+
+
+def wire_tool_name(name: str) -> str:
+    """A tool name the API accepts (``[a-zA-Z0-9_-]{1,64}``): as is when it fits, else made to
+    fit with a hash of the original, so ``fs:read`` and ``fs.read`` stay distinct and the same
+    name always maps the same way (in the tools and in earlier calls of the conversation)."""
+    if _NAME_OK.match(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{_NAME_BAD_CHARS.sub('_', name)[:55]}_{digest}"
 
 
 def arguments_json(arguments: Any) -> str:
@@ -84,7 +101,10 @@ def _call_to_wire(call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.id,
         "type": "function",
-        "function": {"name": call.name, "arguments": arguments_json(call.arguments)},
+        "function": {
+            "name": wire_tool_name(call.name),
+            "arguments": arguments_json(call.arguments),
+        },
     }
 
 
@@ -107,7 +127,7 @@ def _parts_to_wire(role: MessageRole, content: Any) -> WireMessage | None:
 
 def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
     """A tool definition as a Chat Completions function tool."""
-    function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+    function: dict[str, Any] = {"name": wire_tool_name(tool.name), "parameters": tool.input_schema}
     if tool.description:
         function["description"] = tool.description
     return {"type": "function", "function": function}
@@ -168,6 +188,16 @@ class WireCache:
         """The request's ``tools``."""
         get = self._tools.get if self.enabled else _build_now
         return [get(tool, tool_to_wire) for tool in tools]
+
+    @staticmethod
+    def renamed(tools: Sequence[ToolDefinition]) -> dict[str, str]:
+        """Wire name → astrid name, for the tools whose name had to be changed."""
+        out: dict[str, str] = {}
+        for tool in tools:
+            wire = wire_tool_name(tool.name)
+            if wire != tool.name:
+                out[wire] = tool.name
+        return out
 
     @property
     def cached_messages(self) -> int:

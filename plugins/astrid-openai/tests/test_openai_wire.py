@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 
 import pytest
 from astrid.context import summary_message
@@ -18,7 +19,7 @@ from astrid.messages import (
     ToolCallResult,
 )
 
-from astrid_openai.wire import WireCache, message_to_wire, tool_to_wire
+from astrid_openai.wire import WireCache, message_to_wire, tool_to_wire, wire_tool_name
 
 
 def test_text_messages_keep_their_role() -> None:
@@ -164,3 +165,19 @@ def test_an_entry_goes_with_its_message() -> None:
     # an equal but distinct message is a distinct entry (identity, not equality)
     cache.messages([Message.user("kept")], "")
     assert cache.built_messages == 3
+
+
+def test_tool_names_the_api_refuses_are_sent_in_a_form_it_accepts_and_mapped_back() -> None:
+    pattern = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+    names = ["fs:read_file", "fs.read_file", "x" * 80, "ünïcode"]
+    wire = [wire_tool_name(name) for name in names]
+    assert all(pattern.match(name) for name in wire)
+    assert len(set(wire)) == len(names)
+    assert wire_tool_name("read_file") == "read_file"
+    tools = [ToolDefinition(name) for name in [*names, "read_file"]]
+    assert WireCache.renamed(tools) == dict(zip(wire, names, strict=True))
+    # an earlier call of the conversation names the tool the same way the tools list does
+    call = Message.assistant_with_tools([ToolCall(id="c", name="fs:read_file", arguments={})])
+    sent = message_to_wire(call)
+    assert sent is not None
+    assert sent["tool_calls"][0]["function"]["name"] == wire[0]
