@@ -25,7 +25,13 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from .document import GitState, SessionDocument, describe_validation_error
-from .errors import ConcurrencyError, InvalidCost, SerializationError, StorageError
+from .errors import (
+    ConcurrencyError,
+    InvalidCost,
+    SerializationError,
+    SessionNotFound,
+    StorageError,
+)
 from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
 from .messages import Message
@@ -327,6 +333,11 @@ absent and removed by the first write of the document."""
 def workspace_namespace(workspace: str) -> str:
     """The key-value namespace of a workspace's state (``workspace``: its ``workspace_key``)."""
     return f"ws:{workspace}"
+
+
+def deferred_namespace(session_id: str) -> str:
+    """The key-value namespace of a session's deferred-approval queue (the original's name)."""
+    return f"deferred:{session_id}"
 
 
 def _json_of(raw: bytes, where: str) -> Any:
@@ -854,7 +865,7 @@ class SessionStore:
 
     def deferred_queue_kv(self, session_id: str | SessionId) -> ScopedKvStore:
         """The namespace the original uses for a session's deferred queue."""
-        return self.kv(f"deferred:{validate_session_id(session_id)}")
+        return self.kv(deferred_namespace(validate_session_id(session_id)))
 
     def load_workspace_state(self, workspace: str | Path) -> WorkspaceState:
         """The workspace's allowances, budget snapshot and escape paths (empty if none).
@@ -1142,6 +1153,175 @@ class SessionStore:
             serial=session.messages.mark_clean(),
             keyed=keyed,
         )
+
+    # == administration (issue 15): the facade astrid.transfer and the CLI use ================
+    # Whole-store operations for import, export, migrate and doctor, so no tool reaches into the
+    # backend. Each is one backend call or a few; none changes what ``save``/``load`` do.
+
+    @property
+    def backend_name(self) -> str:
+        """The storage backend's name (``sqlite``, ``file``, ``memory``, a plugin's)."""
+        return self.backend.name
+
+    @property
+    def persistent(self) -> bool:
+        """False when the backend declares ``persistent = False`` (memory); absent means True."""
+        return bool(getattr(self.backend, "persistent", True))
+
+    def same_store_as(self, other: SessionStore) -> bool:
+        """True if both stores use one backend location (same backend type and path)."""
+        return repr(self.backend) == repr(other.backend)
+
+    def __repr__(self) -> str:
+        return f"SessionStore({self.backend!r})"
+
+    def location(self) -> str | None:
+        """Where the backend keeps its data (its database file or directory), if it says."""
+        for attr in ("path", "directory"):
+            value = getattr(self.backend, attr, None)
+            if value is not None:
+                return str(value)
+        return None
+
+    def describe(self, session_id: str | SessionId) -> str:
+        """Where a session lives, as messages name it: its file, or the store and the id."""
+        return self._source(validate_session_id(session_id))
+
+    def schema_version(self) -> int:
+        """The schema version the backend applied (0 for schemaless backends)."""
+        return self.backend.schema_version()
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(location, problem) of each entry the backend cannot list (the file backend: corrupt
+        or misnamed session files); empty for a backend that lists everything it holds."""
+        probe = getattr(self.backend, "problems", None)
+        if not callable(probe):
+            return []
+        return [(str(where), str(what)) for where, what in probe()]
+
+    def sweep_temp_files(self) -> int:
+        """Remove the temporary files killed writers left (the file backend); how many, those
+        removed when the store was opened included."""
+        swept = int(getattr(self.backend, "swept_temp_files", 0))
+        sweep = getattr(self.backend, "sweep_temp_files", None)
+        if callable(sweep):
+            swept += int(sweep())
+        return swept
+
+    def not_found(self, session_id: str | SessionId) -> SessionNotFound:
+        """The error for a session this store does not hold, naming the store."""
+        sid = session_id.bare if isinstance(session_id, SessionId) else session_id
+        return SessionNotFound(f"session {sid} not found in the {self.backend.name} store")
+
+    def load_record(
+        self, session_id: str | SessionId, *, tail: int | None = None
+    ) -> SessionRecord | None:
+        """A session as stored (state, messages, revision), not decoded; None if absent.
+
+        ``tail=0`` reads the state only. ``decode_record`` checks it decodes.
+        """
+        return self.backend.load(validate_session_id(session_id), tail=tail)
+
+    def decode_record(self, session_id: str | SessionId, record: SessionRecord) -> SessionDocument:
+        """The document of a stored record (its loaded messages only); bad data is a
+        ``SerializationError`` naming where the session lives."""
+        sid = validate_session_id(session_id)
+        data = dict(record.state)
+        data["messages"] = record.messages
+        return SessionDocument.from_data(data, source=self.describe(sid))
+
+    def history_entries(self, session_id: str | SessionId) -> list[HistoryEntry]:
+        """Every message ever stored for the session as JSON data, marked active or replaced."""
+        return self.backend.history(validate_session_id(session_id))
+
+    def restore(
+        self,
+        summary: SessionSummary,
+        state: dict[str, Any],
+        messages: Sequence[Any],
+        *,
+        archived: Sequence[Any] = (),
+        over: SessionRecord | None = None,
+    ) -> int:
+        """Write a whole session as given (imports, copies) in ONE atomic backend write.
+
+        ``state``: the document without messages; ``messages``: the active ones (JSON);
+        ``archived``: replaced ones, recorded in its history before them. ``over``: the stored
+        record this replaces (its messages stay in the history); None creates the session, which
+        must not exist. A kill at any moment leaves the previous state or the complete new one.
+        """
+        from dataclasses import replace as _with
+
+        return self.backend.write(
+            SessionWrite(
+                session_id=validate_session_id(summary.id),
+                expected_revision=over.revision if over is not None else None,
+                state=dict(state),
+                messages=list(messages),
+                base_count=over.message_count if over is not None else 0,
+                replace=over is not None,
+                summary=_with(summary, message_count=len(messages)),
+                archived=list(archived),
+            )
+        )
+
+    def kv_store(self) -> KvStore:
+        """The whole key-value store, every namespace (``kv`` gives a view of one)."""
+        return self.backend.kv()
+
+    @staticmethod
+    def derived_namespaces(rows: Iterable[SessionSummary]) -> list[str]:
+        """The key-value namespaces astrid keeps for these sessions, sorted: their deferred
+        queues and their workspaces' state (the document and the older three-key layout)."""
+        rows = list(rows)
+        names = {deferred_namespace(row.id) for row in rows}
+        for ws in {row.workspace_path for row in rows if row.workspace_path}:
+            namespace = workspace_namespace(ws)
+            names.add(namespace)
+            names.update(f"{namespace}:{part}" for part in LEGACY_WORKSPACE_PARTS)
+        return sorted(names)
+
+    def copy_capabilities_to(self, target: SessionStore) -> tuple[int, int, int]:
+        """Copy the persistent capability tokens, revocations and used markers into ``target``;
+        return how many of each (0s when either has no capability store, or they share one)."""
+        src = self.capabilities.backend if self.capabilities is not None else None
+        dst = target.capabilities.backend if target.capabilities is not None else None
+        if src is None or dst is None or src is dst:
+            return 0, 0, 0
+        tokens = 0
+        for data in src.list_tokens():
+            try:
+                token_id = json.loads(data)["id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            dst.put_token(str(token_id), data)
+            tokens += 1
+        revoked = src.revoked_ids()
+        for token_id in revoked:
+            dst.add_revoked(token_id)
+        used = src.used_ids()
+        for token_id in used:
+            dst.add_used(token_id)
+        return tokens, len(revoked), len(used)
+
+    @staticmethod
+    def configured_backend(config: Any) -> str:
+        """The storage backend a ``LoadedConfig`` names (before anything is opened)."""
+        return str(config.config.storage.backend)
+
+    @classmethod
+    def open_to_inspect(cls, config: Any) -> SessionStore:
+        """The store a ``LoadedConfig`` names, opened to inspect: its storage backend only,
+        asked to create nothing (``PluginContext.read_only``; the file backend makes no
+        directory, lock or index), and no capability store."""
+        from .plugins import PluginContext, get_implementation
+
+        where = f"{config.where}: key 'storage.backend'"
+        impl = get_implementation("storage", cls.configured_backend(config), where=where)
+        options = config.config.storage.options
+        return cls(impl.create(options, PluginContext(home=config.home, read_only=True)))
+
+    # == end of administration ================================================================
 
 
 def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis | None:

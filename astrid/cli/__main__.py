@@ -1,0 +1,6 @@
+"""``python -m astrid.cli``: the ``astrid`` command."""
+
+from . import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``astrid demo``: a scripted agent session (tool call, approval, sub-agent, summary), shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..messages import Message
+from ..store import open_store
+from ..transfer import all_summaries
+from ._common import echo_json, json_option, load
+from .sessions import print_session, render_message, session_view
+
+DEMO_NOTES = "buy milk, eggs and bread\ncall the plumber on Tuesday\n"
+DEMO_PROMPTS = (
+    "What is in notes.txt?",
+    "Ask a helper to plan my errands.",
+    "Thanks!",
+)
+
+
+def _usage(tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    return {"usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
+
+
+DEMO_SCRIPT: list[list[dict[str, Any]]] = [
+    # Turn 1: the model reads a file (the approval handler approves it for the session).
+    [
+        {"text": "Let me read the notes."},
+        {"tool_call": {"id": "call_1", "name": "read_file", "arguments": {"path": "notes.txt"}}},
+        _usage(120, 30),
+    ],
+    [
+        {"text": "The notes say: buy milk, eggs and bread, and call the plumber on Tuesday."},
+        _usage(200, 25),
+    ],
+    # Turn 2: the model delegates to a sub-agent through the `task` tool.
+    [
+        {
+            "tool_call": {
+                "id": "call_2",
+                "name": "task",
+                "arguments": {
+                    "description": "plan errands",
+                    "prompt": "Plan the errands: buy milk, eggs and bread; call the plumber.",
+                },
+            }
+        },
+        _usage(260, 40),
+    ],
+    [{"text": "Monday: groceries. Tuesday: call the plumber."}, _usage(80, 20)],
+    [
+        {"text": "A helper planned it: groceries on Monday, the plumber on Tuesday."},
+        _usage(320, 25),
+    ],
+    # Turn 3: the context is over its (small) limit, so older turns are summarized first.
+    [{"text": "You're welcome!"}, _usage(150, 5)],
+]
+"""The model's side of the demo, replayed by the ``scripted`` provider."""
+
+
+class _AutoApprove:
+    """The demo's approval handler: reports each request and approves it for the session."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    async def request_approval(self, request: Any) -> Any:
+        """Approve for the session (a real host would ask its user here)."""
+        from ..security.approvals import ApprovalResponse, ApproveSession
+
+        self.say(f"  [approval] {request.action.summary()} -> approved for this session")
+        return ApprovalResponse.new(request.id, ApproveSession())
+
+    def is_available(self) -> bool:
+        """Always reachable."""
+        return True
+
+
+@click.command("demo")
+@click.option(
+    "--workspace",
+    metavar="DIR",
+    help="The demo's workspace directory (default <home>/demo-workspace).",
+)
+@json_option
+@click.pass_context
+def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
+    """Run a scripted agent session (tool call, approval, sub-agent, summary) and show it."""
+    import asyncio
+
+    from ..default_plugins.scripted_provider import ScriptedProvider
+    from ..runtime import AgentRuntime, RuntimeConfig
+
+    loaded = load(ctx)
+    root = Path(workspace) if workspace else loaded.home / "demo-workspace"
+    say: Callable[[str], None] = (lambda _text: None) if as_json else click.echo
+    with open_store(loaded) as store:
+        # After the store: it creates the astrid home private (0700); mkdir would not.
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "notes.txt").write_text(DEMO_NOTES, encoding="utf-8")
+        runtime = AgentRuntime(
+            ScriptedProvider(DEMO_SCRIPT),
+            store=store,
+            config=RuntimeConfig(workspace=root, max_context_tokens=160, keep_recent_count=2),
+            approval_handler=_AutoApprove(say),
+        )
+        session = runtime.create_session("You are a helpful assistant.")
+        store.attach_workspace(session, root)
+        say(f"demo session {session.id.bare} ({store.backend_name} store, workspace {root})")
+        for prompt in DEMO_PROMPTS:
+            say(f"> {prompt}")
+            result = asyncio.run(runtime.run_turn(session, prompt))
+            if result.summarization is not None and result.summarization.messages_evicted:
+                say(
+                    f"  [summary] {result.summarization.messages_evicted} older messages "
+                    "summarized (they stay in the session's history)"
+                )
+            for record in result.tool_calls:
+                outcome = render_message(Message.tool_result(record.result), 70)
+                say(f"  [tool] {record.call.name} {outcome}")
+            say(f"  {result.text}  (${result.cost_usd:.6f})")
+        store.save_workspace_of(session)
+        children = [
+            row.id for row in all_summaries(store) if row.parent_id == session.id.bare
+        ]
+        view = session_view(store, session.id.bare, last=50)
+    if as_json:
+        echo_json({"session": view, "children": children})
+        return
+    for child in children:
+        click.echo(f"  [sub-agent] session {child}: astrid sessions show {child}")
+    click.echo("")
+    print_session(view)

@@ -1,0 +1,34 @@
+"""``astrid plugins``: installed plugins and what each kind registers."""
+
+from __future__ import annotations
+
+import click
+
+from ..plugins import KINDS, plugin_info, registry
+from ._common import clip, echo_json, json_option, table
+
+
+@click.command("plugins")
+@json_option
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins, their versions and hooks, and what each kind registers."""
+    info = plugin_info()
+    impls = {
+        kind: [
+            {"name": impl.name, "plugin": impl.plugin, "description": impl.description}
+            for impl in sorted(registry(kind).values(), key=lambda i: i.name)
+        ]
+        for kind in KINDS
+    }
+    if as_json:
+        echo_json({"plugins": info, "implementations": impls})
+        return
+    rows = [[p["name"], p["version"] or "-", ", ".join(p["hooks"]) or "-"] for p in info]
+    click.echo(table(("plugin", "version", "hooks"), rows))
+    click.echo("")
+    impl_rows = [
+        [kind, i["name"], i["plugin"], clip(i["description"], 70)]
+        for kind, items in impls.items()
+        for i in items
+    ]
+    click.echo(table(("kind", "name", "plugin", "description"), impl_rows))

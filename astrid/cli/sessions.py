@@ -1,0 +1,540 @@
+"""``astrid sessions``: list, show, export, import, delete and prune stored sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import IO, Any
+
+import click
+
+from ..errors import AstridError
+from ..ids import validate_session_id
+from ..messages import ImagePart, Message, MessageRole, OpaqueContent, ToolCallResult
+from ..store import SessionStore, SessionSummary, workspace_key
+from ..timeutil import format_rfc3339, parse_rfc3339, utcnow
+from ..transfer import export_sessions, import_sessions
+from ._common import (
+    EXIT_ERROR,
+    clip,
+    compact,
+    echo_json,
+    error,
+    json_option,
+    one_line,
+    store_of,
+    table,
+    time_text,
+)
+
+
+@click.group()
+def sessions() -> None:
+    """List, show, export, import, delete and prune stored sessions."""
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def _role(message: Message) -> str:
+    role = message.role
+    if isinstance(role, MessageRole):
+        return role.value
+    return role or "?"
+
+
+def render_message(message: Message, width: int = 110) -> str:
+    """One line describing a message's content (text, tool calls, a result, parts)."""
+    content = message.content
+    calls = message.tool_calls()
+    if isinstance(content, str):
+        text = content
+    elif calls is not None:
+        text = "; ".join(f"-> {c.name} {compact(c.arguments)}" for c in calls) or "-> (no calls)"
+    elif isinstance(content, ToolCallResult):
+        flag = " (error)" if content.is_error else ""
+        text = f"<- {content.call_id}{flag}: {content.content}"
+    elif isinstance(content, OpaqueContent):
+        text = f"(unrecognised content) {compact(content.value)}"
+    else:
+        parts = []
+        for part in content:
+            if isinstance(part, ImagePart):
+                parts.append(f"[image {part.media_type}, {len(part.data)} base64 chars]")
+            else:
+                parts.append(getattr(part, "text", ""))
+        text = " ".join(parts)
+    return clip(text, width)
+
+
+def _summary_json(row: SessionSummary) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "title": row.title,
+        "display_title": row.display_title(),
+        "created_at": format_rfc3339(row.created_at),
+        "updated_at": format_rfc3339(row.updated_at),
+        "message_count": row.message_count,
+        "token_count": row.token_count,
+        "workspace_path": row.workspace_path,
+        "model": row.model,
+        "parent_id": row.parent_id,
+        "revision": row.revision,
+    }
+
+
+# -- list ----------------------------------------------------------------------------------
+
+
+@sessions.command("list")
+@click.option("--workspace", metavar="PATH", help="Only sessions of this workspace directory.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@click.pass_context
+def sessions_list(
+    ctx: click.Context, workspace: str | None, limit: int, offset: int, as_json: bool
+) -> None:
+    """List sessions, newest activity first, one page at a time.
+
+    Each listed session's document (all but its messages) is loaded to check it: a row that
+    cannot load is flagged, in the table and as ``load_error`` in ``--json``.
+    """
+    with store_of(ctx) as store:
+        total = store.count(workspace=workspace)
+        rows = store.list_sessions(workspace=workspace, limit=limit, offset=offset)
+        unreadable = len(store.problems())
+        errors = {r.id: e for r in rows if (e := _load_problem(store, r)) is not None}
+    if unreadable:
+        click.echo(
+            f"warning: {unreadable} session file(s) cannot be read and are not listed; "
+            "run `astrid doctor`",
+            err=True,
+        )
+    for problem in errors.values():
+        click.echo(f"warning: cannot be loaded: {problem}", err=True)
+    if as_json:
+        echo_json(
+            {
+                "total": total,
+                "offset": offset,
+                "limit": limit,
+                "sessions": [{**_summary_json(r), "load_error": errors.get(r.id)} for r in rows],
+            }
+        )
+        return
+    if not rows:
+        where = f" in workspace {workspace_key(workspace)}" if workspace else ""
+        click.echo(f"no sessions{where}" + (f" (offset {offset} of {total})" if total else ""))
+        return
+    cells = [
+        [
+            r.id,
+            time_text(r.updated_at),
+            str(r.message_count),
+            str(r.token_count),
+            "! cannot be loaded" if r.id in errors else clip(r.display_title(), 40),
+            r.workspace_path or "-",
+        ]
+        for r in rows
+    ]
+    click.echo(
+        table(("id", "updated", "messages", "tokens", "title", "workspace"), cells, right=(2, 3))
+    )
+    shown = f"{offset + 1}-{offset + len(rows)} of {total}"
+    more = f"; next page: --offset {offset + len(rows)}" if offset + len(rows) < total else ""
+    click.echo(f"\n{shown}{more}")
+
+
+def _load_problem(store: SessionStore, row: SessionSummary) -> str | None:
+    """Why a listed session's document cannot load, or None; its messages are not read.
+
+    One state-only load per listed row (on SQLite: the session's row only, ~0.1 ms), so a page
+    costs the same at any number of sessions; ``doctor`` loads every session in full.
+    """
+    try:
+        record = store.load_record(row.id, tail=0)
+        if record is None:
+            return f"{store.describe(row.id)}: listed but not found"
+        store.decode_record(row.id, record)
+    except AstridError as exc:
+        return one_line(exc)
+    return None
+
+
+# -- show ----------------------------------------------------------------------------------
+
+
+def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[str, Any]:
+    """What ``sessions show`` prints, as JSON-ready data (``last`` messages included)."""
+    sid = validate_session_id(session_id)
+    record = store.load_record(sid)
+    if record is None:
+        raise store.not_found(sid)
+    doc = store.decode_record(sid, record)
+    total = len(doc.messages)
+    start = max(0, total - last)
+    budget = doc.budget_snapshot
+    workspace: dict[str, Any] | None = None
+    if doc.workspace_path:
+        try:
+            state = store.load_workspace_state(doc.workspace_path)
+        except AstridError as exc:
+            workspace = {"path": doc.workspace_path, "error": str(exc)}
+        else:
+            workspace = {
+                "path": doc.workspace_path,
+                "allowances": [str(a.action_pattern) for a in state.allowances],
+                "spent_usd": state.budget.total_spent_usd if state.budget else None,
+                "escape_paths": list(state.escape.remembered_paths) if state.escape else [],
+            }
+    return {
+        "id": doc.id,
+        "title": doc.metadata.title,
+        "created_at": format_rfc3339(doc.created_at),
+        "updated_at": format_rfc3339(record.updated_at),
+        "revision": record.revision,
+        "model": doc.model,
+        "workspace_path": doc.workspace_path,
+        "parent_id": doc.parent_id,
+        "git_state": doc.git_state.model_dump(mode="json") if doc.git_state else None,
+        "system_prompt": doc.system_prompt,
+        "message_count": total,
+        "history_count": len(store.history_entries(doc.id)),
+        "token_count": doc.token_count,
+        "metadata": doc.metadata.model_dump(mode="json"),
+        "budget": (
+            {
+                "spent_usd": budget.session_spent_usd,
+                "limit_usd": budget.config.session_max_usd,
+                "per_action_max_usd": budget.config.per_action_max_usd,
+                "warn_at_percent": budget.config.warn_at_percent,
+                "last_updated": format_rfc3339(budget.last_updated),
+            }
+            if budget is not None
+            else None
+        ),
+        "allowances": [
+            {
+                "id": str(a.id),
+                "pattern": str(a.action_pattern),
+                "expires_at": format_rfc3339(a.expires_at) if a.expires_at else None,
+                "uses_remaining": a.uses_remaining,
+                "max_uses": a.max_uses,
+                "workspace_root": str(a.workspace_root) if a.workspace_root else None,
+            }
+            for a in doc.allowances
+        ],
+        "escape_paths": list(doc.escape_state.remembered_paths) if doc.escape_state else [],
+        "workspace": workspace,
+        "messages": [
+            {
+                "index": start + i + 1,
+                "role": _role(m),
+                "summary": render_message(m),
+                "content": m.to_json(),
+            }
+            for i, m in enumerate(doc.messages[start:])
+        ],
+    }
+
+
+def print_session(view: dict[str, Any]) -> None:
+    """Print a ``session_view`` for people."""
+    meta = view["metadata"]
+    git = view["git_state"]
+    lines = [f"session {view['id']}"]
+
+    def field(label: str, value: str) -> None:
+        lines.append(f"  {label + ':':<17}{value}")
+
+    def item(text: str) -> None:
+        lines.append(f"    - {text}")
+
+    field("title", view["title"] or "Session " + view["id"][:8])
+    field("created", time_text(parse_rfc3339(view["created_at"])))
+    field(
+        "updated", f"{time_text(parse_rfc3339(view['updated_at']))} (revision {view['revision']})"
+    )
+    field("model", view["model"] or "-")
+    field("workspace", view["workspace_path"] or "-")
+    field("git", f"{git.get('branch') or '?'} @ {git.get('commit') or '?'}" if git else "-")
+    field("parent", view["parent_id"] or "-")
+    history = view["history_count"]
+    field(
+        "messages",
+        f"{view['message_count']} ({view['token_count']} tokens)"
+        + (
+            f"; the history keeps {history}, replaced ones included"
+            if history > view["message_count"]
+            else ""
+        ),
+    )
+    field(
+        "counters",
+        f"{meta['turn_count']} turns, {meta['tool_call_count']} tool calls, "
+        f"{meta['approval_count']} approvals",
+    )
+    if meta["tags"]:
+        field("tags", ", ".join(meta["tags"]))
+    for key, value in sorted(meta["custom"].items()):
+        field("custom", f"{key} = {value}")
+    budget = view["budget"]
+    field(
+        "budget",
+        f"${budget['spent_usd']:.4f} spent of ${budget['limit_usd']:.2f} "
+        f"(per action max ${budget['per_action_max_usd']:.2f}, "
+        f"warn at {budget['warn_at_percent']}%)"
+        if budget is not None
+        else "-",
+    )
+    field("allowances", f"{len(view['allowances'])} (this session only)")
+    for a in view["allowances"]:
+        limits = []
+        if a["uses_remaining"] is not None:
+            limits.append(f"{a['uses_remaining']} uses left")
+        if a["expires_at"]:
+            limits.append(f"expires {time_text(parse_rfc3339(a['expires_at']))}")
+        item(a["pattern"] + (f" ({', '.join(limits)})" if limits else ""))
+    field("escape paths", str(len(view["escape_paths"])))
+    for path in view["escape_paths"]:
+        item(path)
+    ws = view["workspace"]
+    if ws is not None and "error" in ws:
+        field("workspace state", f"unreadable: {ws['error']}")
+    elif ws is not None:
+        spent = f"${ws['spent_usd']:.4f} spent" if ws["spent_usd"] is not None else "no spend"
+        field(
+            "workspace state",
+            f"{len(ws['allowances'])} allowances, {spent}, {len(ws['escape_paths'])} escape paths",
+        )
+    field("system prompt", clip(view["system_prompt"], 90) or "-")
+    shown = view["messages"]
+    lines.append("")
+    if shown:
+        lines.append(f"messages (last {len(shown)} of {view['message_count']}):")
+        cells = [[str(m["index"]), m["role"], m["summary"]] for m in shown]
+        rendered = table(("#", "role", "content"), cells, right=(0,))
+        lines.extend("  " + line for line in rendered.split("\n"))
+    else:
+        lines.append(f"messages: none shown ({view['message_count']} stored)")
+    click.echo("\n".join(lines))
+
+
+@sessions.command("show")
+@click.argument("session_id", metavar="ID")
+@click.option(
+    "--messages",
+    "last",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the last messages to show.",
+)
+@json_option
+@click.pass_context
+def sessions_show(ctx: click.Context, session_id: str, last: int, as_json: bool) -> None:
+    """Show a session: messages, metadata, budget, allowances, escape paths, git, parent."""
+    with store_of(ctx) as store:
+        view = session_view(store, session_id, last)
+    if as_json:
+        echo_json(view)
+    else:
+        print_session(view)
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[Callable[[str], None]]:
+    """A writer to stdout (``-``) or to FILE, created private (0600) at the first write, so
+    an export refused before writing anything leaves no file."""
+    if path == "-":
+        yield lambda text: click.echo(text, nl=False)
+        return
+    opened: list[IO[str]] = []
+
+    def write(text: str) -> None:
+        if not opened:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            opened.append(os.fdopen(fd, "w", encoding="utf-8"))
+        opened[0].write(text)
+
+    try:
+        yield write
+    finally:
+        for fh in opened:
+            fh.close()
+
+
+@sessions.command("export")
+@click.argument("session_ids", metavar="[ID]...", nargs=-1)
+@click.option("--all", "export_all", is_flag=True, help="Export every session.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "jsonl"]),
+    default="json",
+    show_default=True,
+    help="json: one document (one ID) or an array; jsonl: one compact document per line.",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    default="-",
+    help="Write to FILE (created 0600) instead of stdout.",
+)
+@click.pass_context
+def sessions_export(
+    ctx: click.Context, session_ids: tuple[str, ...], export_all: bool, fmt: Any, output: str
+) -> None:
+    """Export sessions as the original's documents, with their security state."""
+    if bool(session_ids) == export_all:
+        raise click.UsageError("give one or more session IDs, or --all (not both)")
+    with store_of(ctx) as store, _output(output) as write:
+        result = export_sessions(
+            store, write, None if export_all else list(session_ids), fmt=fmt
+        )
+    for failure in result.failed:
+        error(failure.message)
+    if output != "-":
+        click.echo(f"exported {len(result.exported)} session(s) to {output}", err=True)
+    if result.failed:
+        error(f"{len(result.failed)} session(s) could not be exported")
+        ctx.exit(EXIT_ERROR)
+
+
+# -- import --------------------------------------------------------------------------------
+
+
+_IMPORT_EPILOG = """\
+FILE is one document, a JSON array of documents, JSON Lines (one document per line), or a
+directory of <uuid>.json files such as the Rust astrid's ~/.astrid/sessions. A session that
+already exists is skipped unless --overwrite (its old messages stay in its history). A bad
+document is reported on one line naming the file (and the line for JSON Lines); the others are
+still imported, and the exit status is 1.
+"""
+
+
+@sessions.command("import", epilog=_IMPORT_EPILOG)
+@click.argument("source", metavar="FILE", type=click.Path(exists=True, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "json", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help="json: a document or an array of them; jsonl: one document per line.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace sessions that already exist.")
+@click.pass_context
+def sessions_import(ctx: click.Context, source: str, fmt: Any, overwrite: bool) -> None:
+    """Import the original's session documents (a file, JSON Lines, or a sessions directory)."""
+    with store_of(ctx) as store:
+        result = import_sessions(store, source, fmt=fmt, overwrite=overwrite)
+    for failure in result.failed:
+        error(failure.message)
+    for skipped in result.skipped:
+        click.echo(
+            f"skipped {skipped.location}: session {skipped.session_id} already exists "
+            "(use --overwrite to replace it)"
+        )
+    click.echo(
+        f"imported {len(result.imported)}, replaced {len(result.replaced)}, "
+        f"skipped {len(result.skipped)}, failed {len(result.failed)}"
+    )
+    if result.failed:
+        ctx.exit(EXIT_ERROR)
+
+
+# -- delete and prune ----------------------------------------------------------------------
+
+
+@sessions.command("delete")
+@click.argument("session_id", metavar="ID")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def sessions_delete(ctx: click.Context, session_id: str, yes: bool) -> None:
+    """Delete a session and its message history."""
+    sid = validate_session_id(session_id)
+    with store_of(ctx) as store:
+        if not yes:
+            try:
+                record = store.load_record(sid, tail=0)
+            except AstridError as exc:  # a corrupt session can still be deleted
+                what = f"unreadable: {one_line(exc)}"
+            else:
+                if record is None:
+                    raise store.not_found(sid)
+                meta = record.state.get("metadata")
+                title = meta.get("title") if isinstance(meta, dict) else None
+                what = f"{title or 'Session ' + sid[:8]}, {record.message_count} messages"
+            click.confirm(f"Delete session {sid} ({what})?", abort=True, err=True)
+        if not store.delete(sid):
+            raise store.not_found(sid)
+    click.echo(f"deleted {sid}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``12h``, ``30d``, ``2w`` (or a sum such as ``1d12h``) as a timedelta."""
+    spec = text.strip().lower()
+    if not spec or _DURATION.sub("", spec).strip():
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90m, 12h, 30d or 2w")
+    seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(spec))
+    return timedelta(seconds=seconds)
+
+
+class _Duration(click.ParamType[timedelta, Any]):
+    name = "DURATION"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@sessions.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=_Duration(),
+    required=True,
+    help="Delete sessions whose last activity is older than this (90m, 12h, 30d, 2w).",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@json_option
+@click.pass_context
+def sessions_prune(
+    ctx: click.Context, older_than: timedelta, dry_run: bool, as_json: bool
+) -> None:
+    """Delete sessions by last activity (with --dry-run, only list them)."""
+    now = utcnow()
+    with store_of(ctx) as store:
+        ids = store.prune(older_than=older_than, dry_run=dry_run, now=now)
+    if as_json:
+        echo_json(
+            {
+                "dry_run": dry_run,
+                "cutoff": format_rfc3339(now - older_than),
+                "sessions": ids,
+            }
+        )
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(ids)} session(s) inactive since before {time_text(now - older_than)}")
+    for sid in ids:
+        click.echo(f"  {sid}")
