@@ -61,10 +61,8 @@ from astrid.security.capabilities import (
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import ApprovalNeeded, format_resolution_id
 from astrid.security.policy import Blocked, PolicyAllowed, SecurityPolicy, action_resource
+from astrid.security.state import SecurityState
 from astrid.timeutil import utcnow
-
-if TYPE_CHECKING:
-    from astrid.session import AgentSession
 
 __all__ = [
     "ALLOW_ALWAYS_TTL",
@@ -258,13 +256,14 @@ def _require_cost(cost: float) -> float:
 class SecurityInterceptor:
     """Policy, capability, budget and approval checks for one session, with an audit trail.
 
-    The stores are read from ``session`` at each call, so a store or manager the session swaps
-    in (for example a persistent deferred queue) is used from then on.
+    ``session`` is any ``SecurityState`` (an ``AgentSession`` is one). Its stores are read at
+    each call, so a store or manager the session swaps in (for example a persistent deferred
+    queue) is used from then on.
     """
 
     def __init__(
         self,
-        session: AgentSession,
+        session: SecurityState,
         policy: SecurityPolicy,
         keypair: KeyPair,
         *,
@@ -272,7 +271,7 @@ class SecurityInterceptor:
         audit: AuditLog | None = None,
         trusted_issuers: Iterable[bytes] = (),
     ) -> None:
-        self.session = session
+        self.session: SecurityState = session
         self.policy = policy
         self.keypair = keypair
         self.workspace_root = None if workspace_root is None else Path(workspace_root)

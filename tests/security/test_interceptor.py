@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+import astrid.security
 from astrid.errors import ApprovalError, BudgetExceeded, InvalidCost
 from astrid.ids import SessionId
 from astrid.security.actions import (
@@ -22,9 +25,16 @@ from astrid.security.actions import (
     SensitiveAction,
     TransmitData,
 )
-from astrid.security.allowances import Allowance, CommandPattern, ExactTool, FilePattern
+from astrid.security.allowances import (
+    Allowance,
+    AllowanceStore,
+    CommandPattern,
+    ExactTool,
+    FilePattern,
+)
 from astrid.security.approvals import (
     ApprovalDecision,
+    ApprovalManager,
     ApprovalRequest,
     ApprovalResponse,
     Approve,
@@ -42,12 +52,13 @@ from astrid.security.budget import (
 )
 from astrid.security.capabilities import (
     AuditEntryId,
+    CapabilityStore,
     CapabilityToken,
     ResourcePattern,
     TokenScope,
 )
 from astrid.security.crypto import KeyPair
-from astrid.security.deferred import FallbackBehavior
+from astrid.security.deferred import DeferredResolutionStore, FallbackBehavior
 from astrid.security.interceptor import (
     ALLOW_ALWAYS_TTL,
     AllowanceProof,
@@ -67,6 +78,7 @@ from astrid.security.interceptor import (
     literal_resource_pattern,
 )
 from astrid.security.policy import SecurityPolicy
+from astrid.security.state import SecurityState
 from astrid.session import AgentSession
 from astrid.timeutil import utcnow
 
@@ -801,3 +813,68 @@ def test_interceptor_uses_the_sessions_current_approval_manager() -> None:
     h.session.approval_manager.unregister_handler()
     with pytest.raises(ApprovalDeferred):
         h.intercept(HOME_FILE)
+
+
+# ---------------------------------------------------------------------------
+# The security state the interceptor takes (a protocol, not AgentSession)
+# ---------------------------------------------------------------------------
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, including under ``if TYPE_CHECKING:``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            package = ["astrid", "security"][: 3 - node.level] if node.level else []
+            base = ".".join([*package, *filter(None, [node.module])])
+            names.update({base, *(f"{base}.{alias.name}" for alias in node.names)})
+    return names
+
+
+def test_the_security_package_never_imports_the_session() -> None:
+    package = Path(astrid.security.__file__).parent
+    imports = {path.name: _imported_modules(path) for path in package.glob("*.py")}
+    assert "astrid.security.state" in imports["interceptor.py"]
+    assert "astrid.ids" in imports["interceptor.py"]
+    importers = sorted(name for name, modules in imports.items() if "astrid.session" in modules)
+    assert importers == []
+
+
+def test_an_agent_session_is_a_security_state() -> None:
+    state: SecurityState = AgentSession()  # mypy checks the structure, isinstance the members
+    assert isinstance(state, SecurityState)
+    assert not isinstance(AllowanceStore(), SecurityState)
+
+
+@dataclass
+class BareState:
+    """The members the interceptor reads, and nothing of a session's conversation."""
+
+    id: SessionId
+    capabilities: CapabilityStore
+    approval_manager: ApprovalManager
+    budget_tracker: BudgetTracker
+    workspace_budget_tracker: WorkspaceBudgetTracker | None = None
+
+
+def test_the_interceptor_runs_on_any_security_state() -> None:
+    store = AllowanceStore()
+    state = BareState(
+        SessionId.new(),
+        CapabilityStore(),
+        ApprovalManager(store, DeferredResolutionStore()),
+        BudgetTracker(BudgetConfig.new(10.0, 5.0)),
+    )
+    state.approval_manager.register_handler(DecisionHandler(ApproveSession()))
+    interceptor = SecurityInterceptor(
+        state, SecurityPolicy.default(), KeyPair.generate(), workspace_root=None
+    )
+    first = asyncio.run(interceptor.intercept(HOME_FILE, "ctx", 2.0))
+    assert isinstance(first.proof, SessionApproval)
+    assert store.find_matching(HOME_FILE, None) is not None
+    assert state.budget_tracker.spent() == 2.0
+    again = asyncio.run(interceptor.intercept(HOME_FILE, "ctx"))
+    assert again.proof == AllowanceProof(first.proof.allowance_id)
+    assert interceptor.audit.count_session(state.id) == 2
