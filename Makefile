@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml plugins/astrid-openai/pyproject.toml
+$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml plugins/astrid-openai/pyproject.toml \
+		plugins/astrid-anthropic/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/astrid-postgres \
-		-e plugins/astrid-openai
+		-e plugins/astrid-openai -e plugins/astrid-anthropic
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,14 +22,16 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check astrid tests examples
-	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres plugins/astrid-openai/astrid_openai
+	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres plugins/astrid-openai/astrid_openai \
+		plugins/astrid-anthropic/astrid_anthropic
 
 typecheck: lint
 
 # The PostgreSQL plugin's tests start a throwaway server on 127.0.0.1 (initdb/pg_ctl from
 # Debian's postgresql package); outside CI they skip with a message when none can be started.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests plugins/astrid-openai/tests
+	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests plugins/astrid-openai/tests \
+		plugins/astrid-anthropic/tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
