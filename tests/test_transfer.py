@@ -33,6 +33,7 @@ from astrid.transfer import (
     migrate,
 )
 from tests.originals import RUST_DOCUMENT
+from tests.test_cli import make_session
 
 CLI_PACKAGE = Path(__file__).resolve().parent.parent / "astrid" / "cli"
 
@@ -47,17 +48,6 @@ def sqlite_store(tmp_path: Path) -> Iterator[SessionStore]:
 def file_store(tmp_path: Path) -> Iterator[SessionStore]:
     with SessionStore(FileBackend(tmp_path / "sessions")) as store:
         yield store
-
-
-def make_session(store: SessionStore, n: int, *, workspace: Path | None = None) -> str:
-    session = store.new_session(f"prompt {n}")
-    if workspace is not None:
-        session.with_workspace(workspace)
-    for i in range(n):
-        session.add_message(Message.user(f"question {i}"))
-        session.add_message(Message.assistant(f"answer {i}"))
-    store.save(session)
-    return session.id.bare
 
 
 def summarized_session(store: SessionStore) -> str:
