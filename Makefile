@@ -48,6 +48,13 @@ PEERS_STAMP := $(PEERS_VENV)/.installed
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Event-loop stalls while the runtime saves (docs/performance.md): today's sync save on the
+# loop next to store.asave, with another writer's lock, 20 000 messages, synchronous = FULL.
+.PHONY: bench-loop-lag
+LOOP_LAG_ARGS ?=
+bench-loop-lag: $(STAMP)
+	$(BIN)/python benchmarks/loop_lag.py $(LOOP_LAG_ARGS)
+
 $(PEERS_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(PEERS_VENV)

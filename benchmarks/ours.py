@@ -595,6 +595,85 @@ def security_rows(backend: str, plan: Plan) -> list[Row]:
     return rows
 
 
+# -- 2b: the floor ---------------------------------------------------------------------------
+
+
+FLOOR_SCHEMA = "CREATE TABLE messages (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, body TEXT)"
+
+
+def floor_loop(where: Path, n: int, synchronous: str = "NORMAL") -> float:
+    """Mean µs of one bare ``sqlite3`` INSERT + COMMIT per message over ``n`` messages.
+
+    The same message JSON as astrid stores (compact ``to_json()`` text, built before the clock)
+    at the same durability (WAL, ``synchronous``); everything else is SQLite's default. No
+    astrid code runs inside the clock: the least any store of this message in SQLite pays.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(where / "floor.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(FLOOR_SCHEMA)
+        total = 0
+        for i in range(n):
+            data = astrid_message(i).to_json()
+            body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            t0 = time.perf_counter_ns()
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO messages (session_id, body) VALUES (?, ?)", ("s", body))
+            conn.execute("COMMIT")
+            total += time.perf_counter_ns() - t0
+    finally:
+        conn.close()
+    return total / n / 1000
+
+
+def floor_rows(backend: str, plan: Plan) -> list[Row]:
+    """The floor at the largest N next to astrid's append+save loop, round by round.
+
+    Each round runs the bare loop and astrid's plain loop one after the other, so the ratio
+    (astrid / floor per round) compares loops that saw the same machine load.
+    """
+    if backend != "sqlite":
+        return []
+    n = max(plan.sizes)
+    system = system_name(backend, plan.sqlite_synchronous)
+    floor_system = "sqlite3 (bare)" + (
+        "" if plan.sqlite_synchronous == "NORMAL" else f"({plan.sqlite_synchronous})"
+    )
+    floors: list[float] = []
+    ours: list[float] = []
+    for _ in range(plan.loop_runs.get(n, 1)):
+        with workdir() as where:
+            floors.append(floor_loop(where, n, plan.sqlite_synchronous))
+        ours.append(run_loop(backend, plan, None, n).mean_us)
+    ratios = [a / f for a, f in zip(ours, floors, strict=True)]
+    return [
+        summarize(
+            "append_save_floor",
+            floor_system,
+            n,
+            "us/msg",
+            floors,
+            sample=f"loop of {n} bare INSERT + COMMIT of the message JSON (WAL, synchronous="
+            f"{plan.sqlite_synchronous}), total/N",
+            note="no astrid code; rounds interleaved with astrid's plain loop",
+        ),
+        summarize(
+            "append_save_floor_ratio",
+            system,
+            n,
+            "x",
+            ratios,
+            sample="per round: astrid's append+save loop / the bare sqlite3 loop",
+            note=f"astrid {statistics.median(ours):.0f} vs floor "
+            f"{statistics.median(floors):.0f} us/msg (medians)",
+            extra={"astrid_us": ours, "floor_us": floors},
+        ),
+    ]
+
+
 # -- 1: create -------------------------------------------------------------------------------
 
 
@@ -949,7 +1028,7 @@ def concurrency_rows(backend: str, plan: Plan) -> list[Row]:
 
 KEEP_RECENT = 20
 SECURITY_VARIANTS = ("bounded", "single_use", "growing", CONTROL)
-OPS = ("create", "append", "security", "load", "list", "compact", "concurrency")
+OPS = ("create", "append", "floor", "security", "load", "list", "compact", "concurrency")
 
 
 def run_backend(
@@ -970,6 +1049,7 @@ def run_backend(
 
     stage("create", lambda: [create_row(backend, plan)])
     stage("append", lambda: append_rows(backend, plan, None, disk=True))
+    stage("floor", lambda: floor_rows(backend, plan))
     stage("security", lambda: security_rows(backend, plan))
     stage("load", lambda: load_rows(backend, plan))
     stage("list", lambda: [list_row(backend, plan)])

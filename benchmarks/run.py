@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/run.py [--quick] [--json] [--backends memory,file,sqlite]
-                             [--ops create,append,security,load,list,compact,concurrency]
+                             [--ops create,append,floor,security,load,list,compact,concurrency]
                              [--sqlite-synchronous NORMAL|FULL] [--out FILE.json]
 
 Prints a table (median and p10-p90 over repeated runs; what one run is is in the JSON's
@@ -31,6 +31,9 @@ from targets import own_targets
 OP_TITLES = """\
 create                       1. create a session: new_session + first save
 append_save                  2. append one message + save (per message)
+append_save_floor            2b. the floor: a bare sqlite3 INSERT + COMMIT of the same message
+                                JSON at the same durability (WAL + synchronous), no astrid code;
+                                _ratio: astrid's loop / the floor's, per interleaved round
 append_save_security_*       3. the same, with the session's security state changed before every
                                 save (untimed): a budget charge, an escape decision (AllowAlways),
                                 git state captured by the fs capture from a real repo whose branch
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 _ORDER = [
     "create",
     "append_save",
+    "append_save_floor",
+    "append_save_floor_ratio",
     "append_save_security_bounded",
     "append_save_security_single_use",
     "append_save_security_growing",

@@ -11,6 +11,7 @@ SECURITY_MAX = 1.5
 DISK_MAX = 1.5
 APPEND_VS_OPENAI_MAX = 0.25
 LOAD_VS_OPENAI_MAX = 1.0
+FLOOR_MAX = 2.0
 
 
 def _ratio(a: Row | None, b: Row | None) -> float | None:
@@ -73,6 +74,16 @@ def own_targets(
                 f"{system} append+save at {big:,} <= {FLAT_MAX}x at {small:,}",
                 r <= FLAT_MAX,
                 f"{a10.median:.0f} / {a1.median:.0f} us = {r:.2f}x{how}",  # type: ignore[union-attr]
+            )
+        )
+    floor = find(rows, "append_save_floor_ratio", system, big)
+    if floor is not None:
+        out.append(
+            Target(
+                f"{system} append+save at {big:,} <= {FLOOR_MAX}x a bare sqlite3 INSERT + COMMIT",
+                floor.median <= FLOOR_MAX,  # type: ignore[operator]
+                f"{floor.note}; median of per-round ratios {floor.median:.2f}x "
+                f"[p10-p90 {floor.p10:.2f}-{floor.p90:.2f}]",
             )
         )
     for variant in ("bounded", "single_use", "growing"):
