@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -67,8 +67,8 @@ _CONTEXT_WORDS = ("maximum context length", "context length", "context window", 
 class OpenAIProvider:
     """A Chat Completions model behind the official ``openai`` SDK (``AsyncOpenAI``)."""
 
-    name = PROVIDER_NAME
-    provider_api = 2
+    name: str = PROVIDER_NAME
+    provider_api: Literal[2] = 2
 
     def __init__(
         self, options: OpenAIOptions, *, api_key: SecretStr, cache_wire: bool = True

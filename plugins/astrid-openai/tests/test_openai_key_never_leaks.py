@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ workspace_root = "{workspace}"
 """
 
 
-def _echo_key(status: int) -> object:
+def _echo_key(status: int) -> Callable[[ReceivedRequest], ErrorReply]:
     """An error reply whose message repeats the Authorization header it received."""
 
     def reply(request: ReceivedRequest) -> ErrorReply:
