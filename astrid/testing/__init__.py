@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         ToolArgs,
         ToolCallSpec,
     )
+    from .provider_conformance import ProviderConformance, ProviderTarget
 
 _WHERE = {
     "HOSTILE_IDS": "conformance",
@@ -39,6 +40,8 @@ _WHERE = {
     "Tokens": "fake_llm",
     "ToolArgs": "fake_llm",
     "ToolCallSpec": "fake_llm",
+    "ProviderConformance": "provider_conformance",
+    "ProviderTarget": "provider_conformance",
 }
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "ErrorReply",
     "FakeAnthropicServer",
     "FakeOpenAIServer",
+    "ProviderConformance",
+    "ProviderTarget",
     "Reply",
     "StorageConformance",
     "Text",
