@@ -437,6 +437,9 @@ class _StreamState:
         ):
             if key in usage and usage[key] is not None:
                 self.usage[key] = _int(usage[key])
+        details = usage.get("output_tokens_details")
+        if isinstance(details, dict) and details.get("thinking_tokens") is not None:
+            self.usage["thinking_tokens"] = _int(details["thinking_tokens"])
 
     def feed(self, event: Any) -> list[StreamEvent]:
         """The astrid events for one Messages stream event."""
@@ -521,6 +524,7 @@ class _StreamState:
                 output_tokens=self.usage.get("output_tokens", 0),
                 cache_read_tokens=cache_read,
                 cache_write_tokens=cache_write,
+                reasoning_tokens=self.usage.get("thinking_tokens", 0),
             ))
         if failure is not None:
             out.append(StreamError(failure))

@@ -134,11 +134,11 @@ def test_text_usage_with_cache_tokens_and_stop(
     server: FakeAnthropicServer, make_provider: Make
 ) -> None:
     server.script(text_reply("héllo wörld ✓", pieces=4,
-                             usage=Tokens(1000, 20, cache_read=600, cache_write=100)))
+                             usage=Tokens(1000, 20, cache_read=600, cache_write=100, reasoning=8)))
     events = run(collect(make_provider(), [Message.user("hi")]))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "héllo wörld ✓"
     assert events[-3:] == [
-        Usage(1000, 20, cache_read_tokens=600, cache_write_tokens=100),
+        Usage(1000, 20, cache_read_tokens=600, cache_write_tokens=100, reasoning_tokens=8),
         Stop(StopReason.END_TURN, "end_turn"),
         Done(),
     ]
@@ -344,3 +344,21 @@ def test_settings_none_uses_the_configured_model(
     events = run(call())
     assert TextDelta("v1 call") in events
     assert server.requests[-1].json()["model"] == "claude-configured"
+
+
+def test_closing_the_stream_mid_response_closes_the_connection(
+    server: FakeAnthropicServer, make_provider: Make
+) -> None:
+    server.script(text_reply("slow " * 50, pieces=50, delay_s=0.2))
+
+    async def read_two_then_close() -> list[StreamEvent]:
+        stream = make_provider().stream([Message.user("hi")], [], "", settings=SETTINGS)
+        seen = [await stream.__anext__(), await stream.__anext__()]
+        await stream.aclose()  # type: ignore[attr-defined]
+        return seen
+
+    seen = run(read_two_then_close())
+    assert all(isinstance(e, TextDelta) for e in seen)
+    (exchange,) = server.exchanges
+    assert exchange.done.wait(2.0)
+    assert exchange.outcome == "client_closed"
