@@ -43,7 +43,7 @@ from .security.budget import (
     WorkspaceBudgetSnapshot,
     WorkspaceBudgetTracker,
 )
-from .security.capabilities import CapabilityStore
+from .security.capabilities import CapabilityStore, ClosableBackend
 from .security.escape import EscapeHandler, EscapeState, WorkspaceBoundary, WorkspaceConfig
 from .security.kv import AsyncScopedKvStore, KvStore, ScopedKvStore
 from .session import AgentSession, GitCapture, MessageList
@@ -319,6 +319,92 @@ class StorageBackend(Protocol):
         ...
 
 
+# -- optional backend features: one protocol each ------------------------------------------
+# The store checks ``isinstance(backend, <protocol>)`` and falls back as documented in
+# docs/plugin-authors.md ("Optional features"). ``WorkspaceStateWriter`` (below) and
+# ``astrid.security.kv.NamespaceListing`` are two more.
+
+
+@runtime_checkable
+class StateDeltaAcceptor(Protocol):
+    """A backend that stores the security state in pieces declares ``accepts_state_delta =
+    True``; only the value True counts (``takes_state_delta``)."""
+
+    accepts_state_delta: bool
+
+
+def takes_state_delta(backend: object) -> bool:
+    """True if ``backend`` declares ``accepts_state_delta = True`` (absent, or any other value:
+    every save carries the whole state)."""
+    return isinstance(backend, StateDeltaAcceptor) and backend.accepts_state_delta is True
+
+
+@runtime_checkable
+class DecodedLoader(Protocol):
+    """A faster ``load`` whose message JSON is already decoded; without it ``load`` is used."""
+
+    def load_decoded(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
+        """What ``load`` returns, read the backend's quickest way."""
+        ...
+
+
+@runtime_checkable
+class SessionDescriber(Protocol):
+    """Names where a session lives in error messages; without it: ``<name> session <id>``."""
+
+    def describe(self, session_id: str) -> str:
+        """Where the session lives (its file, or the database and the id)."""
+        ...
+
+
+@runtime_checkable
+class ProblemReporter(Protocol):
+    """Lists the entries the backend holds but cannot list; without it there are none."""
+
+    def problems(self) -> Sequence[tuple[object, str]]:
+        """(location, what is wrong) of each entry ``list_sessions`` leaves out."""
+        ...
+
+
+@runtime_checkable
+class PersistenceFlag(Protocol):
+    """A backend that keeps nothing after ``close`` declares ``persistent = False``; without
+    the attribute it is persistent (``is_persistent``)."""
+
+    persistent: bool
+
+
+def is_persistent(backend: object) -> bool:
+    """False only if ``backend`` declares a false ``persistent``."""
+    return not isinstance(backend, PersistenceFlag) or bool(backend.persistent)
+
+
+@runtime_checkable
+class FileLocated(Protocol):
+    """A backend kept in one file (``path``); ``SessionStore.location`` reports it."""
+
+    path: object
+
+
+@runtime_checkable
+class DirectoryLocated(Protocol):
+    """A backend kept in one directory (``directory``); ``SessionStore.location`` reports it."""
+
+    directory: object
+
+
+@runtime_checkable
+class TempFileSweeper(Protocol):
+    """A backend that removes the temp files killed writers left; without it there are none."""
+
+    swept_temp_files: int
+    """How many were removed when the backend was opened."""
+
+    def sweep_temp_files(self) -> int:
+        """Remove the ones left now; how many."""
+        ...
+
+
 # -- workspace state -----------------------------------------------------------------------
 
 WORKSPACE_STATE_KEY = "state"
@@ -584,6 +670,15 @@ class SessionStore:
         self.budget = budget
         self.workspace_max_usd = workspace_max_usd
         self.capabilities = capabilities
+        # The backend's optional features, read once (an isinstance against a protocol costs
+        # about 10 µs, too much for every save and load).
+        self._delta_writes = takes_state_delta(backend)
+        self._load: Callable[..., SessionRecord | None] = (
+            backend.load_decoded if isinstance(backend, DecodedLoader) else backend.load
+        )
+        self._describe: Callable[[str], str] | None = (
+            backend.describe if isinstance(backend, SessionDescriber) else None
+        )
         self._marks: weakref.WeakKeyDictionary[AgentSession, _Mark] = weakref.WeakKeyDictionary()
         self._workspace_trackers: weakref.WeakValueDictionary[
             tuple[str, float | None, int], WorkspaceBudgetTracker
@@ -705,7 +800,7 @@ class SessionStore:
         allowances and escape paths, through the same allowance store and escape handler
         objects. Otherwise the state goes whole (and a basis is kept if it is large).
         """
-        if getattr(self.backend, "accepts_state_delta", False) is not True:
+        if not self._delta_writes:
             return self._state_of(session), None, None
         allowances, escape = session.allowance_store, session.escape_handler
         basis = mark.keyed if mark is not None else None
@@ -770,10 +865,7 @@ class SessionStore:
         sid = validate_session_id(session_id)
         if tail is not None and tail < 0:
             raise ValueError("tail must be >= 0")
-        decoded = getattr(self.backend, "load_decoded", None)
-        record = (
-            decoded(sid, tail=tail) if callable(decoded) else self.backend.load(sid, tail=tail)
-        )
+        record = self._load(sid, tail=tail)
         if record is None:
             return None
         data = dict(record.state)
@@ -782,11 +874,7 @@ class SessionStore:
         session = AgentSession.from_document(doc, token_estimator=self.token_estimator)
         if self.capabilities is not None:
             session.with_capability_store(self.capabilities)
-        keyed = (
-            _loaded_basis(session, record.state)
-            if getattr(self.backend, "accepts_state_delta", False) is True
-            else None
-        )
+        keyed = _loaded_basis(session, record.state) if self._delta_writes else None
         return session, record, keyed
 
     def _loaded(
@@ -1101,9 +1189,8 @@ class SessionStore:
         """Close the backend (and the capability store's backend, if it has one to close)."""
         self.backend.close()
         cap_backend = self.capabilities.backend if self.capabilities is not None else None
-        closer = getattr(cap_backend, "close", None)
-        if callable(closer):
-            closer()
+        if isinstance(cap_backend, ClosableBackend):
+            cap_backend.close()
 
     def __enter__(self) -> SessionStore:
         return self
@@ -1117,9 +1204,8 @@ class SessionStore:
         return session.state_data(git_capture=self.git_capture)
 
     def _source(self, session_id: str) -> str:
-        describe = getattr(self.backend, "describe", None)
-        if callable(describe):
-            return str(describe(session_id))
+        if self._describe is not None:
+            return str(self._describe(session_id))
         return f"{self.backend.name} session {session_id}"
 
     def _summary_of(
@@ -1166,7 +1252,7 @@ class SessionStore:
     @property
     def persistent(self) -> bool:
         """False when the backend declares ``persistent = False`` (memory); absent means True."""
-        return bool(getattr(self.backend, "persistent", True))
+        return is_persistent(self.backend)
 
     def same_store_as(self, other: SessionStore) -> bool:
         """True if both stores use one backend location (same backend type and path)."""
@@ -1177,10 +1263,10 @@ class SessionStore:
 
     def location(self) -> str | None:
         """Where the backend keeps its data (its database file or directory), if it says."""
-        for attr in ("path", "directory"):
-            value = getattr(self.backend, attr, None)
-            if value is not None:
-                return str(value)
+        if isinstance(self.backend, FileLocated) and self.backend.path is not None:
+            return str(self.backend.path)
+        if isinstance(self.backend, DirectoryLocated) and self.backend.directory is not None:
+            return str(self.backend.directory)
         return None
 
     def describe(self, session_id: str | SessionId) -> str:
@@ -1194,19 +1280,16 @@ class SessionStore:
     def problems(self) -> list[tuple[str, str]]:
         """(location, problem) of each entry the backend cannot list (the file backend: corrupt
         or misnamed session files); empty for a backend that lists everything it holds."""
-        probe = getattr(self.backend, "problems", None)
-        if not callable(probe):
+        if not isinstance(self.backend, ProblemReporter):
             return []
-        return [(str(where), str(what)) for where, what in probe()]
+        return [(str(where), str(what)) for where, what in self.backend.problems()]
 
     def sweep_temp_files(self) -> int:
         """Remove the temporary files killed writers left (the file backend); how many, those
         removed when the store was opened included."""
-        swept = int(getattr(self.backend, "swept_temp_files", 0))
-        sweep = getattr(self.backend, "sweep_temp_files", None)
-        if callable(sweep):
-            swept += int(sweep())
-        return swept
+        if not isinstance(self.backend, TempFileSweeper):
+            return 0
+        return int(self.backend.swept_temp_files) + int(self.backend.sweep_temp_files())
 
     def not_found(self, session_id: str | SessionId) -> SessionNotFound:
         """The error for a session this store does not hold, naming the store."""
@@ -1376,23 +1459,33 @@ __all__ = [
     "KEYED_STATE_MIN",
     "WORKSPACE_STATE_KEY",
     "ConcurrencyError",
+    "DecodedLoader",
+    "DirectoryLocated",
+    "FileLocated",
     "GitState",
     "HistoryEntry",
     "KeyedItem",
+    "PersistenceFlag",
+    "ProblemReporter",
+    "SessionDescriber",
     "SessionRecord",
     "SessionStore",
     "SessionSummary",
     "SessionWrite",
     "StateDelta",
+    "StateDeltaAcceptor",
     "StorageBackend",
     "StoredWorkspace",
+    "TempFileSweeper",
     "WorkspaceState",
     "WorkspaceStateWriter",
     "WorkspaceWrite",
     "apply_workspace_write",
     "check_messages_storable",
+    "is_persistent",
     "join_keyed_state",
     "split_keyed_state",
+    "takes_state_delta",
 ]
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "CapabilityStore",
     "CapabilityToken",
     "CapabilityValidator",
+    "ClosableBackend",
     "MemoryCapabilityBackend",
     "MultiPermissionCheck",
     "NotAuthorized",
@@ -71,6 +72,7 @@ __all__ = [
     "ResourceUri",
     "TokenBuilder",
     "TokenScope",
+    "UseClaimer",
     "parse_uri",
     "unix_seconds",
 ]
@@ -630,6 +632,26 @@ class CapabilityBackend(Protocol):
         """
 
 
+@runtime_checkable
+class UseClaimer(Protocol):
+    """``CapabilityBackend.claim_use`` alone: a backend written for an older astrid lacks it,
+    and a single-use token is then refused (``CapabilityStore.mark_used``)."""
+
+    def claim_use(self, token_id: str) -> bool:
+        """Record a single-use token id as used, atomically; False if it was already recorded."""
+        ...
+
+
+@runtime_checkable
+class ClosableBackend(Protocol):
+    """The optional ``close`` of a capability backend (files, connections); without it
+    ``SessionStore.close`` closes nothing more."""
+
+    def close(self) -> None:
+        """Release the backend's files and connections."""
+        ...
+
+
 class MemoryCapabilityBackend:
     """A ``CapabilityBackend`` in memory (shared by stores to simulate reopening)."""
 
@@ -855,14 +877,13 @@ class CapabilityStore:
             if token_id in self._used:
                 raise TokenAlreadyUsed(f"single-use token already used: token:{token_id}")
             if self._backend is not None:
-                claim = getattr(self._backend, "claim_use", None)
-                if not callable(claim):
+                if not isinstance(self._backend, UseClaimer):
                     raise PluginError(
                         f"capability store {self._backend!r} has no claim_use method (written "
                         "for an older astrid), so it cannot mark a single-use token used "
                         f"atomically; refusing to use token:{token_id}"
                     )
-                if not claim(str(token_id)):
+                if not self._backend.claim_use(str(token_id)):
                     self._used.add(token_id)
                     raise TokenAlreadyUsed(f"single-use token already used: token:{token_id}")
             self._used.add(token_id)

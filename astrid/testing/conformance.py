@@ -43,6 +43,7 @@ from ..session import AgentSession
 from ..store import (
     KEYED_STATE_MIN,
     WORKSPACE_STATE_KEY,
+    DecodedLoader,
     HistoryEntry,
     SessionRecord,
     SessionStore,
@@ -51,6 +52,7 @@ from ..store import (
     StateDelta,
     StorageBackend,
     WorkspaceState,
+    takes_state_delta,
 )
 from ..timeutil import utcnow
 from . import keyed_state
@@ -564,7 +566,7 @@ class StorageConformance:
                 loaded = reader.load(session.id)
                 assert loaded is not None, f"turn {turn}"
                 assert comparable(loaded) == comparable(session), f"turn {turn}"
-        if getattr(backend, "accepts_state_delta", False) is True:
+        if takes_state_delta(backend):
             # Both ways were taken: deltas, and whole writes (expiries, the journal's floor).
             kinds = [w.delta is not None for w in writes]
             assert kinds.count(True) > 40, kinds
@@ -593,7 +595,7 @@ class StorageConformance:
             other.save(loaded)
         again = SessionStore(backend).load(session.id)
         assert again is not None and comparable(again) == comparable(loaded)
-        if getattr(backend, "accepts_state_delta", False) is True:
+        if takes_state_delta(backend):
             assert [w.delta is not None and len(w.delta) == 2 for w in writes] == [True] * 3
 
     def test_what_the_load_refuses_is_dropped_from_the_store_by_the_next_save(
@@ -634,7 +636,7 @@ class StorageConformance:
         assert [a["id"] for a in record.state["allowances"]] == [
             str(a.id) for a in loaded.allowance_store.export_session_allowances()
         ]
-        if getattr(backend, "accepts_state_delta", False) is True:
+        if takes_state_delta(backend):
             first = writes[0].delta
             assert first is not None
             assert dict(first.allowances) == {str(soon.id): None}
@@ -710,7 +712,7 @@ class StorageConformance:
         assert loaded_state(backend) == state
 
     def _takes_deltas(self, backend: StorageBackend) -> None:
-        if getattr(backend, "accepts_state_delta", False) is not True:
+        if not takes_state_delta(backend):
             pytest.skip(f"{backend.name} does not take state deltas (accepts_state_delta)")
 
     def test_a_delta_changes_allowances_in_place_and_adds_new_ones_last(
@@ -776,9 +778,9 @@ class StorageConformance:
         self, backend: StorageBackend, store: SessionStore
     ) -> None:
         """``load_decoded`` (optional) returns what ``load`` does, messages as ``Message``."""
-        decoded = getattr(backend, "load_decoded", None)
-        if decoded is None:
+        if not isinstance(backend, DecodedLoader):
             pytest.skip(f"{backend.name} has no load_decoded (optional)")
+        decoded = backend.load_decoded
         session = AgentSession("p")
         oracle = Message.from_json({"role": "oracle", "content": "an unknown role"})
         for message in [*sample_messages(), oracle]:
