@@ -23,7 +23,7 @@ import json
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from astrid.llm import ToolDefinition
@@ -94,6 +94,17 @@ class WireMessage:
     system_text: str = ""
     source: ToolCallResult | None = None
     """The tool result, to send as text when it answers no call."""
+    solo: bytes = field(default=b"", compare=False)
+    """The whole wire message when this message is one on its own (the common case)."""
+
+    def __post_init__(self) -> None:
+        if self.role == "assistant":
+            solo = _joined_message(_ASSISTANT, self.lead + self.blocks)
+        elif self.role == "user":
+            solo = _joined_message(_USER, self.results + self.blocks)
+        else:
+            return
+        object.__setattr__(self, "solo", solo)
 
 
 def dumps_text(text: str) -> bytes:
@@ -257,6 +268,20 @@ def assemble_messages(wires: Sequence[WireMessage]) -> tuple[bytes, list[str]]:
 
     def flush() -> None:
         nonlocal pending
+        if len(run) == 1:
+            only = run[0]
+            if run_role == "assistant" and not pending and out:
+                out.append(only.solo)
+                pending = list(only.tool_use_ids)
+                run.clear()
+                return
+            if run_role == "user" and len(only.result_ids) == len(pending) and set(
+                only.result_ids
+            ) == set(pending):
+                out.append(only.solo)
+                pending = []
+                run.clear()
+                return
         if run_role == "assistant":
             if pending:
                 out.append(_joined_message(_USER, _missing_results(pending)))
