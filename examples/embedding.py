@@ -12,7 +12,7 @@ The host
    ``register_tools`` hook an installed plugin would implement);
 3. answers approval requests with its own handler class (``request_approval`` /
    ``is_available``);
-4. builds the runtime (and its store) from the TOML with ``astrid.runtime.open_runtime``, runs
+4. builds the runtime (and its store) from the TOML with ``astrid.open_runtime``, runs
    two turns, then closes everything, as if the host process exited;
 5. builds a **second** runtime from the same TOML, loads the session by id and runs a third turn
    on it: the transcript, the spend and the session approval given in turn 1 are all still
@@ -28,14 +28,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from astrid import hookimpl
-from astrid.config import LoadedConfig, load_config
-from astrid.plugins import register_plugin, unregister_plugin
-from astrid.runtime import AgentRuntime, TurnResult, open_runtime
-from astrid.security.approvals import ApprovalResponse, ApproveSession
-from astrid.security.deferred import ApprovalRequest
-from astrid.store import SessionStore
-from astrid.tools import FunctionTool, ToolContext
+from astrid import (
+    AgentRuntime,
+    ApprovalRequest,
+    ApprovalResponse,
+    ApproveSession,
+    FunctionTool,
+    LoadedConfig,
+    SessionStore,
+    ToolContext,
+    TurnResult,
+    hookimpl,
+    load_config,
+    open_runtime,
+    register_plugin,
+    unregister_plugin,
+)
 
 CONFIG_TOML = """\
 # The host's astrid configuration (every key is optional; see docs/configuration.md).

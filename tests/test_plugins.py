@@ -215,13 +215,16 @@ def test_every_hook_is_documented_and_tested() -> None:
 
 
 def test_importing_astrid_stays_light() -> None:
+    """``import astrid`` loads the session core; the host API it re-exports loads on first use."""
+    heavy = ("sqlite3", "cryptography", "click", "astrid.store", "astrid.runtime", "astrid.config")
     code = (
         "import sys, astrid; "
-        "bad = [m for m in ('sqlite3', 'cryptography', 'click') if m in sys.modules]; "
-        "print(bad)"
+        f"print([m for m in {heavy!r} if m in sys.modules]); "
+        "astrid.open_store, astrid.AgentRuntime; "
+        "print('astrid.store' in sys.modules, 'astrid.runtime' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["[]", "True True"], out.stdout + out.stderr
 
 
 class _GitAndCaps:
