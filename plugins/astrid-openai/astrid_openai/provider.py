@@ -1,10 +1,10 @@
 """``OpenAIProvider``: astrid's provider protocol version 2 over the Chat Completions API.
 
 The official SDK does the transport, retries, error classes and SSE parsing. The request body
-is built here (``wire.WireCache``) and handed to the SDK in ``extra_body``, which the SDK merges
-into the JSON it sends without running it through its recursive type transform (that transform
-walks every message and tool on every call). The SDK only transforms the tiny rest (``model``,
-an empty ``messages`` and ``stream``).
+is built here, from JSON pieces encoded once per message (``wire.WireCache``), and handed to the
+SDK's ``post`` as bytes: ``chat.completions.create`` would run every message and tool through
+the SDK's recursive type transform and encode them again on every call, a cost that grows with
+the conversation (``benchmarks/bench_request.py``).
 
 The stream becomes astrid events: ``TextDelta``; ``ToolCallStart`` / ``ToolCallDelta`` /
 ``ToolCallEnd`` for each call, keyed by the chunk's ``index`` so parallel calls may interleave;
@@ -44,6 +44,7 @@ from astrid.llm import (
     Usage,
 )
 from astrid.messages import Message
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import SecretStr
 
 from . import DEFAULT_BASE_URL, PROVIDER_NAME, OpenAIOptions
@@ -59,6 +60,8 @@ STOP_REASONS: Mapping[str, StopReason] = {
     "content_filter": StopReason.CONTENT_FILTER,
 }
 """``finish_reason`` → astrid's stop reason (anything else is ``OTHER`` with the raw word)."""
+
+_OWN_FIELDS = frozenset({"model", "messages", "tools", "stream"})
 
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _CONTEXT_WORDS = ("maximum context length", "context length", "context window", "too many tokens")
@@ -115,22 +118,39 @@ class OpenAIProvider:
         tools: Sequence[ToolDefinition],
         system_prompt: str,
         settings: CallSettings,
-    ) -> dict[str, Any]:
-        """Everything of the JSON body but ``model`` and ``stream`` (which the SDK adds)."""
-        body: dict[str, Any] = {"messages": self._wire.messages(messages, system_prompt)}
-        if tools:
-            body["tools"] = self._wire.tools(tools)
-        body["stream_options"] = {"include_usage": True}
+    ) -> bytes:
+        """The JSON body of one streamed Chat Completions request.
+
+        ``settings.extra`` adds fields (``seed``, ``reasoning_effort``...); it cannot replace
+        the ones the provider owns (``model``, ``messages``, ``tools``, ``stream``).
+        """
+        head: dict[str, Any] = {
+            "model": settings.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         max_tokens = settings.max_output_tokens or self.options.max_output_tokens
         if max_tokens is not None:
-            body[self.options.max_tokens_field] = max_tokens
+            head[self.options.max_tokens_field] = max_tokens
         temperature = (
             settings.temperature if settings.temperature is not None else self.options.temperature
         )
         if temperature is not None:
-            body["temperature"] = temperature
-        body.update(settings.extra)
-        return body
+            head["temperature"] = temperature
+        for key, value in settings.extra.items():
+            if key in _OWN_FIELDS:
+                raise ProviderError(
+                    f"{PROVIDER_NAME}: settings.extra may not set {key!r} (the provider sets it)",
+                    provider=PROVIDER_NAME,
+                )
+            head[key] = value
+        try:
+            return self._wire.body(head, messages, tools, system_prompt)
+        except (TypeError, ValueError) as exc:
+            raise ProviderError(
+                f"{PROVIDER_NAME}: the request cannot be encoded as JSON: {exc}",
+                provider=PROVIDER_NAME,
+            ) from None
 
     async def stream(
         self,
@@ -144,8 +164,16 @@ class OpenAIProvider:
         settings = settings or CallSettings(model=self.model)
         body = self.request_body(messages, tools, system_prompt, settings)
         try:
-            response = await self.client().chat.completions.create(
-                model=settings.model, messages=[], stream=True, extra_body=body
+            # The body goes as bytes (``content``), as the SDK documents for raw requests: it
+            # neither walks it through its type transform nor encodes it again; retries resend
+            # the same bytes.
+            response = await self.client().post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                content=body,
+                options={"security": {"bearer_auth": True}},
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )
         except openai.APIError as exc:
             raise self.error(exc) from None

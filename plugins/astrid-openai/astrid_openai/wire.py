@@ -1,11 +1,12 @@
-"""astrid messages and tools as Chat Completions JSON, each built once and reused.
+"""astrid messages and tools as Chat Completions JSON, each encoded once and reused.
 
-``WireCache`` turns a ``Message`` into its wire dict the first time the provider sends it and
-hands back the same dict afterwards: messages are immutable, so a cached form cannot go stale.
-Entries are keyed by the object's identity and vanish with the object (a weak reference), so a
-cache shared by every session of a provider holds only messages somebody still has. The same
-goes for ``ToolDefinition`` objects. What a request costs before the SDK sees it is then a dict
-lookup per message, and the SDK never walks these dicts (they go in ``extra_body``).
+``WireCache`` turns a ``Message`` into its wire form and encodes it to JSON bytes the first time
+the provider sends it, and hands back the same bytes afterwards: messages are immutable, so a
+cached form cannot go stale. Entries are keyed by the object's identity and vanish with the
+object (a weak reference), so a cache shared by every session of a provider holds only messages
+somebody still has. The same goes for ``ToolDefinition`` objects. ``WireCache.body`` joins the
+cached pieces into the request body; what a request costs before the SDK sends it is then a dict
+lookup per message and one join, and the SDK neither walks nor re-encodes the history.
 
 Mapping (content kind first, then role):
 
@@ -29,7 +30,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from astrid.llm import ToolDefinition
@@ -133,6 +134,21 @@ def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as the SDK itself encodes bodies (no NaN or Infinity).
+
+    Text holding a lone surrogate (which UTF-8 cannot carry) is sent escaped instead of failing.
+    """
+    try:
+        return _ENCODE(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return _ENCODE_ASCII(value).encode("ascii")
+
+
 class _IdentityCache:
     """Values computed once per live object, keyed by identity, dropped with the object."""
 
@@ -140,7 +156,7 @@ class _IdentityCache:
         self._entries: dict[int, tuple[weakref.ref[Any], Any]] = {}
         self.misses = 0
 
-    def get(self, obj: Any, build: Any) -> Any:
+    def get(self, obj: Any, build: Callable[[Any], Any]) -> Any:
         key = id(obj)
         entry = self._entries.get(key)
         if entry is not None and entry[0]() is obj:
@@ -150,7 +166,7 @@ class _IdentityCache:
         self._entries[key] = (weakref.ref(obj, self._forget(key)), value)
         return value
 
-    def _forget(self, key: int) -> Any:
+    def _forget(self, key: int) -> Callable[[weakref.ref[Any]], None]:
         entries = self._entries
 
         def forget(ref: weakref.ref[Any]) -> None:
@@ -165,29 +181,52 @@ class _IdentityCache:
 
 
 class WireCache:
-    """Messages and tools in wire form, each built once (``enabled`` False: built every time)."""
+    """Messages and tools as encoded JSON, each encoded once (``enabled`` False: every time)."""
 
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._messages = _IdentityCache()
         self._tools = _IdentityCache()
+        self._system: tuple[str, bytes] = ("", b"")
 
-    def messages(self, messages: Sequence[Message], system_prompt: str) -> list[WireMessage]:
-        """The request's ``messages``: the system prompt (when not empty), then each message."""
-        out: list[WireMessage] = []
+    def message_pieces(self, messages: Sequence[Message], system_prompt: str) -> list[bytes]:
+        """Each message of the request as JSON: the system prompt (when not empty) first."""
+        out: list[bytes] = []
         if system_prompt:
-            out.append({"role": "system", "content": system_prompt})
+            if self._system[0] != system_prompt or not self.enabled:
+                wire = {"role": "system", "content": system_prompt}
+                self._system = (system_prompt, encode_json(wire))
+            out.append(self._system[1])
         get = self._messages.get if self.enabled else _build_now
         for message in messages:
-            wire = get(message, _message_or_log)
-            if wire is not None:
-                out.append(wire)
+            piece = get(message, _encoded_message)
+            if piece is not None:
+                out.append(piece)
         return out
 
-    def tools(self, tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
-        """The request's ``tools``."""
+    def tool_pieces(self, tools: Sequence[ToolDefinition]) -> list[bytes]:
+        """Each tool of the request as JSON."""
         get = self._tools.get if self.enabled else _build_now
-        return [get(tool, tool_to_wire) for tool in tools]
+        return [get(tool, _encoded_tool) for tool in tools]
+
+    def body(
+        self,
+        head: dict[str, Any],
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        system_prompt: str,
+    ) -> bytes:
+        """The request body: the fields of ``head``, then ``messages`` and ``tools``.
+
+        ``head`` must not hold ``messages`` or ``tools`` and must not be empty.
+        """
+        parts = [encode_json(head)[:-1], b',"messages":[']
+        parts.append(b",".join(self.message_pieces(messages, system_prompt)))
+        parts.append(b"]")
+        if tools:
+            parts += [b',"tools":[', b",".join(self.tool_pieces(tools)), b"]"]
+        parts.append(b"}")
+        return b"".join(parts)
 
     @staticmethod
     def renamed(tools: Sequence[ToolDefinition]) -> dict[str, str]:
@@ -210,11 +249,15 @@ class WireCache:
         return self._messages.misses
 
 
-def _build_now(obj: Any, build: Any) -> Any:
+def _build_now(obj: Any, build: Callable[[Any], Any]) -> Any:
     return build(obj)
 
 
-def _message_or_log(message: Message) -> WireMessage | None:
+def _encoded_tool(tool: ToolDefinition) -> bytes:
+    return encode_json(tool_to_wire(tool))
+
+
+def _encoded_message(message: Message) -> bytes | None:
     wire = message_to_wire(message)
     if wire is None:
         role = message.role.value if isinstance(message.role, MessageRole) else message.role
@@ -224,4 +267,5 @@ def _message_or_log(message: Message) -> WireMessage | None:
             role,
             type(message.content).__name__,
         )
-    return wire
+        return None
+    return encode_json(wire)

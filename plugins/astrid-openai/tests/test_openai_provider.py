@@ -44,6 +44,7 @@ from pydantic import SecretStr
 
 from astrid_openai import OpenAIOptions
 from astrid_openai.provider import OpenAIProvider
+from astrid_openai.wire import wire_tool_name
 
 MakeProvider = Callable[..., OpenAIProvider]
 
@@ -88,7 +89,7 @@ def test_the_body_sent_is_exactly_the_chat_completions_wire_format(
     )
     events = collect(provider, HISTORY, TOOLS, "You are terse.", settings=settings)
     assert isinstance(events[-1], Done)
-    stat = provider.wire.tools(TOOLS)[1]["function"]["name"]
+    stat = wire_tool_name("fs:stat")
     assert stat.startswith("fs_stat_")
     expected = {
         "model": "fake-model-2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import re
 
@@ -19,7 +20,18 @@ from astrid.messages import (
     ToolCallResult,
 )
 
-from astrid_openai.wire import WireCache, message_to_wire, tool_to_wire, wire_tool_name
+from astrid_openai.wire import (
+    WireCache,
+    encode_json,
+    message_to_wire,
+    tool_to_wire,
+    wire_tool_name,
+)
+
+
+def sent(cache: WireCache, messages: list[Message], system_prompt: str) -> list[object]:
+    """The messages as the request carries them (decoded from the cached pieces)."""
+    return [json.loads(piece) for piece in cache.message_pieces(messages, system_prompt)]
 
 
 def test_text_messages_keep_their_role() -> None:
@@ -111,8 +123,8 @@ def test_messages_the_api_cannot_carry_are_left_out_and_logged_once(
 ) -> None:
     cache = WireCache()
     caplog.set_level(logging.WARNING, logger="astrid_openai")
-    first = cache.messages([Message.user("hi"), message], "")
-    second = cache.messages([Message.user("hi"), message], "")
+    first = sent(cache, [Message.user("hi"), message], "")
+    second = sent(cache, [Message.user("hi"), message], "")
     assert first == second == [{"role": "user", "content": "hi"}]
     assert sum("left out of the request" in r.getMessage() for r in caplog.records) == 1
 
@@ -132,17 +144,17 @@ def test_tools_are_function_tools() -> None:
 
 def test_the_system_prompt_comes_first_and_an_empty_one_is_left_out() -> None:
     cache = WireCache()
-    assert cache.messages([Message.user("q")], "rules")[0] == {"role": "system", "content": "rules"}
-    assert cache.messages([Message.user("q")], "") == [{"role": "user", "content": "q"}]
+    assert sent(cache, [Message.user("q")], "rules")[0] == {"role": "system", "content": "rules"}
+    assert sent(cache, [Message.user("q")], "") == [{"role": "user", "content": "q"}]
 
 
 def test_each_message_is_built_once_and_reused_as_the_same_object() -> None:
     cache = WireCache()
     history = [Message.user(f"m{i}") for i in range(50)]
-    first = cache.messages(history, "s")
+    first = cache.message_pieces(history, "s")
     assert cache.built_messages == 50
     history.append(Message.assistant("new"))
-    second = cache.messages(history, "s")
+    second = cache.message_pieces(history, "s")
     assert cache.built_messages == 51  # only the new message was built
     assert all(a is b for a, b in zip(first[1:], second[1:51], strict=True))
 
@@ -150,8 +162,8 @@ def test_each_message_is_built_once_and_reused_as_the_same_object() -> None:
 def test_without_the_cache_every_request_builds_every_message() -> None:
     cache = WireCache(enabled=False)
     history = [Message.user(f"m{i}") for i in range(5)]
-    first = cache.messages(history, "")
-    second = cache.messages(history, "")
+    first = cache.message_pieces(history, "")
+    second = cache.message_pieces(history, "")
     assert first == second and first[0] is not second[0]
     assert cache.cached_messages == 0
 
@@ -159,11 +171,11 @@ def test_without_the_cache_every_request_builds_every_message() -> None:
 def test_an_entry_goes_with_its_message() -> None:
     cache = WireCache()
     kept = Message.user("kept")
-    cache.messages([kept, Message.user("dropped")], "")
+    cache.message_pieces([kept, Message.user("dropped")], "")
     gc.collect()
     assert cache.cached_messages == 1
     # an equal but distinct message is a distinct entry (identity, not equality)
-    cache.messages([Message.user("kept")], "")
+    cache.message_pieces([Message.user("kept")], "")
     assert cache.built_messages == 3
 
 
@@ -181,3 +193,29 @@ def test_tool_names_the_api_refuses_are_sent_in_a_form_it_accepts_and_mapped_bac
     sent = message_to_wire(call)
     assert sent is not None
     assert sent["tool_calls"][0]["function"]["name"] == wire[0]
+
+
+def test_the_body_joins_the_pieces_into_one_json_document() -> None:
+    cache = WireCache()
+    tools = [ToolDefinition("read_file", "Read.")]
+    history = [Message.user("naïve ✓"), Message.assistant("ok")]
+    body = cache.body({"model": "m", "stream": True}, history, tools, "sys")
+    assert json.loads(body) == {
+        "model": "m",
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "naïve ✓"},
+            {"role": "assistant", "content": "ok"},
+        ],
+        "tools": [tool_to_wire(tools[0])],
+    }
+    assert "naïve ✓".encode() in body  # UTF-8, not \\u escapes
+    assert "tools" not in json.loads(cache.body({"model": "m"}, history, [], ""))
+
+
+def test_json_is_compact_refuses_nan_and_survives_a_lone_surrogate() -> None:
+    assert encode_json({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+    with pytest.raises(ValueError):
+        encode_json({"x": float("nan")})
+    assert json.loads(encode_json({"t": "bad \ud800 text"})) == {"t": "bad \ud800 text"}
