@@ -155,13 +155,15 @@ class ErrorReply:
 
 @dataclass(frozen=True)
 class ReceivedRequest:
-    """A request as the server received it (header names in lower case)."""
+    """A request as the server received it (header names in lower case; ``received_at`` on
+    the ``time.monotonic()`` clock, when its body had been read)."""
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: Any
     raw_body: bytes
+    received_at: float = 0.0
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (an AssertionError if it is not one)."""
@@ -519,7 +521,7 @@ class FakeLLMServer:
                 body = json.loads(raw)
             except ValueError:
                 body = None
-        request = ReceivedRequest(method, path, headers, body, raw)
+        request = ReceivedRequest(method, path, headers, body, raw, time.monotonic())
         exchange = Exchange(request)
         with self._lock:
             self._exchanges.append(exchange)
