@@ -8,8 +8,8 @@ goes through ``to_document`` / ``from_document``; the ``SessionStore`` moves doc
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, SupportsIndex, overload
@@ -50,66 +50,152 @@ def _git_data(state: GitState | None) -> dict[str, Any] | None:
     return {"branch": state.branch, "commit": state.commit}
 
 
-_SERIALS = itertools.count(1)
-"""Edit serials, unique across every ``MessageList`` of the process."""
+def _lower(a: int | None, b: int | None) -> int | None:
+    """The lower of two optional indexes (None: no index)."""
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+@dataclass(frozen=True)
+class StateBasis:
+    """The versions of a session's allowance-store and escape-handler journals that a store's
+    keyed copy of its allowances and escape paths reflects (see ``astrid.store.StateDelta``)."""
+
+    allowances: AllowanceStore
+    allowance_version: int
+    until: datetime | None
+    escape: EscapeHandler
+    escape_version: int
+    dropped_allowances: frozenset[str] = frozenset()
+    """Ids stored but refused by the load (expired): the next delta removes them."""
+    dropped_paths: frozenset[str] = frozenset()
+    """Escape paths stored but refused by the load (gone, never allowed): removed likewise."""
+
+
+class ChangeSet:
+    """What changed in a session since a store last loaded or saved it: what the store saves.
+
+    The store records what it holds (``store``, ``revision``, ``count``, ``offset``, the state's
+    ``basis``); the session's ``MessageList`` records its edits. Messages past the stored ones
+    (index ``count - offset`` on) are appended since; ``rewritten_from`` is the lowest index
+    replaced, removed or inserted since (None: only appends), and the messages from there on
+    are what replaced the stored ones. The state is small and written whole with every save,
+    except the allowances and escape paths of a keyed backend, which go by the journal
+    versions in ``basis``. A change set belongs to one store: saving the session to another
+    is a create there (every message), after which it belongs to that one.
+    """
+
+    __slots__ = (
+        "_async_save",
+        "_low",
+        "_writing",
+        "basis",
+        "count",
+        "offset",
+        "revision",
+        "session_bound",
+        "store",
+    )
+
+    def __init__(self, *, session_bound: bool = False) -> None:
+        self.session_bound = session_bound
+        """True for a session's own change set (a list recording in it is that session's)."""
+        self.store: object | None = None
+        """The token of the store that last loaded or saved the session (None: none did)."""
+        self.revision = 0
+        self.count = 0
+        """How many messages the store holds for the session (its stored message count)."""
+        self.offset = 0
+        """How many of them come before ``session.messages[0]`` (a tail load)."""
+        self.basis: StateBasis | None = None
+        self._low: int | None = None
+        self._writing: int | None = None
+        """The lowest rewritten index of writes begun and not yet recorded."""
+        self._async_save: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    @property
+    def rewritten_from(self) -> int | None:
+        """The lowest message index rewritten since the stored state (None: only appends)."""
+        return _lower(self._low, self._writing)
+
+    def rewrote(self, index: int) -> None:
+        """Record that the message at ``index`` (and maybe later ones) changed."""
+        low = self._low
+        if low is None or index < low:
+            self._low = max(0, index)
+
+    def begin_write(self) -> None:
+        """A store is writing every message change recorded so far: record edits afresh.
+
+        What it writes stays in ``rewritten_from`` until ``stored`` records the write, so a
+        write that fails leaves it pending (the next write carries it again).
+        """
+        self._writing = _lower(self._writing, self._low)
+        self._low = None
+
+    def stored(
+        self,
+        store: object,
+        revision: int,
+        count: int,
+        offset: int,
+        basis: StateBasis | None,
+        *,
+        messages: bool,
+    ) -> None:
+        """Record what ``store`` now holds; ``messages``: the write carried the message changes
+        begun by ``begin_write`` (a load passes True with nothing begun)."""
+        if messages:
+            self._writing = None
+        self.store, self.revision, self.count, self.offset = store, revision, count, offset
+        self.basis = basis
+
+    def loaded(
+        self, store: object, revision: int, count: int, offset: int, basis: StateBasis | None
+    ) -> None:
+        """Record a fresh load from ``store``: nothing has changed since."""
+        self._low = self._writing = None
+        self.stored(store, revision, count, offset, basis, messages=True)
+
+    def save_lock(self) -> asyncio.Lock:
+        """The lock that runs the session's async saves one at a time (one per event loop)."""
+        loop = asyncio.get_running_loop()
+        held = self._async_save
+        if held is None or held[0] is not loop:
+            held = self._async_save = (loop, asyncio.Lock())
+        return held[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"ChangeSet(revision={self.revision}, count={self.count}, offset={self.offset}, "
+            f"rewritten_from={self.rewritten_from})"
+        )
 
 
 class MessageList(list[Message]):
-    """A session's messages: a ``list`` that records its edits, so a save stores every change.
+    """A session's messages: a ``list`` that records its edits in a ``ChangeSet``.
 
     Appending (``append``, ``extend``, ``+=``) is the plain ``list`` operation: it changes no
-    earlier message. Every other change (item or slice assignment, ``del``, ``insert``, ``pop``,
-    ``remove``, ``clear``, ``sort``, ``reverse``, ``*=``) gets a new serial and lowers
-    ``changed_from``, the lowest index changed since the last ``mark_clean``. The store compares
-    these with what it saved to choose between appending the new messages and rewriting.
+    earlier message and records nothing (the change set knows how many are stored). Every other
+    change (item or slice assignment, ``del``, ``insert``, ``pop``, ``remove``, ``clear``,
+    ``sort``, ``reverse``, ``*=``) lowers ``changes.rewritten_from``. A session's list records
+    in the session's change set; a list of its own (or a copy) in a fresh one.
     """
 
-    __slots__ = ("_low", "_serial", "_since")
+    __slots__ = ("_changes",)
 
-    def __init__(self, messages: Iterable[Message] = ()) -> None:
+    def __init__(self, messages: Iterable[Message] = (), *, changes: ChangeSet | None = None):
         super().__init__(messages)
-        self._serial = next(_SERIALS)
-        self._since = 0
-        """The serial ``_low`` counts from (0: no saved state; every index counts as changed)."""
-        self._low: int | None = 0
+        self._changes = changes if changes is not None else ChangeSet()
 
     @property
-    def serial(self) -> int:
-        """Changes with every edit other than an append."""
-        return self._serial
-
-    def changed_from(self, serial: int) -> int | None:
-        """The lowest index changed since this list's state ``serial`` (None: only appends).
-
-        0 when ``serial`` is not a state this list still records (another list, or one before
-        the last ``mark_clean``): everything may have changed.
-        """
-        if serial == self._serial:
-            return None
-        if serial == self._since:
-            return self._low
-        return 0
-
-    def mark_clean(self) -> int:
-        """Start recording from the current state (a store saved it); return its serial."""
-        self._since = self._serial
-        self._low = None
-        return self._serial
+    def changes(self) -> ChangeSet:
+        """The change set this list records its edits in."""
+        return self._changes
 
     def _changed(self, index: int) -> None:
-        self._serial = next(_SERIALS)
-        if self._low is None or index < self._low:
-            self._low = max(0, index)
-
-    def _adopt(self, previous: MessageList) -> None:
-        """Continue ``previous``'s record: what differs from its state counts as changed."""
-        self._since = previous._since
-        low = previous._low
-        n = min(len(self), len(previous))
-        same = next((i for i in range(n) if self[i] is not previous[i]), n)
-        if same < len(previous):  # a message replaced or dropped (else only appended)
-            low = same if low is None else min(low, same)
-        self._low = low
+        self._changes.rewrote(index)
 
     def _slice_start(self, key: slice) -> int:
         start, stop, step = key.indices(len(self))
@@ -175,7 +261,7 @@ class MessageList(list[Message]):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A copy (copy, deepcopy, pickle) is a new list with no saved state.
+        # A copy (copy, deepcopy, pickle) is a new list with a change set of its own.
         return (MessageList, (list(self),))
 
 
@@ -201,7 +287,8 @@ class AgentSession:
             SessionId.new() if session_id is None else SessionId.parse(session_id)
         )
         self.user_id: bytes = _user_id(user_id)
-        self._messages = MessageList()
+        self._changes = ChangeSet(session_bound=True)
+        self._messages = MessageList(changes=self._changes)
         self.capabilities: CapabilityStore = (
             capabilities if capabilities is not None else CapabilityStore()
         )
@@ -230,34 +317,39 @@ class AgentSession:
         self.extra_fields: dict[str, Any] = {}
         self._approvals_counted = 0
         self._created_text: tuple[datetime, str] | None = None
-        self._async_save: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
-    def _save_lock(self) -> asyncio.Lock:
-        """The lock that runs this session's async saves one at a time (one per event loop)."""
-        loop = asyncio.get_running_loop()
-        held = self._async_save
-        if held is None or held[0] is not loop:
-            held = self._async_save = (loop, asyncio.Lock())
-        return held[1]
+    @property
+    def changes(self) -> ChangeSet:
+        """What changed since a store last loaded or saved the session (``SessionStore.save``
+        writes it and records the new stored state here)."""
+        return self._changes
 
     @property
     def messages(self) -> MessageList:
         """The conversation, oldest first; edit it in place or assign a new list.
 
-        Every change is recorded (see ``MessageList``) and saved by the next
-        ``SessionStore.save``. Assigning a plain list stores a ``MessageList`` copy of it; the
-        messages it shares with the old list at the same places count as unchanged.
+        Every change is recorded in ``changes`` (see ``MessageList``) and saved by the next
+        ``SessionStore.save``. Assigning a ``MessageList`` of no session keeps it (it records
+        here from now on); anything else is copied into a new one. From the first place where
+        the new list does not hold the old list's message, it counts as rewritten. The old
+        list is detached: its later edits change nothing here.
         """
         return self._messages
 
     @messages.setter
     def messages(self, value: Iterable[Message]) -> None:
         previous = self._messages
-        if isinstance(value, MessageList):
-            self._messages = value
-            return
-        messages = MessageList(value)
-        messages._adopt(previous)
+        if isinstance(value, MessageList) and not value._changes.session_bound:
+            messages = value
+            messages._changes = self._changes
+        else:
+            messages = MessageList(value, changes=self._changes)
+        if messages is not previous:
+            n = min(len(messages), len(previous))
+            same = next((i for i in range(n) if messages[i] is not previous[i]), n)
+            if same < len(previous):  # a message replaced or dropped (else only appended)
+                self._changes.rewrote(same)
+            previous._changes = ChangeSet()
         self._messages = messages
 
     # -- constructors (the original's names) ------------------------------------------------

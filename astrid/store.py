@@ -36,7 +36,7 @@ from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
 from .messages import Message
 from .offload import read_in_thread, write_in_thread
-from .security.allowances import Allowance, AllowanceStore, dump_allowances, load_allowances
+from .security.allowances import Allowance, dump_allowances, load_allowances
 from .security.budget import (
     BudgetConfig,
     BudgetTracker,
@@ -44,9 +44,9 @@ from .security.budget import (
     WorkspaceBudgetTracker,
 )
 from .security.capabilities import CapabilityStore, ClosableBackend
-from .security.escape import EscapeHandler, EscapeState, WorkspaceBoundary, WorkspaceConfig
+from .security.escape import EscapeState, WorkspaceBoundary, WorkspaceConfig
 from .security.kv import AsyncScopedKvStore, KvStore, ScopedKvStore
-from .session import AgentSession, GitCapture, MessageList
+from .session import AgentSession, GitCapture, StateBasis
 from .timeutil import to_utc, utcnow
 from .tokens import TokenEstimator
 
@@ -589,44 +589,16 @@ class WorkspaceStateWriter(Protocol):
 
 
 @dataclass(frozen=True)
-class _KeyedBasis:
-    """What a keyed-state backend holds for a session with many allowances and escape paths
-    after this store's last write or load: the versions of the allowance store and escape
-    handler it reflects (see ``StateDelta``)."""
-
-    allowances: AllowanceStore
-    allowance_version: int
-    until: datetime | None
-    escape: EscapeHandler
-    escape_version: int
-    dropped_allowances: frozenset[str] = frozenset()
-    """Ids stored but refused by the load (expired): the next delta removes them."""
-    dropped_paths: frozenset[str] = frozenset()
-    """Escape paths stored but refused by the load (gone, never allowed): removed likewise."""
-
-
-@dataclass(frozen=True)
 class _PendingSave:
     """A write computed from a session, and what to record once the backend applied it."""
 
     change: SessionWrite
-    messages: MessageList
-    serial: int
     count: int
     offset: int
-    keyed: _KeyedBasis | None
-    clean: bool
-    """True when the write holds every message change (``save``; not ``save_state``)."""
-
-
-@dataclass
-class _Mark:
-    revision: int
-    count: int
-    offset: int
-    serial: int
-    """The ``MessageList.serial`` of the session's messages as saved or loaded."""
-    keyed: _KeyedBasis | None = None
+    keyed: StateBasis | None
+    messages: bool
+    """True when the write carries the session's message changes (``save``, not
+    ``save_state``): they were begun in its change set (``ChangeSet.begin_write``)."""
 
 
 @dataclass
@@ -679,7 +651,8 @@ class SessionStore:
         self._describe: Callable[[str], str] | None = (
             backend.describe if isinstance(backend, SessionDescriber) else None
         )
-        self._marks: weakref.WeakKeyDictionary[AgentSession, _Mark] = weakref.WeakKeyDictionary()
+        self._token = object()
+        """What a session's ``ChangeSet.store`` holds when this store loaded or saved it last."""
         self._workspace_trackers: weakref.WeakValueDictionary[
             tuple[str, float | None, int], WorkspaceBudgetTracker
         ] = weakref.WeakValueDictionary()
@@ -719,33 +692,32 @@ class SessionStore:
         return revision
 
     def _prepare_save(self, session: AgentSession) -> _PendingSave:
-        """The write a ``save`` sends, computed from the session (on the caller's thread)."""
-        mark = self._marks.get(session)
-        state, delta, keyed = self._state_for_write(session, mark)
+        """The write a ``save`` sends, computed from the session's change set (on the caller's
+        thread); it begins the change set's write (``_saved`` records it)."""
+        changes = session.changes
+        ours = self._owns(session)
+        state, delta, keyed = self._state_for_write(session, changes.basis if ours else None)
         messages = session.messages
-        serial = messages.serial
-        if mark is None:
+        if not ours:  # never stored here: a create, with every message
             change_messages: list[Any] = [m.to_json() for m in messages]
             expected, base, replace = None, 0, False
             offset = 0
         else:
-            offset = mark.offset
-            loaded = mark.count - mark.offset
-            # The list records every edit: appends only, or the lowest index changed since
-            # the state this store saved (O(1); see ``MessageList``).
-            changed = messages.changed_from(mark.serial)
-            if len(messages) >= loaded and (changed is None or changed >= loaded):
-                change_messages = [m.to_json() for m in messages[loaded:]]
+            offset = changes.offset
+            loaded = changes.count - offset
+            low = changes.rewritten_from
+            if len(messages) >= loaded and (low is None or low >= loaded):
+                change_messages = [m.to_json() for m in messages[loaded:]]  # appended since
                 replace = False
             else:
                 if offset:
                     raise StorageError(
                         f"session {session.id.bare}: its messages were rewritten but only the "
-                        f"last {loaded} of {mark.count} were loaded; load it whole to rewrite"
+                        f"last {loaded} of {changes.count} were loaded; load it whole to rewrite"
                     )
                 change_messages = [m.to_json() for m in messages]
                 replace = True
-            expected, base = mark.revision, mark.count
+            expected, base = changes.revision, changes.count
         count = offset + len(messages)
         summary = self._summary_of(session, state, count)
         change = SessionWrite(
@@ -758,16 +730,18 @@ class SessionStore:
             summary=summary,
             delta=delta,
         )
-        return _PendingSave(change, messages, serial, count, offset, keyed, clean=True)
+        changes.begin_write()
+        return _PendingSave(change, count, offset, keyed, messages=True)
 
     def _prepare_save_state(self, session: AgentSession) -> _PendingSave:
         """The write a ``save_state`` sends (the state, no messages)."""
-        mark = self._marks.get(session)
-        state, delta, keyed = self._state_for_write(session, mark)
-        if mark is None:
-            expected, count, offset, serial = None, 0, 0, 0  # serial 0: every message pending
+        changes = session.changes
+        ours = self._owns(session)
+        state, delta, keyed = self._state_for_write(session, changes.basis if ours else None)
+        if not ours:
+            expected, count, offset = None, 0, 0  # a create: every message stays pending
         else:
-            expected, count, offset, serial = mark.revision, mark.count, mark.offset, mark.serial
+            expected, count, offset = changes.revision, changes.count, changes.offset
         change = SessionWrite(
             session_id=session.id.bare,
             expected_revision=expected,
@@ -778,22 +752,39 @@ class SessionStore:
             summary=self._summary_of(session, state, count),
             delta=delta,
         )
-        return _PendingSave(change, session.messages, serial, count, offset, keyed, clean=False)
+        return _PendingSave(change, count, offset, keyed, messages=False)
+
+    def _owns(self, session: AgentSession) -> bool:
+        """True if this store loaded or saved the session last (its change set is ours).
+
+        A session of another store is saved here as a create; one loaded from it as a tail
+        window is refused (the copy would silently lose the messages before the window).
+        """
+        changes = session.changes
+        if changes.store is self._token:
+            return True
+        if changes.offset:
+            raise StorageError(
+                f"session {session.id.bare}: only the last {changes.count - changes.offset} of "
+                f"its {changes.count} messages were loaded, from another store; load it whole "
+                "to save it here"
+            )
+        return False
 
     def _saved(self, session: AgentSession, pending: _PendingSave, revision: int) -> None:
-        """Record a successful write of ``pending`` as the session's stored state."""
-        serial = pending.serial
-        if pending.clean:
-            messages = session.messages
-            if messages is pending.messages and messages.serial == pending.serial:
-                serial = messages.mark_clean()
-            else:
-                serial = -1  # edited while the write ran: the next save rewrites them all
-        self._marks[session] = _Mark(revision, pending.count, pending.offset, serial, pending.keyed)
+        """Record a successful write of ``pending`` in the session's change set."""
+        session.changes.stored(
+            self._token,
+            revision,
+            pending.count,
+            pending.offset,
+            pending.keyed,
+            messages=pending.messages,
+        )
 
     def _state_for_write(
-        self, session: AgentSession, mark: _Mark | None
-    ) -> tuple[dict[str, Any], StateDelta | None, _KeyedBasis | None]:
+        self, session: AgentSession, basis: StateBasis | None
+    ) -> tuple[dict[str, Any], StateDelta | None, StateBasis | None]:
         """The state to write, the keyed delta if the backend takes one, and the new basis.
 
         A delta needs a basis: this store's last write (or load) of the session, with many
@@ -803,7 +794,6 @@ class SessionStore:
         if not self._delta_writes:
             return self._state_of(session), None, None
         allowances, escape = session.allowance_store, session.escape_handler
-        basis = mark.keyed if mark is not None else None
         if basis is not None and basis.allowances is allowances and basis.escape is escape:
             changed = allowances.session_allowance_changes(basis.allowance_version, basis.until)
             paths = escape.remembered_path_changes(basis.escape_version)
@@ -824,7 +814,7 @@ class SessionStore:
                 path_changes = dict.fromkeys(basis.dropped_paths, False)
                 path_changes.update(paths[1])
                 delta = StateDelta(allowance_changes, path_changes, full_state)
-                keyed = _KeyedBasis(allowances, changed.version, changed.until, escape, paths[0])
+                keyed = StateBasis(allowances, changed.version, changed.until, escape, paths[0])
                 return state, delta, keyed
         # Versions read before the export: a change made meanwhile is sent again (harmless).
         version, escape_version = allowances.version, escape.version
@@ -839,7 +829,7 @@ class SessionStore:
         ):
             return state, None, None
         until = allowances.export_session_allowances_snapshot()[1]
-        return state, None, _KeyedBasis(allowances, version, until, escape, escape_version)
+        return state, None, StateBasis(allowances, version, until, escape, escape_version)
 
     def append_messages(self, session_id: str | SessionId, messages: Iterable[Message]) -> int:
         """Append messages to a stored session without a revision check (concurrent writers)."""
@@ -857,7 +847,7 @@ class SessionStore:
 
     def _load_session(
         self, session_id: str | SessionId, tail: int | None
-    ) -> tuple[AgentSession, SessionRecord, _KeyedBasis | None] | None:
+    ) -> tuple[AgentSession, SessionRecord, StateBasis | None] | None:
         """Read and rebuild a session, not yet recorded as loaded (``_loaded`` does that).
 
         Touches only the new session, so ``aload`` runs it in a worker thread.
@@ -878,10 +868,10 @@ class SessionStore:
         return session, record, keyed
 
     def _loaded(
-        self, session: AgentSession, record: SessionRecord, keyed: _KeyedBasis | None
+        self, session: AgentSession, record: SessionRecord, keyed: StateBasis | None
     ) -> None:
-        self._remember(
-            session, record.revision, record.message_count, record.message_offset, keyed
+        session.changes.loaded(
+            self._token, record.revision, record.message_count, record.message_offset, keyed
         )
 
     def load_document(self, session_id: str | SessionId) -> SessionDocument | None:
@@ -896,8 +886,8 @@ class SessionStore:
 
     def revision_of(self, session: AgentSession) -> int | None:
         """The revision this store last loaded or saved for ``session`` (None if never)."""
-        mark = self._marks.get(session)
-        return mark.revision if mark is not None else None
+        changes = session.changes
+        return changes.revision if changes.store is self._token else None
 
     def history(self, session_id: str | SessionId) -> list[Message]:
         """Every message ever stored for the session, replaced ones included, oldest first."""
@@ -1104,7 +1094,7 @@ class SessionStore:
         Cancelled while the write runs, it waits for the write to end and records it before
         the cancellation is raised: the session's stored state is never half recorded.
         """
-        async with session._save_lock():
+        async with session.changes.save_lock():
             pending = self._prepare_save(session)
             return await write_in_thread(
                 self.backend.write,
@@ -1114,7 +1104,7 @@ class SessionStore:
 
     async def asave_state(self, session: AgentSession) -> int:
         """``save_state`` off the event loop (serialized with ``asave`` of the session)."""
-        async with session._save_lock():
+        async with session.changes.save_lock():
             pending = self._prepare_save_state(session)
             return await write_in_thread(
                 self.backend.write,
@@ -1222,22 +1212,6 @@ class SessionStore:
             workspace_path=workspace_key(ws) if ws else None,
             model=session.model,
             parent_id=session.parent_id.bare if session.parent_id else None,
-        )
-
-    def _remember(
-        self,
-        session: AgentSession,
-        revision: int,
-        count: int,
-        offset: int,
-        keyed: _KeyedBasis | None = None,
-    ) -> None:
-        self._marks[session] = _Mark(
-            revision=revision,
-            count=count,
-            offset=offset,
-            serial=session.messages.mark_clean(),
-            keyed=keyed,
         )
 
     # == administration (issue 15): the facade astrid.transfer and the CLI use ================
@@ -1407,7 +1381,7 @@ class SessionStore:
     # == end of administration ================================================================
 
 
-def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis | None:
+def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> StateBasis | None:
     """A delta basis for a loaded session with many allowances and escape paths, so its first
     save need not rewrite them all.
 
@@ -1435,7 +1409,7 @@ def _loaded_basis(session: AgentSession, state: dict[str, Any]) -> _KeyedBasis |
     stored_paths = {p for p in paths if isinstance(p, str)}
     if len(stored_paths) != len(paths) or not loaded_paths <= stored_paths:
         return None
-    return _KeyedBasis(
+    return StateBasis(
         store,
         version,
         until,

@@ -392,19 +392,17 @@ def test_recount_tokens_uses_the_current_estimator() -> None:
 # -- the message list records every edit (issue 14 item 8) -----------------------------------
 
 
-def _saved_list(n: int) -> tuple[MessageList, int]:
-    messages = MessageList(Message.user(f"m{i}") for i in range(n))
-    return messages, messages.mark_clean()
+def _saved_list(n: int) -> MessageList:
+    return MessageList(Message.user(f"m{i}") for i in range(n))
 
 
 def test_appends_are_not_recorded_as_changes() -> None:
-    messages, serial = _saved_list(3)
+    messages = _saved_list(3)
     messages.append(Message.user("a"))
     messages.extend([Message.user("b")])
     messages += [Message.user("c")]
     messages *= 1
-    assert messages.changed_from(serial) is None
-    assert messages.serial == serial
+    assert messages.changes.rewritten_from is None
 
 
 @pytest.mark.parametrize(
@@ -429,53 +427,67 @@ def test_appends_are_not_recorded_as_changes() -> None:
 def test_every_other_edit_records_the_lowest_index_changed(
     edit: Callable[[MessageList], object], low: int
 ) -> None:
-    messages, serial = _saved_list(4)
+    messages = _saved_list(4)
     edit(messages)
-    assert messages.changed_from(serial) == low
-    assert messages.serial != serial
+    assert messages.changes.rewritten_from == low
     messages.append(Message.user("later"))
-    assert messages.changed_from(serial) == low
+    assert messages.changes.rewritten_from == low
 
 
 def test_a_failed_edit_is_not_recorded() -> None:
-    messages, serial = _saved_list(2)
+    messages = _saved_list(2)
     with pytest.raises(IndexError):
         messages.pop(5)
     with pytest.raises(ValueError):
         messages.remove(Message.user("absent"))
-    assert messages.changed_from(serial) is None
+    assert messages.changes.rewritten_from is None
 
 
-def test_the_lowest_change_counts_from_the_last_mark_only() -> None:
-    messages, first = _saved_list(4)
-    messages[0] = Message.user("x")
-    second = messages.mark_clean()
-    messages[2] = Message.user("y")
-    assert messages.changed_from(second) == 2
-    assert messages.changed_from(first) == 0  # a state no longer recorded: all may differ
-    assert MessageList().changed_from(second) == 0  # another list
+def test_the_change_set_keeps_what_a_write_carries_until_it_is_recorded() -> None:
+    messages = _saved_list(4)
+    changes = messages.changes
+    messages[2] = Message.user("x")
+    changes.begin_write()  # a store writes what was recorded so far
+    assert changes.rewritten_from == 2  # still pending until the write is recorded
+    messages[3] = Message.user("y")
+    changes.begin_write()  # the first write failed: this one carries its change too
+    assert changes.rewritten_from == 2
+    messages[3] = Message.user("z")  # an edit while the write runs
+    changes.stored(object(), 1, 4, 0, None, messages=True)
+    assert changes.rewritten_from == 3  # only what changed after the write began
 
 
 def test_assigning_a_list_keeps_the_record_of_the_messages_it_shares() -> None:
     session = AgentSession("p")
     for i in range(3):
         session.add_message(Message.user(f"m{i}"))
-    serial = session.messages.mark_clean()
+    changes = session.changes
     old = session.messages
     session.messages = [*old, Message.user("more")]
     assert isinstance(session.messages, MessageList) and session.messages is not old
-    assert session.messages.changed_from(serial) is None  # only appended
-    session.messages = [old[0], Message.user("x"), old[2]]
-    assert session.messages.changed_from(serial) == 1
-    session.messages = old  # a MessageList is kept as it is, with its own record
-    assert session.messages is old and old.changed_from(serial) is None
+    assert session.messages.changes is changes and changes.rewritten_from is None
+    old.pop()  # the old list is detached: its edits are not the session's
+    assert changes.rewritten_from is None
+    session.messages = [session.messages[0], Message.user("x"), *session.messages[2:]]
+    assert changes.rewritten_from == 1
+    own = MessageList([Message.user("own")])
+    session.messages = own  # a list of no session is kept, and records here from now on
+    assert session.messages is own and own.changes is changes
+    assert changes.rewritten_from == 0
+    other = AgentSession("q")
+    other.messages = own  # a list of another session is copied
+    assert other.messages is not own and session.messages is own
     session.clear_messages()
-    assert session.messages == [] and session.messages.changed_from(serial) == 0
+    assert session.messages == [] and changes.rewritten_from == 0
 
 
-def test_a_copy_of_the_list_has_no_saved_state() -> None:
-    messages, serial = _saved_list(2)
+def test_a_copy_of_the_list_has_a_change_set_of_its_own() -> None:
+    session = AgentSession("p")
+    session.add_message(Message.user("m"))
+    messages = session.messages
     for clone in (copy.copy(messages), copy.deepcopy(messages)):
         assert isinstance(clone, MessageList) and clone == messages
-        assert clone.changed_from(serial) == 0
+        assert clone.changes is not session.changes
+        clone[0] = Message.user("x")
+        assert session.changes.rewritten_from is None
     assert type(messages[:]) is list and type(messages.copy()) is list

@@ -14,7 +14,7 @@ import pytest
 from astrid import Message
 from astrid.default_plugins.file_storage import FileBackend
 from astrid.default_plugins.sqlite_storage import SqliteBackend
-from astrid.errors import InvalidKey, SerializationError
+from astrid.errors import ConcurrencyError, InvalidKey, SerializationError, StorageError
 from astrid.store import SessionStore
 
 
@@ -215,3 +215,72 @@ def test_async_kv_checks_names_and_json_like_the_sync_view(store: SessionStore) 
         assert await kv.aclear() == 1 and await kv.alist_keys() == []
 
     asyncio.run(main())
+
+
+# -- the change set the session owns (issue 15 item 1) -------------------------------------
+
+
+def test_the_change_set_records_what_the_store_holds(tmp_path: Path) -> None:
+    with SessionStore(SqliteBackend(tmp_path / "astrid.db")) as store:
+        session = store.new_session("p")
+        for text in ("a", "b", "c"):
+            session.add_message(Message.user(text))
+        revision = store.save(session)
+        changes = session.changes
+        assert (changes.revision, changes.count, changes.offset) == (revision, 3, 0)
+        assert changes.rewritten_from is None
+        tail = store.load(session.id, tail=1)
+        assert tail is not None
+        assert (tail.changes.revision, tail.changes.count, tail.changes.offset) == (revision, 3, 2)
+        session.messages[1] = Message.user("B")
+        assert changes.rewritten_from == 1
+        store.save(session)
+        assert changes.rewritten_from is None and changes.revision > revision
+        loaded = store.load(session.id)
+        assert loaded is not None and [m.text() for m in loaded.messages] == ["a", "B", "c"]
+
+
+def test_a_failed_save_keeps_its_message_changes_pending(tmp_path: Path) -> None:
+    with SessionStore(SqliteBackend(tmp_path / "astrid.db")) as store:
+        session = store.new_session("p")
+        session.add_message(Message.user("a"))
+        session.add_message(Message.user("b"))
+        store.save(session)
+        session.messages[0] = Message.user("A")
+        session.add_message(Message.user("bad \ud800 surrogate"))
+        with pytest.raises(SerializationError):
+            store.save(session)
+        assert session.changes.rewritten_from == 0  # the rewrite is still to be saved
+        session.messages.pop()
+        store.save(session)
+        loaded = store.load(session.id)
+        assert loaded is not None and [m.text() for m in loaded.messages] == ["A", "b"]
+
+
+def test_a_session_belongs_to_the_store_that_saved_it_last(tmp_path: Path) -> None:
+    with (
+        SessionStore(SqliteBackend(tmp_path / "a.db")) as first,
+        SessionStore(FileBackend(tmp_path / "b")) as second,
+    ):
+        session = first.new_session("p")
+        session.add_message(Message.user("one"))
+        first.save(session)
+        session.add_message(Message.user("two"))
+        second.save(session)  # a create there, with every message
+        copied = second.load(session.id)
+        assert copied is not None and [m.text() for m in copied.messages] == ["one", "two"]
+        assert first.revision_of(session) is None
+        assert second.revision_of(session) == second.revision_of(copied)
+        with pytest.raises(ConcurrencyError, match=session.id.bare):
+            first.save(session)  # a create in the first store, which holds it already
+        again = first.load(session.id)
+        assert again is not None and [m.text() for m in again.messages] == ["one"]
+        again.add_message(Message.user("two"))
+        first.save(again)
+
+        tail = first.load(session.id, tail=1)
+        assert tail is not None
+        with pytest.raises(StorageError, match="only the last 1 of its 2 messages"):
+            second.save(tail)
+        with pytest.raises(StorageError, match="load it whole"):
+            second.save_state(tail)
