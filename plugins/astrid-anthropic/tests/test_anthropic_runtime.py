@@ -183,3 +183,42 @@ def test_the_key_never_leaks(
     assert shown.exit_code == 0
     for text in [*seen, result.output, shown.output]:
         assert TEST_KEY not in text
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "anthropic.md"
+
+
+def test_the_documented_host_runs(tmp_path: Path, server: FakeAnthropicServer) -> None:
+    """docs/anthropic.md's host (its TOML and Python, as printed) against the fake server."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```", DOCS.read_text(encoding="utf-8"),
+                        re.DOTALL | re.MULTILINE)
+    (toml,) = [body for lang, body in blocks if lang == "toml" and "[budget]" in body]
+    (host,) = [body for lang, body in blocks if lang == "python" and "host.py" in body]
+    toml = toml.replace("[llm.options]\n", f'[llm.options]\nbase_url = "{server.base_url}"\n')
+    (tmp_path / "astrid.toml").write_text(toml)
+    (tmp_path / "host.py").write_text(host)
+    server.script(
+        tool_call_reply(ToolCallSpec("toolu_1", '{"path": "notes.txt"}', name="read_file")),
+        tool_call_reply(ToolCallSpec("toolu_2", '{"text": "buy milk, eggs and bread"}',
+                                     name="word_count")),
+        text_reply("The notes hold 5 words."),
+        text_reply("Bread comes last."),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASTRID_", "ANTHROPIC_"))}
+    env.update(ASTRID_HOME=str(tmp_path / "home"), ANTHROPIC_API_KEY=TEST_KEY)
+    proc = subprocess.run(
+        [sys.executable, "host.py"], cwd=tmp_path, env=env, input="y\n", capture_output=True,
+        text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "The notes hold 5 words." in proc.stdout
+    assert "(tools: read_file, word_count;" in proc.stdout
+    assert "allow " in proc.stdout  # the approval was asked on the terminal
+    assert "Bread comes last." in proc.stdout and "spent" in proc.stdout
+    assert server.pending == 0
+    assert TEST_KEY not in proc.stdout + proc.stderr
