@@ -40,10 +40,11 @@ from astrid.testing.fake_llm import (
     text_reply,
     tool_call_reply,
 )
+from openai.types.chat import ChatCompletionChunk
 from pydantic import SecretStr
 
 from astrid_openai import OpenAIOptions
-from astrid_openai.provider import OpenAIProvider
+from astrid_openai.provider import OpenAIProvider, _StreamState
 from astrid_openai.wire import wire_tool_name
 
 MakeProvider = Callable[..., OpenAIProvider]
@@ -325,3 +326,90 @@ def test_complete_simple_returns_text_usage_and_stop(
     assert completion.usage == Usage(40, 9) and completion.stop is StopReason.END_TURN
     body = server.requests[0].json()
     assert body["messages"] == [{"role": "user", "content": "summarize"}] and "tools" not in body
+
+
+def _chunks(*deltas: dict[str, Any]) -> list[ChatCompletionChunk]:
+    """Chunks as the SDK builds them from a server's JSON (``construct``, like its stream)."""
+    return [
+        ChatCompletionChunk.construct(
+            **{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", **d}
+        )
+        for d in deltas
+    ]
+
+
+def _events(chunks: list[ChatCompletionChunk], renamed: dict[str, str] | None = None) -> list[Any]:
+    state = _StreamState(renamed or {})
+    events = [event for chunk in chunks for event in state.feed(chunk)]
+    return events + state.finish()
+
+
+def test_servers_that_put_every_call_at_index_0_or_send_no_ids_or_usage_on_each_chunk() -> None:
+    def call(index: int, call_id: str | None, name: str | None, args: str) -> dict[str, Any]:
+        piece: dict[str, Any] = {"index": index, "function": {"arguments": args}}
+        if call_id is not None:
+            piece["id"] = call_id
+        if name is not None:
+            piece["function"]["name"] = name
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}
+
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    final = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+    events = _events(
+        _chunks(
+            {**call(0, "a", "read_file", '{"p":1}'), "usage": usage},
+            call(0, "b", "write", '{"q":'),  # a second call, also at index 0
+            call(0, None, None, "2}"),
+            call(1, None, "list_directory", "{}"),  # no id at all
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            {"choices": [], "usage": final},
+        )
+    )
+    starts = [e for e in events if isinstance(e, ToolCallStart)]
+    assert [(s.id, s.name) for s in starts[:2]] == [("a", "read_file"), ("b", "write")]
+    assert starts[2].name == "list_directory" and starts[2].id.startswith("call_")
+    args = {
+        s.id: "".join(e.args_delta for e in events if isinstance(e, ToolCallDelta) and e.id == s.id)
+        for s in starts
+    }
+    assert args == {"a": '{"p":1}', "b": '{"q":2}', starts[2].id: "{}"}
+    assert [e for e in events if isinstance(e, Usage)] == [Usage(5, 9)]  # the last one only
+    assert events[-2:] == [Stop(StopReason.TOOL_USE, "tool_calls"), Done()]
+
+
+def test_a_call_whose_name_comes_later_starts_when_it_does() -> None:
+    events = _events(
+        _chunks(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {"index": 0, "id": "c", "function": {"arguments": '{"a"'}}
+                            ]
+                        },
+                    }
+                ]
+            },
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {"index": 0, "function": {"name": "fs_x_1", "arguments": ":1}"}}
+                            ]
+                        },
+                    }
+                ]
+            },
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ),
+        renamed={"fs_x_1": "fs:x"},
+    )
+    assert events[:3] == [
+        ToolCallStart("c", "fs:x"),
+        ToolCallDelta("c", '{"a"'),
+        ToolCallDelta("c", ":1}"),
+    ]
