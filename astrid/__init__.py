@@ -63,6 +63,7 @@ from .session import AgentSession
 from .tokens import ContentEstimator, OriginalEstimator, TokenEstimator
 
 if TYPE_CHECKING:
+    from ._version import __version__
     from .config import LoadedConfig, load_config
     from .plugins import register_plugin, unregister_plugin
     from .runtime import (
@@ -96,7 +97,6 @@ if TYPE_CHECKING:
         WithinBudget,
         WorkspaceBudgetTracker,
     )
-    from ._version import __version__
     from .store import SessionStore, SessionSummary, open_store
     from .tools import FunctionTool, Tool, ToolContext, ToolFunction, tool_definition
 

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,16 @@ def plugin_info() -> list[dict[str, Any]]:
         version = _state.versions.get(name) or _builtin_version(name)
         out.append({"name": name, "version": version, "hooks": hooks})
     return out
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution`` from its package metadata (the version in its
+    pyproject.toml, the one place it is written); ``0+unknown`` for a source tree used without
+    installing it. ``astrid.__version__`` and the plugins' ``__version__`` read it."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def _builtin_version(name: str) -> str | None:

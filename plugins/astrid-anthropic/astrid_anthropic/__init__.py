@@ -24,13 +24,21 @@ from typing import TYPE_CHECKING, Any
 from astrid import hookimpl
 from astrid.config import PathOption
 from astrid.errors import AuthenticationFailed
-from astrid.plugins import PluginContext
+from astrid.plugins import PluginContext, package_version
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from .provider import AnthropicProvider
 
-__version__ = "0.1.0.dev0"
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        """``__version__``: the package metadata's version (pyproject.toml), read on first use."""
+        if name == "__version__":
+            return package_version("astrid-anthropic")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_MAX_OUTPUT_TOKENS = 4096

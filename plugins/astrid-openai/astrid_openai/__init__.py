@@ -23,13 +23,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from astrid import hookimpl
 from astrid.config import PathOption
 from astrid.errors import AuthenticationFailed
-from astrid.plugins import PluginContext
+from astrid.plugins import PluginContext, package_version
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from .provider import OpenAIProvider
 
-__version__ = "0.1.0.dev0"
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        """``__version__``: the package metadata's version (pyproject.toml), read on first use."""
+        if name == "__version__":
+            return package_version("astrid-openai")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROVIDER_NAME = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -26,14 +26,22 @@ from typing import TYPE_CHECKING, Any
 
 from astrid import hookimpl
 from astrid.config import PathOption
-from astrid.plugins import PluginContext
+from astrid.plugins import PluginContext, package_version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from .backend import PostgresBackend
     from .capabilities import PostgresCapabilityBackend
 
-__version__ = "0.1.0.dev0"
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        """``__version__``: the package metadata's version (pyproject.toml), read on first use."""
+        if name == "__version__":
+            return package_version("astrid-postgres")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SCHEMA_HELP = (
     "1 to 63 lowercase letters, digits and underscores, starting with a letter or an underscore"
