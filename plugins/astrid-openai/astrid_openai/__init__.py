@@ -50,7 +50,7 @@ class OpenAIOptions(BaseModel):
     OpenAI-compatible server (default OpenAI's). The key comes from the environment variable
     ``api_key_env`` or, when given, the file ``api_key_file`` (relative paths are under the
     astrid home, like the other path options). ``timeout_s`` bounds each network operation
-    (connecting, each read of the stream); ``max_retries`` is the SDK's retry count for
+    (each read of the stream; connecting at most 10 s); ``max_retries`` is the SDK's retry count for
     connection errors, 408, 409, 429 and 5xx. ``max_output_tokens`` and ``temperature`` are
     defaults a request's settings override; ``max_tokens_field`` names the body field the limit
     goes in (``max_tokens`` for servers that predate ``max_completion_tokens``).

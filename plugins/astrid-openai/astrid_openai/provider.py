@@ -61,6 +61,9 @@ STOP_REASONS: Mapping[str, StopReason] = {
 }
 """``finish_reason`` → astrid's stop reason (anything else is ``OTHER`` with the raw word)."""
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long connecting may take (at most ``timeout_s``): a host that does not answer fails fast."""
+
 _OWN_FIELDS = frozenset({"model", "messages", "tools", "stream"})
 
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
@@ -99,7 +102,9 @@ class OpenAIProvider:
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key.get_secret_value(),
                 base_url=self.base_url,
-                timeout=self.options.timeout_s,
+                timeout=openai.Timeout(
+                    self.options.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.options.timeout_s)
+                ),
                 max_retries=self.options.max_retries,
                 default_headers=dict(self.options.extra_headers) or None,
             )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import openai
 import pytest
 from astrid.errors import AuthenticationFailed
 from astrid.plugins import PluginContext, get_implementation
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from astrid_openai import OpenAIOptions, create_provider, read_api_key
+from astrid_openai.provider import OpenAIProvider
 
 
 def _context(home: Path) -> PluginContext:
@@ -97,3 +100,17 @@ def test_creation_opens_no_connection_and_keeps_the_key_out_of_repr(
     )
     assert provider.model == "m" and provider.provider_api == 2
     assert "sk-created" not in repr(provider)
+
+
+def test_timeout_s_bounds_reads_and_connecting_gets_at_most_ten_seconds(tmp_path: Path) -> None:
+    async def timeouts(timeout_s: float) -> tuple[object, object]:
+        provider = OpenAIProvider(
+            OpenAIOptions(model="m", timeout_s=timeout_s), api_key=SecretStr("sk-x")
+        )
+        timeout = provider.client().timeout
+        await provider.aclose()
+        assert isinstance(timeout, openai.Timeout)
+        return timeout.read, timeout.connect
+
+    assert asyncio.run(timeouts(600)) == (600, 10.0)
+    assert asyncio.run(timeouts(3)) == (3, 3)
