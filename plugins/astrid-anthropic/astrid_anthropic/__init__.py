@@ -25,7 +25,7 @@ from astrid import hookimpl
 from astrid.config import PathOption
 from astrid.errors import AuthenticationFailed
 from astrid.plugins import PluginContext, package_version
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 if TYPE_CHECKING:
     from .provider import AnthropicProvider
@@ -84,6 +84,16 @@ class AnthropicOptions(BaseModel):
                     "or api_key_file, which are never shown"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _thinking_fits(self) -> AnthropicOptions:
+        budget = self.thinking_budget_tokens
+        if budget is not None and budget >= self.max_output_tokens:
+            raise ValueError(
+                f"thinking_budget_tokens ({budget}) must be below max_output_tokens "
+                f"({self.max_output_tokens}): the API counts thinking within max_tokens"
+            )
+        return self
 
 
 def read_api_key(options: AnthropicOptions, home: Path) -> SecretStr:

@@ -23,11 +23,13 @@ from astrid.llm import (
     CallSettings,
     Completion,
     Done,
+    LLMProviderV2,
     Stop,
     StopReason,
     StreamError,
     StreamEvent,
     TextDelta,
+    TokenCounter,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -532,3 +534,10 @@ class _StreamState:
         out.append(Stop(stop_reason(self.raw_stop), self.raw_stop))
         out.append(Done())
         return out
+
+
+if TYPE_CHECKING:
+
+    def _implements(provider: AnthropicProvider) -> tuple[LLMProviderV2, TokenCounter]:
+        """mypy checks here that the provider implements protocol 2 and ``count_tokens``."""
+        return provider, provider

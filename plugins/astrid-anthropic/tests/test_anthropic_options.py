@@ -35,6 +35,7 @@ def test_registered_through_the_entry_point_with_its_options_model() -> None:
         ({"api_key_file": ""}, "api_key_file"),
         ({"extra_headers": {"X-Api-Key": "k"}}, "credential"),
         ({"extra_headers": {"authorization": "Bearer k"}}, "credential"),
+        ({"thinking_budget_tokens": 4096, "max_output_tokens": 4096}, "below max_output_tokens"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, object], problem: str) -> None:
