@@ -667,3 +667,17 @@ def test_anthropic_sdk_errors_and_count_tokens(anthropic_server: FakeAnthropicSe
             await client.close()
 
     asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_a_failing_script_is_a_500_naming_the_error(openai_server: FakeOpenAIServer) -> None:
+    def broken(request: ReceivedRequest) -> Reply:
+        raise KeyError("no such field")
+
+    openai_server.script(broken, text_reply("next"))
+    response = _post(openai_server, OPENAI_PATH, _openai_body())
+    assert (response.status, response.getheader("x-should-retry")) == (500, "false")
+    assert "KeyError" in json.loads(response.read())["error"]["message"]
+    exchange = openai_server.exchanges[0]
+    assert exchange.outcome == "error" and isinstance(exchange.error, KeyError)
+    again = json.loads(_post(openai_server, OPENAI_PATH, _openai_body()).read())
+    assert again["choices"][0]["message"]["content"] == "next"  # the server still serves

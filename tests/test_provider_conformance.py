@@ -79,7 +79,7 @@ class _Response:
             else:
                 length = int(self.headers.get("content-length", "0"))
                 yield await self._read(length)
-        except (asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError, TimeoutError) as exc:
             raise _Dropped(str(exc) or type(exc).__name__) from exc
 
     async def body(self) -> bytes:
@@ -142,6 +142,13 @@ class ReferenceProvider:
             await writer.drain()
             try:
                 await response.start()
+            except TimeoutError:
+                await response.close()
+                raise ProviderError(
+                    f"{self.name}: no answer within {self.timeout}s",
+                    provider=self.name,
+                    retried=attempts > 1,
+                ) from None
             except BaseException:
                 await response.close()
                 raise

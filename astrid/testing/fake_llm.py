@@ -180,14 +180,17 @@ class Exchange:
     """One request and what became of its response.
 
     ``outcome``: ``pending`` while it runs, then ``complete``, ``client_closed`` (the client
-    went away before the end), ``disconnected`` (a scripted disconnect) or ``stopped`` (the
-    server was stopped).
+    went away before the end), ``disconnected`` (a scripted disconnect), ``stopped`` (the
+    server was stopped) or ``error`` (the script raised ``error``; the client got a 500 saying
+    so, or a dropped connection if the response had begun).
     """
 
     request: ReceivedRequest
     outcome: str = "pending"
     events_sent: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+    responded: bool = False
 
 
 # -- builders ------------------------------------------------------------------------------------
@@ -533,6 +536,18 @@ class FakeLLMServer:
         except (_ClientClosed, _Stopping, OSError):
             exchange.outcome = "stopped" if self._stopping.is_set() else "client_closed"
             handler.close_connection = True
+        except Exception as exc:
+            exchange.outcome, exchange.error = "error", exc
+            handler.close_connection = True
+            if not exchange.responded:
+                problem = f"fake server: the scripted reply failed: {type(exc).__name__}: {exc}"
+                with contextlib.suppress(OSError, _ClientClosed, _Stopping):
+                    self._send_json(
+                        handler,
+                        500,
+                        self._error_body(ErrorReply(500, problem)),
+                        {"x-should-retry": "false"},
+                    )
         finally:
             exchange.done.set()
             with self._idle:
@@ -617,6 +632,7 @@ class FakeLLMServer:
 
     def _send_reply_json(self, handler: _Handler, exchange: Exchange, reply: Reply) -> None:
         data = json.dumps(self._render_json(reply, exchange.request), ensure_ascii=False).encode()
+        exchange.responded = True
         handler.send_response(200)
         for name, value in {**self._common_headers(), **reply.headers}.items():
             handler.send_header(name, value)
@@ -630,6 +646,7 @@ class FakeLLMServer:
         self._write(handler, data)
 
     def _send_stream(self, handler: _Handler, exchange: Exchange, reply: Reply) -> None:
+        exchange.responded = True
         handler.send_response(200)
         for name, value in {**self._common_headers(), **reply.headers}.items():
             handler.send_header(name, value)

@@ -149,8 +149,9 @@ class ProviderConformance:
       for a prompt over the context window, ``ProviderError`` with ``status`` otherwise;
       ``retried`` is True exactly when more than one attempt was made.
     * A stream that breaks after the server answered 200 (connection dropped, body cut,
-      error event mid-stream) yields ``StreamError`` as its last event and raises nothing:
-      the caller sees what arrived before it and knows the response is incomplete.
+      error event mid-stream, silence beyond ``timeout_s``) yields ``StreamError`` as its last
+      event and raises nothing: the caller sees what arrived before it and knows the response
+      is incomplete.
     * A stream closed by its caller (``aclose()``, or its task cancelled) closes the HTTP
       connection at once and leaves no task running.
     """
@@ -203,7 +204,12 @@ class ProviderConformance:
     # -- helpers ---------------------------------------------------------------------------------
 
     def target(
-        self, server: FakeLLMServer, *, max_retries: int = 0, api_key: str | None = None
+        self,
+        server: FakeLLMServer,
+        *,
+        max_retries: int = 0,
+        api_key: str | None = None,
+        timeout_s: float | None = None,
     ) -> ProviderTarget:
         """The target for a provider of this test (a key file written under tmp_path)."""
         key = self.api_key if api_key is None else api_key
@@ -219,7 +225,7 @@ class ProviderConformance:
             api_key_env=API_KEY_ENV,
             api_key_file=key_file,
             max_retries=max_retries,
-            timeout_s=self.timeout_s,
+            timeout_s=self.timeout_s if timeout_s is None else timeout_s,
         )
 
     def settings(self, **overrides: Any) -> CallSettings:
@@ -232,13 +238,12 @@ class ProviderConformance:
         self,
         server: FakeLLMServer,
         body: Callable[[LLMProviderV2], Awaitable[T]],
-        *,
-        max_retries: int = 0,
-        api_key: str | None = None,
+        **target_options: Any,
     ) -> T:
-        """Make a provider and run ``body`` with it in a fresh event loop, bounded in time;
-        the provider is closed after (``aclose()`` or ``close()``, if it has one)."""
-        provider = self.make_provider(self.target(server, max_retries=max_retries, api_key=api_key))
+        """Make a provider (``target_options`` go to ``target``) and run ``body`` with it in a
+        fresh event loop, bounded in time; the provider is closed after (``aclose()`` or
+        ``close()``, if it has one)."""
+        provider = self.make_provider(self.target(server, **target_options))
         assert getattr(provider, "provider_api", 1) == 2, (
             "the provider must declare provider_api = 2"
         )
@@ -270,8 +275,7 @@ class ProviderConformance:
         system_prompt: str = "You are terse.",
         *,
         settings: CallSettings | None = None,
-        max_retries: int = 0,
-        api_key: str | None = None,
+        **target_options: Any,
     ) -> list[StreamEvent]:
         """Every event of one streamed request."""
         conversation = list(messages) if messages is not None else [Message.user("Hello")]
@@ -281,12 +285,12 @@ class ProviderConformance:
             stream = provider.stream(conversation, tools, system_prompt, settings=call_settings)
             return [event async for event in stream]
 
-        return self.run(server, body, max_retries=max_retries, api_key=api_key)
+        return self.run(server, body, **target_options)
 
-    def failure(self, server: FakeLLMServer, *, max_retries: int = 0, **kw: Any) -> BaseException:
+    def failure(self, server: FakeLLMServer, **options: Any) -> BaseException:
         """The exception a streamed request raises (an AssertionError if it raises none)."""
         try:
-            events = self.collect(server, max_retries=max_retries, **kw)
+            events = self.collect(server, **options)
         except Exception as exc:
             return exc
         raise AssertionError(f"expected the request to raise, it yielded {events!r}")
@@ -476,6 +480,13 @@ class ProviderConformance:
         assert stop_of(events) == Stop(StopReason.MAX_TOKENS, self.raw_stop(StopReason.MAX_TOKENS))
         assert usage_of(events) == self.expected_usage(Tokens(50, 321))
 
+    def test_unknown_stop_reason_is_other(self, server: FakeLLMServer) -> None:
+        word = "a_reason_from_a_newer_api"
+        server.script(text_reply("hm", stop=word))
+        events = self.collect(server)
+        check_well_formed(events)
+        assert stop_of(events) == Stop(StopReason.OTHER, word)
+
     def test_content_filter_stop(self, server: FakeLLMServer) -> None:
         server.script(text_reply("I can", stop="content_filter"))
         events = self.collect(server)
@@ -560,6 +571,18 @@ class ProviderConformance:
         check_broken(events)
         assert "abcdefghij".startswith(text_of(events))
         assert server.exchanges[0].outcome == "disconnected"
+
+    def test_stalled_stream_times_out(self, server: FakeLLMServer) -> None:
+        server.script(text_reply("abc", pieces=3, delay_s=5.0))
+        started = time.monotonic()
+        try:
+            events = self.collect(server, timeout_s=0.5)
+        except ProviderError as exc:  # the stall came before the first event was read
+            assert exc.status is None, repr(exc)
+        else:
+            check_broken(events)
+        took = time.monotonic() - started
+        assert took < 4.5, f"a stream silent for 5 s with timeout_s=0.5 took {took:.1f}s to fail"
 
     def test_error_event_mid_stream_is_a_stream_error(self, server: FakeLLMServer) -> None:
         server.script(
