@@ -251,6 +251,18 @@ def package_version(distribution: str) -> str:
         return "0+unknown"
 
 
+def version_attribute(module_name: str, distribution: str) -> Callable[[str], str]:
+    """A module ``__getattr__`` that serves ``__version__`` as ``package_version(distribution)``
+    on first access: a plugin package's ``__init__`` sets ``__getattr__`` to it."""
+
+    def __getattr__(name: str) -> str:
+        if name == "__version__":
+            return package_version(distribution)
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def _builtin_version(name: str) -> str | None:
     if name.startswith("astrid."):
         from . import __version__

@@ -24,21 +24,15 @@ from typing import TYPE_CHECKING, Any
 from astrid import hookimpl
 from astrid.config import PathOption
 from astrid.errors import AuthenticationFailed
-from astrid.plugins import PluginContext, package_version
+from astrid.plugins import PluginContext, version_attribute
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 if TYPE_CHECKING:
     from .provider import AnthropicProvider
 
-if TYPE_CHECKING:
     __version__: str
-else:
-
-    def __getattr__(name: str) -> str:
-        """``__version__``: the package metadata's version (pyproject.toml), read on first use."""
-        if name == "__version__":
-            return package_version("astrid-anthropic")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+else:  # from the package metadata, on first access
+    __getattr__ = version_attribute(__name__, "astrid-anthropic")
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_MAX_OUTPUT_TOKENS = 4096

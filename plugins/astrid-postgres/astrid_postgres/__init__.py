@@ -26,22 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from astrid import hookimpl
 from astrid.config import PathOption
-from astrid.plugins import PluginContext, package_version
+from astrid.plugins import PluginContext, version_attribute
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from .backend import PostgresBackend
     from .capabilities import PostgresCapabilityBackend
 
-if TYPE_CHECKING:
     __version__: str
-else:
-
-    def __getattr__(name: str) -> str:
-        """``__version__``: the package metadata's version (pyproject.toml), read on first use."""
-        if name == "__version__":
-            return package_version("astrid-postgres")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+else:  # from the package metadata, on first access
+    __getattr__ = version_attribute(__name__, "astrid-postgres")
 
 _SCHEMA_HELP = (
     "1 to 63 lowercase letters, digits and underscores, starting with a letter or an underscore"
