@@ -7,6 +7,8 @@ import asyncio
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -681,3 +683,23 @@ def test_a_failing_script_is_a_500_naming_the_error(openai_server: FakeOpenAISer
     assert exchange.outcome == "error" and isinstance(exchange.error, KeyError)
     again = json.loads(_post(openai_server, OPENAI_PATH, _openai_body()).read())
     assert again["choices"][0]["message"]["content"] == "next"  # the server still serves
+
+
+def test_the_kit_needs_neither_pytest_nor_a_vendor_sdk() -> None:
+    """The servers import without pytest; no name of astrid.testing pulls in a vendor SDK."""
+    code = (
+        "import sys\n"
+        "import astrid.testing.fake_llm\n"
+        "assert 'pytest' not in sys.modules, 'fake_llm imported pytest'\n"
+        "import astrid.testing as t\n"
+        "for name in t.__all__:\n"
+        "    getattr(t, name)\n"
+        "bad = sorted(m for m in ('openai', 'anthropic', 'httpx', 'httpx2') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+        "print(len(t.__all__))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 15
