@@ -303,6 +303,9 @@ class _StreamState:
                 text = getattr(delta, "content", None)
                 if text:
                     events.append(TextDelta(text))
+                refusal = getattr(delta, "refusal", None)
+                if refusal:  # the model's refusal is its answer; without it the turn is blank
+                    events.append(TextDelta(refusal))
                 for piece in getattr(delta, "tool_calls", None) or ():
                     self._tool_piece(piece, events)
             reason = getattr(choice, "finish_reason", None)

@@ -413,3 +413,13 @@ def test_a_call_whose_name_comes_later_starts_when_it_does() -> None:
         ToolCallDelta("c", '{"a"'),
         ToolCallDelta("c", ":1}"),
     ]
+
+
+def test_a_refusal_is_shown_as_the_answer() -> None:
+    events = _events(
+        _chunks(
+            {"choices": [{"index": 0, "delta": {"content": None, "refusal": "I can't help."}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        )
+    )
+    assert events == [TextDelta("I can't help."), Stop(StopReason.END_TURN, "stop"), Done()]
