@@ -33,7 +33,7 @@ from astrid.llm import (
 )
 from astrid.messages import Message, MessageRole
 from astrid.testing import ProviderConformance, ProviderTarget
-from astrid.testing.fake_llm import FakeAnthropicServer, FakeOpenAIServer
+from astrid.testing.fake_llm import fake_server
 
 Wire = Literal["openai", "anthropic"]
 
@@ -645,14 +645,13 @@ def test_the_suite_catches_the_defect(
     suite._tmp_path = tmp_path
     suite._monkeypatch = monkeypatch
     monkeypatch.setenv("ASTRID_CONFORMANCE_API_KEY", suite.api_key)
-    cls = FakeOpenAIServer if wire == "openai" else FakeAnthropicServer
     with (
-        cls(api_key=suite.api_key, io_timeout_s=5) as server,
+        fake_server(wire, api_key=suite.api_key, io_timeout_s=5) as server,
         pytest.raises((AssertionError, ProviderError, RuntimeError)),
     ):
         getattr(suite, test_name)(server, **params)
     # the same case passes on the reference provider, so the defect is what failed it
     good = type("Suite", (_Defective,), {"wire": wire})()
     good._tmp_path, good._monkeypatch = tmp_path, monkeypatch
-    with cls(api_key=good.api_key, io_timeout_s=5) as server:
+    with fake_server(wire, api_key=good.api_key, io_timeout_s=5) as server:
         getattr(good, test_name)(server, **params)

@@ -44,6 +44,7 @@ __all__ = [
     "auth_failed",
     "context_too_long",
     "error_reply",
+    "fake_server",
     "rate_limited",
     "server_error",
     "split",
@@ -292,9 +293,6 @@ def context_too_long(message: str = "") -> ErrorReply:
 
 
 # -- the server ----------------------------------------------------------------------------------
-
-
-_NEUTRAL_STOPS = ("end_turn", "tool_use", "max_tokens", "content_filter")
 
 
 class _ClientClosed(Exception):

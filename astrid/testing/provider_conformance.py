@@ -45,13 +45,13 @@ from .fake_llm import (
     Exchange,
     FakeAnthropicServer,
     FakeLLMServer,
-    FakeOpenAIServer,
     Reply,
     Text,
     Thinking,
     Tokens,
     ToolCallSpec,
     context_too_long,
+    fake_server,
     rate_limited,
     server_error,
     text_reply,
@@ -192,13 +192,10 @@ class ProviderConformance:
         self._tmp_path = tmp_path
         self._monkeypatch = monkeypatch
         monkeypatch.setenv(API_KEY_ENV, self.api_key)
-        if self.wire == "openai":
-            fake: FakeLLMServer = FakeOpenAIServer(api_key=self.api_key, io_timeout_s=10)
-        elif self.wire == "anthropic":
-            fake = FakeAnthropicServer(api_key=self.api_key, io_timeout_s=10)
-        else:
-            raise ValueError(f"{type(self).__name__}.wire must be 'openai' or 'anthropic'")
-        with fake:
+        wire = getattr(self, "wire", None)
+        if wire not in ("openai", "anthropic"):
+            raise TypeError(f"{type(self).__name__}.wire must be 'openai' or 'anthropic'")
+        with fake_server(wire, api_key=self.api_key, io_timeout_s=10) as fake:
             yield fake
 
     # -- helpers ---------------------------------------------------------------------------------
