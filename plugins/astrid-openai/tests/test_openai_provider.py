@@ -423,3 +423,21 @@ def test_a_refusal_is_shown_as_the_answer() -> None:
         )
     )
     assert events == [TextDelta("I can't help."), Stop(StopReason.END_TURN, "stop"), Done()]
+
+
+def test_extra_settings_cannot_replace_what_the_provider_owns(
+    server: FakeOpenAIServer, make_provider: MakeProvider
+) -> None:
+    settings = CallSettings(model="fake-model", extra={"messages": []})
+    with pytest.raises(ProviderError, match="may not set 'messages'"):
+        collect(make_provider(), HISTORY[1:2], [], "", settings=settings)
+    assert server.requests == []
+
+
+def test_arguments_no_json_can_carry_are_a_provider_error_before_sending(
+    server: FakeOpenAIServer, make_provider: MakeProvider
+) -> None:
+    bad = Message.assistant_with_tools([ToolCall(id="c", name="f", arguments={"x": float("nan")})])
+    with pytest.raises(ProviderError, match="cannot be encoded as JSON"):
+        collect(make_provider(), [Message.user("q"), bad], [], "")
+    assert server.requests == []
