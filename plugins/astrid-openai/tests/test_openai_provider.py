@@ -434,10 +434,10 @@ def test_extra_settings_cannot_replace_what_the_provider_owns(
     assert server.requests == []
 
 
-def test_arguments_no_json_can_carry_are_a_provider_error_before_sending(
+def test_a_body_json_cannot_carry_is_a_provider_error_before_sending(
     server: FakeOpenAIServer, make_provider: MakeProvider
 ) -> None:
-    bad = Message.assistant_with_tools([ToolCall(id="c", name="f", arguments={"x": float("nan")})])
+    bad = ToolDefinition("f", "", {"type": "object", "minimum": float("nan")})
     with pytest.raises(ProviderError, match="cannot be encoded as JSON"):
-        collect(make_provider(), [Message.user("q"), bad], [], "")
+        collect(make_provider(), [Message.user("q")], [bad], "")
     assert server.requests == []
