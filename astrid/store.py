@@ -691,12 +691,14 @@ class SessionStore:
         self._saved(session, pending, revision)
         return revision
 
-    def _prepare_save(self, session: AgentSession) -> _PendingSave:
+    def _prepare_save(self, session: AgentSession, *, capture_git: bool = True) -> _PendingSave:
         """The write a ``save`` sends, computed from the session's change set (on the caller's
-        thread); it begins the change set's write (``_saved`` records it)."""
+        thread); it begins the change set's write (``_saved`` records it). ``capture_git=False``
+        takes ``session.git_state`` as it is (``asave`` captured it in the worker thread)."""
         changes = session.changes
         ours = self._owns(session)
-        state, delta, keyed = self._state_for_write(session, changes.basis if ours else None)
+        basis = changes.basis if ours else None
+        state, delta, keyed = self._state_for_write(session, basis, capture_git)
         messages = session.messages
         if not ours:  # never stored here: a create, with every message
             change_messages: list[Any] = [m.to_json() for m in messages]
@@ -733,11 +735,14 @@ class SessionStore:
         changes.begin_write()
         return _PendingSave(change, count, offset, keyed, messages=True)
 
-    def _prepare_save_state(self, session: AgentSession) -> _PendingSave:
+    def _prepare_save_state(
+        self, session: AgentSession, *, capture_git: bool = True
+    ) -> _PendingSave:
         """The write a ``save_state`` sends (the state, no messages)."""
         changes = session.changes
         ours = self._owns(session)
-        state, delta, keyed = self._state_for_write(session, changes.basis if ours else None)
+        basis = changes.basis if ours else None
+        state, delta, keyed = self._state_for_write(session, basis, capture_git)
         if not ours:
             expected, count, offset = None, 0, 0  # a create: every message stays pending
         else:
@@ -783,7 +788,7 @@ class SessionStore:
         )
 
     def _state_for_write(
-        self, session: AgentSession, basis: StateBasis | None
+        self, session: AgentSession, basis: StateBasis | None, capture_git: bool = True
     ) -> tuple[dict[str, Any], StateDelta | None, StateBasis | None]:
         """The state to write, the keyed delta if the backend takes one, and the new basis.
 
@@ -792,7 +797,7 @@ class SessionStore:
         objects. Otherwise the state goes whole (and a basis is kept if it is large).
         """
         if not self._delta_writes:
-            return self._state_of(session), None, None
+            return self._state_of(session, capture_git), None, None
         allowances, escape = session.allowance_store, session.escape_handler
         if basis is not None and basis.allowances is allowances and basis.escape is escape:
             changed = allowances.session_allowance_changes(basis.allowance_version, basis.until)
@@ -804,7 +809,8 @@ class SessionStore:
             ):
                 changed = None
             if changed is not None and paths is not None:
-                state = session.state_data(git_capture=self.git_capture, keyed=True)
+                git = self.git_capture if capture_git else None
+                state = session.state_data(git_capture=git, keyed=True)
 
                 def full_state() -> dict[str, Any]:
                     return session.state_data(git_capture=None)
@@ -818,7 +824,7 @@ class SessionStore:
                 return state, delta, keyed
         # Versions read before the export: a change made meanwhile is sent again (harmless).
         version, escape_version = allowances.version, escape.version
-        state = self._state_of(session)
+        state = self._state_of(session, capture_git)
         exported = state.get("allowances")
         escape_state = state.get("escape_state")
         remembered = escape_state.get("remembered_paths") if type(escape_state) is dict else None
@@ -1095,7 +1101,8 @@ class SessionStore:
         the cancellation is raised: the session's stored state is never half recorded.
         """
         async with session.changes.save_lock():
-            pending = self._prepare_save(session)
+            await self._acapture_git(session)
+            pending = self._prepare_save(session, capture_git=False)
             return await write_in_thread(
                 self.backend.write,
                 pending.change,
@@ -1105,7 +1112,8 @@ class SessionStore:
     async def asave_state(self, session: AgentSession) -> int:
         """``save_state`` off the event loop (serialized with ``asave`` of the session)."""
         async with session.changes.save_lock():
-            pending = self._prepare_save_state(session)
+            await self._acapture_git(session)
+            pending = self._prepare_save_state(session, capture_git=False)
             return await write_in_thread(
                 self.backend.write,
                 pending.change,
@@ -1190,8 +1198,15 @@ class SessionStore:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _state_of(self, session: AgentSession) -> dict[str, Any]:
-        return session.state_data(git_capture=self.git_capture)
+    def _state_of(self, session: AgentSession, capture_git: bool = True) -> dict[str, Any]:
+        return session.state_data(git_capture=self.git_capture if capture_git else None)
+
+    async def _acapture_git(self, session: AgentSession) -> None:
+        """The save's git capture of the session's workspace, in a worker thread (a few
+        ``lstat``s for ``fs``, two ``git`` processes for ``subprocess``)."""
+        capture, workspace = self.git_capture, session.workspace_path
+        if capture is not None and workspace is not None:
+            session.git_state = await read_in_thread(capture, workspace)
 
     def _source(self, session_id: str) -> str:
         if self._describe is not None:

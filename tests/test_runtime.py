@@ -1341,3 +1341,40 @@ def test_capability_lookups_uses_and_mints_run_off_the_loop(
     for call_name, threads in capabilities.threads.items():
         assert loop_thread not in threads, f"{call_name} ran on the event loop's thread"
     store.close()
+
+
+def test_the_git_capture_of_a_turns_save_runs_off_the_loop(
+    tmp_path: Path, workspace: Path
+) -> None:
+    from astrid.gitstate import capture_fs
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    for args in (["init", "-q", "-b", "work"], ["add", "notes.txt"], ["commit", "-qm", "one"]):
+        subprocess.run(["git", *args], cwd=workspace, env=env, check=True, capture_output=True)
+    threads: list[int] = []
+
+    def capture(path: Path) -> Any:
+        threads.append(threading.get_ident())
+        return capture_fs(path)
+
+    store = SessionStore(SqliteBackend(tmp_path / "astrid.db"), git_capture=capture)
+    runtime, _ = make_runtime([text("one"), text("two")], store, workspace)
+    session = runtime.create_session().with_workspace(workspace)
+
+    async def two_turns() -> None:
+        await runtime.run_turn(session, "first")
+        await runtime.run_turn(session, "second")
+
+    _, loop_thread = run(on_the_loop(two_turns()))
+    assert len(threads) == 2 and loop_thread not in threads
+    loaded = store.load(session.id)
+    assert loaded is not None and loaded.git_state is not None
+    assert loaded.git_state.branch == "work"
+    store.close()
