@@ -238,15 +238,20 @@ def test_openai_refuses_what_the_api_refuses(openai_server: FakeOpenAIServer) ->
         {"role": "user", "content": "y"},
     ]
     cases = [
-        _openai_body(tools=bad_name),
-        {"model": "gpt-x", "messages": orphan},
-        {"model": "gpt-x", "messages": unanswered},
-        {"messages": [{"role": "user", "content": "x"}]},
+        (_openai_body(tools=bad_name), "should match pattern"),
+        ({"model": "gpt-x", "messages": orphan}, "must be a response to a preceeding"),
+        ({"model": "gpt-x", "messages": unanswered}, "did not have response messages: c1"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model parameter"),
+        (_openai_body(stream_options={"include_usage": True}), "only allowed when 'stream'"),
+        (_openai_body(tool_choice="auto"), "only allowed when 'tools'"),
+        (_openai_body(temperature=2.5), "'temperature'"),
     ]
-    for body in cases:
+    for body, words in cases:
         response = _post(openai_server, OPENAI_PATH, body)
         assert response.status == 400, body
-        assert json.loads(response.read())["error"]["type"] == "invalid_request_error"
+        error = json.loads(response.read())["error"]
+        assert error["type"] == "invalid_request_error"
+        assert words in error["message"], (words, error)
     assert openai_server.pending == 0
     assert len(openai_server.requests) == len(cases)
 
@@ -359,24 +364,43 @@ def test_anthropic_refuses_what_the_api_refuses(anthropic_server: FakeAnthropicS
         "role": "assistant",
         "content": [{"type": "tool_use", "id": "tu_1", "name": "read", "input": {}}],
     }
-    cases = [
-        {"model": "claude-x", "messages": [{"role": "user", "content": "x"}]},  # no max_tokens
-        _anthropic_body(messages=[{"role": "system", "content": "s"}]),
-        _anthropic_body(messages=[{"role": "assistant", "content": "x"}]),
-        _anthropic_body(
-            messages=[
-                {"role": "user", "content": "x"},
-                tool_use,
-                {"role": "user", "content": "no result"},
-            ]
-        ),
-        _anthropic_body(tools=[{"name": "fs:read", "input_schema": {"type": "object"}}]),
-        _anthropic_body(messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}]),
+    tool_loop = [
+        {"role": "user", "content": "x"},
+        tool_use,
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1"}]},
     ]
-    for body in cases:
+    thinking = {"type": "enabled", "budget_tokens": 4000}
+    cases = [
+        ({"model": "claude-x", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        (_anthropic_body(messages=[{"role": "system", "content": "s"}]), "top-level 'system'"),
+        (_anthropic_body(messages=[{"role": "assistant", "content": "x"}]), "first message"),
+        (
+            _anthropic_body(messages=[*tool_loop[:2], {"role": "user", "content": "no result"}]),
+            "without `tool_result` blocks",
+        ),
+        (
+            _anthropic_body(tools=[{"name": "fs:read", "input_schema": {"type": "object"}}]),
+            "should match pattern",
+        ),
+        (
+            _anthropic_body(messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}]),
+            "must be non-empty",
+        ),
+        (_anthropic_body(temperature=1.5), "temperature"),
+        (_anthropic_body(thinking={"type": "enabled", "budget_tokens": 512}), "1024"),
+        (_anthropic_body(max_tokens=2000, thinking=thinking), "greater than `thinking.budget"),
+        (_anthropic_body(max_tokens=8000, thinking=thinking, temperature=0.5), "only be set to 1"),
+        (  # the thinking block of the tool-use turn was not carried back
+            _anthropic_body(max_tokens=8000, thinking=thinking, messages=tool_loop),
+            "must start with a thinking block",
+        ),
+    ]
+    for body, words in cases:
         response = _post(anthropic_server, ANTHROPIC_PATH, body)
         assert response.status == 400, body
-        assert json.loads(response.read())["error"]["type"] == "invalid_request_error"
+        error = json.loads(response.read())["error"]
+        assert error["type"] == "invalid_request_error"
+        assert words in error["message"], (words, error)
     good = _anthropic_body(
         messages=[
             {"role": "user", "content": "x"},
@@ -384,8 +408,19 @@ def test_anthropic_refuses_what_the_api_refuses(anthropic_server: FakeAnthropicS
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1"}]},
         ]
     )
-    anthropic_server.script(text_reply("fine"))
+    thought = {"type": "thinking", "thinking": "hm", "signature": "c2ln"}
+    with_thinking = _anthropic_body(
+        max_tokens=8000,
+        thinking={"type": "enabled", "budget_tokens": 4000},
+        messages=[
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": [thought, *tool_use["content"]]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1"}]},
+        ],
+    )
+    anthropic_server.script(text_reply("fine"), text_reply("fine too"))
     assert _post(anthropic_server, ANTHROPIC_PATH, good).status == 200
+    assert _post(anthropic_server, ANTHROPIC_PATH, with_thinking).status == 200
 
 
 # -- both servers: keys, script, bounds ----------------------------------------------------------

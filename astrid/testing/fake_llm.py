@@ -17,6 +17,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -331,6 +332,12 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     fake: FakeLLMServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up between requests is no error; anything else is reported."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeLLMServer:
@@ -971,6 +978,18 @@ def _openai_problem(body: Any) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "[] is too short - 'messages'"
+    if "stream_options" in body and body.get("stream") is not True:
+        return "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    if "tool_choice" in body and not body.get("tools"):
+        return (
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+            "specified."
+        )
+    temperature = body.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, int | float) and 0 <= temperature <= 2
+    ):
+        return f"Invalid 'temperature': expected a number from 0 to 2, got {temperature!r}."
     tools_problem = _check_tools(body.get("tools"), lambda t: (t.get("function") or {}).get("name"))
     if tools_problem is not None:
         return tools_problem
@@ -1317,10 +1336,27 @@ def _anthropic_problem(body: Any, *, count_tokens: bool = False) -> str | None:
         return "There was an issue with the JSON body of your request."
     if not isinstance(body.get("model"), str) or not body["model"]:
         return "model: Field required"
+    max_tokens = body.get("max_tokens")
     if not count_tokens and (
-        not isinstance(body.get("max_tokens"), int) or isinstance(body["max_tokens"], bool)
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
     ):
-        return "max_tokens: Field required"
+        return "max_tokens: Field required (an integer of at least 1)"
+    temperature = body.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, int | float) and 0 <= temperature <= 1
+    ):
+        return f"temperature: Input should be less than or equal to 1 (got {temperature!r})"
+    thinking = body.get("thinking")
+    thinking_on = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    if thinking_on:
+        assert isinstance(thinking, dict)
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if not count_tokens and isinstance(max_tokens, int) and budget >= max_tokens:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`."
+        if temperature is not None and temperature != 1:
+            return "`temperature` may only be set to 1 when thinking is enabled."
     tools_problem = _check_tools(body.get("tools"), lambda t: t.get("name"))
     if tools_problem is not None:
         return tools_problem
@@ -1357,6 +1393,8 @@ def _anthropic_problem(body: Any, *, count_tokens: bool = False) -> str | None:
                 return f"messages.{n}.content.{m}: unknown content block type"
             if block["type"] == "text" and not block.get("text"):
                 return f"messages.{n}.content.{m}.text: text content blocks must be non-empty"
+            if block["type"] == "thinking" and not isinstance(block.get("signature"), str):
+                return f"messages.{n}.content.{m}.thinking.signature: Field required"
         results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
         if role == "user":
             missing = [i for i in previous_tool_uses if i not in results]
@@ -1383,7 +1421,31 @@ def _anthropic_problem(body: Any, *, count_tokens: bool = False) -> str | None:
             if results:
                 return f"messages.{n}: tool_result blocks belong in a user message"
             previous_tool_uses = [str(b.get("id")) for b in blocks if b.get("type") == "tool_use"]
+    if thinking_on:
+        return _thinking_problem(messages)
     return None
+
+
+def _thinking_problem(messages: list[Any]) -> str | None:
+    """With thinking enabled, the assistant turn answered by the final tool results must start
+    with its thinking block, carried back as it came."""
+    last = messages[-1]
+    content = last.get("content")
+    if len(messages) < 2 or last.get("role") != "user" or not isinstance(content, list):
+        return None
+    if not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+        return None
+    n = len(messages) - 2
+    blocks = messages[n].get("content")
+    first = blocks[0].get("type") if isinstance(blocks, list) and blocks else "text"
+    if first in ("thinking", "redacted_thinking"):
+        return None
+    return (
+        f"messages.{n}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        f"`{first}`. When `thinking` is enabled, a final `assistant` message must start with a "
+        "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). "
+        "We recommend you include thinking blocks from previous turns."
+    )
 
 
 Wire = Literal["openai", "anthropic"]
