@@ -738,3 +738,15 @@ def test_the_kit_needs_neither_pytest_nor_a_vendor_sdk() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 15
+
+
+def test_a_stream_is_cut_at_max_response_s() -> None:
+    with FakeOpenAIServer(max_response_s=0.5) as server:
+        server.script(text_reply("x" * 100, pieces=100, delay_s=0.05))
+        started = time.monotonic()
+        response = _post(server, OPENAI_PATH, _openai_body(stream=True))
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        assert time.monotonic() - started < 2
+        assert server.exchanges[0].outcome == "expired"
+        assert 3 <= server.exchanges[0].events_sent < 100

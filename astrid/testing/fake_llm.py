@@ -182,9 +182,10 @@ class Exchange:
     """One request and what became of its response.
 
     ``outcome``: ``pending`` while it runs, then ``complete``, ``client_closed`` (the client
-    went away before the end), ``disconnected`` (a scripted disconnect), ``stopped`` (the
-    server was stopped) or ``error`` (the script raised ``error``; the client got a 500 saying
-    so, or a dropped connection if the response had begun).
+    went away before the end), ``disconnected`` (a scripted disconnect), ``expired`` (the
+    stream outlasted the server's ``max_response_s``), ``stopped`` (the server was stopped)
+    or ``error`` (the script raised ``error``; the client got a 500 saying so, or a dropped
+    connection if the response had begun).
     """
 
     request: ReceivedRequest
@@ -353,15 +354,18 @@ class FakeLLMServer:
         models: Sequence[str] = ("fake-model",),
         validate: bool = True,
         io_timeout_s: float = 10.0,
+        max_response_s: float = 120.0,
         write_size: int = 16 * 1024,
     ) -> None:
         """``api_key``: if set, a request without it gets 401 (unscripted). ``validate``: a
         request the real API would refuse gets its 400 (unscripted). ``io_timeout_s`` bounds
-        every socket read and write."""
+        every socket read and write, ``max_response_s`` a whole streamed response (past it the
+        connection is dropped: outcome ``expired``)."""
         self.api_key = api_key
         self.models = tuple(models)
         self.validate = validate
         self.io_timeout_s = io_timeout_s
+        self.max_response_s = max_response_s
         self.write_size = write_size
         self._lock = threading.Lock()
         self._script: deque[ScriptItem] = deque()
@@ -660,6 +664,7 @@ class FakeLLMServer:
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         handler.wfile.flush()
+        deadline = time.monotonic() + self.max_response_s
         for event in self._render_events(reply, exchange.request):
             if (
                 reply.disconnect_after is not None
@@ -668,7 +673,10 @@ class FakeLLMServer:
                 self._drop(handler, exchange)
                 return
             if reply.delay_s > 0:
-                self._pause(handler, reply.delay_s)
+                self._pause(handler, min(reply.delay_s, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                self._drop(handler, exchange, "expired")
+                return
             self._write(handler, b"%x\r\n%b\r\n" % (len(event), event))
             exchange.events_sent += 1
         if reply.disconnect_after is not None and exchange.events_sent >= reply.disconnect_after:
@@ -676,8 +684,8 @@ class FakeLLMServer:
             return
         self._write(handler, b"0\r\n\r\n")
 
-    def _drop(self, handler: _Handler, exchange: Exchange) -> None:
-        exchange.outcome = "disconnected"
+    def _drop(self, handler: _Handler, exchange: Exchange, outcome: str = "disconnected") -> None:
+        exchange.outcome = outcome
         handler.close_connection = True
         try:
             handler.wfile.flush()
