@@ -419,7 +419,8 @@ def _refuse_target(source: SessionStore, target: SessionStore, where: str | None
 def _copy_session(
     source: SessionStore, target: SessionStore, row: SessionSummary, present: SessionSummary | None
 ) -> Literal["copied", "skipped", "gone"]:
-    """Copy one session (state, active messages, history) in one write."""
+    """Copy one session (state, active messages, history) in one write; a differing copy in
+    the target is deleted first."""
     history = source.history_entries(row.id)
     if (
         present is not None
