@@ -1381,6 +1381,11 @@ class SessionStore:
         """The storage backend a ``LoadedConfig`` names (before anything is opened)."""
         return str(config.config.storage.backend)
 
+    @staticmethod
+    def backend_key(config: Any) -> str:
+        """Where a ``LoadedConfig`` chooses its storage backend, as errors name it."""
+        return f"{config.where}: key 'storage.backend'"
+
     @classmethod
     def open_to_inspect(cls, config: Any) -> SessionStore:
         """The store a ``LoadedConfig`` names, opened to inspect: its storage backend only,
@@ -1388,7 +1393,7 @@ class SessionStore:
         directory, lock or index), and no capability store."""
         from .plugins import PluginContext, get_implementation
 
-        where = f"{config.where}: key 'storage.backend'"
+        where = cls.backend_key(config)
         impl = get_implementation("storage", cls.configured_backend(config), where=where)
         options = config.config.storage.options
         return cls(impl.create(options, PluginContext(home=config.home, read_only=True)))

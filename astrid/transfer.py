@@ -409,7 +409,7 @@ def _refuse_target(source: SessionStore, target: SessionStore, where: str | None
     if source.same_store_as(target):
         raise ConfigError(f"the source and target are the same store: {source!r}")
     if not target.persistent:
-        prefix = f"{where}: key 'storage.backend': " if where else ""
+        prefix = f"{where}: " if where else ""
         raise ConfigError(
             f"{prefix}the {target.backend_name!r} backend is not persistent (what it holds is "
             "gone when the process ends); migrate to a store that keeps its data"
@@ -512,7 +512,7 @@ def migrate(
     target: SessionStore,
     *,
     batch: int = 100,
-    target_where: str | None = None,
+    target_key: str | None = None,
     progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
 ) -> MigrationResult:
     """Copy every session and its state from ``source`` to ``target``, then check the target.
@@ -522,10 +522,10 @@ def migrate(
     workspaces) and the capability tokens, revocations and used markers. Resumable: a session
     already present with the same message count and history length is skipped. A target that
     is the source, or whose backend is not persistent, is refused (``ConfigError``;
-    ``target_where``: where the target is configured, named in the refusal). ``progress`` wraps
-    the list of sessions to copy (a progress bar).
+    ``target_key``: where the target's backend is chosen, ``SessionStore.backend_key(config)``,
+    named in the refusal). ``progress`` wraps the list of sessions to copy (a progress bar).
     """
-    _refuse_target(source, target, target_where)
+    _refuse_target(source, target, target_key)
     out = MigrationResult()
     out.failed.extend(
         Failure(where, f"{where}: {what} (not migrated)") for where, what in source.problems()

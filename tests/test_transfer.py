@@ -211,7 +211,7 @@ def test_migrate_refuses_the_same_store_and_a_target_that_keeps_nothing(
         migrate(sqlite_store, twin)
     memory = SessionStore(MemoryBackend())
     with pytest.raises(ConfigError, match=r"^memory\.toml: key 'storage\.backend': .*persistent"):
-        migrate(sqlite_store, memory, target_where="memory.toml")
+        migrate(sqlite_store, memory, target_key="memory.toml: key 'storage.backend'")
     assert memory.list_sessions() == []
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..store import SessionSummary, open_store
+from ..store import SessionStore, SessionSummary, open_store
 from ..transfer import migrate as migrate_stores
 from ._common import EXIT_ERROR, error
 
@@ -52,7 +52,11 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
         raise click.UsageError("--from and --to name the same config file")
     with open_store(src_loaded) as source, open_store(dst_loaded) as target:
         result = migrate_stores(
-            source, target, batch=batch, target_where=dst_loaded.where, progress=_progress
+            source,
+            target,
+            batch=batch,
+            target_key=SessionStore.backend_key(dst_loaded),
+            progress=_progress,
         )
     click.echo(
         f"copied {len(result.copied)}, skipped {len(result.skipped)} (already present), "
