@@ -311,6 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Each SSE event is its own small write: without TCP_NODELAY, Nagle's algorithm and the
+        # client's delayed ACK hold events back (~40 ms a request on loopback).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._track(self.connection, add=True)
 
     def finish(self) -> None:
