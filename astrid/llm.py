@@ -205,6 +205,27 @@ class TokenCounter(Protocol):
         ...
 
 
+async def complete_from_stream(events: AsyncIterator[StreamEvent], provider: str) -> Completion:
+    """A ``Completion`` from one streamed response: for a provider whose ``complete_simple``
+    streams. A ``StreamError`` raises ``ProviderError`` naming ``provider``; no usage stays None.
+    """
+    from .errors import ProviderError
+
+    text: list[str] = []
+    usage: Usage | None = None
+    stop: StopReason | None = None
+    async for event in events:
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, Usage):
+            usage = event
+        elif isinstance(event, Stop):
+            stop = event.reason
+        elif isinstance(event, StreamError):
+            raise ProviderError(event.message, provider=provider)
+    return Completion("".join(text), usage=usage, stop=stop)
+
+
 def provider_api(provider: object) -> int:
     """The protocol version a provider implements (1 when it declares none)."""
     version = getattr(provider, "provider_api", 1)

@@ -143,3 +143,24 @@ def test_provider_errors_are_typed_and_carry_status_and_retry() -> None:
     auth = AuthenticationFailed("bad key", provider="anthropic", status=401)
     assert auth.status == 401 and not auth.retried and auth.provider == "anthropic"
     assert issubclass(ContextTooLong, ProviderError)
+
+
+def test_complete_from_stream_collects_text_usage_and_stop() -> None:
+    from astrid.llm import complete_from_stream
+
+    provider = V2()
+    events = provider.stream([], [], "", settings=CallSettings(model="m"))
+    answer = asyncio.run(complete_from_stream(events, "v2"))
+    assert answer == Completion("m", Usage(10, 2, 6, 0, 1), StopReason.END_TURN)
+
+
+def test_complete_from_stream_raises_a_stream_error_naming_the_provider() -> None:
+    from astrid.llm import StreamError, complete_from_stream
+
+    async def broken() -> AsyncIterator[StreamEvent]:
+        yield TextDelta("half")
+        yield StreamError("connection reset")
+
+    with pytest.raises(ProviderError, match="connection reset") as caught:
+        asyncio.run(complete_from_stream(broken(), "p"))
+    assert caught.value.provider == "p"

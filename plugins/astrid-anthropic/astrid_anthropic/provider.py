@@ -35,6 +35,7 @@ from astrid.llm import (
     ToolCallStart,
     ToolDefinition,
     Usage,
+    complete_from_stream,
 )
 from astrid.messages import Message
 from pydantic import SecretStr
@@ -367,19 +368,8 @@ class AnthropicProvider:
         self, prompt: str, *, settings: CallSettings | None = None
     ) -> Completion:
         """One user message, no tools, empty system prompt: the text with its usage."""
-        text: list[str] = []
-        usage: Usage | None = None
-        stop: StopReason | None = None
-        async for event in self.stream([Message.user(prompt)], [], "", settings=settings):
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-            elif isinstance(event, Stop):
-                stop = event.reason
-            elif isinstance(event, StreamError):
-                raise ProviderError(event.message, provider=NAME)
-        return Completion("".join(text), usage=usage, stop=stop)
+        events = self.stream([Message.user(prompt)], [], "", settings=settings)
+        return await complete_from_stream(events, NAME)
 
     async def count_tokens(
         self,

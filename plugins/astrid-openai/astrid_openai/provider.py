@@ -42,6 +42,7 @@ from astrid.llm import (
     ToolCallStart,
     ToolDefinition,
     Usage,
+    complete_from_stream,
 )
 from astrid.messages import Message
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -204,19 +205,8 @@ class OpenAIProvider:
         self, prompt: str, *, settings: CallSettings | None = None
     ) -> Completion:
         """One user message, no tools, no system prompt: the text, its usage and stop."""
-        text: list[str] = []
-        usage: Usage | None = None
-        stop: StopReason | None = None
-        async for event in self.stream([Message.user(prompt)], [], "", settings=settings):
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-            elif isinstance(event, Stop):
-                stop = event.reason
-            elif isinstance(event, StreamError):
-                raise ProviderError(event.message, provider=PROVIDER_NAME)
-        return Completion("".join(text), usage=usage, stop=stop)
+        events = self.stream([Message.user(prompt)], [], "", settings=settings)
+        return await complete_from_stream(events, PROVIDER_NAME)
 
     def error(self, exc: openai.APIError) -> ProviderError:
         """The astrid error for an SDK error raised before the stream started."""
