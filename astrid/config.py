@@ -177,14 +177,22 @@ class RuntimeSection(_Section):
     max_subagent_depth: int = Field(default=3, ge=0)
     default_subagent_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     estimated_output_tokens: int = Field(default=1024, ge=0)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    builtin_prices: bool = True
     workspace_root: PathOption | None = None
 
 
 class PricingEntry(_Section):
-    """``[pricing."<model>"]``: USD per million tokens of one model."""
+    """``[pricing."<model>"]``: USD per million tokens of one model (``[pricing.default]``:
+    of every model neither listed nor known to the built-in price source). A cache rate left
+    out is the input rate; a reasoning rate left out is the output rate."""
 
     input_per_million: float = Field(default=3.0, ge=0, allow_inf_nan=False)
     output_per_million: float = Field(default=15.0, ge=0, allow_inf_nan=False)
+    cache_read_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cache_write_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reasoning_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class AstridConfig(_Section):
@@ -403,10 +411,14 @@ default_subagent_timeout = 300.0
 estimated_output_tokens = 1024
 # workspace_root = "/path/to/project"   (default: the current directory)
 
-# Prices in USD per million tokens, per model (unlisted models: 3.0 in, 15.0 out).
+# Prices in USD per million tokens, per model. A model not listed here is priced by the
+# genai-prices package if installed (pip install 'astrid[prices]'), else by [pricing.default]
+# (3.0 in, 15.0 out unless set). Cache rates default to the input rate.
 # [pricing."claude-sonnet-4-20250514"]
 # input_per_million = 3.0
 # output_per_million = 15.0
+# cache_read_per_million = 0.3
+# cache_write_per_million = 3.75
 """
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import SummarizationError
+from .errors import BudgetExceeded, SummarizationError
 from .messages import ImagePart, Message, MessageRole, OpaqueContent, TextPart, ToolCallResult
 from .session import AgentSession
 
@@ -156,7 +156,12 @@ def summary_message(summary: str) -> Message:
 
 
 class LLMSummarizer:
-    """Asks the provider for a summary with the original's prompt (``complete_simple``)."""
+    """Asks the provider for a summary with the original's prompt (``complete_simple`` through
+    ``astrid.llm.complete_request``, so providers of both protocol versions work).
+
+    Under ``AgentRuntime`` the provider given is metered: the call is charged to the session
+    and workspace budgets, and ``BudgetExceeded`` (the call does not fit) propagates as is.
+    """
 
     name = "llm"
 
@@ -164,11 +169,16 @@ class LLMSummarizer:
         self, messages: Sequence[Message], *, provider: LLMProvider | None = None
     ) -> str:
         """The provider's answer to the original's prompt; ``SummarizationError`` on failure."""
+        from .llm import CallSettings, complete_request
+
         if provider is None:
             raise SummarizationError("the 'llm' summarizer needs an LLM provider; none was given")
         label = getattr(provider, "name", type(provider).__name__)
+        settings = CallSettings(model=getattr(provider, "model", ""))
         try:
-            text = await provider.complete_simple(summary_prompt(messages))
+            text = (await complete_request(provider, summary_prompt(messages), settings)).text
+        except BudgetExceeded:
+            raise
         except Exception as exc:
             raise SummarizationError(f"LLM provider {label!r} failed to summarize: {exc}") from exc
         if not isinstance(text, str) or not text.strip():
@@ -479,7 +489,7 @@ class ContextManager:
         label = getattr(self.summarizer, "name", type(self.summarizer).__name__)
         try:
             summary = await self.summarizer.summarize(evicted, provider=provider)
-        except SummarizationError:
+        except (SummarizationError, BudgetExceeded):
             raise
         except Exception as exc:
             raise SummarizationError(f"summarizer {label!r} failed: {exc}") from exc

@@ -26,9 +26,9 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,8 +44,13 @@ from .errors import (
 )
 from .jsonutil import json_problem, storable_text
 from .llm import (
+    CallSettings,
+    Completion,
     Done,
     LLMProvider,
+    LLMProviderV2,
+    Stop,
+    StopReason,
     StreamError,
     TextDelta,
     ToolCallDelta,
@@ -53,6 +58,8 @@ from .llm import (
     ToolCallStart,
     ToolDefinition,
     Usage,
+    complete_request,
+    stream_request,
 )
 from .messages import Message, ToolCall, ToolCallResult
 from .offload import write_in_thread
@@ -161,7 +168,13 @@ PATH_ARGUMENT_KEYS: frozenset[str] = frozenset(
 
 
 class ModelPricing(BaseModel):
-    """Prices of one model in USD per million input and output tokens."""
+    """Prices of one model in USD per million tokens.
+
+    Cache reads and writes are part of the input tokens (astrid's ``Usage`` contract) and are
+    charged at their own rate instead of the input rate; reasoning tokens are part of the
+    output tokens, charged at ``reasoning_per_million`` if given, else at the output rate. A
+    cache rate left out is the input rate.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -169,18 +182,66 @@ class ModelPricing(BaseModel):
     output_per_million: float = Field(
         default=DEFAULT_OUTPUT_PER_MILLION, ge=0, allow_inf_nan=False
     )
+    cache_read_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cache_write_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reasoning_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """The USD cost of the given token counts (negative counts count as 0)."""
+        return self.usage_cost(Usage(input_tokens, output_tokens))
+
+    def usage_cost(self, usage: Usage) -> float:
+        """The USD cost of ``usage``, each kind of token at its rate (negative counts as 0)."""
+        read = max(0, usage.cache_read_tokens)
+        write = max(0, usage.cache_write_tokens)
+        plain_in = max(0, usage.input_tokens - read - write)
+        reasoning = min(max(0, usage.reasoning_tokens), max(0, usage.output_tokens))
+        plain_out = max(0, usage.output_tokens) - reasoning
+
+        def rate(value: float | None, fallback: float) -> float:
+            return fallback if value is None else value
+
         return (
-            max(0, input_tokens) * self.input_per_million
-            + max(0, output_tokens) * self.output_per_million
+            plain_in * self.input_per_million
+            + read * rate(self.cache_read_per_million, self.input_per_million)
+            + write * rate(self.cache_write_per_million, self.input_per_million)
+            + plain_out * self.output_per_million
+            + reasoning * rate(self.reasoning_per_million, self.output_per_million)
         ) / 1_000_000
 
 
 def tokens_to_usd(input_tokens: int, output_tokens: int) -> float:
     """The original's cost: $3 per million input and $15 per million output tokens."""
     return ModelPricing().cost(input_tokens, output_tokens)
+
+
+def builtin_price(model: str, usage: Usage) -> float | None:
+    """The USD cost of ``usage`` on ``model`` from ``genai-prices`` (the ``astrid[prices]``
+    extra, offline data); None when the package is not installed or does not know the model."""
+    try:
+        import genai_prices
+    except ImportError:
+        return None
+    try:
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=max(0, usage.input_tokens),
+                output_tokens=max(0, usage.output_tokens),
+                cache_read_tokens=max(0, usage.cache_read_tokens),
+                cache_write_tokens=max(0, usage.cache_write_tokens),
+            ),
+            model,
+        )
+    except LookupError:
+        return None
+    except Exception:
+        logger.debug("genai-prices could not price model %r", model, exc_info=True)
+        return None
+    return float(calc.total_price)
+
+
+PriceSource = Literal["pricing", "genai-prices", "default"]
+"""Where a price came from: ``[pricing]``, the built-in source, or ``[pricing.default]``."""
 
 
 def _default_workspace() -> WorkspaceConfig:
@@ -207,7 +268,10 @@ class RuntimeConfig(BaseModel):
     workspace: WorkspaceConfig = Field(default_factory=_default_workspace)
     pricing: dict[str, ModelPricing] = Field(default_factory=dict)
     default_pricing: ModelPricing = Field(default_factory=ModelPricing)
+    builtin_prices: bool = True
     estimated_output_tokens: int = Field(default=1024, ge=0)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_tool_output_bytes: int = Field(default=MAX_TOOL_OUTPUT_BYTES, ge=1)
 
     @field_validator("workspace", mode="before")
@@ -218,12 +282,24 @@ class RuntimeConfig(BaseModel):
         return value
 
     def pricing_for(self, model: str) -> ModelPricing:
-        """The prices of ``model`` (the default prices for an unlisted model)."""
+        """The ``[pricing]`` prices of ``model`` (the default prices for an unlisted model)."""
         return self.pricing.get(model, self.default_pricing)
+
+    def price(self, model: str, usage: Usage) -> tuple[float, PriceSource]:
+        """The USD cost of ``usage`` on ``model`` and where the price came from: the model's
+        ``pricing`` entry, else the built-in source (if ``builtin_prices``), else the default."""
+        listed = self.pricing.get(model)
+        if listed is not None:
+            return listed.usage_cost(usage), "pricing"
+        if self.builtin_prices:
+            known = builtin_price(model, usage)
+            if known is not None:
+                return known, "genai-prices"
+        return self.default_pricing.usage_cost(usage), "default"
 
     def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """The USD cost of ``input_tokens`` and ``output_tokens`` on ``model``."""
-        return self.pricing_for(model).cost(input_tokens, output_tokens)
+        return self.price(model, Usage(input_tokens, output_tokens))[0]
 
 
 # -- results --------------------------------------------------------------------------------
@@ -246,6 +322,9 @@ class TurnResult:
     usage: Usage = field(default_factory=lambda: Usage(0, 0))
     cost_usd: float = 0.0
     warnings: list[BudgetWarning] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    """What the host should know about the calls: a ``max_tokens`` or content-filter stop,
+    usage the provider did not report (charged the reservation), a model priced by default."""
     iterations: int = 0
     summarization: SummarizationResult | None = None
 
@@ -385,6 +464,51 @@ class _Turn:
     result: TurnResult = field(default_factory=TurnResult)
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+_DEFAULT_PRICED: set[str] = set()
+"""Models this process already warned about being priced by ``[pricing.default]``."""
+
+
+def _add_usage(total: Usage | None, more: Usage) -> Usage:
+    """Two usage reports of one response added up (negative counts count as 0)."""
+    base = total if total is not None else Usage(0, 0)
+    return Usage(
+        base.input_tokens + max(0, more.input_tokens),
+        base.output_tokens + max(0, more.output_tokens),
+        base.cache_read_tokens + max(0, more.cache_read_tokens),
+        base.cache_write_tokens + max(0, more.cache_write_tokens),
+        base.reasoning_tokens + max(0, more.reasoning_tokens),
+    )
+
+
+class _MeteredProvider:
+    """The provider as a summarizer sees it: a version-2 provider whose ``complete_simple``
+    is reserved on and charged to the turn's session and workspace budgets."""
+
+    provider_api = 2
+
+    def __init__(self, runtime: AgentRuntime, turn: _Turn) -> None:
+        self._runtime = runtime
+        self._turn = turn
+        self.name: str = getattr(runtime.provider, "name", type(runtime.provider).__name__)
+        self.model: str = turn.session.model or runtime.provider.model
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Refused: a summarizer's calls are metered through ``complete_simple`` only."""
+        raise PluginError(
+            f"LLM provider {self.name!r}: a summarizer may call complete_simple only "
+            "(its calls are charged to the session's budget)"
+        )
+
+    async def complete_simple(
+        self, prompt: str, *, settings: CallSettings | None = None
+    ) -> Completion:
+        """The provider's completion of ``prompt``, charged to the session."""
+        return await self._runtime.complete_for(self._turn, prompt, settings)
 
 
 def _checked_tool(impl: Implementation, context: PluginContext) -> Tool:
@@ -425,7 +549,7 @@ class AgentRuntime:
 
     def __init__(
         self,
-        provider: LLMProvider,
+        provider: LLMProvider | LLMProviderV2,
         *,
         store: SessionStore | None = None,
         config: RuntimeConfig | None = None,
@@ -469,16 +593,47 @@ class AgentRuntime:
         self._boundaries: dict[str, WorkspaceBoundary] = {}
 
     def close(self) -> None:
-        """Cancel running sub-agents and close the store (the runtime is done)."""
+        """Cancel running sub-agents and close the store (the runtime is done).
+
+        Outside an event loop, a provider's ``aclose`` is awaited too; inside one, use
+        ``aclose`` (or ``async with``)."""
         self.pool.cancel_all()
         if self.store is not None:
             self.store.close()
+        closer = getattr(self.provider, "aclose", None)
+        if closer is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                try:
+                    asyncio.run(closer())
+                except Exception:
+                    logger.warning("closing LLM provider %r failed",
+                                   getattr(self.provider, "name", "?"), exc_info=True)
+            else:
+                logger.debug("close() inside an event loop leaves the provider open; "
+                             "use await runtime.aclose()")
+
+    async def aclose(self) -> None:
+        """``close`` from async code: also awaits the provider's ``aclose`` if it has one."""
+        self.pool.cancel_all()
+        if self.store is not None:
+            self.store.close()
+        closer = getattr(self.provider, "aclose", None)
+        if closer is not None:
+            await closer()
 
     def __enter__(self) -> AgentRuntime:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> AgentRuntime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -594,8 +749,9 @@ class AgentRuntime:
         try:
             session.add_message(Message.user(user_input))
             if self.config.auto_summarize and self.context_manager.needs_summarization(session):
+                metered = cast(LLMProvider, _MeteredProvider(self, turn))
                 turn.result.summarization = await self.context_manager.summarize(
-                    session, provider=self.provider, store=self.store
+                    session, provider=metered, store=self.store
                 )
             await self._run_loop(turn)
             failed = False
@@ -621,7 +777,13 @@ class AgentRuntime:
         await self.run_subagent_turn(session, prompt, subagent_id)
 
     def _finish(self, turn: _Turn) -> TurnResult:
-        turn.result.usage = Usage(turn.input_tokens, turn.output_tokens)
+        turn.result.usage = Usage(
+            turn.input_tokens,
+            turn.output_tokens,
+            turn.cache_read_tokens,
+            turn.cache_write_tokens,
+            turn.reasoning_tokens,
+        )
         return turn.result
 
     async def _save(self, session: AgentSession, *, quiet: bool) -> None:
@@ -673,18 +835,83 @@ class AgentRuntime:
             return f"{session.plugin_context}\n\n{prompt}"
         return prompt
 
-    def _reserve(self, session: AgentSession, validator: BudgetValidator) -> DualReservation:
-        model = session.model or self.provider.model
-        input_tokens = max(0, session.token_count)
-        output_tokens = self.config.estimated_output_tokens
-        estimate = self.config.cost_usd(model, input_tokens, output_tokens)
+    def _settings(self, session: AgentSession) -> CallSettings:
+        """What each request asks for: the model the runtime prices and the configured limits."""
+        return CallSettings(
+            model=session.model or self.provider.model,
+            max_output_tokens=self.config.max_output_tokens,
+            temperature=self.config.temperature,
+        )
+
+    def _expected_output_tokens(self) -> int:
+        """The output a reservation counts: ``max_output_tokens`` (a bound the call cannot
+        exceed) when configured, else ``estimated_output_tokens``."""
+        if self.config.max_output_tokens is not None:
+            return self.config.max_output_tokens
+        return self.config.estimated_output_tokens
+
+    @staticmethod
+    def request_tokens(
+        session: AgentSession,
+        messages: Sequence[Message],
+        definitions: Sequence[ToolDefinition],
+        system_prompt: str,
+    ) -> int:
+        """The input tokens of one request by the session's estimator: every message sent,
+        the system prompt and the tool definitions' JSON."""
+        estimator = session.token_estimator
+        total = sum(max(0, estimator.estimate(m)) for m in messages)
+        if system_prompt:
+            total += max(0, estimator.estimate(Message.system(system_prompt)))
+        if definitions:
+            schema = json.dumps(
+                [
+                    {"name": d.name, "description": d.description, "input_schema": d.input_schema}
+                    for d in definitions
+                ],
+                ensure_ascii=False,
+                separators=(",", ":"),
+                default=str,
+            )
+            total += max(0, estimator.estimate(Message.system(schema)))
+        return total
+
+    def _price(self, turn: _Turn, model: str, usage: Usage) -> float:
+        """The cost of ``usage`` on ``model``; the first time in this process that a model is
+        priced by ``[pricing.default]``, it is logged (INFO) and added to the turn's notices."""
+        cost, source = self.config.price(model, usage)
+        if source == "default" and model not in _DEFAULT_PRICED:
+            _DEFAULT_PRICED.add(model)
+            prices = self.config.default_pricing
+            text = (
+                f"model {model!r} has no [pricing] entry and no built-in price; priced by "
+                f"[pricing.default] (${prices.input_per_million:g} input, "
+                f"${prices.output_per_million:g} output per million tokens)"
+            )
+            logger.info("%s", text)
+            turn.result.notices.append(text)
+        return cost
+
+    def _reserve(
+        self,
+        turn: _Turn,
+        validator: BudgetValidator,
+        model: str,
+        input_tokens: int,
+        what: str = "the next LLM call",
+    ) -> DualReservation:
+        """Reserve the estimated cost of one call (``input_tokens`` plus the expected output)
+        on the session and workspace budgets; ``BudgetExceeded`` says what did not fit."""
+        session = turn.session
+        output_tokens = self._expected_output_tokens()
+        estimate = self._price(turn, model, Usage(input_tokens, output_tokens))
         try:
-            return validator.reserve(estimate)
+            reservation = validator.reserve(estimate)
         except BudgetExceeded as exc:
             session_tracker = session.budget_tracker
             limits = session_tracker.config()
             text = (
-                f"budget exceeded: the next LLM call to {model!r} needs an estimated "
+                f"budget exceeded: {what} to {model!r} needs an estimated "
                 f"${estimate:.4f} ({input_tokens} input + {output_tokens} output tokens); "
                 f"session spend ${session_tracker.spent():.4f} of a ${limits.session_max_usd:.2f} "
                 f"limit (per call at most ${limits.per_action_max_usd:.2f})"
@@ -695,16 +922,78 @@ class AgentRuntime:
                 limit = "no limit" if maximum is None else f"a ${maximum:.2f} limit"
                 text += f"; workspace spend ${workspace.spent():.4f} of {limit}"
             raise BudgetExceeded(f"{text} [{exc}]") from exc
+        if reservation.warning is not None:
+            turn.result.warnings.append(reservation.warning)
+        return reservation
+
+    def _settle(
+        self,
+        turn: _Turn,
+        validator: BudgetValidator,
+        reservation: DualReservation,
+        model: str,
+        usage: Usage | None,
+    ) -> None:
+        """Charge one answered call: its usage at the model's prices, or, when the provider
+        reported none, the whole reservation (never $0), with a warning on the turn."""
+        if usage is None:
+            cost = reservation.amount
+            label = getattr(self.provider, "name", type(self.provider).__name__)
+            turn.result.notices.append(
+                f"usage not reported by {label}; charged the reservation (${cost:.4f})"
+            )
+        else:
+            cost = self._price(turn, model, usage)
+            turn.input_tokens += usage.input_tokens
+            turn.output_tokens += usage.output_tokens
+            turn.cache_read_tokens += usage.cache_read_tokens
+            turn.cache_write_tokens += usage.cache_write_tokens
+            turn.reasoning_tokens += usage.reasoning_tokens
+        validator.settle(reservation, cost)
+        turn.result.cost_usd += cost
+
+    async def complete_for(
+        self, turn: _Turn, prompt: str, settings: CallSettings | None = None
+    ) -> Completion:
+        """One ``complete_simple`` call on the session's budgets (the summarizer's calls):
+        reserved before, refused with ``BudgetExceeded`` if it does not fit, charged after."""
+        session = turn.session
+        base = self._settings(session)
+        if settings is not None:  # the caller's choices, the runtime's where it left None
+            settings = replace(
+                settings,
+                model=settings.model or base.model,
+                max_output_tokens=settings.max_output_tokens or base.max_output_tokens,
+                temperature=base.temperature if settings.temperature is None
+                else settings.temperature,
+            )
+        else:
+            settings = base
+        validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
+        tokens = self.request_tokens(session, [Message.user(prompt)], (), "")
+        reservation = self._reserve(turn, validator, settings.model, tokens, "the summarization")
+        try:
+            completion = await complete_request(self.provider, prompt, settings)
+        except BaseException:
+            validator.release(reservation)
+            raise
+        self._settle(turn, validator, reservation, settings.model, completion.usage)
+        return completion
 
     async def _call_llm(self, turn: _Turn, definitions: Sequence[ToolDefinition]) -> _Response:
         session = turn.session
-        model = session.model or self.provider.model
+        settings = self._settings(session)
+        model = settings.model
+        messages = list(session.messages)
+        system_prompt = self._system_prompt(session)
         validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
-        reservation = self._reserve(session, validator)
-        if reservation.warning is not None:
-            turn.result.warnings.append(reservation.warning)
-        usage_in = usage_out = 0
-        got_usage = False
+        reservation = self._reserve(
+            turn, validator, model,
+            self.request_tokens(session, messages, definitions, system_prompt),
+        )
+        usage: Usage | None = None
+        answered = False
+        stop: Stop | None = None
         response = _Response()
         text: list[str] = []
         names: dict[str, str] = {}
@@ -714,9 +1003,8 @@ class AgentRuntime:
         stream: AsyncIterator[Any] | None = None
         try:
             try:
-                stream = self.provider.stream(
-                    list(session.messages), definitions, self._system_prompt(session)
-                )
+                stream = stream_request(self.provider, messages, definitions, system_prompt,
+                                        settings)
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         text.append(event.text)
@@ -733,13 +1021,14 @@ class AgentRuntime:
                     elif isinstance(event, ToolCallEnd):
                         continue
                     elif isinstance(event, Usage):
-                        got_usage = True
-                        usage_in += max(0, event.input_tokens)
-                        usage_out += max(0, event.output_tokens)
+                        usage = _add_usage(usage, event)
+                    elif isinstance(event, Stop):
+                        stop = event
                     elif isinstance(event, StreamError):
                         raise LLMError(f"LLM stream error: {event.message}")
                     elif isinstance(event, Done):
                         break
+                answered = True
             except (AstridError, asyncio.CancelledError):
                 raise
             except Exception as exc:
@@ -753,14 +1042,19 @@ class AgentRuntime:
                     except Exception:
                         logger.debug("closing the provider stream failed", exc_info=True)
         finally:
-            if got_usage:
-                cost = self.config.cost_usd(model, usage_in, usage_out)
-                validator.settle(reservation, cost)
-                turn.result.cost_usd += cost
-                turn.input_tokens += usage_in
-                turn.output_tokens += usage_out
+            if answered or usage is not None:
+                self._settle(turn, validator, reservation, model, usage)
             else:
-                validator.release(reservation)
+                validator.release(reservation)  # failed before any usage: nothing to charge
+        truncated = stop is not None and stop.reason is StopReason.MAX_TOKENS
+        if truncated:
+            turn.result.notices.append(
+                f"the response of {model!r} stopped at the output token limit (max_tokens)"
+            )
+        elif stop is not None and stop.reason is StopReason.CONTENT_FILTER:
+            turn.result.notices.append(
+                f"the response of {model!r} was stopped by the provider's content filter"
+            )
         # What the provider sent is made storable here, where it enters: a lone surrogate in
         # text, a call id or a tool name becomes U+FFFD; arguments no store can keep are refused.
         response.text = storable_text("".join(text))
@@ -773,7 +1067,10 @@ class AgentRuntime:
                     arguments = json.loads(raw)
                 except (ValueError, RecursionError) as exc:
                     response.parse_errors[call_id] = (
-                        f"invalid JSON ({_error_text(exc)}) in {raw[:200]!r}"
+                        "the response was cut at the output token limit (max_tokens) before "
+                        f"these arguments were complete, so the tool was not run: {raw[:200]!r}"
+                        if truncated
+                        else f"invalid JSON ({_error_text(exc)}) in {raw[:200]!r}"
                     )
                     arguments = {}
                 else:
@@ -1018,13 +1315,18 @@ def open_runtime(
         max_subagent_depth=rt.max_subagent_depth,
         default_subagent_timeout=rt.default_subagent_timeout,
         estimated_output_tokens=rt.estimated_output_tokens,
+        max_output_tokens=rt.max_output_tokens,
+        temperature=rt.temperature,
+        builtin_prices=rt.builtin_prices,
         workspace=rt.workspace_root or os.getcwd(),
         pricing={
-            model: ModelPricing(
-                input_per_million=p.input_per_million, output_per_million=p.output_per_million
-            )
+            model: ModelPricing(**p.model_dump())
             for model, p in cfg.pricing.items()
+            if model != "default"
         },
+        default_pricing=ModelPricing(**cfg.pricing["default"].model_dump())
+        if "default" in cfg.pricing
+        else ModelPricing(),
     )
     context_manager = ContextManager(
         rt.max_context_tokens,

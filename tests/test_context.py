@@ -1031,3 +1031,94 @@ def test_a_cancellation_during_the_replace_write_keeps_session_and_store_in_step
     loaded = store.load(session.id)
     assert loaded is not None and loaded.messages == session.messages
     store.close()
+
+
+# -- the LLM summarizer with a version-2 provider, on the session's budgets ------------------
+
+
+def _openai_provider(base_url: str, key: str) -> Any:
+    """The real ``astrid-openai`` provider (protocol 2) against a fake server."""
+    pytest.importorskip("astrid_openai")
+    from astrid_openai import OpenAIOptions
+    from astrid_openai.provider import OpenAIProvider
+    from pydantic import SecretStr
+
+    options = OpenAIOptions(model="summary-model", base_url=base_url, max_retries=0)
+    return OpenAIProvider(options, api_key=SecretStr(key))
+
+
+def test_llm_summarizer_works_with_a_v2_provider() -> None:
+    # a v2 provider's complete_simple returns a Completion: the summarizer used to take it for
+    # "an empty summary"; it goes through complete_request now
+    from astrid.testing.fake_llm import FakeOpenAIServer, text_reply
+
+    with FakeOpenAIServer(api_key="sk-test-summary", io_timeout_s=10.0) as server:
+        server.script(text_reply("The user asked about milk."))
+        provider = _openai_provider(server.base_url, "sk-test-summary")
+        session = session_with(conversation(6))
+        manager = ContextManager(keep_recent=2, summarizer=LLMSummarizer())
+        result = run(manager.summarize(session, provider=provider))
+        assert result.summary == "The user asked about milk."
+        assert server.requests[0].json()["model"] == "summary-model"
+
+
+def _summarizing_runtime(base_url: str, key: str, session_max: float) -> Any:
+    from astrid.runtime import AgentRuntime, ModelPricing, RuntimeConfig
+    from astrid.security.budget import BudgetConfig
+
+    store = SessionStore(
+        MemoryBackend(),
+        budget=BudgetConfig(session_max_usd=session_max, per_action_max_usd=session_max),
+    )
+    config = RuntimeConfig(
+        estimated_output_tokens=100,
+        pricing={
+            "summary-model": ModelPricing(input_per_million=1000.0, output_per_million=2000.0)
+        },
+    )
+    manager = ContextManager(40, threshold=0.5, keep_recent=1, summarizer=LLMSummarizer())
+    return AgentRuntime(
+        _openai_provider(base_url, key), store=store, config=config, tools=[],
+        context_manager=manager,
+    )
+
+
+def test_summarizer_calls_are_charged_to_the_session_and_workspace_budgets() -> None:
+    from astrid.security.budget import WorkspaceBudgetTracker
+    from astrid.testing.fake_llm import FakeOpenAIServer, Tokens, text_reply
+
+    with FakeOpenAIServer(api_key="sk-test-summary", io_timeout_s=10.0) as server:
+        server.script(
+            text_reply("a long answer " * 20, usage=Tokens(10, 100)),  # turn 1: $0.21
+            text_reply("Summary: a long answer.", usage=Tokens(300, 20)),  # summary: $0.34
+            text_reply("short", usage=Tokens(30, 5)),  # turn 2: $0.04
+        )
+        runtime = _summarizing_runtime(server.base_url, "sk-test-summary", 10.0)
+        workspace = WorkspaceBudgetTracker(10.0, 80)
+        session = runtime.create_session("Be brief.").with_workspace_budget(workspace)
+        first = run(runtime.run_turn(session, "tell me"))
+        assert first.summarization is None
+        second = run(runtime.run_turn(session, "and again"))
+        assert second.summarization is not None
+        assert second.summarization.summary == "Summary: a long answer."
+        assert "Summarize the following conversation" in json.dumps(server.requests[1].json())
+        assert second.cost_usd == pytest.approx(0.34 + 0.04)
+        assert session.budget_tracker.spent() == pytest.approx(0.21 + 0.34 + 0.04)
+        assert workspace.spent() == pytest.approx(0.21 + 0.34 + 0.04)
+
+
+def test_a_summarization_over_the_budget_is_refused_like_a_turn() -> None:
+    from astrid.errors import BudgetExceeded
+    from astrid.testing.fake_llm import FakeOpenAIServer, Tokens, text_reply
+
+    with FakeOpenAIServer(api_key="sk-test-summary", io_timeout_s=10.0) as server:
+        server.script(text_reply("a long answer " * 20, usage=Tokens(10, 100)))  # $0.21
+        runtime = _summarizing_runtime(server.base_url, "sk-test-summary", 0.5)
+        session = runtime.create_session("Be brief.")
+        run(runtime.run_turn(session, "tell me"))
+        before = list(session.messages)
+        with pytest.raises(BudgetExceeded, match="the summarization to 'summary-model'"):
+            run(runtime.run_turn(session, "and again"))
+        assert len(server.requests) == 1  # the summary request was never sent
+        assert session.messages[: len(before)] == before  # nothing was summarized away
+        assert session.budget_tracker.spent() == pytest.approx(0.21)

@@ -122,6 +122,8 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
             for record in result.tool_calls:
                 outcome = render_message(Message.tool_result(record.result), 70)
                 say(f"  [tool] {record.call.name} {outcome}")
+            for notice in result.notices:  # e.g. the model priced by [pricing.default], once
+                say(f"  [note] {notice}")
             say(f"  {result.text}  (${result.cost_usd:.6f})")
         store.save_workspace_of(session)
         children = [
