@@ -591,6 +591,9 @@ class AgentRuntime:
             self.config.max_concurrent_subagents, self.config.max_subagent_depth
         )
         self._boundaries: dict[str, WorkspaceBoundary] = {}
+        if self.config.builtin_prices:
+            # genai-prices loads its data (~80 ms) on first use: here, not on the event loop
+            builtin_price(str(getattr(provider, "model", "")), Usage(0, 0))
 
     def close(self) -> None:
         """Cancel running sub-agents and close the store (the runtime is done).
