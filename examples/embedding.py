@@ -17,6 +17,9 @@ The host
 5. builds a **second** runtime from the same TOML, loads the session by id and runs a third turn
    on it: the transcript, the spend and the session approval given in turn 1 are all still
    there, so the handler is not asked again.
+
+Inside the coroutine the host uses the store's async API (``aattach_workspace``, ``aload``,
+``alist_sessions``, ``asave_workspace_of``), so no storage I/O runs on its event loop.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ async def run(tmp: Path) -> None:
     with store:
         print(f"tools: {', '.join(sorted(runtime.tools))}")
         session = runtime.create_session()
-        store.attach_workspace(session, workspace)
+        await store.aattach_workspace(session, workspace)
         session_id = session.id.bare
         print(f"session {session_id}")
         for number, prompt in enumerate(("Which orders are open?", "Where is A-17?"), start=1):
@@ -222,7 +225,7 @@ async def run(tmp: Path) -> None:
             show_calls(result)
         spent_before = session.budget_tracker.spent()
         messages_before = len(session.messages)
-        store.save_workspace_of(session)
+        await store.asave_workspace_of(session)
     print(f"first run done: {messages_before} messages, ${spent_before:.6f} spent, "
           f"{len(first_handler.asked)} approval(s) asked")
 
@@ -231,11 +234,11 @@ async def run(tmp: Path) -> None:
     second_handler = HostApprovals("second run")
     runtime, store = start_runtime(load_config(config_path), second_handler)
     with store:
-        listed = store.list_sessions()
+        listed = await store.alist_sessions()
         print(f"stored sessions: {[(s.id[:8], s.message_count) for s in listed]}")
-        resumed = store.load(session_id)
+        resumed = await store.aload(session_id)
         assert resumed is not None, "the session was saved by the first run"
-        store.attach_workspace(resumed, workspace)
+        await store.aattach_workspace(resumed, workspace)
         print(f"resumed {resumed.id.bare}: {len(resumed.messages)} messages, "
               f"${resumed.budget_tracker.spent():.6f} spent, "
               f"budget limit ${resumed.budget_tracker.config().session_max_usd:.2f}")
@@ -244,7 +247,7 @@ async def run(tmp: Path) -> None:
         show_calls(result)
         print(f"approvals asked in the second run: {len(second_handler.asked)} "
               "(turn 1's session approval was saved with the session)")
-        final = store.load(session_id)
+        final = await store.aload(session_id)
         assert final is not None
         print(f"stored: {len(final.messages)} messages, {final.metadata.turn_count} turns, "
               f"{final.metadata.tool_call_count} tool calls, "
