@@ -1279,6 +1279,39 @@ class AgentRuntime:
         )
 
 
+def pricing_settings(config: Any) -> dict[str, Any]:
+    """The ``RuntimeConfig`` pricing fields of an ``AstridConfig``: ``[pricing."<model>"]``
+    entries, ``[pricing.default]`` and ``[runtime] builtin_prices``."""
+    entries = config.pricing
+    default = entries.get("default")
+    return {
+        "pricing": {
+            model: ModelPricing(**entry.model_dump())
+            for model, entry in entries.items()
+            if model != "default"
+        },
+        "default_pricing": ModelPricing(**default.model_dump()) if default else ModelPricing(),
+        "builtin_prices": config.runtime.builtin_prices,
+    }
+
+
+def default_priced_note(config: Any) -> str | None:
+    """A sentence saying that the model ``[llm.options]`` names is priced by
+    ``[pricing.default]`` (neither listed nor known to the built-in source), else None."""
+    model = config.llm.options.get("model")
+    if not isinstance(model, str) or not model:
+        return None
+    prices = RuntimeConfig(workspace=".", **pricing_settings(config))
+    if prices.price(model, Usage(0, 0))[1] != "default":
+        return None
+    rates = prices.default_pricing
+    return (
+        f"model {model!r} (key 'llm.options.model') has no [pricing] entry and no built-in "
+        f"price; it is priced by [pricing.default] (${rates.input_per_million:g} input, "
+        f"${rates.output_per_million:g} output per million tokens)"
+    )
+
+
 def open_runtime(
     config: Any = None,
     *,
@@ -1320,16 +1353,8 @@ def open_runtime(
         estimated_output_tokens=rt.estimated_output_tokens,
         max_output_tokens=rt.max_output_tokens,
         temperature=rt.temperature,
-        builtin_prices=rt.builtin_prices,
         workspace=rt.workspace_root or os.getcwd(),
-        pricing={
-            model: ModelPricing(**p.model_dump())
-            for model, p in cfg.pricing.items()
-            if model != "default"
-        },
-        default_pricing=ModelPricing(**cfg.pricing["default"].model_dump())
-        if "default" in cfg.pricing
-        else ModelPricing(),
+        **pricing_settings(cfg),
     )
     context_manager = ContextManager(
         rt.max_context_tokens,

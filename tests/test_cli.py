@@ -512,6 +512,22 @@ def test_corrupt_file_store_doctor_reports_the_path_and_list_still_works(env: En
     assert astrid("--config", str(config), "doctor").exit_code == 0
 
 
+def test_doctor_says_once_that_the_configured_model_is_priced_by_default(env: Env) -> None:
+    config = env.root / "priced.toml"
+    base = '[llm]\nprovider = "scripted"\n[llm.options]\nmodel = "house-model-7"\n'
+    config.write_text(base + "[pricing.default]\ninput_per_million = 9.0\n", encoding="utf-8")
+    result = astrid("--config", str(config), "doctor")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: model 'house-model-7' (key 'llm.options.model') has no [pricing] entry and no "
+        "built-in price; it is priced by [pricing.default] ($9 input, $15 output per million "
+        "tokens)"
+    ]
+    config.write_text(base + '[pricing."house-model-7"]\ninput_per_million = 1.0\n')
+    assert "note: " not in astrid("--config", str(config), "doctor").stdout
+
+
 def test_doctor_removes_a_killed_writers_temp_file_and_says_so(env: Env) -> None:
     config = file_config(env)
     with store_for(config) as store:

@@ -39,6 +39,11 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
             )
         for problem in report.problems:
             click.echo(str(problem))
+        from ..runtime import default_priced_note
+
+        note = default_priced_note(loaded.config)
+        if note is not None:
+            click.echo(f"note: {note}")
         checked = f"{report.sessions_checked} sessions checked"
         if report.problems:
             click.echo(f"{len(report.problems)} problem(s); {checked}")
