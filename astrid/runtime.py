@@ -508,7 +508,7 @@ class _MeteredProvider:
         self, prompt: str, *, settings: CallSettings | None = None
     ) -> Completion:
         """The provider's completion of ``prompt``, charged to the session."""
-        return await self._runtime.complete_for(self._turn, prompt, settings)
+        return await self._runtime._complete_for(self._turn, prompt, settings)
 
 
 def _checked_tool(impl: Implementation, context: PluginContext) -> Tool:
@@ -946,6 +946,7 @@ class AgentRuntime:
                 f"usage not reported by {label}; charged the reservation (${cost:.4f})"
             )
         else:
+            usage = _add_usage(None, usage)  # negative counts count as 0
             cost = self._price(turn, model, usage)
             turn.input_tokens += usage.input_tokens
             turn.output_tokens += usage.output_tokens
@@ -955,7 +956,7 @@ class AgentRuntime:
         validator.settle(reservation, cost)
         turn.result.cost_usd += cost
 
-    async def complete_for(
+    async def _complete_for(
         self, turn: _Turn, prompt: str, settings: CallSettings | None = None
     ) -> Completion:
         """One ``complete_simple`` call on the session's budgets (the summarizer's calls):
