@@ -997,6 +997,7 @@ class AgentRuntime:
         )
         usage: Usage | None = None
         answered = False
+        received = False  # the model produced output before the stream failed: it was billed
         stop: Stop | None = None
         response = _Response()
         text: list[str] = []
@@ -1010,6 +1011,8 @@ class AgentRuntime:
                 stream = stream_request(self.provider, messages, definitions, system_prompt,
                                         settings)
                 async for event in stream:
+                    if isinstance(event, (TextDelta, ToolCallStart, ToolCallDelta)):
+                        received = True
                     if isinstance(event, TextDelta):
                         text.append(event.text)
                     elif isinstance(event, ToolCallStart):
@@ -1046,10 +1049,12 @@ class AgentRuntime:
                     except Exception:
                         logger.debug("closing the provider stream failed", exc_info=True)
         finally:
-            if answered or usage is not None:
+            if answered or received or usage is not None:
+                # A stream cut after output arrived was billed by the provider: without usage
+                # it is charged the reservation, so a dropped stream is never a free call.
                 self._settle(turn, validator, reservation, model, usage)
             else:
-                validator.release(reservation)  # failed before any usage: nothing to charge
+                validator.release(reservation)  # failed before any output: nothing to charge
         truncated = stop is not None and stop.reason is StopReason.MAX_TOKENS
         if truncated:
             turn.result.notices.append(

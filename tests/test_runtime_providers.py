@@ -20,7 +20,7 @@ import pytest
 
 from astrid.default_plugins.memory_storage import MemoryBackend
 from astrid.default_plugins.scripted_provider import ScriptedProvider
-from astrid.errors import AuthenticationFailed, BudgetExceeded
+from astrid.errors import AuthenticationFailed, BudgetExceeded, LLMError
 from astrid.llm import (
     CallSettings,
     Completion,
@@ -275,6 +275,30 @@ def test_a_typed_provider_error_reaches_the_host_and_costs_nothing(
     assert info.value.status == 401
     assert session.budget_tracker.spent() == 0.0  # refused before any model work
     runtime.close()
+
+
+def test_a_stream_dropped_mid_response_saves_nothing_half_and_is_charged_not_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wire: Wire, server: FakeLLMServer,
+    api_key: str,
+) -> None:
+    runtime = runtime_for(tmp_path, monkeypatch, wire, server, api_key)
+    assert runtime.store is not None
+    session = runtime.store.new_session("Be brief.").with_model("session-model")
+    # text arrives, then the socket closes before the usage and the end of the stream
+    server.script(text_reply("half an answer", pieces=4, usage=None, disconnect_after=4))
+    with pytest.raises(LLMError):
+        asyncio.run(runtime.run_turn(session, "hello"))
+    spent = session.budget_tracker.spent()
+    assert spent > 0  # the provider produced output: charged the reservation, never $0
+    runtime.close()
+    again = runtime_for(tmp_path, monkeypatch, wire, server, api_key)
+    assert again.store is not None
+    loaded = again.store.load(session.id)
+    assert loaded is not None
+    texts = [m.text() or "" for m in loaded.messages if m.role.value == "assistant"]
+    assert not any("half" in t for t in texts)  # no half-streamed answer was stored
+    assert loaded.budget_tracker.spent() == pytest.approx(spent)
+    again.close()
 
 
 # -- the reservation counts the whole request (scripted provider: protocol 1) ---------------
