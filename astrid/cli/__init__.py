@@ -3,7 +3,7 @@
 Thin: every command parses its arguments, calls astrid's public API (config, store, plugins,
 ``astrid.transfer``) and prints. Any ``AstridError`` or ``OSError`` prints one line,
 ``astrid: error: <message>``, unless ``--debug`` is given.
-Exit codes: 0 ok, 1 error (or problems found), 2 usage error, 3 not found.
+Exit codes: 0 ok, 1 error (or problems found), 2 usage error, 3 not found, 4 over budget.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .demo import demo
 from .doctor import doctor
 from .migrate import migrate
 from .plugins import plugins_command
+from .run import run
 from .sessions import parse_duration, render_message, sessions
 
 __all__ = [
@@ -48,7 +49,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     ctx.obj = Options(config_path, debug)
 
 
-for _command in (sessions, config_group, plugins_command, migrate, doctor, demo):
+for _command in (sessions, config_group, plugins_command, migrate, doctor, demo, run):
     cli.add_command(_command)
 
 

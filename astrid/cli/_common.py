@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..config import LoadedConfig, load_config
-from ..errors import AstridError, InvalidSessionId, SessionNotFound
+from ..errors import AstridError, BudgetExceeded, InvalidSessionId, SessionNotFound
+from ..ids import validate_session_id
 from ..store import SessionStore, open_store
 from ..timeutil import to_utc
-from ..transfer import message_of
+from ..transfer import all_summaries, message_of
+
+if TYPE_CHECKING:
+    from ..runtime import TurnResult
+    from ..security.approvals import ApprovalDecision, ApprovalResponse
+    from ..security.deferred import ApprovalRequest
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_BUDGET = 4
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -34,7 +41,10 @@ class Options:
 
 
 def exit_code(exc: BaseException) -> int:
-    """The exit status of an error: 3 not found, 2 an invalid session id, else 1."""
+    """The exit status of an error: 3 not found, 2 an invalid session id, 4 over budget,
+    else 1."""
+    if isinstance(exc, BudgetExceeded):
+        return EXIT_BUDGET
     if isinstance(exc, SessionNotFound):
         return EXIT_NOT_FOUND
     if isinstance(exc, InvalidSessionId):
@@ -117,6 +127,109 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 def compact(value: Any) -> str:
     """Compact JSON of ``value`` (anything else as ``str``)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def resolve_session_id(store: SessionStore, text: str) -> str:
+    """The bare id of the one stored session ``text`` names: a whole id or a unique prefix.
+
+    An unknown prefix raises ``SessionNotFound``, an ambiguous one ``InvalidSessionId``; both
+    name the prefix.
+    """
+    raw = text.strip().lower().removeprefix("session:")
+    if not raw:
+        raise InvalidSessionId("empty session id")
+    try:
+        return validate_session_id(raw)
+    except InvalidSessionId:
+        pass
+    matches = sorted(row.id for row in all_summaries(store) if row.id.startswith(raw))
+    if not matches:
+        raise SessionNotFound(
+            f"no session id starts with {text!r} in the {store.backend_name} store"
+        )
+    if len(matches) > 1:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise InvalidSessionId(
+            f"session id prefix {text!r} is ambiguous: {len(matches)} sessions match ({shown})"
+        )
+    return matches[0]
+
+
+class CliApprover:
+    """The CLI's approval handler: ``decide`` answers each request; the answer is reported
+    with ``say`` as ``[approval] <action> -> <label>``."""
+
+    def __init__(
+        self,
+        decide: Callable[[ApprovalRequest], Awaitable[tuple[ApprovalDecision, str]]],
+        say: Callable[[str], None],
+    ) -> None:
+        self.decide = decide
+        self.say = say
+
+    async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse:
+        """The decision ``decide`` gives for ``request``."""
+        from ..security.approvals import ApprovalResponse
+
+        decision, label = await self.decide(request)
+        self.say(f"  [approval] {request.action.summary()} -> {label}")
+        return ApprovalResponse.new(request.id, decision)
+
+    def is_available(self) -> bool:
+        """Always reachable (``decide`` answers, or asks the terminal)."""
+        return True
+
+
+def echo_turn(result: TurnResult, say: Callable[[str], None]) -> None:
+    """A turn as text: summary, tool calls, notices, warnings, then the answer and its cost."""
+    from ..messages import Message
+    from .sessions import render_message
+
+    if result.summarization is not None and result.summarization.messages_evicted:
+        say(
+            f"  [summary] {result.summarization.messages_evicted} older messages "
+            "summarized (they stay in the session's history)"
+        )
+    for record in result.tool_calls:
+        outcome = render_message(Message.tool_result(record.result), 70)
+        say(f"  [tool] {record.call.name} {outcome}")
+    for notice in result.notices:  # e.g. the model priced by [pricing.default], once
+        say(f"  [note] {notice}")
+    for warning in result.warnings:
+        say(
+            f"  [budget] ${warning.current_spend:.4f} of ${warning.session_max:.2f} spent "
+            f"({warning.percent_used:.0f}%)"
+        )
+    say(f"  {result.text}  (${result.cost_usd:.6f})")
+
+
+def turn_data(result: TurnResult) -> dict[str, Any]:
+    """A turn as JSON data: text, tool calls with their results, usage, cost, notices."""
+    usage = result.usage
+    return {
+        "text": result.text,
+        "tool_calls": [
+            {
+                "id": record.call.id,
+                "name": record.call.name,
+                "arguments": record.call.arguments,
+                "result": record.result.content,
+                "is_error": record.result.is_error,
+            }
+            for record in result.tool_calls
+        ],
+        "usage": {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+        },
+        "cost_usd": result.cost_usd,
+        "iterations": result.iterations,
+        "notices": list(result.notices),
+        "warnings": [warning.model_dump() for warning in result.warnings],
+    }
 
 
 class AstridGroup(click.Group):

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
-from ..messages import Message
 from ..store import open_store
 from ..transfer import all_summaries
-from ._common import echo_json, json_option, load
-from .sessions import print_session, render_message, session_view
+from ._common import CliApprover, echo_json, echo_turn, json_option, load
+from .sessions import print_session, session_view
 
 DEMO_NOTES = "buy milk, eggs and bread\ncall the plumber on Tuesday\n"
 DEMO_PROMPTS = (
@@ -62,22 +61,11 @@ DEMO_SCRIPT: list[list[dict[str, Any]]] = [
 """The model's side of the demo, replayed by the ``scripted`` provider."""
 
 
-class _AutoApprove:
-    """The demo's approval handler: reports each request and approves it for the session."""
+async def _approve_for_session(_request: Any) -> tuple[Any, str]:
+    """The demo's decision: approve for the session (a real host would ask its user here)."""
+    from ..security.approvals import ApproveSession
 
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say = say
-
-    async def request_approval(self, request: Any) -> Any:
-        """Approve for the session (a real host would ask its user here)."""
-        from ..security.approvals import ApprovalResponse, ApproveSession
-
-        self.say(f"  [approval] {request.action.summary()} -> approved for this session")
-        return ApprovalResponse.new(request.id, ApproveSession())
-
-    def is_available(self) -> bool:
-        """Always reachable."""
-        return True
+    return ApproveSession(), "approved for this session"
 
 
 @click.command("demo")
@@ -106,7 +94,7 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
             ScriptedProvider(DEMO_SCRIPT),
             store=store,
             config=RuntimeConfig(workspace=root, max_context_tokens=160, keep_recent_count=2),
-            approval_handler=_AutoApprove(say),
+            approval_handler=CliApprover(_approve_for_session, say),
         )
         session = runtime.create_session("You are a helpful assistant.")
         store.attach_workspace(session, root)
@@ -114,17 +102,7 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
         for prompt in DEMO_PROMPTS:
             say(f"> {prompt}")
             result = asyncio.run(runtime.run_turn(session, prompt))
-            if result.summarization is not None and result.summarization.messages_evicted:
-                say(
-                    f"  [summary] {result.summarization.messages_evicted} older messages "
-                    "summarized (they stay in the session's history)"
-                )
-            for record in result.tool_calls:
-                outcome = render_message(Message.tool_result(record.result), 70)
-                say(f"  [tool] {record.call.name} {outcome}")
-            for notice in result.notices:  # e.g. the model priced by [pricing.default], once
-                say(f"  [note] {notice}")
-            say(f"  {result.text}  (${result.cost_usd:.6f})")
+            echo_turn(result, say)
         store.save_workspace_of(session)
         children = [
             row.id for row in all_summaries(store) if row.parent_id == session.id.bare

@@ -1,0 +1,151 @@
+"""``astrid run PROMPT``: one turn with the configured provider, tools, policy and budgets."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from ..config import LoadedConfig
+from ._common import (
+    EXIT_USAGE,
+    CliApprover,
+    echo_json,
+    echo_turn,
+    error,
+    json_option,
+    load,
+    resolve_session_id,
+    turn_data,
+)
+
+if TYPE_CHECKING:
+    from ..runtime import TurnResult
+    from ..security.approvals import ApprovalDecision
+    from ..security.deferred import ApprovalRequest
+
+APPROVE_MODES = ("deny", "ask", "policy")
+
+ASK_KEYS = {
+    "y": "approved once",
+    "s": "approved for this session",
+    "w": "approved for this workspace",
+    "a": "approved always",
+    "n": "denied",
+}
+
+
+def _decision(key: str) -> ApprovalDecision:
+    """The decision an answer key stands for (``ASK_KEYS``)."""
+    from ..security.approvals import Approve, ApproveAlways, ApproveSession, ApproveWorkspace, Deny
+
+    decisions: dict[str, ApprovalDecision] = {
+        "y": Approve(),
+        "s": ApproveSession(),
+        "w": ApproveWorkspace(),
+        "a": ApproveAlways(),
+    }
+    return decisions.get(key) or Deny(reason="denied at the terminal")
+
+
+def _ask_terminal(request: ApprovalRequest) -> str:
+    """Ask on the terminal (stderr, so ``--json`` output stays one object); one of ASK_KEYS."""
+    answer: str = click.prompt(
+        f"  approve {request.action.summary()}? "
+        "[y] once, [s] session, [w] workspace, [a] always, [n] deny",
+        type=click.Choice(list(ASK_KEYS), case_sensitive=False),
+        show_choices=False,
+        err=True,
+    )
+    return answer.lower()
+
+
+async def _ask(request: ApprovalRequest) -> tuple[ApprovalDecision, str]:
+    """The answer typed on the terminal (read off the event loop)."""
+    import asyncio
+
+    key = await asyncio.to_thread(_ask_terminal, request)
+    return _decision(key), ASK_KEYS[key]
+
+
+_Decide = Callable[["ApprovalRequest"], Awaitable[tuple["ApprovalDecision", str]]]
+
+
+def _refuse(mode: str) -> _Decide:
+    """A decision that denies every request reaching a human (``deny`` and ``policy``)."""
+
+    async def refuse(_request: ApprovalRequest) -> tuple[ApprovalDecision, str]:
+        from ..security.approvals import Deny
+
+        return Deny(reason=f"astrid run --approve {mode}: no one to ask"), (
+            f"denied (--approve {mode})"
+        )
+
+    return refuse
+
+
+async def _run_turn(
+    loaded: LoadedConfig, prompt: str, session_ref: str | None, mode: str,
+    say: Callable[[str], None],
+) -> tuple[str, TurnResult]:
+    """Open the runtime, load or create the session, run one turn, save its workspace state."""
+    from ..errors import SessionNotFound
+    from ..runtime import open_runtime
+
+    decide: _Decide = _ask if mode == "ask" else _refuse(mode)
+    async with open_runtime(loaded, approval_handler=CliApprover(decide, say)) as runtime:
+        store = runtime.store
+        assert store is not None  # open_runtime always opens the configured store
+        if session_ref is not None:
+            sid = resolve_session_id(store, session_ref)
+            session = await store.aload(sid)
+            if session is None:
+                raise SessionNotFound(f"session {sid} does not exist")
+        else:
+            session = runtime.create_session()
+        await store.aattach_workspace(session, runtime.workspace_root(session))
+        say(f"session {session.id.bare}")
+        try:
+            result = await runtime.run_turn(session, prompt)
+        finally:
+            await store.asave_workspace_of(session)
+        return session.id.bare, result
+
+
+@click.command("run")
+@click.argument("prompt")
+@click.option("--session", "session_ref", metavar="ID", help="Continue a stored session "
+              "(a unique id prefix is enough); default: a new session.")
+@click.option(
+    "--approve",
+    type=click.Choice(APPROVE_MODES),
+    help="Approvals: deny (default without a terminal), ask (default on a terminal), or policy "
+    "(only what the policy and stored allowances allow).",
+)
+@json_option
+@click.pass_context
+def run(
+    ctx: click.Context, prompt: str, session_ref: str | None, approve: str | None, as_json: bool
+) -> None:
+    """Run one turn of PROMPT ('-' reads it from standard input) with the configured model."""
+    import asyncio
+
+    interactive = sys.stdin.isatty()
+    if prompt == "-":
+        prompt = sys.stdin.read().strip()
+        interactive = False  # stdin carried the prompt: nobody can answer on it
+    if not prompt.strip():
+        error("the prompt is empty")
+        ctx.exit(EXIT_USAGE)
+    mode = approve or ("ask" if interactive else "deny")
+    if mode == "ask" and not interactive:
+        error("--approve ask needs a terminal on standard input; use --approve deny or policy")
+        ctx.exit(EXIT_USAGE)
+    say: Callable[[str], None] = (lambda _text: None) if as_json else click.echo
+    session_id, result = asyncio.run(_run_turn(load(ctx), prompt, session_ref, mode, say))
+    if as_json:
+        echo_json({"session_id": session_id, "approve": mode, **turn_data(result)})
+        return
+    echo_turn(result, say)
