@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import tracing
 from .context import ContextManager, SummarizationResult, cut_utf8
 from .errors import (
     AstridError,
@@ -749,19 +750,22 @@ class AgentRuntime:
         self._prepare(session)
         turn = self._new_turn(session, None)
         failed = True
-        try:
-            session.add_message(Message.user(user_input))
-            if self.config.auto_summarize and self.context_manager.needs_summarization(session):
-                metered = cast(LLMProvider, _MeteredProvider(self, turn))
-                turn.result.summarization = await self.context_manager.summarize(
-                    session, provider=metered, store=self.store
-                )
-            await self._run_loop(turn)
-            failed = False
-            return self._finish(turn)
-        finally:
-            session.record_approvals()
-            await self._save(session, quiet=failed)
+        with tracing.turn_span(session.id.bare):
+            try:
+                session.add_message(Message.user(user_input))
+                if self.config.auto_summarize and self.context_manager.needs_summarization(
+                    session
+                ):
+                    metered = cast(LLMProvider, _MeteredProvider(self, turn))
+                    turn.result.summarization = await self.context_manager.summarize(
+                        session, provider=metered, store=self.store
+                    )
+                await self._run_loop(turn)
+                failed = False
+                return self._finish(turn)
+            finally:
+                session.record_approvals()
+                await self._save(session, quiet=failed)
 
     async def run_subagent_turn(
         self, session: AgentSession, prompt: str, subagent_id: SubAgentId
@@ -769,12 +773,16 @@ class AgentRuntime:
         """A sub-agent's turn: no summarization and no save (the executor saves the child)."""
         self._prepare(session)
         turn = self._new_turn(session, subagent_id)
-        try:
-            session.add_message(Message.user(prompt))
-            await self._run_loop(turn)
-            return self._finish(turn)
-        finally:
-            session.record_approvals()
+        parent = session.parent_id.bare if session.parent_id is not None else None
+        with tracing.turn_span(
+            session.id.bare, agent_id=str(subagent_id), parent_session_id=parent
+        ):
+            try:
+                session.add_message(Message.user(prompt))
+                await self._run_loop(turn)
+                return self._finish(turn)
+            finally:
+                session.record_approvals()
 
     async def _run_child(self, session: AgentSession, prompt: str, subagent_id: SubAgentId) -> None:
         await self.run_subagent_turn(session, prompt, subagent_id)
@@ -911,6 +919,7 @@ class AgentRuntime:
         try:
             reservation = validator.reserve(estimate)
         except BudgetExceeded as exc:
+            tracing.refusal_event(exc)
             session_tracker = session.budget_tracker
             limits = session_tracker.config()
             text = (
@@ -926,6 +935,7 @@ class AgentRuntime:
                 text += f"; workspace spend ${workspace.spent():.4f} of {limit}"
             raise BudgetExceeded(f"{text} [{exc}]") from exc
         if reservation.warning is not None:
+            tracing.security_event("budget.warning")
             turn.result.warnings.append(reservation.warning)
         return reservation
 
@@ -955,6 +965,12 @@ class AgentRuntime:
             turn.reasoning_tokens += usage.reasoning_tokens
         validator.settle(reservation, cost)
         turn.result.cost_usd += cost
+        if usage is None:
+            tracing.model_usage(None, None, cost)
+        else:
+            tracing.model_usage(usage.input_tokens, usage.output_tokens, cost,
+                                cache_read_tokens=usage.cache_read_tokens,
+                                reasoning_tokens=usage.reasoning_tokens)
 
     async def _complete_for(
         self, turn: _Turn, prompt: str, settings: CallSettings | None = None
@@ -975,16 +991,27 @@ class AgentRuntime:
             settings = base
         validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
         tokens = self.request_tokens(session, [Message.user(prompt)], (), "")
-        reservation = self._reserve(turn, validator, settings.model, tokens, "the summarization")
-        try:
-            completion = await complete_request(self.provider, prompt, settings)
-        except BaseException:
-            validator.release(reservation)
-            raise
-        self._settle(turn, validator, reservation, settings.model, completion.usage)
-        return completion
+        label = getattr(self.provider, "name", type(self.provider).__name__)
+        with tracing.model_span(settings.model, label, purpose="summarization"):
+            reservation = self._reserve(
+                turn, validator, settings.model, tokens, "the summarization"
+            )
+            try:
+                completion = await complete_request(self.provider, prompt, settings)
+            except BaseException:
+                validator.release(reservation)
+                raise
+            self._settle(turn, validator, reservation, settings.model, completion.usage)
+            return completion
 
     async def _call_llm(self, turn: _Turn, definitions: Sequence[ToolDefinition]) -> _Response:
+        """One model call in its ``chat <model>`` span."""
+        model = self._settings(turn.session).model
+        label = getattr(self.provider, "name", type(self.provider).__name__)
+        with tracing.model_span(model, label):
+            return await self._stream_llm(turn, definitions)
+
+    async def _stream_llm(self, turn: _Turn, definitions: Sequence[ToolDefinition]) -> _Response:
         session = turn.session
         settings = self._settings(session)
         model = settings.model
@@ -1055,6 +1082,8 @@ class AgentRuntime:
                 self._settle(turn, validator, reservation, model, usage)
             else:
                 validator.release(reservation)  # failed before any output: nothing to charge
+        if stop is not None:
+            tracing.model_finish([stop.reason.value])
         truncated = stop is not None and stop.reason is StopReason.MAX_TOKENS
         if truncated:
             turn.result.notices.append(
@@ -1108,9 +1137,11 @@ class AgentRuntime:
         done = 0
         try:
             for call in response.calls:
-                result = await self._execute_tool_call(
-                    turn, call, response.parse_errors.get(call.id)
-                )
+                with tracing.tool_span(call.name, call.id):
+                    result = await self._execute_tool_call(
+                        turn, call, response.parse_errors.get(call.id)
+                    )
+                    tracing.tool_result(result.is_error)
                 content = storable_text(result.content)  # a tool's output, as it enters
                 if content is not result.content:
                     result = result.model_copy(update={"content": content})
@@ -1166,6 +1197,7 @@ class AgentRuntime:
             if check.is_allowed():
                 continue
             if check is PathCheck.NEVER_ALLOWED:
+                tracing.security_event("escape.denied", operation=str(operation))
                 if boundary.is_never_allowed(path):
                     return f"Access to {raw} is blocked — this is a protected system path", []
                 return f"Access to {raw} denied — outside workspace (escape policy: deny)", []
@@ -1180,7 +1212,10 @@ class AgentRuntime:
             try:
                 passed = await turn.interceptor.intercept(escape, context)
             except AstridError as exc:
+                tracing.refusal_event(exc, escape=True, operation=str(operation))
                 return f"{_not_run(tool.name, exc)} (access to {raw}: outside workspace)", []
+            tracing.security_event("escape.allowed", operation=str(operation),
+                                   proof=type(passed.proof).__name__)
             self._close_reservation(turn, passed.reservation, passed.budget_warning)
             self._remember_escape(session, path, operation, passed.proof)
         return None, covered
@@ -1202,6 +1237,7 @@ class AgentRuntime:
         self, turn: _Turn, reservation: DualReservation | None, warning: BudgetWarning | None
     ) -> None:
         if warning is not None:
+            tracing.security_event("budget.warning")
             turn.result.warnings.append(warning)
         if reservation is not None:
             turn.interceptor.release(reservation)
@@ -1249,7 +1285,9 @@ class AgentRuntime:
         try:
             passed = await turn.interceptor.intercept(action, f"Built-in tool: {name}")
         except AstridError as exc:
+            tracing.refusal_event(exc, action_type=str(action.action_type))
             return ToolCallResult.error(call.id, _not_run(name, exc))
+        tracing.allowed_event(passed.proof, str(action.action_type))
         self._close_reservation(turn, passed.reservation, passed.budget_warning)
         for path, operation in covered:
             self._remember_escape(session, path, operation, passed.proof)

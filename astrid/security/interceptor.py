@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from astrid import tracing
 from astrid._exports import module_attributes
 from astrid.errors import (
     ApprovalDeferred,
@@ -366,6 +367,7 @@ class SecurityInterceptor:
     async def _approve(
         self, action: SensitiveAction, context: str, reservation: DualReservation | None
     ) -> InterceptResult:
+        tracing.security_event("approval.requested", action_type=str(action.action_type))
         try:
             outcome = await self.session.approval_manager.check_approval(
                 action, context, self.workspace_root, signer=self.keypair.sign
