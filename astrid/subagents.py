@@ -692,6 +692,8 @@ class SubAgentExecutor:
                 build_subagent_prompt(request.description, self.callsign)
             )
             child.plugin_context = self.parent_session.plugin_context
+            # The task copies the current context: the child's trace spans nest under the
+            # spawning tool call's span (see astrid.tracing).
             runner = asyncio.ensure_future(self._run(child, request.prompt, handle.id))
             self.pool.attach(handle.id, runner)
             try:

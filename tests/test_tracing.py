@@ -301,3 +301,27 @@ def test_a_turn_without_opentelemetry_imports_nothing(workspace: Path, blocked: 
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["listed 1", "[]"], out.stdout + out.stderr
+
+
+def test_escape_decisions_are_events_on_the_tool_span(
+    spans: InMemorySpanExporter, workspace: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("elsewhere\n")
+    script = [
+        [
+            {"tool_call": {"id": "c1", "name": "read_file", "arguments": {"path": str(outside)}}},
+            {"tool_call": {"id": "c2", "name": "read_file",
+                           "arguments": {"path": "/etc/shadow"}}},
+        ],
+        [{"text": "done"}],
+    ]
+    runtime = runtime_for(ScriptedProvider(script), workspace, Handler(ApproveSession()))
+    asyncio.run(runtime.run_turn(runtime.create_session(), "read both"))
+    tools = {attr(s, "gen_ai.tool.call.id"): s for s in by_name(spans)["execute_tool read_file"]}
+    # outside the workspace, the read's own approval covers the path; a protected path is refused
+    assert events(tools["c1"]) == ["astrid.approval.requested", "astrid.approval.granted"]
+    assert events(tools["c2"]) == ["astrid.escape.denied"]
+    denied = tools["c2"].events[0].attributes
+    assert denied is not None and denied["astrid.operation"] == "read"
+    assert tools["c2"].status.status_code is StatusCode.ERROR
