@@ -349,3 +349,12 @@ def test_a_turn_over_budget_exits_4_with_one_line(env: Env) -> None:
     assert result.exit_code == 4
     [line] = result.stderr.splitlines()
     assert line.startswith("astrid: error: ") and "budget" in line.lower()
+
+
+def test_an_empty_prompt_from_stdin_is_a_usage_error(env: Env) -> None:
+    config = env.scripted(answer("unused"))
+    result = astrid(config, "run", "-", input="  \n")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["astrid: error: the prompt is empty"]
+    with open_store(load_config(config)) as store:
+        assert store.count() == 0  # nothing was started

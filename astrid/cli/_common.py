@@ -155,6 +155,29 @@ def resolve_session_id(store: SessionStore, text: str) -> str:
     return matches[0]
 
 
+APPROVAL_KEYS = {
+    "y": "approved once",
+    "s": "approved for this session",
+    "w": "approved for this workspace",
+    "a": "approved always",
+    "n": "denied",
+}
+"""The keys that answer an approval prompt at the terminal, and how the answer is reported."""
+
+
+def decision_for_key(key: str) -> ApprovalDecision:
+    """The decision an answer key stands for (``APPROVAL_KEYS``); any other key denies."""
+    from ..security.approvals import Approve, ApproveAlways, ApproveSession, ApproveWorkspace, Deny
+
+    decisions: dict[str, ApprovalDecision] = {
+        "y": Approve(),
+        "s": ApproveSession(),
+        "w": ApproveWorkspace(),
+        "a": ApproveAlways(),
+    }
+    return decisions.get(key.lower()) or Deny(reason="denied at the terminal")
+
+
 class CliApprover:
     """The CLI's approval handler: ``decide`` answers each request; the answer is reported
     with ``say`` as ``[approval] <action> -> <label>``."""

@@ -10,8 +10,10 @@ import click
 
 from ..config import LoadedConfig
 from ._common import (
+    APPROVAL_KEYS,
     EXIT_USAGE,
     CliApprover,
+    decision_for_key,
     echo_json,
     echo_turn,
     error,
@@ -28,34 +30,12 @@ if TYPE_CHECKING:
 
 APPROVE_MODES = ("deny", "ask", "policy")
 
-ASK_KEYS = {
-    "y": "approved once",
-    "s": "approved for this session",
-    "w": "approved for this workspace",
-    "a": "approved always",
-    "n": "denied",
-}
-
-
-def _decision(key: str) -> ApprovalDecision:
-    """The decision an answer key stands for (``ASK_KEYS``)."""
-    from ..security.approvals import Approve, ApproveAlways, ApproveSession, ApproveWorkspace, Deny
-
-    decisions: dict[str, ApprovalDecision] = {
-        "y": Approve(),
-        "s": ApproveSession(),
-        "w": ApproveWorkspace(),
-        "a": ApproveAlways(),
-    }
-    return decisions.get(key) or Deny(reason="denied at the terminal")
-
-
 def _ask_terminal(request: ApprovalRequest) -> str:
-    """Ask on the terminal (stderr, so ``--json`` output stays one object); one of ASK_KEYS."""
+    """Ask on the terminal (stderr, so ``--json`` output stays one object); one of APPROVAL_KEYS."""
     answer: str = click.prompt(
         f"  approve {request.action.summary()}? "
         "[y] once, [s] session, [w] workspace, [a] always, [n] deny",
-        type=click.Choice(list(ASK_KEYS), case_sensitive=False),
+        type=click.Choice(list(APPROVAL_KEYS), case_sensitive=False),
         show_choices=False,
         err=True,
     )
@@ -67,7 +47,7 @@ async def _ask(request: ApprovalRequest) -> tuple[ApprovalDecision, str]:
     import asyncio
 
     key = await asyncio.to_thread(_ask_terminal, request)
-    return _decision(key), ASK_KEYS[key]
+    return decision_for_key(key), APPROVAL_KEYS[key]
 
 
 _Decide = Callable[["ApprovalRequest"], Awaitable[tuple["ApprovalDecision", str]]]
