@@ -468,6 +468,8 @@ class _Turn:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    on_text: Callable[[str], None] | None = None
+    on_tool_call: Callable[[ToolCall], None] | None = None
 
 
 _DEFAULT_PRICED: set[str] = set()
@@ -745,10 +747,22 @@ class AgentRuntime:
 
     # -- turns ------------------------------------------------------------------------------
 
-    async def run_turn(self, session: AgentSession, user_input: str) -> TurnResult:
-        """One top-level turn: add the input, summarize if needed, loop, save once (always)."""
+    async def run_turn(
+        self,
+        session: AgentSession,
+        user_input: str,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+    ) -> TurnResult:
+        """One top-level turn: add the input, summarize if needed, loop, save once (always).
+
+        ``on_text`` gets each piece of the model's text as it streams in, ``on_tool_call`` each
+        call the model asks for before it runs (both optional; for a terminal showing the turn).
+        """
         self._prepare(session)
         turn = self._new_turn(session, None)
+        turn.on_text, turn.on_tool_call = on_text, on_tool_call
         failed = True
         with tracing.turn_span(session.id.bare):
             try:
@@ -832,6 +846,9 @@ class AgentRuntime:
                 if response.text.strip():
                     session.add_message(Message.assistant(response.text))
                 session.add_message(Message.assistant_with_tools(response.calls))
+                if turn.on_tool_call is not None:
+                    for call in response.calls:
+                        turn.on_tool_call(call)
                 await self._execute_calls(turn, response)
                 continue
             turn.result.text = response.text
@@ -1042,6 +1059,8 @@ class AgentRuntime:
                         received = True
                     if isinstance(event, TextDelta):
                         text.append(event.text)
+                        if turn.on_text is not None:
+                            turn.on_text(event.text)
                     elif isinstance(event, ToolCallStart):
                         if event.id not in names:
                             order.append(event.id)

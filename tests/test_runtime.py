@@ -1388,3 +1388,28 @@ def test_the_git_capture_of_a_turns_save_runs_off_the_loop(
     assert loaded is not None and loaded.git_state is not None
     assert loaded.git_state.branch == "work"
     store.close()
+
+
+def test_run_turn_streams_text_and_shows_each_tool_call_before_it_runs(
+    store: SessionStore, workspace: Path
+) -> None:
+    events: list[str] = []
+
+    def record(args: dict[str, Any], ctx: Any) -> str:
+        events.append("ran echo")
+        return f"echo: {args.get('text', '')}"
+
+    tool = FunctionTool("echo", "Echo.", {"type": "object"}, record)
+    answer = "The echo said hello, twice over."
+    script = [[call("c1", "echo", {"text": "hello"})], text(answer)]
+    runtime, _ = make_runtime(script, store, workspace, tools=[tool], handler=Handler(Approve()))
+    session = runtime.create_session()
+    pieces: list[str] = []
+    result = run(runtime.run_turn(
+        session, "echo hello",
+        on_text=pieces.append,
+        on_tool_call=lambda c: events.append(f"call {c.name} {c.arguments}"),
+    ))
+    assert "".join(pieces) == answer == result.text
+    assert len(pieces) > 1  # pieces as they arrived, not the whole answer at the end
+    assert events == ["call echo {'text': 'hello'}", "ran echo"]
