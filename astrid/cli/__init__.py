@@ -14,6 +14,7 @@ import click
 
 from .. import __version__
 from ._common import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, AstridGroup, Options
+from .chat import chat
 from .config import config_group
 from .demo import demo
 from .doctor import doctor
@@ -49,7 +50,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     ctx.obj = Options(config_path, debug)
 
 
-for _command in (sessions, config_group, plugins_command, migrate, doctor, demo, run):
+for _command in (sessions, config_group, plugins_command, migrate, doctor, demo, run, chat):
     cli.add_command(_command)
 
 

@@ -19,9 +19,10 @@ from ..timeutil import to_utc
 from ..transfer import all_summaries, message_of
 
 if TYPE_CHECKING:
-    from ..runtime import TurnResult
+    from ..runtime import AgentRuntime, TurnResult
     from ..security.approvals import ApprovalDecision, ApprovalResponse
     from ..security.deferred import ApprovalRequest
+    from ..session import AgentSession
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -178,6 +179,42 @@ def decision_for_key(key: str) -> ApprovalDecision:
     return decisions.get(key.lower()) or Deny(reason="denied at the terminal")
 
 
+def _ask_terminal(request: ApprovalRequest) -> str:
+    """Ask on the terminal (stderr, so ``--json`` output stays one object); one of APPROVAL_KEYS."""
+    answer: str = click.prompt(
+        f"  approve {request.action.summary()}? "
+        "[y] once, [s] session, [w] workspace, [a] always, [n] deny",
+        type=click.Choice(list(APPROVAL_KEYS), case_sensitive=False),
+        show_choices=False,
+        err=True,
+    )
+    return answer.lower()
+
+
+async def ask_at_terminal(request: ApprovalRequest) -> tuple[ApprovalDecision, str]:
+    """The decision typed on the terminal for ``request`` and its label (read off the loop)."""
+    import asyncio
+
+    key = await asyncio.to_thread(_ask_terminal, request)
+    return decision_for_key(key), APPROVAL_KEYS[key]
+
+
+async def open_session(runtime: AgentRuntime, session_ref: str | None) -> AgentSession:
+    """The stored session ``session_ref`` names (a unique prefix is enough), or a new one;
+    attached to its workspace in the runtime's store."""
+    store = runtime.store
+    assert store is not None  # open_runtime always opens the configured store
+    if session_ref is not None:
+        sid = resolve_session_id(store, session_ref)
+        session = await store.aload(sid)
+        if session is None:
+            raise SessionNotFound(f"session {sid} does not exist")
+    else:
+        session = runtime.create_session()
+    await store.aattach_workspace(session, runtime.workspace_root(session))
+    return session
+
+
 class CliApprover:
     """The CLI's approval handler: ``decide`` answers each request; the answer is reported
     with ``say`` as ``[approval] <action> -> <label>``."""
@@ -203,8 +240,11 @@ class CliApprover:
         return True
 
 
-def echo_turn(result: TurnResult, say: Callable[[str], None]) -> None:
-    """A turn as text: summary, tool calls, notices, warnings, then the answer and its cost."""
+def echo_turn(result: TurnResult, say: Callable[[str], None], *, streamed: bool = False) -> None:
+    """A turn as text: summary, tool calls, notices, warnings, then the answer and its cost.
+
+    ``streamed``: the text and the calls were shown as they came (``astrid chat``), so only
+    the summary, notices and warnings are left to show."""
     from ..messages import Message
     from .sessions import render_message
 
@@ -213,7 +253,7 @@ def echo_turn(result: TurnResult, say: Callable[[str], None]) -> None:
             f"  [summary] {result.summarization.messages_evicted} older messages "
             "summarized (they stay in the session's history)"
         )
-    for record in result.tool_calls:
+    for record in () if streamed else result.tool_calls:
         outcome = render_message(Message.tool_result(record.result), 70)
         say(f"  [tool] {record.call.name} {outcome}")
     for notice in result.notices:  # e.g. the model priced by [pricing.default], once
@@ -223,7 +263,8 @@ def echo_turn(result: TurnResult, say: Callable[[str], None]) -> None:
             f"  [budget] ${warning.current_spend:.4f} of ${warning.session_max:.2f} spent "
             f"({warning.percent_used:.0f}%)"
         )
-    say(f"  {result.text}  (${result.cost_usd:.6f})")
+    if not streamed:
+        say(f"  {result.text}  (${result.cost_usd:.6f})")
 
 
 def turn_data(result: TurnResult) -> dict[str, Any]:

@@ -10,16 +10,15 @@ import click
 
 from ..config import LoadedConfig
 from ._common import (
-    APPROVAL_KEYS,
     EXIT_USAGE,
     CliApprover,
-    decision_for_key,
+    ask_at_terminal,
     echo_json,
     echo_turn,
     error,
     json_option,
     load,
-    resolve_session_id,
+    open_session,
     turn_data,
 )
 
@@ -29,26 +28,6 @@ if TYPE_CHECKING:
     from ..security.deferred import ApprovalRequest
 
 APPROVE_MODES = ("deny", "ask", "policy")
-
-def _ask_terminal(request: ApprovalRequest) -> str:
-    """Ask on the terminal (stderr, so ``--json`` output stays one object); one of APPROVAL_KEYS."""
-    answer: str = click.prompt(
-        f"  approve {request.action.summary()}? "
-        "[y] once, [s] session, [w] workspace, [a] always, [n] deny",
-        type=click.Choice(list(APPROVAL_KEYS), case_sensitive=False),
-        show_choices=False,
-        err=True,
-    )
-    return answer.lower()
-
-
-async def _ask(request: ApprovalRequest) -> tuple[ApprovalDecision, str]:
-    """The answer typed on the terminal (read off the event loop)."""
-    import asyncio
-
-    key = await asyncio.to_thread(_ask_terminal, request)
-    return decision_for_key(key), APPROVAL_KEYS[key]
-
 
 _Decide = Callable[["ApprovalRequest"], Awaitable[tuple["ApprovalDecision", str]]]
 
@@ -71,26 +50,17 @@ async def _run_turn(
     say: Callable[[str], None],
 ) -> tuple[str, TurnResult]:
     """Open the runtime, load or create the session, run one turn, save its workspace state."""
-    from ..errors import SessionNotFound
     from ..runtime import open_runtime
 
-    decide: _Decide = _ask if mode == "ask" else _refuse(mode)
+    decide: _Decide = ask_at_terminal if mode == "ask" else _refuse(mode)
     async with open_runtime(loaded, approval_handler=CliApprover(decide, say)) as runtime:
-        store = runtime.store
-        assert store is not None  # open_runtime always opens the configured store
-        if session_ref is not None:
-            sid = resolve_session_id(store, session_ref)
-            session = await store.aload(sid)
-            if session is None:
-                raise SessionNotFound(f"session {sid} does not exist")
-        else:
-            session = runtime.create_session()
-        await store.aattach_workspace(session, runtime.workspace_root(session))
+        session = await open_session(runtime, session_ref)
         say(f"session {session.id.bare}")
         try:
             result = await runtime.run_turn(session, prompt)
         finally:
-            await store.asave_workspace_of(session)
+            assert runtime.store is not None  # open_runtime always opens the configured store
+            await runtime.store.asave_workspace_of(session)
         return session.id.bare, result
 
 
