@@ -269,3 +269,37 @@ def test_without_a_terminal_chat_refuses_in_one_line(env: Env) -> None:
         "(or astrid run - to read it from standard input)"
     ]
     assert result.stdout == ""
+
+
+def test_ctrl_c_while_an_approval_is_asked_waits_for_the_answer(
+    env: Env, terminals: Any
+) -> None:
+    config = env.scripted(tool_turn("write_file", path="out.txt", content="x"), answer("OK."))
+    terminal = terminals(config)
+    terminal.expect("you> ")
+    terminal.type(b"write out.txt\n")
+    terminal.expect("[n] deny")
+    time.sleep(0.3)
+    terminal.type(b"\x03")
+    terminal.expect("(answer the approval first; n denies)")
+    terminal.type(b"n\n")
+    terminal.expect("-> denied\n")
+    terminal.expect("OK.\n")
+    terminal.expect("you> ")
+    terminal.type(b"\x04")
+    assert terminal.wait() == 0
+    assert not (env.workspace / "out.txt").exists()
+
+
+def test_a_turn_over_budget_is_one_line_and_the_chat_goes_on(env: Env, terminals: Any) -> None:
+    config = env.scripted(answer("Too dear."), extra="[budget]\nsession_max_usd = 0.0\n")
+    terminal = terminals(config)
+    terminal.expect("you> ")
+    terminal.type(b"hi\n")
+    terminal.expect("hi\n")  # the terminal's echo of the input
+    line = terminal.expect("\n")
+    assert line.startswith("astrid: error: ") and "budget" in line.lower()
+    terminal.expect("you> ")
+    terminal.type(b"\x04")
+    assert terminal.wait() == 0
+    assert "Traceback" not in terminal.output and "Too dear." not in terminal.output
