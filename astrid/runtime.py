@@ -781,6 +781,27 @@ class AgentRuntime:
                 session.record_approvals()
                 await self._save(session, quiet=failed)
 
+    async def compact(self, session: AgentSession) -> TurnResult:
+        """Summarize the session's older messages now, whatever its size (``/compact``).
+
+        The summarizer's model calls are metered on the session and workspace budgets like a
+        turn's, the originals stay in the store's history, and the session is saved. The
+        result carries the ``summarization`` (all zero when there was nothing to compact),
+        the cost and any notices.
+        """
+        self._prepare(session)
+        turn = self._new_turn(session, None)
+        failed = True
+        try:
+            metered = cast(LLMProvider, _MeteredProvider(self, turn))
+            turn.result.summarization = await self.context_manager.summarize(
+                session, provider=metered, store=self.store
+            )
+            failed = False
+            return self._finish(turn)
+        finally:
+            await self._save(session, quiet=failed)
+
     async def run_subagent_turn(
         self, session: AgentSession, prompt: str, subagent_id: SubAgentId
     ) -> TurnResult:

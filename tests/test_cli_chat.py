@@ -211,13 +211,40 @@ def test_cost_and_session_commands(env: Env, terminals: Any) -> None:
     terminal.expect(f"workspace  ${turn_cost} of $5.00\n")
     terminal.expect("you> ")
     terminal.type(b"/compact\n")
-    terminal.expect("/compact is not available")
+    terminal.expect("nothing to compact")  # 2 messages, the 10 most recent are kept
     terminal.expect("you> ")
     terminal.type(b"/help\n")
     terminal.expect("Ctrl-C cancels the running turn; Ctrl-D leaves.")
     terminal.expect("you> ")
     terminal.type(b"\x04")
     assert terminal.wait() == 0
+
+
+def test_compact_summarizes_the_older_messages_now_and_keeps_them_in_history(
+    env: Env, terminals: Any
+) -> None:
+    config = env.scripted(answer("One."), answer("Two."))
+    with config.open("a", encoding="utf-8") as toml:  # the file ends in its [runtime] table
+        toml.write("keep_recent_count = 1\n")
+    terminal = terminals(config)
+    session_id = session_id_of(terminal)
+    for prompt, reply in ((b"first\n", "One.\n"), (b"second\n", "Two.\n")):
+        terminal.expect("you> ")
+        terminal.type(prompt)
+        terminal.expect(reply)
+    terminal.expect("you> ")
+    terminal.type(b"/compact\n")
+    terminal.expect("[compact] 3 older messages summarized")
+    terminal.expect("you> ")
+    terminal.type(b"\x04")
+    assert terminal.wait() == 0
+    with open_store(config) as store:
+        session = store.load(session_id)
+        assert session is not None
+        assert [m.role.value for m in session.messages] == ["system", "assistant"]
+        assert session.messages[-1].text() == "Two."
+        history = [m.text() for m in store.history(session_id)]
+        assert {"first", "One.", "second"} <= set(history)
 
 
 def test_ctrl_c_cancels_a_slow_turn_and_the_chat_goes_on(env: Env, terminals: Any) -> None:

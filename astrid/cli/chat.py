@@ -133,7 +133,7 @@ class _Chat:
         click.echo(f"  [spend] ${result.cost_usd:.6f} this turn, ${session_spent:.6f} of "
                    f"${session_max:.2f} this session")
 
-    def command(self, text: str) -> None:
+    async def command(self, text: str) -> None:
         """A /command."""
         name = text.split()[0].lower()
         if name == "/help":
@@ -154,13 +154,18 @@ class _Chat:
             click.echo(f"  messages   {len(self.session.messages)}")
             click.echo(f"  model      {self.session.model or provider.model} ({label})")
         elif name == "/compact":
-            stats = self.runtime.context_manager.stats(self.session)
-            manager = self.runtime.context_manager
-            click.echo(
-                "  /compact is not available: the runtime does not offer summarizing on demand; "
-                f"it summarizes by itself past {manager.summarization_threshold:.0%} of "
-                f"{stats.max_tokens} tokens (now {stats.current_tokens})"
-            )
+            try:
+                result = await self.runtime.compact(self.session)
+            except Exception as exc:
+                error(one_line(exc))
+                return
+            done = result.summarization
+            if done is None or done.messages_evicted == 0:
+                click.echo("  nothing to compact: the recent messages are all kept")
+            else:
+                click.echo(f"  [compact] {done.messages_evicted} older messages summarized "
+                           f"({done.tokens_freed} tokens freed), ${result.cost_usd:.6f}; the "
+                           "originals stay in the session's history")
         else:
             click.echo(f"  unknown command {name}; /help lists them")
 
@@ -196,7 +201,7 @@ async def _chat(loaded: LoadedConfig, session_ref: str | None) -> None:
                     click.echo()
                     return
                 if line.startswith("/"):
-                    chat.command(line)
+                    await chat.command(line)
                 elif line:
                     await chat.run_turn(line)
         finally:
