@@ -18,7 +18,6 @@ astrid SQLite file (``sqlite_storage.MIGRATIONS``), so it may be the session sto
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -35,7 +34,7 @@ from ..fsutil import atomic_write, create_private_file, fsync_dir, make_private_
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext
 from ..security.capabilities import MemoryCapabilityBackend
-from .sqlite_storage import ensure_schema, refuse_foreign
+from .sqlite_storage import ensure_schema, refuse_foreign, run_in_transaction
 
 __all__ = [
     "FileCapabilityBackend",
@@ -301,18 +300,7 @@ class SqliteCapabilityBackend:
             conn = self._conn
             if conn is None:
                 raise StorageError(f"capability store: {self._path} is closed")
-            if mode == "single":
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
+            return run_in_transaction(conn, fn, mode)
 
     def migrations(self) -> list[str]:
         """The names of the applied migrations, in the order applied."""

@@ -361,6 +361,27 @@ def _check_version(c: sqlite3.Connection, path: Path) -> set[str]:
     return names
 
 
+def run_in_transaction(
+    conn: sqlite3.Connection,
+    fn: Callable[[sqlite3.Connection], _T],
+    mode: _Mode,
+) -> _T:
+    """Run ``fn`` in ``BEGIN IMMEDIATE`` (``write``), ``BEGIN`` (``read``) or as is
+    (``single``), committing on success and rolling back on any exception."""
+    if mode == "single":
+        return fn(conn)
+    conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def ensure_schema(run: SchemaTransactions, path: Path) -> None:
     """Apply the migrations of ``MIGRATIONS`` missing from the file at ``path``.
 
@@ -605,18 +626,7 @@ class SqliteBackend:
                 if conn is None:
                     raise StorageError(f"the SQLite store {self.path} is closed")
                 try:
-                    if mode == "single":
-                        return fn(conn)
-                    conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
-                    try:
-                        result = fn(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            with contextlib.suppress(sqlite3.Error):
-                                conn.execute("ROLLBACK")
-                        raise
-                    return result
+                    return run_in_transaction(conn, fn, mode)
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc) or attempt >= BUSY_RETRIES:
                         raise self._storage_error(exc) from exc
