@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -344,7 +345,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class FakeLLMServer:
+class FakeLLMServer(ABC):
     """The common machinery of the fake servers: lifecycle, script queue, request log."""
 
     wire: ClassVar[str] = ""
@@ -487,33 +488,42 @@ class FakeLLMServer:
 
     # -- what each format defines ------------------------------------------------------------------
 
+    @abstractmethod
     def _routes(self) -> dict[tuple[str, str], str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _key_ok(self, headers: Mapping[str, str]) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _problem(self, path: str, body: Any) -> ErrorReply | None:
         """The 400 the real API gives this request, or None if it accepts it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _error_body(self, error: ErrorReply) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _request_id_header(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _render_json(self, reply: Reply, request: ReceivedRequest) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _render_events(self, reply: Reply, request: ReceivedRequest) -> Iterator[bytes]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _models_body(self) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _count_tokens(self, request: ReceivedRequest) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
     # -- request handling --------------------------------------------------------------------------
 
@@ -724,8 +734,9 @@ class FakeLLMServer:
                     raise _ClientClosed
                 time.sleep(min(remaining, 0.05))  # pipelined bytes: not a hang-up
 
+    @abstractmethod
     def _stop_word(self, stop: str) -> str:
-        raise NotImplementedError
+        ...
 
     def _model(self, reply: Reply, request: ReceivedRequest) -> str:
         if reply.model is not None:
