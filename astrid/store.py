@@ -884,11 +884,7 @@ class SessionStore:
         """The stored document of a session (all active messages), or None."""
         sid = validate_session_id(session_id)
         record = self.backend.load(sid)
-        if record is None:
-            return None
-        data = dict(record.state)
-        data["messages"] = record.messages
-        return SessionDocument.from_data(data, source=self._source(sid))
+        return None if record is None else self.decode_record(sid, record)
 
     def revision_of(self, session: AgentSession) -> int | None:
         """The revision this store last loaded or saved for ``session`` (None if never)."""
