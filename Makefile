@@ -6,15 +6,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck clean venv
 
+# The separately installable plugins under plugins/astrid-<name>/ that `make test` installs, checks
+# and tests. A new plugin adds its name here (its package is astrid_<name with - as _>).
+PLUGINS := postgres openai anthropic
+PLUGIN_DIRS := $(foreach p,$(PLUGINS),plugins/astrid-$(p))
+PLUGIN_PKGS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/astrid_$(subst -,_,$(p)))
+PLUGIN_TESTS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/tests)
+
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/astrid-postgres/pyproject.toml plugins/astrid-openai/pyproject.toml \
-		plugins/astrid-anthropic/pyproject.toml
+$(STAMP): pyproject.toml $(foreach d,$(PLUGIN_DIRS),$(d)/pyproject.toml)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/astrid-postgres \
-		-e plugins/astrid-openai -e plugins/astrid-anthropic
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach d,$(PLUGIN_DIRS),-e $(d))
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -22,16 +27,14 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check astrid tests examples
-	$(BIN)/mypy astrid plugins/astrid-postgres/astrid_postgres plugins/astrid-openai/astrid_openai \
-		plugins/astrid-anthropic/astrid_anthropic
+	$(BIN)/mypy astrid $(PLUGIN_PKGS)
 
 typecheck: lint
 
 # The PostgreSQL plugin's tests start a throwaway server on 127.0.0.1 (initdb/pg_ctl from
 # Debian's postgresql package); outside CI they skip with a message when none can be started.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests plugins/astrid-postgres/tests plugins/astrid-openai/tests \
-		plugins/astrid-anthropic/tests
+	$(BIN)/python -m pytest -q tests $(PLUGIN_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
