@@ -91,6 +91,17 @@ def register_tools(register: Any) -> None:
     """
 
 
+@hookspec
+def register_toolsets(register: Any) -> None:
+    """Register toolsets: sources of tools known only after an async connect (MCP servers).
+
+    ``register(name, factory, options=Model, description="")``; ``factory(options, context)``
+    returns an ``astrid.tools.Toolset`` (``name``, ``async open() -> list[Tool]``,
+    ``async aclose()``). A toolset named X takes its options from the top-level TOML table
+    ``[X]``; the runtime opens it once when entered (``async with``) and closes it on exit.
+    """
+
+
 @hookspec(firstresult=True)
 def pre_tool_call(session: Any, tool_name: str, arguments: Any) -> str | None:
     """Called before a tool runs; return a reason (a non-empty string) to block the call.

@@ -7,6 +7,10 @@ result the model sees; it never aborts the turn. Tools are registered by plugins
 
 A tool may also define ``classify(arguments, ctx) -> SensitiveAction | None`` to tell the runtime
 which security action it performs (otherwise the runtime applies the original's built-in rules).
+
+A ``Toolset`` is a source of tools known only after an async connect (an MCP server): the
+``register_toolsets`` hook registers its factory, and the runtime opens it once when entered
+(``async with``) and closes it on exit.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "ToolContext",
     "ToolError",
     "ToolFunction",
+    "Toolset",
     "tool_definition",
 ]
 
@@ -71,6 +76,27 @@ class Tool(Protocol):
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         """Run with the parsed arguments; raise to report an error to the model."""
+        ...
+
+
+@runtime_checkable
+class Toolset(Protocol):
+    """A source of tools known only after an async connect (e.g. an MCP client).
+
+    ``open`` connects and returns the tools (ordinary ``Tool`` objects, each with ``classify`` so
+    policy, approvals, capabilities and budgets apply); the runtime calls it once. ``aclose``
+    releases everything ``open`` started; the runtime calls it once, also after a failed or
+    cancelled ``open``, so it must cope with a partly opened toolset.
+    """
+
+    name: str
+
+    async def open(self) -> list[Tool]:
+        """Connect and return the tools this toolset offers (names unique, no ``:``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Disconnect and stop whatever ``open`` started."""
         ...
 
 
