@@ -649,6 +649,7 @@ class AgentRuntime:
 
         context = PluginContext(home=astrid_home())
         impls = registry("tool") if plugin_manager is None else collect(plugin_manager, "tool")
+        impls.require_all()  # every registered tool is offered: a conflict or failure is fatal
         return [_checked_tool(impl, context) for impl in impls.values()]
 
     def add_tool(self, tool: Tool) -> None:

@@ -19,6 +19,7 @@ from astrid.errors import PluginError
 from astrid.plugins import (
     KINDS,
     collect,
+    get_implementation,
     load_plugins,
     plugin_info,
     register_plugin,
@@ -61,17 +62,28 @@ class _Dup:
         register("memory", lambda options, context: None)
 
 
+class _WordEstimator:
+    name = "words"
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def estimate(self, message: Any) -> int:
+        return len(message.text().split()) * self.level
+
+
 class _Custom:
     @hookimpl
     def register_token_estimators(self, register: Any) -> None:
-        register("words", lambda options, context: ("words", options.level), _Opts, "by words")
+        register("words", lambda options, context: _WordEstimator(options.level), _Opts, "by words")
 
 
-def test_duplicate_names_are_an_error_naming_both_plugins() -> None:
+def test_duplicate_names_are_an_error_naming_both_plugins_when_used() -> None:
     register_plugin(_Dup(), name="dup-plugin")
     try:
+        assert "memory" not in registry("storage") and "sqlite" in registry("storage")
         with pytest.raises(PluginError, match=r"'memory' is registered by two plugins.*dup-plugin"):
-            registry("storage")
+            get_implementation("storage", "memory")
     finally:
         unregister_plugin("dup-plugin")
     assert "memory" in registry("storage")
@@ -124,7 +136,10 @@ def test_in_process_plugin_registers_an_implementation(tmp_path: Path) -> None:
     register_plugin(_Custom(), name="custom")
     impl = get_implementation("token_estimator", "words")
     assert impl.plugin == "custom" and impl.description == "by words"
-    assert impl.create({"level": 3}, PluginContext(home=tmp_path)) == ("words", 3)
+    from astrid import Message
+
+    estimator = impl.create({"level": 3}, PluginContext(home=tmp_path))
+    assert estimator.estimate(Message.user("a b")) == 6
     with pytest.raises(PluginError, match="valid choices: content, original, words"):
         get_implementation("token_estimator", "nope")
 

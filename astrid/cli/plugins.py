@@ -23,8 +23,17 @@ def plugins_command(as_json: bool) -> None:
     if as_json:
         echo_json({"plugins": info, "implementations": impls})
         return
-    rows = [[p["name"], p["version"] or "-", ", ".join(p["hooks"]) or "-"] for p in info]
-    click.echo(table(("plugin", "version", "hooks"), rows))
+    rows = [
+        [p["name"], p["version"] or "-", p["status"], ", ".join(p["hooks"]) or "-"] for p in info
+    ]
+    click.echo(table(("plugin", "version", "status", "hooks"), rows))
+    for p in info:
+        if p["error"]:
+            click.echo(f"failed: {p['name']}: {p['error']}")
+    for kind in KINDS:
+        kinds = registry(kind)
+        for name in sorted(kinds.conflicts):
+            click.echo(f"conflict: {kinds.conflict_message(name)}")
     click.echo("")
     impl_rows = [
         [kind, i["name"], i["plugin"], clip(i["description"], 70)]
