@@ -63,6 +63,7 @@ from .llm import (
     stream_request,
 )
 from .messages import Message, ToolCall, ToolCallResult
+from .money import money
 from .offload import write_in_thread
 from .plugins import Implementation, PluginContext, collect, get_plugin_manager, registry
 from .security.actions import (
@@ -963,15 +964,16 @@ class AgentRuntime:
             limits = session_tracker.config()
             text = (
                 f"budget exceeded: {what} to {model!r} needs an estimated "
-                f"${estimate:.4f} ({input_tokens} input + {output_tokens} output tokens); "
-                f"session spend ${session_tracker.spent():.4f} of a ${limits.session_max_usd:.2f} "
-                f"limit (per call at most ${limits.per_action_max_usd:.2f})"
+                f"{money(estimate)} ({input_tokens} input + {output_tokens} output tokens); "
+                f"session spend {money(session_tracker.spent())} of a "
+                f"{money(limits.session_max_usd)} limit (per call at most "
+                f"{money(limits.per_action_max_usd)})"
             )
             workspace = session.workspace_budget_tracker
             if workspace is not None:
                 maximum = workspace.max_usd()
-                limit = "no limit" if maximum is None else f"a ${maximum:.2f} limit"
-                text += f"; workspace spend ${workspace.spent():.4f} of {limit}"
+                limit = "no limit" if maximum is None else f"a {money(maximum)} limit"
+                text += f"; workspace spend {money(workspace.spent())} of {limit}"
             raise BudgetExceeded(f"{text} [{exc}]") from exc
         if reservation.warning is not None:
             tracing.security_event("budget.warning")

@@ -245,7 +245,7 @@ def test_show_prints_messages_metadata_budget_allowances_git_and_parent(env: Env
     out = result.stdout
     assert f"session {child_id}" in out
     assert f"parent:          {parent.id.bare}" in out
-    assert "$0.2500 spent of $100.00" in out
+    assert "$0.25 spent of $100.00" in out
     assert "allowances:      0" in out and "git:             -" in out
     assert out.splitlines()[-1].split() == ["1", "user", "a", "sub", "task"]
 

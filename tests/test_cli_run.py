@@ -145,7 +145,7 @@ def test_a_plain_answer_from_the_configured_openai_provider(
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("session ")
-    assert lines[-1] == "  Four.  ($1.200000)"  # 1000 in at $1000/M + 100 out at $2000/M
+    assert lines[-1] == "  Four.  ($1.20)"  # 1000 in at $1000/M + 100 out at $2000/M
     body = server.requests[0].json()
     assert body["model"] == "fake-model"
     assert body["messages"][-1] == {"role": "user", "content": "What is 2+2?"}

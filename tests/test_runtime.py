@@ -34,6 +34,7 @@ from astrid.default_plugins.scripted_provider import ScriptedProvider
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import BudgetExceeded, PluginError
 from astrid.messages import MessageRole, ToolCallResult
+from astrid.money import money
 from astrid.plugins import load_plugins, register_plugin, registry, unregister_plugin
 from astrid.runtime import (
     AgentRuntime,
@@ -831,8 +832,8 @@ def test_budget_runs_out_mid_conversation(workspace: Path) -> None:
     with pytest.raises(BudgetExceeded) as info:
         run(runtime.run_turn(session, "question 4"))
     message = str(info.value)
-    assert f"session spend ${spent_before:.4f}" in message
-    assert f"${limit:.2f} limit" in message
+    assert f"session spend {money(spent_before)}" in message
+    assert f"{money(limit)} limit" in message
     # the estimate counts the request (messages, system prompt, tool definitions) + output
     assert re.search(r"needs an estimated \$0\.01\d* \(\d+ input \+ 1024 output tokens\)", message)
     assert provider.turns_used == 4
@@ -849,7 +850,7 @@ def test_workspace_budget_is_enforced_and_named(store: SessionStore, workspace: 
     runtime, _ = make_runtime([text("hi", (10, 10))], store, workspace)
     session = runtime.create_session()
     store.attach_workspace(session, workspace, max_usd=0.01)
-    with pytest.raises(BudgetExceeded, match=r"workspace spend \$0.0000 of a \$0.01 limit"):
+    with pytest.raises(BudgetExceeded, match=r"workspace spend \$0\.00 of a \$0\.01 limit"):
         run(runtime.run_turn(session, "hello"))
     assert session.workspace_budget_tracker is not None
     assert session.workspace_budget_tracker.spent() == 0.0

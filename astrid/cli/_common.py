@@ -14,6 +14,8 @@ import click
 from ..config import LoadedConfig, load_config
 from ..errors import AstridError, BudgetExceeded, InvalidSessionId, SessionNotFound
 from ..ids import validate_session_id
+from ..money import money as money
+from ..money import money_json as money_json
 from ..store import SessionStore, open_store
 from ..timeutil import to_utc
 from ..transfer import all_summaries, message_of
@@ -260,11 +262,11 @@ def echo_turn(result: TurnResult, say: Callable[[str], None], *, streamed: bool 
         say(f"  [note] {notice}")
     for warning in result.warnings:
         say(
-            f"  [budget] ${warning.current_spend:.4f} of ${warning.session_max:.2f} spent "
+            f"  [budget] {money(warning.current_spend)} of {money(warning.session_max)} spent "
             f"({warning.percent_used:.0f}%)"
         )
     if not streamed:
-        say(f"  {result.text}  (${result.cost_usd:.6f})")
+        say(f"  {result.text}  ({money(result.cost_usd)})")
 
 
 def turn_data(result: TurnResult) -> dict[str, Any]:
@@ -289,10 +291,17 @@ def turn_data(result: TurnResult) -> dict[str, Any]:
             "cache_write_tokens": usage.cache_write_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
         },
-        "cost_usd": result.cost_usd,
+        "cost_usd": money_json(result.cost_usd),
         "iterations": result.iterations,
         "notices": list(result.notices),
-        "warnings": [warning.model_dump() for warning in result.warnings],
+        "warnings": [
+            {
+                "current_spend": money_json(warning.current_spend),
+                "session_max": money_json(warning.session_max),
+                "percent_used": round(warning.percent_used, 2),
+            }
+            for warning in result.warnings
+        ],
     }
 
 

@@ -16,6 +16,7 @@ from ._common import (
     echo_turn,
     error,
     load,
+    money,
     one_line,
     open_session,
 )
@@ -41,7 +42,7 @@ HELP = """\
 
 
 def _limit(value: float | None) -> str:
-    return "no limit" if value is None else f"${value:.2f}"
+    return "no limit" if value is None else money(value)
 
 
 class _Chat:
@@ -130,8 +131,8 @@ class _Chat:
         assert isinstance(result, TurnResult)
         echo_turn(result, self.say, streamed=True)
         session_spent, session_max, _, _ = self.spend()
-        click.echo(f"  [spend] ${result.cost_usd:.6f} this turn, ${session_spent:.6f} of "
-                   f"${session_max:.2f} this session")
+        click.echo(f"  [spend] {money(result.cost_usd)} this turn, {money(session_spent)} of "
+                   f"{money(session_max)} this session")
 
     async def command(self, text: str) -> None:
         """A /command."""
@@ -141,12 +142,12 @@ class _Chat:
         elif name == "/cost":
             session_spent, session_max, workspace_spent, workspace_max = self.spend()
             per_action = self.session.budget_tracker.config().per_action_max_usd
-            click.echo(f"  session    ${session_spent:.6f} of ${session_max:.2f} "
-                       f"(at most ${per_action:.2f} a call)")
+            click.echo(f"  session    {money(session_spent)} of {money(session_max)} "
+                       f"(at most {money(per_action)} a call)")
             if workspace_spent is None:
                 click.echo("  workspace  not tracked")
             else:
-                click.echo(f"  workspace  ${workspace_spent:.6f} of {_limit(workspace_max)}")
+                click.echo(f"  workspace  {money(workspace_spent)} of {_limit(workspace_max)}")
         elif name == "/session":
             provider = self.runtime.provider
             label = getattr(provider, "name", type(provider).__name__)
@@ -164,7 +165,7 @@ class _Chat:
                 click.echo("  nothing to compact: the recent messages are all kept")
             else:
                 click.echo(f"  [compact] {done.messages_evicted} older messages summarized "
-                           f"({done.tokens_freed} tokens freed), ${result.cost_usd:.6f}; the "
+                           f"({done.tokens_freed} tokens freed), {money(result.cost_usd)}; the "
                            "originals stay in the session's history")
         else:
             click.echo(f"  unknown command {name}; /help lists them")

@@ -24,6 +24,8 @@ from ._common import (
     echo_json,
     error,
     json_option,
+    money,
+    money_json,
     one_line,
     store_of,
     table,
@@ -188,7 +190,7 @@ def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[s
             workspace = {
                 "path": doc.workspace_path,
                 "allowances": [str(a.action_pattern) for a in state.allowances],
-                "spent_usd": state.budget.total_spent_usd if state.budget else None,
+                "spent_usd": money_json(state.budget.total_spent_usd) if state.budget else None,
                 "escape_paths": list(state.escape.remembered_paths) if state.escape else [],
             }
     return {
@@ -208,9 +210,9 @@ def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[s
         "metadata": doc.metadata.model_dump(mode="json"),
         "budget": (
             {
-                "spent_usd": budget.session_spent_usd,
-                "limit_usd": budget.config.session_max_usd,
-                "per_action_max_usd": budget.config.per_action_max_usd,
+                "spent_usd": money_json(budget.session_spent_usd),
+                "limit_usd": money_json(budget.config.session_max_usd),
+                "per_action_max_usd": money_json(budget.config.per_action_max_usd),
                 "warn_at_percent": budget.config.warn_at_percent,
                 "last_updated": format_rfc3339(budget.last_updated),
             }
@@ -285,8 +287,8 @@ def print_session(view: dict[str, Any]) -> None:
     budget = view["budget"]
     field(
         "budget",
-        f"${budget['spent_usd']:.4f} spent of ${budget['limit_usd']:.2f} "
-        f"(per action max ${budget['per_action_max_usd']:.2f}, "
+        f"{money(budget['spent_usd'])} spent of {money(budget['limit_usd'])} "
+        f"(per action max {money(budget['per_action_max_usd'])}, "
         f"warn at {budget['warn_at_percent']}%)"
         if budget is not None
         else "-",
@@ -306,7 +308,7 @@ def print_session(view: dict[str, Any]) -> None:
     if ws is not None and "error" in ws:
         field("workspace state", f"unreadable: {ws['error']}")
     elif ws is not None:
-        spent = f"${ws['spent_usd']:.4f} spent" if ws["spent_usd"] is not None else "no spend"
+        spent = f"{money(ws['spent_usd'])} spent" if ws["spent_usd"] is not None else "no spend"
         field(
             "workspace state",
             f"{len(ws['allowances'])} allowances, {spent}, {len(ws['escape_paths'])} escape paths",

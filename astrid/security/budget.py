@@ -38,6 +38,7 @@ from astrid.errors import (
     InvalidCost,
     ReservationError,
 )
+from astrid.money import money
 from astrid.security._extras import unknown_keys, with_unknown_keys
 from astrid.timeutil import Timestamp, format_rfc3339, utcnow
 
@@ -222,8 +223,8 @@ class Exceeded(BudgetResult):
 
     def __str__(self) -> str:
         return (
-            f"budget exceeded ({self.reason}): requested ${self.requested:.2f}, "
-            f"available ${self.available:.2f}"
+            f"budget exceeded ({self.reason}): requested {money(self.requested)}, "
+            f"available {money(self.available)}"
         )
 
 

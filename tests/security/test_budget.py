@@ -104,7 +104,7 @@ def test_result_display() -> None:
     text = str(Exceeded(ExceededReason.PER_ACTION_LIMIT, 15.0, 10.0))
     assert text == "budget exceeded (per-action limit): requested $15.00, available $10.00"
     assert "per-action limit" in text
-    assert str(Exceeded(ExceededReason.SESSION_BUDGET, 15.0, -5.0)).endswith("available $-5.00")
+    assert str(Exceeded(ExceededReason.SESSION_BUDGET, 15.0, -5.0)).endswith("available -$5.00")
 
 
 def test_exceeded_reason_json_and_display() -> None:
