@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test lint typecheck clean venv
 
@@ -15,14 +16,27 @@ PLUGIN_TESTS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/tests)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml $(foreach d,$(PLUGIN_DIRS),$(d)/pyproject.toml)
+# No "a new release of pip is available" notice in the output of make.
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# The virtualenv itself.
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach d,$(PLUGIN_DIRS),-e $(d))
-	touch $(STAMP)
 
-run: $(STAMP)
+# `make run`: the runtime only (the core package and its dependencies).
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# `make test` and `make lint`: the runtime, the development tools and every plugin; a venv made
+# by `make run` is upgraded in place.
+$(STAMP): pyproject.toml $(foreach d,$(PLUGIN_DIRS),$(d)/pyproject.toml) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach d,$(PLUGIN_DIRS),-e $(d))
+	touch $(STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/astrid demo
 
 lint: $(STAMP)

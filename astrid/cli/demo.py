@@ -98,6 +98,11 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
         )
         session = runtime.create_session("You are a helpful assistant.")
         store.attach_workspace(session, root)
+        say(
+            "astrid demo: the model is scripted (the offline `scripted` provider replays a "
+            "fixed conversation; no network, no API key); the tools, approvals, budget and "
+            "store are real."
+        )
         say(f"demo session {session.id.bare} ({store.backend_name} store, workspace {root})")
         for prompt in DEMO_PROMPTS:
             say(f"> {prompt}")
