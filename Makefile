@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 
 # The separately installable plugins under plugins/astrid-<name>/ that `make test` installs, checks
 # and tests. A new plugin adds its name here (its package is astrid_<name with - as _>).
-PLUGINS := postgres openai anthropic
+PLUGINS := postgres openai anthropic mcp
 PLUGIN_DIRS := $(foreach p,$(PLUGINS),plugins/astrid-$(p))
 PLUGIN_PKGS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/astrid_$(subst -,_,$(p)))
 PLUGIN_TESTS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/tests)
@@ -33,7 +33,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 # `make test` and `make lint`: the runtime, the development tools and every plugin; a venv made
 # by `make run` is upgraded in place.
 $(STAMP): pyproject.toml $(foreach d,$(PLUGIN_DIRS),$(d)/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach d,$(PLUGIN_DIRS),-e $(d))
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]')
 	touch $(STAMP) $(RUN_STAMP)
 
 run: $(RUN_STAMP)
