@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import multiprocessing
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +35,7 @@ from ..errors import (
     StorageError,
 )
 from ..messages import ImagePart, Message, MessageRole, TextPart, ToolCall, ToolCallResult
+from ..security import allowances as _allowances
 from ..security.actions import McpToolCall, Permission
 from ..security.allowances import Allowance, ExactTool, FilePattern
 from ..security.budget import BudgetValidator, WorkspaceBudgetSnapshot, WorkspaceBudgetTracker
@@ -212,6 +215,7 @@ def _change(
     base: int,
     replace: bool = False,
     archived: Sequence[Message] = (),
+    updated_at: datetime | None = None,
 ) -> SessionWrite:
     """A raw ``SessionWrite`` for ``session`` (what the facade, or a migration, would send)."""
     state = session.to_document().to_data()
@@ -228,7 +232,7 @@ def _change(
             id=session.id.bare,
             title=session.metadata.title,
             created_at=session.created_at,
-            updated_at=utcnow(),
+            updated_at=updated_at if updated_at is not None else utcnow(),
             message_count=count,
             token_count=session.token_count,
             workspace_path=None,
@@ -291,6 +295,20 @@ class _RecordingBackend:
         """Leave closing to the owner of the inner backend."""
 
 
+class ShiftedClock:
+    """``utcnow()`` plus an offset a test moves forward: allowances expire without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        """Move the clock forward by ``delta``."""
+        self.offset += delta
+
+
 class StorageConformance:
     """The storage contract as pytest tests; subclass it as ``Test<Name>`` in a test module."""
 
@@ -332,6 +350,14 @@ class StorageConformance:
         yield first
         for opened in reversed(self._open_backends):
             self._close(opened)
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch) -> ShiftedClock:
+        """The clock allowance expiry is judged by (injected for the test), moved forward by
+        the expiry tests instead of sleeping."""
+        shifted = ShiftedClock()
+        monkeypatch.setattr(_allowances, "utcnow", shifted)
+        return shifted
 
     @pytest.fixture
     def store(self, backend: StorageBackend) -> SessionStore:
@@ -520,6 +546,7 @@ class StorageConformance:
         store: SessionStore,
         workspace: Path,
         monkeypatch: pytest.MonkeyPatch,
+        clock: ShiftedClock,
     ) -> None:
         """Random allowance and escape changes (uses, expiries, removals), a save after each:
         every load equals the session, whichever way the backend stored each save."""
@@ -548,7 +575,7 @@ class StorageConformance:
                     Allowance.create(
                         ExactTool(server="fs", tool=f"soon{turn}"),
                         session_only=True,
-                        expires_at=utcnow() + timedelta(milliseconds=rng.choice([1, 20, 60_000])),
+                        expires_at=clock() + timedelta(milliseconds=rng.choice([1, 20, 60_000])),
                     )
                 )
             elif op < 0.8:
@@ -562,7 +589,7 @@ class StorageConformance:
             store.save(session)
             if turn % 7 == 0 or turn > 150:
                 # Past every short expiry, so the load and the export agree on what expired.
-                time.sleep(0.025)
+                clock.advance(timedelta(milliseconds=25))
                 loaded = reader.load(session.id)
                 assert loaded is not None, f"turn {turn}"
                 assert comparable(loaded) == comparable(session), f"turn {turn}"
@@ -604,6 +631,7 @@ class StorageConformance:
         store: SessionStore,
         workspace: Path,
         monkeypatch: pytest.MonkeyPatch,
+        clock: ShiftedClock,
     ) -> None:
         """A remembered escape path that no longer exists and an allowance that expired are
         dropped on load; the next save drops them from the store too (a backend taking deltas
@@ -614,13 +642,13 @@ class StorageConformance:
         soon = Allowance.create(
             ExactTool(server="fs", tool="soon"),
             session_only=True,
-            expires_at=utcnow() + timedelta(milliseconds=300),
+            expires_at=clock() + timedelta(milliseconds=300),
         )
         session.add_session_allowance(soon)
         store.save(session)
         gone = workspace / "grown-3"
         gone.rmdir()
-        time.sleep(0.35)
+        clock.advance(timedelta(milliseconds=350))
         other = SessionStore(backend)
         loaded = other.load(session.id)
         assert loaded is not None and str(gone) not in loaded.escape_handler.remembered_paths
@@ -649,6 +677,7 @@ class StorageConformance:
         store: SessionStore,
         workspace: Path,
         monkeypatch: pytest.MonkeyPatch,
+        clock: ShiftedClock,
     ) -> None:
         """The same allowance id, expired at the load and granted again afterwards: the store
         lists it where the session does (last), not in its old place."""
@@ -656,13 +685,13 @@ class StorageConformance:
         soon = Allowance.create(
             ExactTool(server="fs", tool="soon"),
             session_only=True,
-            expires_at=utcnow() + timedelta(milliseconds=300),
+            expires_at=clock() + timedelta(milliseconds=300),
         )
         session.add_session_allowance(soon)
         for i in range(KEYED_STATE_MIN + 5):
             grow(session, i, workspace)
         store.save(session)
-        time.sleep(0.35)
+        clock.advance(timedelta(milliseconds=350))
         other = SessionStore(backend)
         loaded = other.load(session.id)
         assert loaded is not None
@@ -1404,6 +1433,164 @@ class StorageConformance:
         assert loaded_child is not None and loaded_child.parent_id == parent.id
 
     # -- delete, prune, most recent --------------------------------------------------------------
+
+    def test_listing_ties_are_ordered_by_id(self, backend: StorageBackend) -> None:
+        """Sessions whose last activity is the same instant are listed by id ascending, not by
+        title nor by the order they were written in, on every page."""
+        moment = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+        sessions = sorted((_session_with(1) for _ in range(6)), key=lambda s: s.id.bare)
+        for i, session in enumerate(reversed(sessions)):  # newest id first, titles ascending
+            session.metadata.title = f"title {i}"
+            backend.write(
+                _change(session, expected=None, messages=session.messages, base=0,
+                        updated_at=moment)
+            )
+        expected = [s.id.bare for s in sessions]
+        assert [row.id for row in backend.list_sessions()] == expected
+        paged = [
+            row.id for offset in range(0, 6, 4) for row in backend.list_sessions(limit=4,
+                                                                                 offset=offset)
+        ]
+        assert paged == expected
+
+    def test_listing_rows_carry_the_stored_revision(self, backend: StorageBackend) -> None:
+        """After every kind of write (create, save, append, replace) the listing row's
+        ``revision`` is the one the write returned and ``load`` gives."""
+        session = _session_with(2)
+        sid = session.id.bare
+
+        def check(revision: int) -> None:
+            record = backend.load(sid)
+            assert record is not None and record.revision == revision
+            rows = {row.id: row for row in backend.list_sessions()}
+            assert rows[sid].revision == revision, f"listing row of {sid}"
+
+        revision = backend.write(_change(session, expected=None, messages=session.messages,
+                                         base=0))
+        check(revision)
+        revision = backend.write(
+            _change(session, expected=revision, messages=[Message.user("m2")], base=2)
+        )
+        check(revision)
+        revision, _count = backend.append(sid, [Message.user("m3").to_json()])
+        check(revision)
+        revision = backend.write(
+            _change(session, expected=revision, messages=[Message.user("x")], base=4,
+                    replace=True)
+        )
+        check(revision)
+
+    def test_a_write_keeps_the_summarys_updated_at_and_an_append_stamps_now(
+        self, backend: StorageBackend
+    ) -> None:
+        """``write`` stores ``change.summary.updated_at`` as given (``import`` and ``migrate``
+        carry a session's last activity over); ``append`` is activity, stamped now. Both come
+        back timezone-aware, in UTC, from ``load`` and from the listing."""
+        session = _session_with(2)
+        sid = session.id.bare
+
+        def check(moment: datetime) -> None:
+            record = backend.load(sid)
+            assert record is not None
+            row = {r.id: r for r in backend.list_sessions()}[sid]
+            for where, value in (("load", record.updated_at), ("listing", row.updated_at)):
+                assert value.utcoffset() == timedelta(0), f"{where}: {value!r} is not UTC"
+                assert value == moment, f"{where}: updated_at {value} instead of {moment}"
+
+        first = datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)
+        revision = backend.write(
+            _change(session, expected=None, messages=session.messages, base=0, updated_at=first)
+        )
+        check(first)
+        second = datetime(2021, 3, 5, 0, 0, 0, tzinfo=UTC)
+        revision = backend.write(
+            _change(session, expected=revision, messages=[Message.user("m2")], base=2,
+                    updated_at=second)
+        )
+        check(second)
+        third = datetime(2022, 1, 1, 12, 0, 0, tzinfo=UTC)
+        revision = backend.write(
+            _change(session, expected=revision, messages=[Message.user("r")], base=3,
+                    replace=True, updated_at=third)
+        )
+        check(third)
+        before = utcnow() - timedelta(seconds=1)
+        backend.append(sid, [Message.user("now").to_json()])
+        record = backend.load(sid)
+        assert record is not None
+        assert record.updated_at >= before, (
+            f"append: updated_at {record.updated_at} is not now (after {before})"
+        )
+        assert record.updated_at.utcoffset() == timedelta(0)
+
+    def test_a_save_based_on_another_message_count_is_a_conflict(
+        self, backend: StorageBackend
+    ) -> None:
+        """A save with the stored revision but a ``base_count`` that is not the stored number
+        of active messages would append in the wrong place: ``ConcurrencyError``, nothing
+        written."""
+        session = _session_with(3)
+        first = backend.write(_change(session, expected=None, messages=session.messages, base=0))
+        extra = [Message.user("misplaced")]
+        for base in (2, 4, 0):
+            with pytest.raises(ConcurrencyError):
+                backend.write(_change(session, expected=first, messages=extra, base=base))
+        record = backend.load(session.id.bare)
+        assert record is not None
+        assert record.revision == first and record.messages == _as_json(session.messages)
+        assert backend.write(_change(session, expected=first, messages=extra, base=3)) > first
+
+    cross_process_appends: ClassVar[int] = 150
+    """Appends each of the two processes makes in the cross-process locking test."""
+
+    def test_two_processes_appending_to_one_session_lose_nothing(
+        self, backend: StorageBackend, data_dir: Path, tmp_path: Path
+    ) -> None:
+        """Two instances in two processes (``reopen_backend`` in a forked child) append to one
+        session at once: every message is kept and every append got its own revision, so the
+        backend serializes writers across processes, not only threads."""
+        if type(self).reopen_backend is StorageConformance.reopen_backend:
+            pytest.skip(f"{type(self).__name__}: reopen_backend gives nothing (not persistent)")
+        session = _session_with(1)
+        sid = session.id.bare
+        start = backend.write(_change(session, expected=None, messages=session.messages, base=0))
+        count = self.cross_process_appends
+        ctx = multiprocessing.get_context("fork")
+        go = ctx.Event()
+        report = tmp_path / "child-revisions.json"
+
+        def child() -> None:
+            other = self.reopen_backend(backend, data_dir)
+            assert other is not None
+            go.wait(30)
+            revisions = [
+                other.append(sid, [Message.user(f"child {i}").to_json()])[0]
+                for i in range(count)
+            ]
+            other.close()
+            report.write_text(json.dumps(revisions))
+
+        process = ctx.Process(target=child)
+        process.start()
+        try:
+            go.set()
+            mine = [
+                backend.append(sid, [Message.user(f"parent {i}").to_json()])[0]
+                for i in range(count)
+            ]
+        finally:
+            process.join(120)
+        assert process.exitcode == 0, "the second process failed (its traceback is above)"
+        theirs = json.loads(report.read_text())
+        revisions = mine + theirs
+        assert len(set(revisions)) == len(revisions), "two appends got the same revision"
+        assert min(revisions) > start
+        record = backend.load(sid)
+        assert record is not None
+        assert record.message_count == 1 + 2 * count, "appends were lost"
+        texts = [Message.from_json(m).text() or "" for m in record.messages[1:]]
+        for who in ("parent", "child"):  # each process's messages, all there and in its order
+            assert [t for t in texts if t.startswith(who)] == [f"{who} {i}" for i in range(count)]
 
     def test_delete_removes_the_session_and_its_history(
         self, backend: StorageBackend, store: SessionStore
