@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,13 +20,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from astrid import AgentSession
+from astrid import AgentSession, Message
 from astrid.cli import cli
 from astrid.config import load_config
 from astrid.money import money, money_json
 from astrid.plugins import load_plugins
 from astrid.security.budget import BudgetConfig, BudgetTracker
 from astrid.store import SessionStore, open_store
+from tests import test_cli_chat
 
 ASTRID = Path(sys.executable).with_name("astrid")
 
@@ -86,6 +88,21 @@ def astrid_process(
     )
 
 
+class Terminal(test_cli_chat.Terminal):
+    """``astrid --config CONFIG ARGS`` on a pseudo-terminal (stdin and stdout are a tty)."""
+
+    def __init__(self, env: Env, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(
+            [str(ASTRID), "--config", str(env.config), *args],
+            stdin=slave, stdout=slave, stderr=slave, env=env.child_env(), cwd=env.root,
+            start_new_session=True, preexec_fn=test_cli_chat._controlling_terminal,
+        )
+        os.close(slave)
+        self.output = ""
+        self.seen = 0
+
+
 # -- item 8: money ---------------------------------------------------------------------------
 
 
@@ -138,3 +155,101 @@ def test_a_turn_over_a_tiny_limit_names_the_limit_as_it_is(env: Env) -> None:
     assert done.returncode == 4, done.stderr
     [line] = done.stderr.splitlines()
     assert "session spend $0.00 of a $0.0001 limit" in line and "available $0.0001]" in line
+
+
+# -- item 5: short ids -----------------------------------------------------------------------
+
+TWINS = ("abcdef01-0000-4000-8000-000000000001", "abcdef02-0000-4000-8000-000000000002")
+"""Two stored sessions whose ids share the 6-digit prefix ``abcdef``."""
+
+
+def scripted(env: Env, *answers: str) -> None:
+    """Configure the scripted provider replaying one text answer per turn."""
+    script = env.root / "script.json"
+    script.write_text(json.dumps([[{"text": text}] for text in answers]), encoding="utf-8")
+    env.configure(f'[llm]\nprovider = "scripted"\n[llm.options]\nscript_file = "{script}"\n')
+
+
+def save_twins(env: Env) -> None:
+    with env.store() as store:
+        for sid in TWINS:
+            session = AgentSession(session_id=sid)
+            session.add_message(Message.user(f"hello from {sid[:8]}"))
+            store.save(session)
+
+
+# Every command that takes a session id, with ``{}`` where the id goes.
+ID_COMMANDS = [
+    ("sessions", "show", "{}"),
+    ("sessions", "export", "{}"),
+    ("sessions", "delete", "--yes", "{}"),
+    ("run", "--session", "{}", "hi"),
+]
+
+
+def _with(command: tuple[str, ...], ref: str) -> list[str]:
+    return [ref if part == "{}" else part for part in command]
+
+
+@pytest.mark.parametrize("command", ID_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_every_id_taking_command_accepts_a_unique_prefix(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    scripted(env, "Hello again.")
+    save_twins(env)
+    result = astrid(env, *_with(command, TWINS[1][:8]))
+    assert result.exit_code == 0, result.output
+    assert TWINS[1] in result.stdout
+    with env.store() as store:
+        remaining = {row.id for row in store.list_sessions()}
+    if command[1] == "delete":
+        assert remaining == {TWINS[0]}
+    else:
+        assert remaining == set(TWINS)
+
+
+@pytest.mark.parametrize("command", ID_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_an_ambiguous_short_or_unknown_prefix_is_one_line_for_every_command(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    scripted(env, "unused")
+    save_twins(env)
+    ambiguous = astrid(env, *_with(command, "ABCDEF"))
+    assert ambiguous.exit_code == 2
+    assert ambiguous.stderr.splitlines() == [
+        f"astrid: error: session id prefix 'ABCDEF' is ambiguous: 2 sessions match "
+        f"({TWINS[0]}, {TWINS[1]})"
+    ]
+    short = astrid(env, *_with(command, "abcde"))
+    assert short.exit_code == 2
+    assert short.stderr.splitlines() == [
+        "astrid: error: invalid session id 'abcde': a prefix needs at least 6 hex digits"
+    ]
+    unknown = astrid(env, *_with(command, "0123456"))
+    assert unknown.exit_code == 3
+    assert unknown.stderr.splitlines() == [
+        "astrid: error: no session id starts with '0123456' in the sqlite store"
+    ]
+    wrong = astrid(env, *_with(command, "notahex"))
+    assert wrong.exit_code == 2 and "invalid session id 'notahex': not a UUID" in wrong.stderr
+    with env.store() as store:
+        assert {row.id for row in store.list_sessions()} == set(TWINS)  # nothing deleted
+
+
+def test_chat_continues_a_session_named_by_a_unique_prefix(env: Env) -> None:
+    scripted(env, "Hello again.")
+    save_twins(env)
+    terminal = Terminal(env, "chat", "--session", TWINS[0][:8])
+    try:
+        terminal.expect(f"session {TWINS[0]} (1 messages)")
+        terminal.expect("you> ")
+        terminal.type(b"\x04")
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    ambiguous = Terminal(env, "chat", "--session", "abcdef")
+    try:
+        ambiguous.expect("session id prefix 'abcdef' is ambiguous: 2 sessions match")
+        assert ambiguous.wait() == 2
+    finally:
+        ambiguous.close()

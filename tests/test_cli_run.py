@@ -324,22 +324,18 @@ def test_a_unique_prefix_continues_a_stored_session(env: Env) -> None:
 def test_an_ambiguous_or_unknown_prefix_is_a_one_line_error_naming_it(env: Env) -> None:
     config = env.scripted(answer("unused"))
     with open_store(load_config(config)) as store:
-        ids: dict[str, str] = {}
-        while True:  # at most 17 sessions: two then share their first hex digit
-            session = store.new_session("s")
-            store.save(session)
-            if session.id.bare[0] in ids:
-                break
-            ids[session.id.bare[0]] = session.id.bare
-    prefix = session.id.bare[0]
+        for last in "12":  # two sessions whose ids share the prefix c0ffee
+            sid = f"c0ffee0{last}-0000-4000-8000-{last * 12}"
+            store.save(store.new_session("s", session_id=sid))
+    prefix = "c0ffee"
     ambiguous = astrid(config, "run", "--session", prefix, "hi")
     assert ambiguous.exit_code == 2
     [line] = ambiguous.stderr.splitlines()
     assert f"session id prefix {prefix!r} is ambiguous" in line
-    unknown = astrid(config, "run", "--session", "zzz", "hi")
+    unknown = astrid(config, "run", "--session", "fffffff", "hi")
     assert unknown.exit_code == 3
     assert unknown.stderr.splitlines() == [
-        "astrid: error: no session id starts with 'zzz' in the sqlite store"
+        "astrid: error: no session id starts with 'fffffff' in the sqlite store"
     ]
 
 

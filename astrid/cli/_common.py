@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,11 +133,18 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def resolve_session_id(store: SessionStore, text: str) -> str:
-    """The bare id of the one stored session ``text`` names: a whole id or a unique prefix.
+MIN_PREFIX = 6
+"""The fewest hex digits a session id prefix needs (``Session 04c49a47`` titles show 8)."""
 
-    An unknown prefix raises ``SessionNotFound``, an ambiguous one ``InvalidSessionId``; both
-    name the prefix.
+_PREFIX = re.compile(r"[0-9a-f-]+")
+
+
+def resolve_session_id(store: SessionStore, text: str) -> str:
+    """The bare id of the one stored session ``text`` names: a whole id or a unique prefix of
+    at least ``MIN_PREFIX`` hex digits.
+
+    An unknown prefix raises ``SessionNotFound``; a short, malformed or ambiguous one
+    ``InvalidSessionId`` (a usage error), naming the prefix (and the matches).
     """
     raw = text.strip().lower().removeprefix("session:")
     if not raw:
@@ -145,13 +153,22 @@ def resolve_session_id(store: SessionStore, text: str) -> str:
         return validate_session_id(raw)
     except InvalidSessionId:
         pass
+    if not _PREFIX.fullmatch(raw):
+        raise InvalidSessionId(
+            f"invalid session id {text!r}: not a UUID or a prefix of one (hex digits and '-')"
+        )
+    if len(raw.replace("-", "")) < MIN_PREFIX:
+        raise InvalidSessionId(
+            f"invalid session id {text!r}: a prefix needs at least {MIN_PREFIX} hex digits"
+        )
     matches = sorted(row.id for row in all_summaries(store) if row.id.startswith(raw))
     if not matches:
         raise SessionNotFound(
             f"no session id starts with {text!r} in the {store.backend_name} store"
         )
     if len(matches) > 1:
-        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        more = len(matches) - 10
+        shown = ", ".join(matches[:10]) + (f" and {more} more" if more > 0 else "")
         raise InvalidSessionId(
             f"session id prefix {text!r} is ambiguous: {len(matches)} sessions match ({shown})"
         )

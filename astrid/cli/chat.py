@@ -211,7 +211,7 @@ async def _chat(loaded: LoadedConfig, session_ref: str | None) -> None:
 
 @click.command("chat")
 @click.option("--session", "session_ref", metavar="ID", help="Continue a stored session "
-              "(a unique id prefix is enough); default: a new session.")
+              "(a unique id prefix of 6+ hex digits is enough); default: a new session.")
 @click.pass_context
 def chat(ctx: click.Context, session_ref: str | None) -> None:
     """Talk with the configured model in the terminal (Ctrl-C cancels a turn, Ctrl-D leaves)."""

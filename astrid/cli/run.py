@@ -67,7 +67,7 @@ async def _run_turn(
 @click.command("run")
 @click.argument("prompt")
 @click.option("--session", "session_ref", metavar="ID", help="Continue a stored session "
-              "(a unique id prefix is enough); default: a new session.")
+              "(a unique id prefix of 6+ hex digits is enough); default: a new session.")
 @click.option(
     "--approve",
     type=click.Choice(APPROVE_MODES),

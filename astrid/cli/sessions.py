@@ -27,6 +27,7 @@ from ._common import (
     money,
     money_json,
     one_line,
+    resolve_session_id,
     store_of,
     table,
     time_text,
@@ -339,9 +340,12 @@ def print_session(view: dict[str, Any]) -> None:
 @json_option
 @click.pass_context
 def sessions_show(ctx: click.Context, session_id: str, last: int, as_json: bool) -> None:
-    """Show a session: messages, metadata, budget, allowances, escape paths, git, parent."""
+    """Show a session: messages, metadata, budget, allowances, escape paths, git, parent.
+
+    ID is a session id or a unique prefix of it (at least 6 hex digits).
+    """
     with store_of(ctx) as store:
-        view = session_view(store, session_id, last)
+        view = session_view(store, resolve_session_id(store, session_id), last)
     if as_json:
         echo_json(view)
     else:
@@ -395,13 +399,16 @@ def _output(path: str) -> Iterator[Callable[[str], None]]:
 def sessions_export(
     ctx: click.Context, session_ids: tuple[str, ...], export_all: bool, fmt: Any, output: str
 ) -> None:
-    """Export sessions as the original's documents, with their security state."""
+    """Export sessions as the original's documents, with their security state.
+
+    Each ID is a session id or a unique prefix of it (at least 6 hex digits).
+    """
     if bool(session_ids) == export_all:
         raise click.UsageError("give one or more session IDs, or --all (not both)")
-    with store_of(ctx) as store, _output(output) as write:
-        result = export_sessions(
-            store, write, None if export_all else list(session_ids), fmt=fmt
-        )
+    with store_of(ctx) as store:
+        ids = None if export_all else [resolve_session_id(store, s) for s in session_ids]
+        with _output(output) as write:
+            result = export_sessions(store, write, ids, fmt=fmt)
     for failure in result.failed:
         error(failure.message)
     if output != "-":
@@ -462,9 +469,12 @@ def sessions_import(ctx: click.Context, source: str, fmt: Any, overwrite: bool) 
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def sessions_delete(ctx: click.Context, session_id: str, yes: bool) -> None:
-    """Delete a session and its message history."""
-    sid = validate_session_id(session_id)
+    """Delete a session and its message history.
+
+    ID is a session id or a unique prefix of it (at least 6 hex digits).
+    """
     with store_of(ctx) as store:
+        sid = resolve_session_id(store, session_id)
         if not yes:
             try:
                 record = store.load_record(sid, tail=0)
