@@ -73,5 +73,5 @@ def test_make_test_adds_the_development_tools_and_every_plugin(tmp_path: Path) -
     commands = dry_run("test", tmp_path)
     (dev,) = [line for line in pip_installs(commands) if "'.[dev]'" in line]
     for name in plugins:
-        assert f"-e plugins/astrid-{name}" in dev
+        assert f"plugins/astrid-{name}" in dev
     assert "pytest" in commands.splitlines()[-1]

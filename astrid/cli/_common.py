@@ -320,18 +320,3 @@ def turn_data(result: TurnResult) -> dict[str, Any]:
             for warning in result.warnings
         ],
     }
-
-
-class AstridGroup(click.Group):
-    """The top-level group: turns errors into one line and an exit code (unless --debug)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
-            raise  # click reports these itself (usage errors exit 2)
-        except Exception as exc:
-            if ctx.params.get("debug"):
-                raise
-            error(one_line(exc))
-            ctx.exit(exit_code(exc))
