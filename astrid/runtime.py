@@ -530,6 +530,15 @@ def _error_text(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
+def _approval_mode(tool: Tool) -> dict[str, bool]:
+    """The interceptor options of a tool's optional ``approval`` attribute (astrid-mcp's
+    per-server mode): ``"ask"`` needs an approval even where the policy allows the action,
+    ``"policy"`` needs one and never asks a human (only an existing token or allowance),
+    ``"trusted"`` or none leaves the policy's decision as it is; an unknown value asks."""
+    mode = getattr(tool, "approval", None)
+    return {"require_approval": mode not in (None, "trusted"), "ask_human": mode != "policy"}
+
+
 def _not_run(name: str, exc: AstridError) -> str:
     """What the model is told when the security checks stopped a call: it did not run, and why."""
     if isinstance(exc, ApprovalDeferred):
@@ -1326,7 +1335,9 @@ class AgentRuntime:
             return ToolCallResult.error(call.id, f"Tool call blocked: {reason}")
 
         try:
-            passed = await turn.interceptor.intercept(action, f"Built-in tool: {name}")
+            passed = await turn.interceptor.intercept(
+                action, f"Built-in tool: {name}", **_approval_mode(tool)
+            )
         except AstridError as exc:
             tracing.refusal_event(exc, action_type=str(action.action_type))
             return ToolCallResult.error(call.id, _not_run(name, exc))

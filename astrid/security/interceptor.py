@@ -300,8 +300,17 @@ class SecurityInterceptor:
         action: SensitiveAction,
         context: str,
         estimated_cost: float | None = None,
+        *,
+        require_approval: bool = False,
+        ask_human: bool = True,
     ) -> InterceptResult:
-        """Authorize ``action`` or raise (PolicyBlocked, BudgetExceeded, ApprovalDenied, ...)."""
+        """Authorize ``action`` or raise (PolicyBlocked, BudgetExceeded, ApprovalDenied, ...).
+
+        ``require_approval`` treats an action the policy allows as one needing an approval (a
+        token, an allowance or the human); ``ask_human=False`` never asks the human: an action
+        needing an approval runs only if an existing token or allowance covers it, else it is
+        denied. Neither can lift a policy block.
+        """
         cost = None if estimated_cost is None else _require_cost(estimated_cost)
 
         # 1. Policy: a block is final.
@@ -325,9 +334,11 @@ class SecurityInterceptor:
         reservation = self._reserve(action, cost)
         try:
             # 4. The policy needs no approval.
-            if isinstance(policy_result, PolicyAllowed):
+            if isinstance(policy_result, PolicyAllowed) and not require_approval:
                 return self._allowed(action, policy_result, reservation)
-            # 5. Allowance, human, or deferral.
+            # 5. Allowance, human, or deferral (allowance only when no human may be asked).
+            if not ask_human:
+                return self._allowance_only(action, reservation)
             return await self._approve(action, context, reservation)
         except BaseException:
             if reservation is not None:
@@ -363,6 +374,21 @@ class SecurityInterceptor:
             if reservation is not None:
                 self.budget_validator.release(reservation)
             raise
+
+    def _allowance_only(
+        self, action: SensitiveAction, reservation: DualReservation | None
+    ) -> InterceptResult:
+        """Allowed by a stored allowance, else denied: nobody is asked."""
+        store = self.session.approval_manager.allowance_store
+        allowance = store.find_matching_and_consume(action, self.workspace_root)
+        if allowance is None:
+            reason = (
+                f"{action.summary()} needs an approval and no capability or allowance covers "
+                "it; no one is asked for this tool"
+            )
+            self._audit_denied(action, reason)
+            raise ApprovalDenied(reason)
+        return self._allowed(action, AllowanceProof(allowance.id), reservation)
 
     async def _approve(
         self, action: SensitiveAction, context: str, reservation: DualReservation | None
