@@ -460,6 +460,30 @@ def test_callable_reply_sees_the_request(openai_server: FakeOpenAIServer) -> Non
     assert openai_server.requests_to(OPENAI_PATH) == openai_server.requests
 
 
+def test_server_time_covers_the_response_and_not_the_idle_connection(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # 6 events (role, 3 pieces, finish, [DONE]), each after 20 ms: at least 120 ms of server time
+    openai_server.script(text_reply("abc", pieces=3, delay_s=0.02), text_reply("quick"))
+    conn = http.client.HTTPConnection("127.0.0.1", openai_server.port, timeout=10)
+    body = json.dumps(_openai_body(stream=True)).encode()
+    started = time.perf_counter()
+    conn.request("POST", OPENAI_PATH, body=body, headers={"Content-Type": "application/json"})
+    conn.getresponse().read()
+    client_s = time.perf_counter() - started
+    time.sleep(0.3)  # the keep-alive connection idles: not the server's time
+    conn.request("POST", OPENAI_PATH, body=body, headers={"Content-Type": "application/json"})
+    conn.getresponse().read()
+    conn.close()
+    assert openai_server.wait_idle()
+    slow, quick = openai_server.exchanges
+    assert 0.12 <= slow.server_s <= client_s
+    assert 0 < quick.server_s < 0.1
+    # the pauses are not CPU time; the handler thread's own work is
+    assert 0 < slow.server_cpu_s < slow.server_s - 0.1
+    assert 0 < quick.server_cpu_s <= quick.server_s
+
+
 def test_scripted_disconnect_cuts_the_chunked_body(openai_server: FakeOpenAIServer) -> None:
     openai_server.script(text_reply("abcdef", pieces=6, disconnect_after=3))
     response = _post(openai_server, OPENAI_PATH, _openai_body(stream=True))

@@ -186,7 +186,10 @@ class Exchange:
     went away before the end), ``disconnected`` (a scripted disconnect), ``expired`` (the
     stream outlasted the server's ``max_response_s``), ``stopped`` (the server was stopped)
     or ``error`` (the script raised ``error``; the client got a 500 saying so, or a dropped
-    connection if the response had begun).
+    connection if the response had begun). ``server_s``: the server's own wall time on it,
+    from the request line read to the last byte written (set when ``done``); ``server_cpu_s``
+    the CPU time of the handler thread over the same span: what a client in the same process
+    (sharing the GIL) could not run while the server worked, for a benchmark to subtract.
     """
 
     request: ReceivedRequest
@@ -195,6 +198,8 @@ class Exchange:
     done: threading.Event = field(default_factory=threading.Event)
     error: Exception | None = None
     responded: bool = False
+    server_s: float = 0.0
+    server_cpu_s: float = 0.0
 
 
 # -- builders ------------------------------------------------------------------------------------
@@ -309,6 +314,12 @@ class _Stopping(Exception):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    started = 0.0  # perf_counter() when the current request's line had been read
+    started_cpu = 0.0  # thread_time() then
+
+    def parse_request(self) -> bool:
+        self.started, self.started_cpu = time.perf_counter(), time.thread_time()
+        return super().parse_request()
 
     def setup(self) -> None:
         super().setup()
@@ -571,6 +582,8 @@ class FakeLLMServer(ABC):
                         {"x-should-retry": "false"},
                     )
         finally:
+            exchange.server_s = time.perf_counter() - handler.started
+            exchange.server_cpu_s = time.thread_time() - handler.started_cpu
             exchange.done.set()
             with self._idle:
                 self._active -= 1
