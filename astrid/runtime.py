@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -100,6 +101,7 @@ from .security.policy import SecurityPolicy
 from .session import AgentSession
 from .store import SessionStore
 from .subagents import SubAgentExecutor, SubAgentId, SubAgentPool
+from .tokens import RunningEstimate
 from .tools import Tool, ToolContext, ToolError, tool_definition
 
 if TYPE_CHECKING:
@@ -604,6 +606,10 @@ class AgentRuntime:
             self.config.max_concurrent_subagents, self.config.max_subagent_depth
         )
         self._boundaries: dict[str, WorkspaceBoundary] = {}
+        # per session: the request estimate counts only the messages added since the last call
+        self._estimates: weakref.WeakKeyDictionary[AgentSession, RunningEstimate] = (
+            weakref.WeakKeyDictionary()
+        )
         if self.config.builtin_prices:
             # genai-prices loads its data (~80 ms) on first use: here, not on the event loop
             builtin_price(str(getattr(provider, "model", "")), Usage(0, 0))
@@ -916,11 +922,16 @@ class AgentRuntime:
         messages: Sequence[Message],
         definitions: Sequence[ToolDefinition],
         system_prompt: str,
+        running: RunningEstimate | None = None,
     ) -> int:
         """The input tokens of one request by the session's estimator: every message sent,
-        the system prompt and the tool definitions' JSON."""
+        the system prompt and the tool definitions' JSON (``running``: the messages' part
+        counted incrementally, the same total)."""
         estimator = session.token_estimator
-        total = sum(max(0, estimator.estimate(m)) for m in messages)
+        if running is not None:
+            total = running.total(estimator, messages)
+        else:
+            total = sum(max(0, estimator.estimate(m)) for m in messages)
         if system_prompt:
             total += max(0, estimator.estimate(Message.system(system_prompt)))
         if definitions:
@@ -1070,7 +1081,8 @@ class AgentRuntime:
         validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
         reservation = self._reserve(
             turn, validator, model,
-            self.request_tokens(session, messages, definitions, system_prompt),
+            self.request_tokens(session, messages, definitions, system_prompt,
+                                self._estimates.setdefault(session, RunningEstimate())),
         )
         usage: Usage | None = None
         answered = False

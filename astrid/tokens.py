@@ -8,6 +8,7 @@ counts every content kind by its real size; ``OriginalEstimator`` keeps the Rust
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from .messages import ImagePart, Message, OpaqueContent, TextPart, ToolCall, ToolCallResult
@@ -82,3 +83,30 @@ class ContentEstimator:
 
 
 DEFAULT_ESTIMATOR: TokenEstimator = ContentEstimator()
+
+
+class RunningEstimate:
+    """The estimate of a message list that grows at its end, such as a session's conversation:
+    each call estimates only the messages added since the previous one.
+
+    What was counted before is checked to be still the list's head (``messages[:k] == seen``:
+    identical objects compare in C, a few ns each; any other change, a summarized head, a
+    replaced message, another estimator, means a full recount), so the total is always the
+    one a full count gives. The runtime keeps one per session for the request estimate.
+    """
+
+    def __init__(self) -> None:
+        self._estimator: TokenEstimator | None = None
+        self._seen: list[Message] = []
+        self._total = 0
+
+    def total(self, estimator: TokenEstimator, messages: Sequence[Message]) -> int:
+        """Sum of ``max(0, estimator.estimate(m))`` over ``messages``."""
+        items = messages if isinstance(messages, list) else list(messages)
+        known = len(self._seen)
+        if estimator is not self._estimator or len(items) < known or items[:known] != self._seen:
+            self._estimator, self._seen, self._total, known = estimator, [], 0, 0
+        new = items[known:]
+        self._total += sum(max(0, estimator.estimate(m)) for m in new)
+        self._seen.extend(new)
+        return self._total
