@@ -6,7 +6,10 @@ SDK's ``post`` as bytes: ``chat.completions.create`` would run every message and
 the SDK's recursive type transform and encode them again on every call, a cost that grows with
 the conversation (``benchmarks/bench_request.py``).
 
-The stream becomes astrid events: ``TextDelta``; ``ToolCallStart`` / ``ToolCallDelta`` /
+Each streamed chunk is taken as the JSON object the server sent (``AsyncStream[object]``): the
+SDK's ``ChatCompletionChunk`` models would be built field by field for every chunk (~80 µs each,
+more than the rest of a turn's own work; ``benchmarks/peers_turn.py``). The stream becomes astrid
+events: ``TextDelta``; ``ToolCallStart`` / ``ToolCallDelta`` /
 ``ToolCallEnd`` for each call, keyed by the chunk's ``index`` so parallel calls may interleave;
 then ``Usage`` (the last one the server sent), ``Stop`` from ``finish_reason`` and ``Done``.
 A request that fails before streaming raises a ``ProviderError`` (``RateLimited``,
@@ -45,7 +48,7 @@ from astrid.llm import (
     complete_from_stream,
 )
 from astrid.messages import Message
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
 from . import DEFAULT_BASE_URL, PROVIDER_NAME, OpenAIOptions
@@ -179,7 +182,7 @@ class OpenAIProvider:
                 content=body,
                 options={"security": {"bearer_auth": True}},
                 stream=True,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                stream_cls=openai.AsyncStream[object],
             )
         except openai.APIError as exc:
             raise self.error(exc) from None
@@ -270,8 +273,13 @@ class _Call:
     pending: list[str] = field(default_factory=list)
 
 
+def _field(obj: Any, key: str) -> Any:
+    """``obj[key]`` of a JSON object, None for anything else (a server may send odd shapes)."""
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
 class _StreamState:
-    """Chunks in, astrid events out; keeps what the end of the stream needs."""
+    """Chunks (JSON objects) in, astrid events out; keeps what the end of the stream needs."""
 
     def __init__(self, renamed: Mapping[str, str]) -> None:
         self.renamed = renamed
@@ -282,31 +290,35 @@ class _StreamState:
 
     def feed(self, chunk: Any) -> list[StreamEvent]:
         events: list[StreamEvent] = []
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
+        usage = _field(chunk, "usage")
+        if isinstance(usage, dict):
             self.usage = usage
-        for choice in getattr(chunk, "choices", None) or ():
-            if getattr(choice, "index", 0) not in (0, None):
+        choices = _field(chunk, "choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if _field(choice, "index") not in (0, None):
                 continue
-            delta = getattr(choice, "delta", None)
-            if delta is not None:
-                text = getattr(delta, "content", None)
-                if text:
+            delta = _field(choice, "delta")
+            if isinstance(delta, dict):
+                text = delta.get("content")
+                if text and isinstance(text, str):
                     events.append(TextDelta(text))
-                refusal = getattr(delta, "refusal", None)
-                if refusal:  # the model's refusal is its answer; without it the turn is blank
+                refusal = delta.get("refusal")
+                if refusal and isinstance(refusal, str):
+                    # the model's refusal is its answer; without it the turn is blank
                     events.append(TextDelta(refusal))
-                for piece in getattr(delta, "tool_calls", None) or ():
+                pieces = delta.get("tool_calls")
+                for piece in pieces if isinstance(pieces, list) else ():
                     self._tool_piece(piece, events)
-            reason = getattr(choice, "finish_reason", None)
-            if reason:
+            reason = _field(choice, "finish_reason")
+            if reason and isinstance(reason, str):
                 self.finish_reason = reason
         return events
 
     def _tool_piece(self, piece: Any, events: list[StreamEvent]) -> None:
-        index = getattr(piece, "index", None)
+        index = _field(piece, "index")
         index = index if isinstance(index, int) else len(self.calls)
-        call_id = getattr(piece, "id", None) or None
+        call_id = _field(piece, "id") or None
+        call_id = call_id if isinstance(call_id, str) else None
         call = self.by_index.get(index)
         if call is None or (call_id is not None and call.started and call_id != call.id):
             # A new call; some servers put every call at index 0 and tell them apart by id.
@@ -315,9 +327,11 @@ class _StreamState:
             self.calls.append(call)
         elif call_id is not None and not call.started:
             call.id = call_id
-        function = getattr(piece, "function", None)
-        name = getattr(function, "name", None) if function is not None else None
-        arguments = getattr(function, "arguments", None) if function is not None else None
+        function = _field(piece, "function")
+        name = _field(function, "name")
+        arguments = _field(function, "arguments")
+        name = name if isinstance(name, str) else None
+        arguments = arguments if isinstance(arguments, str) else None
         if name and not call.name:
             call.name = self.renamed.get(name, name)
         if arguments:
@@ -350,14 +364,14 @@ def _count(value: Any) -> int:
 
 
 def _usage(usage: Any) -> Usage:
-    prompt = getattr(usage, "prompt_tokens_details", None)
-    completion = getattr(usage, "completion_tokens_details", None)
+    prompt = _field(usage, "prompt_tokens_details")
+    completion = _field(usage, "completion_tokens_details")
     return Usage(
-        input_tokens=_count(getattr(usage, "prompt_tokens", 0)),
-        output_tokens=_count(getattr(usage, "completion_tokens", 0)),
-        cache_read_tokens=_count(getattr(prompt, "cached_tokens", 0)),
-        cache_write_tokens=_count(getattr(prompt, "cache_write_tokens", 0)),
-        reasoning_tokens=_count(getattr(completion, "reasoning_tokens", 0)),
+        input_tokens=_count(_field(usage, "prompt_tokens")),
+        output_tokens=_count(_field(usage, "completion_tokens")),
+        cache_read_tokens=_count(_field(prompt, "cached_tokens")),
+        cache_write_tokens=_count(_field(prompt, "cache_write_tokens")),
+        reasoning_tokens=_count(_field(completion, "reasoning_tokens")),
     )
 
 

@@ -5,8 +5,10 @@ the provider sends it, and hands back the same bytes afterwards: messages are im
 cached form cannot go stale. Entries are keyed by the object's identity and vanish with the
 object (a weak reference), so a cache shared by every session of a provider holds only messages
 somebody still has. The same goes for ``ToolDefinition`` objects. ``WireCache.body`` joins the
-cached pieces into the request body; what a request costs before the SDK sends it is then a dict
-lookup per message and one join, and the SDK neither walks nor re-encodes the history.
+cached pieces into the request body, and keeps, per conversation (keyed by its first message, the
+same way), the joined messages of its last request: when a request's messages start with those
+(a list compare, in C), only the messages after them are looked up and joined, so a growing
+conversation costs per request what it added, and the SDK neither walks nor re-encodes the history.
 
 Mapping (content kind first, then role):
 
@@ -180,6 +182,17 @@ class _IdentityCache:
         return len(self._entries)
 
 
+class _Joined:
+    """The messages of a conversation's last request: the system prompt, the messages after the
+    first (not the first: it is the cache key, held weakly), how many, and their JSON joined."""
+
+    def __init__(self) -> None:
+        self.system = ""
+        self.rest: list[Message] = []
+        self.count = 0
+        self.json = b""
+
+
 class WireCache:
     """Messages and tools as encoded JSON, each encoded once (``enabled`` False: every time)."""
 
@@ -187,6 +200,7 @@ class WireCache:
         self.enabled = enabled
         self._messages = _IdentityCache()
         self._tools = _IdentityCache()
+        self._joined = _IdentityCache()
         self._system: tuple[str, bytes] = ("", b"")
 
     def message_pieces(self, messages: Sequence[Message], system_prompt: str) -> list[bytes]:
@@ -203,6 +217,28 @@ class WireCache:
             if piece is not None:
                 out.append(piece)
         return out
+
+    def messages_json(self, messages: Sequence[Message], system_prompt: str) -> bytes:
+        """The request's messages as comma-separated JSON objects (the system prompt first),
+        joining only the messages added since the conversation's previous request."""
+        if not self.enabled or not messages:
+            return b",".join(self.message_pieces(messages, system_prompt))
+        items = messages if isinstance(messages, list) else list(messages)
+        joined: _Joined = self._joined.get(items[0], _new_joined)
+        known = joined.count
+        if joined.system != system_prompt or len(items) < known or (
+            known > 1 and items[1:known] != joined.rest
+        ):
+            joined.system, joined.rest, joined.count, joined.json = system_prompt, [], 0, b""
+            known = 0
+        new = items[known:]
+        pieces = self.message_pieces(new, "" if known else system_prompt)
+        if pieces:
+            tail = b",".join(pieces)
+            joined.json = joined.json + b"," + tail if joined.json else tail
+        joined.rest.extend(new if known else new[1:])
+        joined.count = len(items)
+        return joined.json
 
     def tool_pieces(self, tools: Sequence[ToolDefinition]) -> list[bytes]:
         """Each tool of the request as JSON."""
@@ -221,7 +257,7 @@ class WireCache:
         ``head`` must not hold ``messages`` or ``tools`` and must not be empty.
         """
         parts = [encode_json(head)[:-1], b',"messages":[']
-        parts.append(b",".join(self.message_pieces(messages, system_prompt)))
+        parts.append(self.messages_json(messages, system_prompt))
         parts.append(b"]")
         if tools:
             parts += [b',"tools":[', b",".join(self.tool_pieces(tools)), b"]"]
@@ -247,6 +283,10 @@ class WireCache:
     def built_messages(self) -> int:
         """How many times a message's wire form was built (cache misses)."""
         return self._messages.misses
+
+
+def _new_joined(_first: Message) -> _Joined:
+    return _Joined()
 
 
 def _build_now(obj: Any, build: Callable[[Any], Any]) -> Any:

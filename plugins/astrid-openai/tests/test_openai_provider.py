@@ -40,7 +40,6 @@ from astrid.testing.fake_llm import (
     text_reply,
     tool_call_reply,
 )
-from openai.types.chat import ChatCompletionChunk
 from pydantic import SecretStr
 
 from astrid_openai import OpenAIOptions
@@ -328,17 +327,15 @@ def test_complete_simple_returns_text_usage_and_stop(
     assert body["messages"] == [{"role": "user", "content": "summarize"}] and "tools" not in body
 
 
-def _chunks(*deltas: dict[str, Any]) -> list[ChatCompletionChunk]:
-    """Chunks as the SDK builds them from a server's JSON (``construct``, like its stream)."""
+def _chunks(*deltas: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chunks as the provider takes them from the stream: the server's JSON objects."""
     return [
-        ChatCompletionChunk.construct(
-            **{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", **d}
-        )
+        {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", **d}
         for d in deltas
     ]
 
 
-def _events(chunks: list[ChatCompletionChunk], renamed: dict[str, str] | None = None) -> list[Any]:
+def _events(chunks: list[dict[str, Any]], renamed: dict[str, str] | None = None) -> list[Any]:
     state = _StreamState(renamed or {})
     events = [event for chunk in chunks for event in state.feed(chunk)]
     return events + state.finish()

@@ -159,6 +159,36 @@ def test_each_message_is_built_once_and_reused_as_the_same_object() -> None:
     assert all(a is b for a, b in zip(first[1:], second[1:51], strict=True))
 
 
+def test_a_growing_conversation_joins_only_its_new_messages_into_the_same_body() -> None:
+    cache, plain = WireCache(), WireCache(enabled=False)
+    head = {"model": "m", "stream": True}
+    history = [Message.user("first"), Message.assistant("hello")]
+
+    def check(messages: list[Message], system: str) -> None:
+        assert cache.body(head, messages, [], system) == plain.body(head, messages, [], system)
+
+    check(history, "sys")
+    for i in range(20):
+        history += [Message.user(f"q{i}"), Message.assistant(f"a{i}")]
+        check(history, "sys")
+    assert cache.built_messages == len(history)
+    other = [Message.user("another conversation")]  # its own entry; the first one stays
+    check(other, "sys")
+    history.append(Message.user("more"))
+    check(history, "sys")
+    assert cache.built_messages == len(history) + 1
+    # whatever changed, the body is the full one: another system prompt, a replaced message
+    # in the middle, a summarized head, a shorter list, an unchanged repeat
+    check(history, "new rules")
+    history[5] = Message.assistant("rewritten")
+    check(history, "new rules")
+    summarized = [Message.system("summary"), *history[-4:]]
+    check(summarized, "new rules")
+    check(history[:7], "new rules")
+    check(history[:7], "new rules")
+    check(history, "")
+
+
 def test_without_the_cache_every_request_builds_every_message() -> None:
     cache = WireCache(enabled=False)
     history = [Message.user(f"m{i}") for i in range(5)]
