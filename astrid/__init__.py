@@ -56,7 +56,7 @@ from .errors import (
     TokenRevoked,
     ToolError,
 )
-from .hookspecs import hookimpl
+from .hookspecs import PLUGIN_API, hookimpl
 from .ids import SessionId
 from .messages import Message, MessageRole, ToolCall, ToolCallResult
 from .session import AgentSession
@@ -145,6 +145,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above instead
     __getattr__, __dir__ = module_attributes(__name__, lazy=_LAZY)
 
 __all__ = [
+    "PLUGIN_API",
     "AgentRuntime",
     "AgentSession",
     "AllowanceNotFound",

@@ -4,9 +4,9 @@ Built-ins are registered exactly like third-party plugins. Third-party plugins a
 the entry-point group ``astrid``; local ``*.py`` modules from ``ASTRID_PLUGINS_DIR`` (a
 directory, for development) are loaded too, named by their file stem. ``ASTRID_LOAD_PLUGINS=a,b``
 loads only the named plugins (built-in module names such as
-``astrid.default_plugins.sqlite_storage``, entry-point names or local stems); set but empty, it
-loads none. ``ASTRID_DISABLE_PLUGINS=a,b`` loads all but the named ones. Names neither knows
-are warned about.
+``astrid.default_plugins.sqlite_storage``, or ``astrid.default_plugins`` for all of them,
+entry-point names or local stems); set but empty, it loads none. ``ASTRID_DISABLE_PLUGINS=a,b``
+loads all but the named ones. A name that neither knows is warned about.
 
 A plugin that fails (its import raises, a hook is unknown or misdeclared, a registry hook raises)
 is set aside and recorded, never fatal by itself: ``astrid plugins`` lists it as failed, and
@@ -49,6 +49,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 ENTRY_POINT_GROUP = "astrid"
+
+BUILTINS = "astrid.default_plugins"
+"""In ``ASTRID_LOAD_PLUGINS`` / ``ASTRID_DISABLE_PLUGINS``: every built-in plugin at once."""
 
 KINDS: dict[str, str] = {
     "storage": "register_storage_backends",
@@ -205,6 +208,16 @@ class Registry(dict[str, Implementation]):
         owners = " and ".join(repr(owner) for owner in sorted(self.conflicts[name]))
         return f"{self.kind} {name!r} is registered by two plugins: {owners}"
 
+    def require(self, names: Iterable[str]) -> None:
+        """Raise ``PluginError`` for a name in ``names`` that two plugins claim, or that is
+        missing while a plugin of this kind failed (it may have provided it)."""
+        for name in names:
+            if name in self.conflicts:
+                raise PluginError(self.conflict_message(name))
+            if name not in self and self.failures:
+                failed = "; ".join(f.message() for f in self.failures)
+                raise PluginError(f"unknown {self.kind} {name!r}; {failed}")
+
     def require_all(self) -> None:
         """Raise ``PluginError`` if anything of this kind failed or conflicts (for kinds whose
         every implementation is used, such as tools)."""
@@ -325,11 +338,13 @@ def _new_manager() -> pluggy.PluginManager:
     block = _name_list("ASTRID_DISABLE_PLUGINS") or set()
     for blocked in block:
         pm.set_blocked(blocked)
-    known: set[str] = set(DEFAULT_PLUGINS)
+    known: set[str] = {*DEFAULT_PLUGINS, BUILTINS}
     dists: dict[str, str] = {}
 
     def wanted(name: str) -> bool:
-        return (allow is None or name in allow) and name not in block
+        group = BUILTINS if name in DEFAULT_PLUGINS else None
+        listed = allow is None or name in allow or group in allow
+        return listed and name not in block and group not in block
 
     def add(name: str, load: Callable[[], object], plugin_version: str | None) -> None:
         if plugin_version is not None:

@@ -8,11 +8,11 @@ plugins and calls the hook below, so ``[storage] backend = "jsonl"`` selects the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from astrid import hookimpl
+from astrid.hookspecs import Register
 from astrid.plugins import PluginContext
 
 from .backend import FORMAT_VERSION, JsonlBackend, JsonlKvStore
@@ -40,13 +40,14 @@ def create_backend(options: JsonlOptions, context: PluginContext) -> JsonlBacken
 
 
 @hookimpl
-def register_storage_backends(register: Any) -> None:
+def register_storage_backends(register: Register) -> None:
     """Register the ``jsonl`` backend."""
     register(
         "jsonl",
         create_backend,
-        JsonlOptions,
-        "Append-only JSON Lines, one file per session, under <home>/jsonl (example plugin).",
+        options_model=JsonlOptions,
+        description="Append-only JSON Lines, one file per session, under <home>/jsonl (example "
+        "plugin).",
     )
 
 
