@@ -63,14 +63,22 @@ class _Stop:
 
 
 def _is_closed(exc: BaseException) -> bool:
-    """True for the SDK's "connection closed" error and the transports' broken-stream errors."""
+    """True when ``exc`` ended the connection (the SDK's "connection closed", an HTTP
+    transport error, a broken stream or pipe), so the next call restarts the server; False for
+    the server's own error answers and result problems, after which it stays up."""
+    import httpx2
     from mcp.shared.exceptions import MCPError
     from mcp.types import CONNECTION_CLOSED
 
     if isinstance(exc, MCPError):
         return exc.code == CONNECTION_CLOSED
     return isinstance(
-        exc, anyio.ClosedResourceError | anyio.BrokenResourceError | anyio.EndOfStream
+        exc,
+        httpx2.TransportError
+        | OSError
+        | anyio.ClosedResourceError
+        | anyio.BrokenResourceError
+        | anyio.EndOfStream,
     )
 
 
@@ -308,7 +316,8 @@ class ServerConnection:
                     )
         finally:
             pending.discard(call)
-            if not call.future.done():
+            if not call.future.done():  # cancelled by the transport, not by its caller
+                self.alive = False
                 call.future.set_exception(ServerGone("the connection was closed"))
 
 

@@ -278,11 +278,12 @@ class McpTool:
         except ServerGone as exc:
             tail = await connection.stderr_tail()
             left = self.handle.options.max_restarts - self.handle.restarts
+            what = "crashed" if self.handle.options.command is not None else "went away"
             text = (
-                f"MCP server {self.server} crashed during {self.tool}: {exc}; it will be "
+                f"MCP server {self.server} {what} during {self.tool}: {exc}; it will be "
                 f"restarted on the next call ({left} restarts left)"
                 if left > 0
-                else f"MCP server {self.server} crashed during {self.tool}: {exc}; no restarts "
+                else f"MCP server {self.server} {what} during {self.tool}: {exc}; no restarts "
                 f"left (max_restarts = {self.handle.options.max_restarts})"
             )
             if tail:

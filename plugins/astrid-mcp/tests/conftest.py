@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mcp_testing import NOTES_SERVER
+from mcp_testing import NOTES_SERVER, HttpServer
 
 
 @pytest.fixture
@@ -22,8 +22,8 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def http_notes() -> Iterator[str]:
-    """The notes server over streamable HTTP on 127.0.0.1 (a free port): its URL."""
+def http_notes() -> Iterator[HttpServer]:
+    """The notes server over streamable HTTP on 127.0.0.1 (a free port) in a subprocess."""
     process = subprocess.Popen(
         [sys.executable, str(NOTES_SERVER), "http"],
         stdout=subprocess.PIPE,
@@ -36,7 +36,7 @@ def http_notes() -> Iterator[str]:
         assert ready, "the HTTP MCP server did not print its port within 30 s"
         line = process.stdout.readline().split()
         assert line[:1] == ["PORT"], line
-        yield f"http://127.0.0.1:{int(line[1])}/mcp"
+        yield HttpServer(f"http://127.0.0.1:{int(line[1])}/mcp", process)
     finally:
         process.terminate()
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,11 @@ def process_alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+@dataclass
+class HttpServer:
+    """A test MCP server over streamable HTTP: its URL and its process."""
+
+    url: str
+    process: subprocess.Popen[str]

@@ -4,7 +4,9 @@ closed directly (``open`` / ``run`` / ``aclose``), plus a published server nobod
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +18,7 @@ from astrid.errors import ToolError
 from astrid.security.actions import McpToolCall
 from astrid.session import AgentSession
 from astrid.tools import Tool, ToolContext
-from mcp_testing import process_alive, stdio_notes
+from mcp_testing import HttpServer, process_alive, stdio_notes
 
 from astrid_mcp import McpOptions
 from astrid_mcp.toolset import McpTool, McpToolset, path_arguments
@@ -59,14 +61,43 @@ def test_lists_and_calls_over_stdio(workspace: Path) -> None:
     with_toolset({"notes": stdio_notes()}, body, workspace)
 
 
-def test_lists_and_calls_over_streamable_http(workspace: Path, http_notes: str) -> None:
+def test_lists_and_calls_over_streamable_http(workspace: Path, http_notes: HttpServer) -> None:
     async def body(tools: dict[str, McpTool], ctx: ToolContext, _: McpToolset) -> None:
         assert await tools["web__add"].run({"text": "over http"}, ctx) == "1 notes"
         assert await tools["web__list_notes"].run({}, ctx) == "over http"
         with pytest.raises(ToolError, match=r"reported an error: .*no such note"):
             await tools["web__fail"].run({"reason": "no such note"}, ctx)
 
-    with_toolset({"web": {"url": http_notes}}, body, workspace)
+    with_toolset({"web": {"url": http_notes.url}}, body, workspace)
+
+
+def test_an_http_server_that_went_away_is_reported_and_retried_within_the_bound(
+    workspace: Path, http_notes: HttpServer
+) -> None:
+    async def body(tools: dict[str, McpTool], ctx: ToolContext, _: McpToolset) -> None:
+        assert await tools["web__add"].run({"text": "before"}, ctx) == "1 notes"
+        http_notes.process.kill()
+        http_notes.process.wait(timeout=10)
+        with pytest.raises(ToolError, match=r"MCP server web went away during add.*1 restarts"):
+            await tools["web__add"].run({"text": "lost"}, ctx)
+        with pytest.raises(ToolError, match=r"web could not be restarted: .*ConnectError"):
+            await tools["web__add"].run({"text": "lost"}, ctx)
+        with pytest.raises(ToolError, match=r"not restarted.*max_restarts = 1"):
+            await tools["web__add"].run({"text": "lost"}, ctx)
+
+    with_toolset({"web": {"url": http_notes.url, "max_restarts": 1}}, body, workspace)
+
+
+def test_a_server_killed_while_idle_is_restarted_after_the_failed_call(workspace: Path) -> None:
+    async def body(tools: dict[str, McpTool], ctx: ToolContext, _: McpToolset) -> None:
+        first = int(await tools["notes__pid"].run({}, ctx))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(ToolError, match="crashed during add"):
+            await tools["notes__add"].run({"text": "x"}, ctx)
+        second = int(await tools["notes__pid"].run({}, ctx))
+        assert second != first
+
+    with_toolset({"notes": stdio_notes()}, body, workspace)
 
 
 def test_annotations_are_shown_not_trusted(workspace: Path) -> None:
