@@ -11,6 +11,7 @@ The storage contract they honour is documented in ``docs/storage.md`` and checke
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -34,8 +35,8 @@ from .errors import (
 )
 from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
-from .messages import Message
-from .offload import read_in_thread, write_in_thread
+from .messages import Message, MessageRole
+from .offload import read_in_thread, write_in_thread, yielding
 from .security.allowances import Allowance, dump_allowances, load_allowances
 from .security.budget import (
     BudgetConfig,
@@ -189,6 +190,10 @@ class SessionWrite:
     ``messages``; only for a create or a replace — used by migrations and imports, so a session
     and its history are written in one atomic write. Backends raise ``ValueError`` when it is
     non-empty on a plain append (``expected_revision`` set and ``replace`` False).
+
+    ``messages`` and ``archived`` hold JSON values; for a backend that declares
+    ``accepts_message_objects = True`` the store's saves put ``Message`` objects in
+    ``messages`` instead (``MessageObjectWriter``; ``message_data`` gives an item's JSON).
     """
 
     session_id: str
@@ -242,13 +247,35 @@ def check_messages_storable(
 
     ``first``: the index of ``messages[0]`` in the session (None: not known, an append).
     """
-    for index, message in enumerate(messages):
-        problem = json_problem(message)
+    for index, message in enumerate(yielding(messages)):
+        problem = message_problem(message)
         if problem is not None:
             which = f"message {first + index}" if first is not None else f"new message {index}"
             raise SerializationError(
                 f"session {session_id}: {which} cannot be stored: {problem}"
             )
+
+
+def message_problem(message: Any) -> str | None:
+    """``json_problem`` of a message's JSON (a ``Message`` or its JSON value), or None.
+
+    A ``Message`` of text content is checked without building its JSON object.
+    """
+    if not isinstance(message, Message):
+        return json_problem(message)
+    if message.verbatim is None and type(message.content) is str:
+        role = message.role
+        if json_problem(message.content) is None and (
+            type(role) is MessageRole or json_problem(role) is None
+        ):
+            return None
+    return json_problem(message.to_json())
+
+
+def message_data(message: Any) -> Any:
+    """The JSON of an item of ``SessionWrite.messages``: ``to_json()`` of a ``Message``, else
+    the item itself (it is already JSON)."""
+    return message.to_json() if isinstance(message, Message) else message
 
 
 @dataclass(frozen=True)
@@ -337,6 +364,22 @@ def takes_state_delta(backend: object) -> bool:
     """True if ``backend`` declares ``accepts_state_delta = True`` (absent, or any other value:
     every save carries the whole state)."""
     return isinstance(backend, StateDeltaAcceptor) and backend.accepts_state_delta is True
+
+
+@runtime_checkable
+class MessageObjectWriter(Protocol):
+    """A backend that encodes messages itself declares ``accepts_message_objects = True``: the
+    ``messages`` of the store's writes are then ``Message`` objects, encoded in its ``write``
+    (off the event loop under ``asave``, no JSON object built per message). Only the value
+    True counts (``takes_message_objects``); without it the store sends each message's JSON,
+    built in the thread that runs the write."""
+
+    accepts_message_objects: bool
+
+
+def takes_message_objects(backend: object) -> bool:
+    """True if ``backend`` declares ``accepts_message_objects = True``."""
+    return isinstance(backend, MessageObjectWriter) and backend.accepts_message_objects is True
 
 
 @runtime_checkable
@@ -645,6 +688,7 @@ class SessionStore:
         # The backend's optional features, read once (an isinstance against a protocol costs
         # about 10 µs, too much for every save and load).
         self._delta_writes = takes_state_delta(backend)
+        self._message_objects = takes_message_objects(backend)
         self._load: Callable[..., SessionRecord | None] = (
             backend.load_decoded if isinstance(backend, DecodedLoader) else backend.load
         )
@@ -675,7 +719,7 @@ class SessionStore:
         Raises ``ConcurrencyError`` if another writer saved the session in between.
         """
         pending = self._prepare_save(session)
-        revision = self.backend.write(pending.change)
+        revision = self._write(pending.change)
         self._saved(session, pending, revision)
         return revision
 
@@ -687,21 +731,23 @@ class SessionStore:
         Raises ``ConcurrencyError`` if another writer saved the session in between.
         """
         pending = self._prepare_save_state(session)
-        revision = self.backend.write(pending.change)
+        revision = self._write(pending.change)
         self._saved(session, pending, revision)
         return revision
 
     def _prepare_save(self, session: AgentSession, *, capture_git: bool = True) -> _PendingSave:
         """The write a ``save`` sends, computed from the session's change set (on the caller's
         thread); it begins the change set's write (``_saved`` records it). ``capture_git=False``
-        takes ``session.git_state`` as it is (``asave`` captured it in the worker thread)."""
+        takes ``session.git_state`` as it is (``asave`` captured it in the worker thread). The
+        messages go as ``Message`` objects (frozen, a list of their own): ``_write`` encodes
+        them, in the thread of the write."""
         changes = session.changes
         ours = self._owns(session)
         basis = changes.basis if ours else None
         state, delta, keyed = self._state_for_write(session, basis, capture_git)
         messages = session.messages
         if not ours:  # never stored here: a create, with every message
-            change_messages: list[Any] = [m.to_json() for m in messages]
+            change_messages: list[Any] = list(messages)
             expected, base, replace = None, 0, False
             offset = 0
         else:
@@ -709,7 +755,7 @@ class SessionStore:
             loaded = changes.count - offset
             low = changes.rewritten_from
             if len(messages) >= loaded and (low is None or low >= loaded):
-                change_messages = [m.to_json() for m in messages[loaded:]]  # appended since
+                change_messages = messages[loaded:]  # appended since
                 replace = False
             else:
                 if offset:
@@ -717,7 +763,7 @@ class SessionStore:
                         f"session {session.id.bare}: its messages were rewritten but only the "
                         f"last {loaded} of {changes.count} were loaded; load it whole to rewrite"
                     )
-                change_messages = [m.to_json() for m in messages]
+                change_messages = list(messages)
                 replace = True
             expected, base = changes.revision, changes.count
         count = offset + len(messages)
@@ -758,6 +804,19 @@ class SessionStore:
             delta=delta,
         )
         return _PendingSave(change, count, offset, keyed, messages=False)
+
+    def _write(self, change: SessionWrite) -> int:
+        """``backend.write(change)``, with the ``Message`` objects of ``change.messages`` as
+        their JSON unless the backend takes them as they are (``MessageObjectWriter``).
+
+        Runs in the worker thread under ``asave``: the encoding of a first save of a long
+        session happens there, pausing for the event loop (``yielding``).
+        """
+        if not self._message_objects and change.messages:
+            change = dataclasses.replace(
+                change, messages=[message_data(m) for m in yielding(change.messages)]
+            )
+        return self.backend.write(change)
 
     def _owns(self, session: AgentSession) -> bool:
         """True if this store loaded or saved the session last (its change set is ours).
@@ -1100,7 +1159,7 @@ class SessionStore:
             await self._acapture_git(session)
             pending = self._prepare_save(session, capture_git=False)
             return await write_in_thread(
-                self.backend.write,
+                self._write,
                 pending.change,
                 done=functools.partial(self._saved, session, pending),
             )
@@ -1111,7 +1170,7 @@ class SessionStore:
             await self._acapture_git(session)
             pending = self._prepare_save_state(session, capture_git=False)
             return await write_in_thread(
-                self.backend.write,
+                self._write,
                 pending.change,
                 done=functools.partial(self._saved, session, pending),
             )

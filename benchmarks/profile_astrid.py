@@ -83,6 +83,9 @@ class _Null:
         self.revision += 1
         return self.revision
 
+    def load(self, session_id: str, *, tail: int | None = None) -> None:
+        return None
+
 
 def append(mode: str | None, steps: int = 3000, size: int = 1000) -> None:
     from astrid.store import SessionStore, SessionWrite, StorageBackend

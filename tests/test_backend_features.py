@@ -26,6 +26,7 @@ from astrid.store import (
     DecodedLoader,
     DirectoryLocated,
     FileLocated,
+    MessageObjectWriter,
     PersistenceFlag,
     ProblemReporter,
     SessionDescriber,
@@ -51,6 +52,7 @@ def test_the_bare_backend_has_no_optional_feature(tmp_path: Path) -> None:
     for feature in (
         StateDeltaAcceptor, DecodedLoader, SessionDescriber, ProblemReporter, PersistenceFlag,
         FileLocated, DirectoryLocated, TempFileSweeper, WorkspaceStateWriter,
+        MessageObjectWriter,
     ):
         assert not isinstance(bare, feature), feature.__name__
 

@@ -33,10 +33,10 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,7 @@ from ..errors import (
 from ..fsutil import create_private_file, make_private_dirs
 from ..hookspecs import hookimpl
 from ..messages import Message, MessageRole
+from ..offload import yielding
 from ..plugins import PluginContext
 from ..security.kv import validate_name
 from ..store import (
@@ -491,6 +492,39 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
+LAZY_ROWS = 64
+"""From this many messages a write encodes each as the insert reads it (``_LazyRows``)."""
+
+
+class _LazyRows(Sequence[_Columns]):
+    """Message rows encoded on access, never all held at once: the cyclic GC sees no
+    thousands of new objects (whose full collections would stop every thread, the event loop
+    included), and off the loop the encoding steps aside for it (``yielding``)."""
+
+    __slots__ = ("_encode", "_messages")
+
+    def __init__(self, messages: Sequence[Any], encode: Callable[[Any], _Columns]) -> None:
+        self._messages = messages
+        self._encode = encode
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, index: int) -> _Columns: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[_Columns]: ...
+    def __getitem__(self, index: int | slice) -> _Columns | Sequence[_Columns]:
+        if isinstance(index, slice):
+            return [self._encode(m) for m in self._messages[index]]
+        return self._encode(self._messages[index])
+
+    def __iter__(self) -> Iterator[_Columns]:
+        encode = self._encode
+        for message in yielding(self._messages):
+            yield encode(message)
+
+
 # -- the backend ----------------------------------------------------------------------------
 
 
@@ -500,6 +534,8 @@ class SqliteBackend:
     name = "sqlite"
     accepts_state_delta = True
     """Saves of sessions with many allowances / escape paths send only their changes."""
+    accepts_message_objects = True
+    """Saves send ``Message`` objects: a text message goes to its columns with no JSON built."""
 
     def __init__(
         self,
@@ -865,12 +901,26 @@ class SqliteBackend:
             ) from exc
 
     def _columns(self, message: Any, session_id: str) -> _Columns:
-        """``(role, text, body)`` for a message: text messages as columns, others as JSON."""
+        """``(role, text, body)`` for a message (a ``Message`` or its JSON): text messages as
+        columns, others as JSON."""
+        if isinstance(message, Message):
+            text = message.content
+            if type(text) is str and message.verbatim is None:
+                kind = message.role
+                return kind.value if isinstance(kind, MessageRole) else kind, text, None
+            message = message.to_json()
         if type(message) is dict and len(message) == 2 and next(iter(message)) == "role":
             role, content = message["role"], message.get("content")
             if type(role) is str and type(content) is str:
                 return role, content, None
         return None, None, self._encode(message, session_id, "message")
+
+    def _rows(self, messages: Sequence[Any], session_id: str) -> Sequence[_Columns]:
+        """The rows of ``messages``: encoded now if few, else as the insert reads them, so a
+        long first save holds one encoded row at a time (and pauses for the event loop)."""
+        if len(messages) < LAZY_ROWS:
+            return [self._columns(m, session_id) for m in messages]
+        return _LazyRows(messages, functools.partial(self._columns, session_id=session_id))
 
     def _guarded(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, sid: str) -> _T:
         """``_run``, with text SQLite cannot store (lone surrogates) as ``SerializationError``."""
@@ -894,8 +944,8 @@ class SqliteBackend:
         split = None if delta is not None else split_keyed_state(change.state, force=False)
         state = self._encode(split[0] if split is not None else change.state, sid, "state")
         item_rows = self._item_rows(split[1], sid, 0) if split is not None else None
-        rows = [self._columns(m, sid) for m in change.messages]
-        archived = [self._columns(m, sid) for m in change.archived]
+        rows = self._rows(change.messages, sid)
+        archived = self._rows(change.archived, sid)
         summary = change.summary
         created = _format_created(summary.created_at)
         updated = format_timestamp(summary.updated_at)
@@ -1060,7 +1110,7 @@ class SqliteBackend:
         c: sqlite3.Connection,
         sid: str,
         first_seq: int,
-        rows: list[_Columns],
+        rows: Sequence[_Columns],
         *,
         active: bool = True,
     ) -> None:
@@ -1074,7 +1124,7 @@ class SqliteBackend:
         if len(rows) == 1:
             c.execute(sql, (sid, first_seq, *rows[0]))
         elif rows:
-            c.executemany(sql, [(sid, first_seq + i, *row) for i, row in enumerate(rows)])
+            c.executemany(sql, ((sid, first_seq + i, *row) for i, row in enumerate(rows)))
 
     def append(
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
