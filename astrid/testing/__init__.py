@@ -1,6 +1,7 @@
 """Test helpers for plugin authors: conformance suites and fake LLM servers.
 
-``from astrid.testing import StorageConformance`` (or ``ProviderConformance``) and subclass it
+``from astrid.testing import StorageConformance`` (or ``ProviderConformance``,
+``ToolConformance``, ``TokenEstimatorConformance``) and subclass it
 in a test module; the fake OpenAI / Anthropic servers are in ``astrid.testing.fake_llm``. See
 ``docs/plugin-authors.md``. Names load on first use, so the fake servers work without pytest
 (the conformance suites need it); ``import astrid`` never imports this package.
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
         ToolCallSpec,
     )
     from .provider_conformance import ProviderConformance, ProviderTarget
+    from .tool_conformance import TokenEstimatorConformance, ToolConformance
 
 _WHERE = {
     "HOSTILE_IDS": "conformance",
@@ -42,6 +44,8 @@ _WHERE = {
     "ToolCallSpec": "fake_llm",
     "ProviderConformance": "provider_conformance",
     "ProviderTarget": "provider_conformance",
+    "TokenEstimatorConformance": "tool_conformance",
+    "ToolConformance": "tool_conformance",
 }
 
 __all__ = [
@@ -56,9 +60,11 @@ __all__ = [
     "StorageConformance",
     "Text",
     "Thinking",
+    "TokenEstimatorConformance",
     "Tokens",
     "ToolArgs",
     "ToolCallSpec",
+    "ToolConformance",
     "sample_messages",
 ]
 
