@@ -140,10 +140,8 @@ def test_a_crashed_server_is_reported_and_restarted_on_the_next_call(workspace: 
 
 def test_a_hung_call_is_cancelled_at_its_timeout(workspace: Path) -> None:
     async def body(tools: dict[str, McpTool], ctx: ToolContext, _: McpToolset) -> None:
-        started = time.monotonic()
         with pytest.raises(ToolError, match=r"no answer within 1 s \(timeout_s\).*cancelled"):
             await tools["notes__hang"].run({"seconds": 60}, ctx)
-        assert time.monotonic() - started < 30
         # The server lives on and answers the next call.
         assert await tools["notes__hang"].run({"seconds": 0}, ctx) == "woke up"
 
@@ -253,3 +251,52 @@ def test_a_published_server_mcp_server_time(workspace: Path) -> None:
     with_toolset(
         {"time": {"command": command, "args": ["--local-timezone", "UTC"]}}, body, workspace
     )
+
+
+def server_children() -> list[int]:
+    """Pids of this process's children running the notes server (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"notes_server.py" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_cancelled_open_leaves_no_server_process(workspace: Path) -> None:
+    async def main() -> None:
+        toolset = McpToolset(
+            McpOptions.model_validate({"servers": {"a": stdio_notes(), "b": stdio_notes()}}),
+            workspace,
+        )
+        opening = asyncio.create_task(toolset.open())
+        deadline = time.monotonic() + 30
+        while len(server_children()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(server_children()) == 2  # both spawned, still starting
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        async with asyncio.timeout(TEST_BOUND_S):
+            await toolset.aclose()  # the runtime always closes, also after a failed open
+
+    asyncio.run(main())
+    assert server_children() == []
+
+
+def test_calls_to_one_server_run_side_by_side(workspace: Path) -> None:
+    async def body(tools: dict[str, McpTool], ctx: ToolContext, _: McpToolset) -> None:
+        slow = asyncio.create_task(tools["notes__hang"].run({"seconds": 3}, ctx))
+        await asyncio.sleep(0.2)
+        assert await tools["notes__add"].run({"text": "quick"}, ctx) == "1 notes"
+        assert not slow.done()  # the quick call did not wait behind the slow one
+        assert await slow == "woke up"
+
+    with_toolset({"notes": stdio_notes()}, body, workspace)
