@@ -55,7 +55,9 @@ clean:
 
 # Benchmarks (docs/performance.md). `make bench` is the scaled-down run; the full one is
 # `make bench BENCH_ARGS=`. `make bench-peers` installs the peers into benchmarks/.peers-venv
-# (never into .venv) together with this checkout, and compares in one run.
+# (never into .venv) together with this checkout, and compares in one run: the storage
+# operations and the runtime's own cost per turn (benchmarks/peers_turn.py; alone:
+# `make bench-peers PEERS_ARGS="--ops turn"`).
 .PHONY: bench bench-peers
 BENCH_ARGS ?= --quick
 PEERS_ARGS ?= --quick
@@ -72,14 +74,16 @@ LOOP_LAG_ARGS ?=
 bench-loop-lag: $(STAMP)
 	$(BIN)/python benchmarks/loop_lag.py $(LOOP_LAG_ARGS)
 
-$(PEERS_STAMP): pyproject.toml
+$(PEERS_STAMP): pyproject.toml plugins/astrid-openai/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(PEERS_VENV)/bin/python -m pip install --quiet -e .
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e . -e plugins/astrid-openai
 	@# Each peer on its own: one that fails to install is reported by peers.py and skipped.
 	-$(PEERS_VENV)/bin/python -m pip install --quiet openai-agents
 	-$(PEERS_VENV)/bin/python -m pip install --quiet langgraph langgraph-checkpoint-sqlite
+	-$(PEERS_VENV)/bin/python -m pip install --quiet langchain-openai
+	-$(PEERS_VENV)/bin/python -m pip install --quiet 'pydantic-ai-slim[openai]'
 	-$(PEERS_VENV)/bin/python -m pip install --quiet 'google-adk[db]' aiosqlite 'sqlalchemy[asyncio]'
 	-$(PEERS_VENV)/bin/python -m pip install --quiet pyinstrument
 	touch $(PEERS_STAMP)

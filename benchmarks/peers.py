@@ -7,11 +7,17 @@ this checkout there; nothing is installed into the project's ``.venv``)::
 
     benchmarks/.peers-venv/bin/python benchmarks/peers.py [--quick] [--json] [--out FILE]
                                                           [--peers openai,langgraph,adk]
+                                                          [--ops ...,turn] [--turns N]
+                                                          [--turn-peers astrid,openai,...]
 
 Prints, per operation, astrid's figure, each peer's figure and the ratio astrid/peer, the
 durability settings of every side, and the targets of issue 6. A peer that cannot be imported
 or fails is reported and skipped. Every peer is driven through its public API with its default
 settings; where a peer has no such operation the row says so.
+
+The ``turn`` operation is the runtime's own cost per turn (issue 17): astrid, the OpenAI Agents
+SDK, Pydantic AI and LangGraph running the same tool-calling turn against one loopback server
+(``peers_turn.py``, one entry of ``TURN_PEERS`` per system).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ ensure_paths()
 
 from datetime import UTC
 
+import peers_turn
 from harness import (
     Row,
     dir_bytes,
@@ -1253,7 +1260,7 @@ def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
 # ============================================================================ driver
 
 PEERS = {"openai": OpenAIPeer, "langgraph": LangGraphPeer, "adk": AdkPeer}
-OPS = ("create", "append", "load", "list", "compact", "concurrency")
+OPS = ("create", "append", "load", "list", "compact", "concurrency", "turn")
 
 COMPARE = [
     ("create", None, "us"),
@@ -1325,6 +1332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument(
+        "--turns", type=int, help="turns per system in the turn row (default 200, --quick 50)"
+    )
+    parser.add_argument(
+        "--turn-peers",
+        default=",".join(p.key for p in peers_turn.TURN_PEERS),
+        help="the systems of the turn row",
+    )
     parser.add_argument(
         "--no-full-sync",
         action="store_true",
@@ -1404,8 +1419,21 @@ def main(argv: list[str] | None = None) -> int:
         if full_sync:
             ours("concurrency (FULL)", lambda: concurrency_rows("sqlite", with_sync(plan, "FULL")))
 
+    turn_rows: list[Row] = []
+    turn_problems: dict[str, str] = {}
+    if "turn" in ops:
+        keys = {k.strip() for k in args.turn_peers.split(",") if k.strip()}
+        chosen = [p for p in peers_turn.TURN_PEERS if p.key in keys]
+        turns = args.turns or (50 if args.quick else 200)
+        t0 = time.perf_counter()
+        log(f"  turn: {turns} turns per system ...")
+        turn_rows = peers_turn.run_peers(chosen, turns, log, turn_problems)
+        log(f"  turn: done in {time.perf_counter() - t0:.1f} s")
+        rows.extend(turn_rows)
+
     ran: list[str] = []
-    for key in wanted:
+    storage_ops = [o for o in ops if o != "turn"]
+    for key in wanted if storage_ops else []:
         cls = PEERS[key]
         t0 = time.perf_counter()
         log(f"  {cls.system}: ...")
@@ -1427,15 +1455,18 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {cls.system}: done in {time.perf_counter() - t0:.1f} s")
 
     elapsed = time.perf_counter() - started
-    verdicts = peer_targets(rows, OURS, OPENAI) + own_targets(rows, OURS)
+    verdicts = peer_targets(rows, OURS, OPENAI) + own_targets(rows, OURS) if storage_ops else []
+    turn_verdicts = peers_turn.targets_of(turn_rows) if "turn" in ops else []
     payload = {
         "mode": "quick" if args.quick else "full",
         "machine": info,
         "seconds": round(elapsed, 1),
         "durability": durabilities,
-        "problems": problems,
+        "problems": {**problems, **{f"turn: {k}": v for k, v in turn_problems.items()}},
         "rows": rows,
-        "targets": [{"name": t.name, "ok": t.ok, "detail": t.detail} for t in verdicts],
+        "targets": [
+            {"name": t.name, "ok": t.ok, "detail": t.detail} for t in verdicts + turn_verdicts
+        ],
     }
     if emit_payload(payload, args.out, args.json):
         return 0
@@ -1446,20 +1477,24 @@ def main(argv: list[str] | None = None) -> int:
     print_setting(info, durabilities, "durability settings:")
     for s, p in problems.items():
         print(f"  PROBLEM {s}: {p}")
-    print()
-    print(comparison(rows, [p for p in (OPENAI, LANGGRAPH, ADK) if p in ran]))
-    print()
-    print("notes per row:")
-    for r in rows:
-        if r.note:
-            n = f" N={r.n:,}" if r.n else ""
-            print(f"  {r.op}{n} {r.system}: {r.note}")
-    print()
-    print("targets:")
-    for t in verdicts:
-        if "security" in t.name:
-            continue
-        print(t.line())
+    if storage_ops:
+        print()
+        print(comparison(rows, [p for p in (OPENAI, LANGGRAPH, ADK) if p in ran]))
+        print()
+        print("notes per row:")
+        for r in rows:
+            if r.note and not r.op.startswith(("turn", "import")):
+                n = f" N={r.n:,}" if r.n else ""
+                print(f"  {r.op}{n} {r.system}: {r.note}")
+        print()
+        print("targets:")
+        for t in verdicts:
+            if "security" in t.name:
+                continue
+            print(t.line())
+    if "turn" in ops:
+        print()
+        peers_turn.print_turns(turn_rows, turn_problems, turn_verdicts)
     return 0
 
 

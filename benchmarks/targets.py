@@ -1,4 +1,5 @@
-"""The targets of issue 6, judged from result rows."""
+"""The targets of issue 6 (storage) and issue 17 (the runtime's cost per turn), judged from
+result rows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ DISK_MAX = 1.5
 APPEND_VS_OPENAI_MAX = 0.25
 LOAD_VS_OPENAI_MAX = 1.0
 FLOOR_MAX = 2.0
+TURN_MAX_MS = 5.0
+TURN_VS_FASTEST_PEER_MAX = 0.1
+TURN_FLAT_MAX = 1.2
 
 
 def _ratio(a: Row | None, b: Row | None) -> float | None:
@@ -162,4 +166,42 @@ def peer_targets(rows: list[Row], ours: str, openai: str) -> list[Target]:
             else f"{r:.2f}x"
         )
         out.append(Target(name, r <= limit, f"{a.median:.1f} vs {b.median:.1f} {unit}; {how}"))
+    return out
+
+
+def turn_targets(rows: list[Row], ours: str, peers: list[str]) -> list[Target]:
+    """Issue 17: astrid's overhead per turn under 5 ms, at most 0.1x the fastest peer's, and
+    flat (the median of the last 10 turns within 1.2x the first 10's)."""
+    mine = find(rows, "turn_overhead", ours)
+    if mine is None or mine.median is None:
+        return [Target(f"{ours} per-turn overhead", None, "missing")]
+    out = [
+        Target(
+            f"{ours} per-turn overhead < {TURN_MAX_MS:g} ms",
+            mine.median < TURN_MAX_MS,
+            f"median {mine.median:.2f} ms, p90 {mine.p90:.2f} ms over {mine.runs} turns",
+        )
+    ]
+    ran = [r for p in peers if (r := find(rows, "turn_overhead", p)) is not None]
+    if ran:
+        fastest = min(ran, key=lambda r: r.median or 0.0)
+        ratio = mine.median / fastest.median if fastest.median else None
+        out.append(
+            Target(
+                f"{ours} per-turn overhead <= {TURN_VS_FASTEST_PEER_MAX:g}x the fastest peer",
+                None if ratio is None else ratio <= TURN_VS_FASTEST_PEER_MAX,
+                f"{mine.median:.2f} ms vs {fastest.system} {fastest.median:.2f} ms = "
+                + ("n/a" if ratio is None else f"{ratio:.3f}x"),
+            )
+        )
+    else:
+        out.append(Target(f"{ours} per-turn overhead vs the fastest peer", None, "no peer ran"))
+    flat = find(rows, "turn_flatness", ours)
+    out.append(
+        Target(
+            f"{ours} per turn flat: last 10 turns within {TURN_FLAT_MAX:g}x the first 10",
+            None if flat is None or flat.median is None else flat.median <= TURN_FLAT_MAX,
+            "missing" if flat is None else f"{flat.median:.2f}x over {mine.n} turns",
+        )
+    )
     return out
