@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -75,11 +76,49 @@ def check_path_option(value: Any) -> Any:
             )
         if "\x00" in text:
             raise PydanticCustomError("path_nul", "a path must not contain a NUL character")
-    return value
+    return text  # a pathlib.Path given in code is taken as its text
 
 
-PathOption = Annotated[str, BeforeValidator(check_path_option)]
-"""The type of every path in the configuration, plugins' options included (one check)."""
+class _UnderHome:
+    """The mark of a ``PathOption``: a relative path is taken under the astrid home."""
+
+
+UNDER_HOME = _UnderHome()
+
+PathOption = Annotated[str, BeforeValidator(check_path_option), UNDER_HOME]
+"""The type of every path in the configuration, plugins' options included: one check, and one
+rule, a relative path is under the astrid home (``resolve_path_options``)."""
+
+
+def resolve_home_path(value: str | os.PathLike[str], home: Path) -> Path:
+    """The path a path option names: ``~`` expanded, a relative path under ``home``."""
+    return Path(home) / Path(value).expanduser()
+
+
+def _is_path_option(annotation: Any, metadata: Sequence[Any] = ()) -> bool:
+    if any(item is UNDER_HOME for item in metadata):
+        return True
+    if get_origin(annotation) is Annotated:
+        return any(item is UNDER_HOME for item in annotation.__metadata__)
+    return any(_is_path_option(arg) for arg in get_args(annotation))
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def resolve_path_options(options: _M, home: Path) -> _M:
+    """``options`` with every ``PathOption`` that is set made absolute by the one rule.
+
+    Applied where options reach a factory (``Implementation.create``) and by ``config show``,
+    so no plugin resolves a path itself and every backend agrees on where a relative one is.
+    """
+    updates = {
+        name: str(resolve_home_path(value, home))
+        for name, field in type(options).model_fields.items()
+        if _is_path_option(field.annotation, field.metadata)
+        and isinstance(value := getattr(options, name), str | os.PathLike)
+    }
+    return options.model_copy(update=updates) if updates else options
 
 
 def _allows_bool(annotation: Any) -> bool:

@@ -95,10 +95,14 @@ class Implementation:
     plugin: str
 
     def create(self, options: dict[str, Any] | BaseModel | None, context: PluginContext) -> Any:
-        """Validate ``options`` with the implementation's model and call its factory."""
+        """Validate ``options`` with the implementation's model and call its factory (every
+        path option made absolute first: a relative one is under ``context.home``)."""
+        from .config import resolve_path_options
+
         model = options if isinstance(options, BaseModel) else self.options.model_validate(
             options or {}
         )
+        model = resolve_path_options(model, context.home)
         try:
             created = self.factory(model, context)
         except AstridError:

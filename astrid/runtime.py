@@ -1435,7 +1435,7 @@ def open_runtime(
     runtime's signing key lives at ``<home>/keys/runtime.key`` (created 0600 on first use), so
     capability tokens it minted stay trusted after a restart.
     """
-    from .config import LoadedConfig, load_config
+    from .config import LoadedConfig, load_config, resolve_home_path
     from .plugins import get_implementation
     from .store import open_store
 
@@ -1463,7 +1463,9 @@ def open_runtime(
         estimated_output_tokens=rt.estimated_output_tokens,
         max_output_tokens=rt.max_output_tokens,
         temperature=rt.temperature,
-        workspace=rt.workspace_root or os.getcwd(),
+        workspace=(
+            resolve_home_path(rt.workspace_root, loaded.home) if rt.workspace_root else os.getcwd()
+        ),
         **pricing_settings(cfg),
     )
     context_manager = ContextManager(

@@ -200,8 +200,8 @@ def test_registers_three_stores_with_strict_options(tmp_path: Path) -> None:
         assert reg.description
         with pytest.raises(ValidationError):
             reg.options.model_validate({"bogus": 1})
-    assert regs["file"].options.model_validate({}).model_dump() == {"directory": None}
-    assert regs["sqlite"].options.model_validate({}).model_dump() == {"path": None}
+    assert regs["file"].options.model_validate({}).model_dump() == {"directory": "capabilities"}
+    assert regs["sqlite"].options.model_validate({}).model_dump() == {"path": "capabilities.db"}
     assert regs["memory"].options.model_validate({}).model_dump() == {}
 
     home = tmp_path / "home"

@@ -15,6 +15,8 @@ from ..config import (
     LoadedConfig,
     astrid_home,
     find_config_file,
+    resolve_home_path,
+    resolve_path_options,
     write_default_config,
 )
 from ..errors import AstridError
@@ -63,7 +65,11 @@ def effective_config(loaded: LoadedConfig) -> tuple[dict[str, Any], list[tuple[s
     for section, key, kind in PLUGGABLE:
         impl = get_implementation(kind, data[section][key], where=loaded.where)
         options = impl.options.model_validate(data[section]["options"])
-        data[section]["options"] = options.model_dump(mode="json")
+        used = resolve_path_options(options, loaded.home)  # the paths the factory is given
+        data[section]["options"] = used.model_dump(mode="json")
+    if data["runtime"].get("workspace_root") is not None:
+        root = resolve_home_path(data["runtime"]["workspace_root"], loaded.home)
+        data["runtime"]["workspace_root"] = str(root)
     raw: dict[str, Any] = {}
     if loaded.source is not None:
         raw = tomllib.loads(loaded.source.read_text(encoding="utf-8"))

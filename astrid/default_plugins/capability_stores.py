@@ -28,7 +28,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from ..config import PathOption
+from ..config import PathOption, resolve_home_path
 from ..errors import InvalidTokenId, StorageError
 from ..fsutil import atomic_write, create_private_file, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
@@ -82,7 +82,7 @@ class FileCapabilityOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    directory: PathOption | None = None
+    directory: PathOption | None = "capabilities"
     """The store's directory; default ``<home>/capabilities``."""
 
 
@@ -91,7 +91,7 @@ class SqliteCapabilityOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: PathOption | None = None
+    path: PathOption | None = "capabilities.db"
     """The database file; default ``<home>/capabilities.db``."""
 
 
@@ -408,23 +408,17 @@ class SqliteCapabilityBackend:
 
 
 def _file_factory(options: FileCapabilityOptions, context: PluginContext) -> FileCapabilityBackend:
-    directory = (
-        Path(options.directory).expanduser()
-        if options.directory is not None
-        else context.home / "capabilities"
+    return FileCapabilityBackend(
+        resolve_home_path(options.directory or "capabilities", context.home)
     )
-    return FileCapabilityBackend(directory)
 
 
 def _sqlite_factory(
     options: SqliteCapabilityOptions, context: PluginContext
 ) -> SqliteCapabilityBackend:
-    path = (
-        Path(options.path).expanduser()
-        if options.path is not None
-        else context.home / "capabilities.db"
+    return SqliteCapabilityBackend(
+        resolve_home_path(options.path or "capabilities.db", context.home)
     )
-    return SqliteCapabilityBackend(path)
 
 
 def _memory_factory(

@@ -52,7 +52,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..config import PathOption
+from ..config import PathOption, resolve_home_path
 from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNotFound, StorageError
 from ..fsutil import TEMP_NAME, atomic_write, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
@@ -102,7 +102,7 @@ class FileOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    directory: PathOption | None = None
+    directory: PathOption | None = "sessions"
     """The sessions directory; default ``<home>/sessions``."""
     kv_directory: PathOption | None = None
     """The key-value directory; default ``kv`` next to the sessions directory."""
@@ -1302,13 +1302,11 @@ class FileKvStore:
 
 
 def _create(options: FileOptions, context: PluginContext) -> FileBackend:
-    directory = (
-        Path(options.directory).expanduser()
-        if options.directory is not None
-        else Path(context.home) / "sessions"
-    )
+    directory = resolve_home_path(options.directory or "sessions", context.home)
     kv_directory = (
-        Path(options.kv_directory).expanduser() if options.kv_directory is not None else None
+        resolve_home_path(options.kv_directory, context.home)
+        if options.kv_directory is not None
+        else None
     )
     return FileBackend(directory, kv_directory=kv_directory, read_only=context.read_only)
 

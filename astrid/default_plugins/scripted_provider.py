@@ -23,18 +23,17 @@ import json
 import tomllib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
 
-from ..config import check_path_option
+from ..config import PathOption
 from ..errors import ConfigError, ScriptedProviderError
 from ..hookspecs import hookimpl
 from ..llm import (
@@ -263,7 +262,7 @@ class ScriptedProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     script: list[Any] | None = None
-    script_file: Annotated[Path, BeforeValidator(check_path_option)] | None = None
+    script_file: PathOption | None = None
     model: str = "scripted-1"
 
     @model_validator(mode="after")

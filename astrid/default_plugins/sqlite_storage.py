@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import PathOption
+from ..config import PathOption, resolve_home_path
 from ..errors import (
     ConcurrencyError,
     SchemaVersionError,
@@ -110,7 +110,7 @@ class SqliteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: PathOption | None = None
+    path: PathOption | None = DEFAULT_FILENAME
     busy_timeout_ms: int = Field(default=5000, ge=0)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     mmap_size_mb: int = Field(default=DEFAULT_MMAP_MB, ge=0)
@@ -1384,9 +1384,7 @@ class SqliteKvStore:
 
 def resolve_path(path: str | None, home: Path) -> Path:
     """The database file: ``<home>/astrid.db`` by default; relative paths under ``home``."""
-    if path is None:
-        return Path(home) / DEFAULT_FILENAME
-    return Path(home).expanduser() / Path(path).expanduser()
+    return resolve_home_path(path or DEFAULT_FILENAME, home)
 
 
 def _create(options: SqliteOptions, context: PluginContext) -> SqliteBackend:
