@@ -448,6 +448,26 @@ class TempFileSweeper(Protocol):
         ...
 
 
+@runtime_checkable
+class HistoryCounter(Protocol):
+    """Counts a session's history without reading it (SQL ``COUNT``); without it the store
+    counts what ``history`` returns (``SessionStore.history_count``)."""
+
+    def count_history(self, session_id: str) -> int:
+        """How many messages ``history`` would return (0 for an unknown session)."""
+        ...
+
+
+@runtime_checkable
+class WholeLister(Protocol):
+    """Lists every session in one pass (the file backend: one directory scan, where each page
+    of ``list_sessions`` rescans); without it ``SessionStore.all_sessions`` pages."""
+
+    def list_all_sessions(self) -> list[SessionSummary]:
+        """What ``list_sessions`` pages through, newest activity first (ties by id)."""
+        ...
+
+
 # -- workspace state -----------------------------------------------------------------------
 
 WORKSPACE_STATE_KEY = "state"
@@ -978,22 +998,35 @@ class SessionStore:
         page = self.backend.list_sessions(limit=1)
         return self.load(page[0].id) if page else None
 
+    def all_sessions(self, page: int = 500) -> list[SessionSummary]:
+        """Every listed session, newest activity first: one pass where the backend can
+        (``WholeLister``), else ``list_sessions`` page by page."""
+        if isinstance(self.backend, WholeLister):
+            return self.backend.list_all_sessions()
+        rows: list[SessionSummary] = []
+        while True:
+            chunk = self.backend.list_sessions(limit=page, offset=len(rows))
+            rows.extend(chunk)
+            if len(chunk) < page:
+                return rows
+
     def prune(
-        self, *, older_than: timedelta, dry_run: bool = False, now: datetime | None = None
+        self,
+        *,
+        older_than: timedelta,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        progress: Callable[[Sequence[str]], Iterable[str]] | None = None,
     ) -> list[str]:
-        """Delete sessions whose last activity is older than ``older_than``; return their ids."""
+        """Delete sessions whose last activity is older than ``older_than``; return their ids.
+
+        ``progress`` wraps the ids to delete (a progress bar); not called on a dry run.
+        """
         cutoff = to_utc(now or utcnow()) - older_than
-        doomed: list[str] = []
-        offset = 0
-        total = self.backend.count_sessions()
-        while offset < total:
-            page = self.backend.list_sessions(limit=500, offset=offset)
-            if not page:
-                break
-            doomed.extend(s.id for s in page if s.updated_at < cutoff)
-            offset += len(page)
+        doomed = [s.id for s in self.all_sessions() if s.updated_at < cutoff]
         if not dry_run:
-            doomed = [sid for sid in doomed if self.backend.delete(sid)]
+            ids = progress(doomed) if progress is not None else doomed
+            doomed = [sid for sid in ids if self.backend.delete(sid)]
         return doomed
 
     # -- workspace state -------------------------------------------------------------------
@@ -1209,6 +1242,14 @@ class SessionStore:
             functools.partial(self.prune, older_than=older_than, dry_run=dry_run, now=now)
         )
 
+    async def ahistory_count(self, session_id: str | SessionId) -> int:
+        """``history_count`` off the event loop."""
+        return await read_in_thread(self.history_count, session_id)
+
+    async def aall_sessions(self, page: int = 500) -> list[SessionSummary]:
+        """``all_sessions`` off the event loop."""
+        return await read_in_thread(self.all_sessions, page)
+
     async def ahistory(self, session_id: str | SessionId) -> list[Message]:
         """``history`` off the event loop."""
         return await read_in_thread(self.history, session_id)
@@ -1361,6 +1402,14 @@ class SessionStore:
         """Every message ever stored for the session as JSON data, marked active or replaced."""
         return self.backend.history(validate_session_id(session_id))
 
+    def history_count(self, session_id: str | SessionId) -> int:
+        """How many messages the session's history keeps, replaced ones included; read
+        without loading them where the backend can (``HistoryCounter``)."""
+        sid = validate_session_id(session_id)
+        if isinstance(self.backend, HistoryCounter):
+            return self.backend.count_history(sid)
+        return len(self.backend.history(sid))
+
     def restore(
         self,
         summary: SessionSummary,
@@ -1512,6 +1561,7 @@ __all__ = [
     "DirectoryLocated",
     "FileLocated",
     "GitState",
+    "HistoryCounter",
     "HistoryEntry",
     "KeyedItem",
     "PersistenceFlag",
@@ -1526,6 +1576,7 @@ __all__ = [
     "StorageBackend",
     "StoredWorkspace",
     "TempFileSweeper",
+    "WholeLister",
     "WorkspaceState",
     "WorkspaceStateWriter",
     "WorkspaceWrite",

@@ -79,15 +79,9 @@ def message_of(exc: BaseException) -> str:
 
 
 def all_summaries(store: SessionStore, page: int = PAGE) -> list[SessionSummary]:
-    """Every listed session, by paging (entries a backend cannot list: ``store.problems()``)."""
-    rows: list[SessionSummary] = []
-    offset = 0
-    while True:
-        chunk = store.list_sessions(limit=page, offset=offset)
-        rows.extend(chunk)
-        if len(chunk) < page:
-            return rows
-        offset += len(chunk)
+    """Every listed session (``store.all_sessions``: one pass where the backend can, else by
+    pages); entries a backend cannot list are ``store.problems()``."""
+    return store.all_sessions(page)
 
 
 # -- export --------------------------------------------------------------------------------

@@ -383,13 +383,15 @@ def test_prune_by_last_activity_with_dry_run(env: Env) -> None:
     source.write_text(json.dumps(docs))
     assert astrid("sessions", "import", str(source)).exit_code == 0
 
-    dry = astrid("sessions", "prune", "--older-than", "30d", "--dry-run")
+    dry = astrid("sessions", "prune", "--older-than", "30d", "--dry-run", "--verbose")
     assert dry.exit_code == 0
     assert "would delete 1 session(s)" in dry.stdout and old in dry.stdout
     assert recent not in dry.stdout
     assert astrid("sessions", "show", old).exit_code == 0
 
-    report = json.loads(astrid("sessions", "prune", "--older-than", "2w", "--json").stdout)
+    report = json.loads(
+        astrid("sessions", "prune", "--older-than", "2w", "--yes", "--json").stdout
+    )
     assert report["sessions"] == [old] and report["dry_run"] is False
     assert astrid("sessions", "show", old).exit_code == 3
     assert astrid("sessions", "show", recent).exit_code == 0

@@ -23,10 +23,13 @@ from click.testing import CliRunner, Result
 from astrid import AgentSession, Message
 from astrid.cli import cli
 from astrid.config import load_config
+from astrid.default_plugins.file_storage import FileBackend
+from astrid.default_plugins.memory_storage import MemoryBackend
+from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.money import money, money_json
 from astrid.plugins import load_plugins
 from astrid.security.budget import BudgetConfig, BudgetTracker
-from astrid.store import SessionStore, open_store
+from astrid.store import HistoryCounter, SessionStore, WholeLister, open_store
 from tests import test_cli_chat
 
 ASTRID = Path(sys.executable).with_name("astrid")
@@ -253,3 +256,126 @@ def test_chat_continues_a_session_named_by_a_unique_prefix(env: Env) -> None:
         assert ambiguous.wait() == 2
     finally:
         ambiguous.close()
+
+
+# -- item 7: the tail of a long session --------------------------------------------------------
+
+
+def _replaced_history(store: SessionStore) -> str:
+    """A session with 4 replaced and 30 active messages."""
+    session = store.new_session("long")
+    for i in range(4):
+        session.add_message(Message.user(f"old {i}"))
+    store.save(session)
+    session.clear_messages()
+    for i in range(30):
+        session.add_message(Message.user(f"message {i + 1}"))
+    store.save(session)
+    return session.id.bare
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
+def test_history_count_matches_the_history_on_every_backend(tmp_path: Path, backend: str) -> None:
+    made = {
+        "memory": lambda: MemoryBackend(),
+        "sqlite": lambda: SqliteBackend(tmp_path / "s.db"),
+        "file": lambda: FileBackend(tmp_path / "sessions"),
+    }[backend]()
+    with SessionStore(made) as store:
+        sid = _replaced_history(store)
+        assert store.history_count(sid) == len(store.history_entries(sid)) == 34
+        assert store.history_count("00000000-0000-4000-8000-000000000000") == 0
+    assert isinstance(made, HistoryCounter) == (backend == "sqlite")
+
+
+def test_show_reads_only_the_last_n_messages(env: Env) -> None:
+    with env.store() as store:
+        sid = _replaced_history(store)
+    shown = astrid(env, "sessions", "show", sid, "--messages", "3")
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "messages:        30 (" in out and "the history keeps 34, replaced ones included" in out
+    assert "messages (last 3 of 30):" in out
+    assert [line.split() for line in out.splitlines()[-3:]] == [
+        ["28", "user", "message", "28"], ["29", "user", "message", "29"],
+        ["30", "user", "message", "30"],
+    ]
+    view = json.loads(astrid(env, "sessions", "show", sid, "--json", "--messages", "2").stdout)
+    assert [m["index"] for m in view["messages"]] == [29, 30]
+    assert view["message_count"] == 30 and view["history_count"] == 34
+    none = json.loads(astrid(env, "sessions", "show", sid, "--json", "--messages", "0").stdout)
+    assert none["messages"] == [] and none["message_count"] == 30
+    more = json.loads(astrid(env, "sessions", "show", sid, "--json", "--messages", "99").stdout)
+    assert [m["index"] for m in more["messages"]] == list(range(1, 31))
+
+
+# -- item 3: prune asks ----------------------------------------------------------------------
+
+
+def _stored_ids(env: Env) -> set[str]:
+    with env.store() as store:
+        return {row.id for row in store.list_sessions(limit=100)}
+
+
+def test_prune_without_a_terminal_needs_yes_and_prints_a_count(env: Env) -> None:
+    save_twins(env)
+    refused = astrid_process(env, "sessions", "prune", "--older-than", "0s")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        "astrid: error: sessions prune deletes without asking only with --yes (standard input "
+        "is not a terminal); --dry-run counts what it would delete"
+    ]
+    assert _stored_ids(env) == set(TWINS)
+    dry = astrid_process(env, "sessions", "prune", "--older-than", "0s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would delete 2 session(s) inactive since before ")
+    assert dry.stdout.rstrip().endswith("(--verbose lists them)") and TWINS[0] not in dry.stdout
+    listed = astrid_process(env, "sessions", "prune", "--older-than", "0s", "--dry-run", "-v")
+    assert [line.strip() for line in listed.stdout.splitlines()[1:]] == [TWINS[1], TWINS[0]]
+    done = astrid_process(env, "sessions", "prune", "--older-than", "0s", "--yes")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.startswith("deleted 2 session(s) inactive since before ")
+    assert _stored_ids(env) == set()
+
+
+def test_prune_asks_on_a_terminal(env: Env) -> None:
+    save_twins(env)
+    declined = Terminal(env, "sessions", "prune", "--older-than", "0s")
+    try:
+        declined.expect("Delete 2 session(s) inactive since before ")
+        declined.expect("? [y/N]: ")
+        declined.type(b"n\n")
+        declined.expect("Aborted!")
+        assert declined.wait() == 1
+    finally:
+        declined.close()
+    assert _stored_ids(env) == set(TWINS)
+    accepted = Terminal(env, "sessions", "prune", "--older-than", "0s", "--verbose")
+    try:
+        accepted.expect("? [y/N]: ")
+        accepted.type(b"y\n")
+        accepted.expect("deleting sessions")  # the progress bar, on the terminal's stderr
+        accepted.expect("deleted 2 session(s) inactive since before ")
+        accepted.expect(f"  {TWINS[1]}\n")  # newest activity first
+        accepted.expect(f"  {TWINS[0]}\n")
+        assert accepted.wait() == 0
+    finally:
+        accepted.close()
+    assert _stored_ids(env) == set()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
+def test_all_sessions_is_every_listed_session_newest_first(tmp_path: Path, backend: str) -> None:
+    made = {
+        "memory": lambda: MemoryBackend(),
+        "sqlite": lambda: SqliteBackend(tmp_path / "s.db"),
+        "file": lambda: FileBackend(tmp_path / "sessions"),
+    }[backend]()
+    with SessionStore(made) as store:
+        for i in range(5):
+            store.save(store.new_session(f"s{i}"))
+        paged = store.list_sessions(limit=50)
+        assert len(paged) == 5
+        assert store.all_sessions(page=2) == paged  # pages of 2 where it pages
+        assert isinstance(made, WholeLister) == (backend == "file")

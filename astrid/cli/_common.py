@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,7 @@ EXIT_NOT_FOUND = 3
 EXIT_BUDGET = 4
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
                 cells.append(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]))
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+class Progress:
+    """A progress bar on stderr over the items of long work (``migrate``, ``sessions import``,
+    ``export --all``, ``prune``, ``doctor``), advanced as each item is taken; on a terminal
+    only (elsewhere click prints the label once)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, items: Sequence[_T]) -> Iterator[_T]:
+        with click.progressbar(items, label=self.label, file=sys.stderr, show_pos=True) as bar:
+            yield from bar
 
 
 def compact(value: Any) -> str:

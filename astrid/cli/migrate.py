@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
 
 from ..config import load_config
-from ..store import SessionStore, SessionSummary, open_store
+from ..store import SessionStore, open_store
 from ..transfer import migrate as migrate_stores
-from ._common import EXIT_ERROR, error
+from ._common import EXIT_ERROR, Progress, error
 
 _MIGRATE_EPILOG = """\
 Copies each session's state, active messages and history (replaced messages included), every
@@ -27,11 +25,6 @@ present with the same message count and every copied namespace with the same key
 status is 1 on any failure or mismatch. A target whose backend is not persistent (memory) is
 refused.
 """
-
-
-def _progress(rows: Sequence[SessionSummary]) -> Iterator[SessionSummary]:
-    with click.progressbar(rows, label="migrating sessions", file=sys.stderr, show_pos=True) as bar:
-        yield from bar
 
 
 @click.command("migrate", epilog=_MIGRATE_EPILOG)
@@ -56,7 +49,7 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
             target,
             batch=batch,
             target_key=SessionStore.backend_key(dst_loaded),
-            progress=_progress,
+            progress=Progress("migrating sessions"),
         )
     click.echo(
         f"copied {len(result.copied)}, skipped {len(result.skipped)} (already present), "

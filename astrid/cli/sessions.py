@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import IO, Any
@@ -19,6 +20,8 @@ from ..timeutil import format_rfc3339, parse_rfc3339, utcnow
 from ..transfer import export_sessions, import_sessions
 from ._common import (
     EXIT_ERROR,
+    EXIT_USAGE,
+    Progress,
     clip,
     compact,
     echo_json,
@@ -174,12 +177,12 @@ def _load_problem(store: SessionStore, row: SessionSummary) -> str | None:
 def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[str, Any]:
     """What ``sessions show`` prints, as JSON-ready data (``last`` messages included)."""
     sid = validate_session_id(session_id)
-    record = store.load_record(sid)
+    record = store.load_record(sid, tail=last)  # a long session's other messages stay unread
     if record is None:
         raise store.not_found(sid)
     doc = store.decode_record(sid, record)
-    total = len(doc.messages)
-    start = max(0, total - last)
+    total = record.message_count
+    start = total - len(doc.messages)
     budget = doc.budget_snapshot
     workspace: dict[str, Any] | None = None
     if doc.workspace_path:
@@ -206,7 +209,7 @@ def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[s
         "git_state": doc.git_state.model_dump(mode="json") if doc.git_state else None,
         "system_prompt": doc.system_prompt,
         "message_count": total,
-        "history_count": len(store.history_entries(doc.id)),
+        "history_count": store.history_count(doc.id),
         "token_count": doc.token_count,
         "metadata": doc.metadata.model_dump(mode="json"),
         "budget": (
@@ -240,7 +243,7 @@ def session_view(store: SessionStore, session_id: str, last: int = 20) -> dict[s
                 "summary": render_message(m),
                 "content": m.to_json(),
             }
-            for i, m in enumerate(doc.messages[start:])
+            for i, m in enumerate(doc.messages)
         ],
     }
 
@@ -527,26 +530,47 @@ class _Duration(click.ParamType[timedelta, Any]):
     required=True,
     help="Delete sessions whose last activity is older than this (90m, 12h, 30d, 2w).",
 )
-@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option("--dry-run", is_flag=True, help="Only count (or list) what would be deleted.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--verbose", "-v", is_flag=True, help="List the id of every session.")
 @json_option
 @click.pass_context
 def sessions_prune(
-    ctx: click.Context, older_than: timedelta, dry_run: bool, as_json: bool
+    ctx: click.Context,
+    older_than: timedelta,
+    dry_run: bool,
+    yes: bool,
+    verbose: bool,
+    as_json: bool,
 ) -> None:
-    """Delete sessions by last activity (with --dry-run, only list them)."""
+    """Delete sessions by last activity, after a confirmation (--yes skips it; without a
+    terminal it is required). With --dry-run, only count them."""
+    if not (dry_run or yes or sys.stdin.isatty()):
+        error("sessions prune deletes without asking only with --yes (standard input is not "
+              "a terminal); --dry-run counts what it would delete")
+        ctx.exit(EXIT_USAGE)
     now = utcnow()
+    cutoff = now - older_than
     with store_of(ctx) as store:
-        ids = store.prune(older_than=older_than, dry_run=dry_run, now=now)
-    if as_json:
-        echo_json(
-            {
-                "dry_run": dry_run,
-                "cutoff": format_rfc3339(now - older_than),
-                "sessions": ids,
-            }
+        if not (dry_run or yes):
+            count = len(store.prune(older_than=older_than, dry_run=True, now=now))
+            if count:
+                click.confirm(
+                    f"Delete {count} session(s) inactive since before {time_text(cutoff)}?",
+                    abort=True,
+                    err=True,
+                )
+        ids = store.prune(
+            older_than=older_than,
+            dry_run=dry_run,
+            now=now,
+            progress=Progress("deleting sessions"),
         )
+    if as_json:
+        echo_json({"dry_run": dry_run, "cutoff": format_rfc3339(cutoff), "sessions": ids})
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {len(ids)} session(s) inactive since before {time_text(now - older_than)}")
-    for sid in ids:
+    hint = "" if verbose or not ids else " (--verbose lists them)"
+    click.echo(f"{verb} {len(ids)} session(s) inactive since before {time_text(cutoff)}{hint}")
+    for sid in ids if verbose else ():
         click.echo(f"  {sid}")

@@ -1026,6 +1026,11 @@ class FileBackend:
         """How many readable sessions (optionally in one workspace)."""
         return len(self._sorted(workspace))
 
+    def list_all_sessions(self) -> list[SessionSummary]:
+        """Every readable session in one directory scan (``WholeLister``): each page of
+        ``list_sessions`` scans the directory again."""
+        return self._sorted(None)
+
     def problems(self) -> list[tuple[Path, str]]:
         """Session files that cannot be listed or loaded (corrupt, misnamed), after a rescan."""
         return self._refresh()[1]

@@ -1246,6 +1246,16 @@ class SqliteBackend:
             for row, message in zip(rows, messages, strict=True)
         ]
 
+    def count_history(self, session_id: str) -> int:
+        """How many messages ``history`` returns, counted in SQL (``HistoryCounter``)."""
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,)
+            ).fetchone(),
+            "single",
+        )
+        return int(row[0])
+
     def kv(self) -> SqliteKvStore:
         """The key-value store in the same database file."""
         return self._kv

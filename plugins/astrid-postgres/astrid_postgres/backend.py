@@ -838,6 +838,16 @@ class PostgresBackend:
             for seq, active, body in rows
         ]
 
+    def count_history(self, session_id: str) -> int:
+        """How many messages ``history`` returns, counted in SQL (``HistoryCounter``)."""
+        row = self._run(
+            lambda c: c.execute(
+                self._q("SELECT count(*) FROM {s}.messages WHERE session_id = %s"), (session_id,)
+            ).fetchone(),
+            write=False,
+        )
+        return int(row[0])
+
     def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
         """Apply a workspace write in one transaction; return the stored total.
 
