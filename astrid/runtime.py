@@ -45,6 +45,7 @@ from .errors import (
     SerializationError,
 )
 from .jsonutil import json_problem, storable_text
+from .ledger import KIND_SUBAGENT_TURN, KIND_SUMMARIZER, KIND_TURN, LedgerRow, new_row_id, usd
 from .llm import (
     CallSettings,
     Completion,
@@ -99,7 +100,7 @@ from .security.interceptor import (
 )
 from .security.policy import SecurityPolicy
 from .session import AgentSession
-from .store import SessionStore
+from .store import SessionStore, workspace_key
 from .subagents import SubAgentExecutor, SubAgentId, SubAgentPool
 from .tokens import RunningEstimate
 from .tools import Tool, ToolContext, ToolError, tool_definition
@@ -473,6 +474,8 @@ class _Turn:
     reasoning_tokens: int = 0
     on_text: Callable[[str], None] | None = None
     on_tool_call: Callable[[ToolCall], None] | None = None
+    kind: str = KIND_TURN
+    """The ledger kind of the turn's model calls (a sub-agent's turn: ``subagent_turn``)."""
 
 
 _DEFAULT_PRICED: set[str] = set()
@@ -825,6 +828,7 @@ class AgentRuntime:
         """A sub-agent's turn: no summarization and no save (the executor saves the child)."""
         self._prepare(session)
         turn = self._new_turn(session, subagent_id)
+        turn.kind = KIND_SUBAGENT_TURN
         parent = session.parent_id.bare if session.parent_id is not None else None
         with tracing.turn_span(
             session.id.bare, agent_id=str(subagent_id), parent_session_id=parent
@@ -1007,9 +1011,11 @@ class AgentRuntime:
         reservation: DualReservation,
         model: str,
         usage: Usage | None,
+        kind: str | None = None,
     ) -> None:
         """Charge one answered call: its usage at the model's prices, or, when the provider
-        reported none, the whole reservation (never $0), with a warning on the turn."""
+        reported none, the whole reservation (never $0), with a warning on the turn; record
+        its spend-ledger row in the session's change set (``kind``: the turn's by default)."""
         if usage is None:
             cost = reservation.amount
             label = getattr(self.provider, "name", type(self.provider).__name__)
@@ -1026,12 +1032,48 @@ class AgentRuntime:
             turn.reasoning_tokens += usage.reasoning_tokens
         validator.settle(reservation, cost)
         turn.result.cost_usd += cost
+        self._record_call(turn, reservation, model, usage, cost, kind or turn.kind)
         if usage is None:
             tracing.model_usage(None, None, cost)
         else:
             tracing.model_usage(usage.input_tokens, usage.output_tokens, cost,
                                 cache_read_tokens=usage.cache_read_tokens,
                                 reasoning_tokens=usage.reasoning_tokens)
+
+    def _record_call(
+        self,
+        turn: _Turn,
+        reservation: DualReservation,
+        model: str,
+        usage: Usage | None,
+        cost: float,
+        kind: str,
+    ) -> None:
+        """The settled call's ledger row, saved with the session's next save."""
+        session = turn.session
+        counted = usage if usage is not None else Usage(0, 0)
+        session.changes.ledger.append(
+            LedgerRow(
+                id=new_row_id(),
+                session_id=session.id.bare,
+                parent_session_id=session.parent_id.bare if session.parent_id else None,
+                workspace=workspace_key(session.workspace_path)
+                if session.workspace_path is not None
+                else None,
+                workspace_charged=reservation.workspace is not None,
+                model=model,
+                provider=getattr(self.provider, "name", type(self.provider).__name__),
+                kind=kind,
+                input_tokens=counted.input_tokens,
+                output_tokens=counted.output_tokens,
+                cache_read_tokens=counted.cache_read_tokens,
+                cache_write_tokens=counted.cache_write_tokens,
+                reasoning_tokens=counted.reasoning_tokens,
+                usage_reported=usage is not None,
+                reserved_usd=usd(reservation.amount),
+                cost_usd=usd(cost),
+            )
+        )
 
     async def _complete_for(
         self, turn: _Turn, prompt: str, settings: CallSettings | None = None
@@ -1062,7 +1104,9 @@ class AgentRuntime:
             except BaseException:
                 validator.release(reservation)
                 raise
-            self._settle(turn, validator, reservation, settings.model, completion.usage)
+            self._settle(
+                turn, validator, reservation, settings.model, completion.usage, KIND_SUMMARIZER
+            )
             return completion
 
     async def _call_llm(self, turn: _Turn, definitions: Sequence[ToolDefinition]) -> _Response:

@@ -17,6 +17,7 @@ from typing import Any, SupportsIndex, overload
 from .document import GitState, SessionDocument, SessionMetadata
 from .errors import StorageError
 from .ids import SessionId
+from .ledger import LedgerRow
 from .messages import Message, MessageRole
 from .security.allowances import Allowance, AllowanceStore
 from .security.approvals import ApprovalManager
@@ -92,6 +93,7 @@ class ChangeSet:
         "_writing",
         "basis",
         "count",
+        "ledger",
         "offset",
         "revision",
         "session_bound",
@@ -109,6 +111,9 @@ class ChangeSet:
         self.offset = 0
         """How many of them come before ``session.messages[0]`` (a tail load)."""
         self.basis: StateBasis | None = None
+        self.ledger: list[LedgerRow] = []
+        """Spend-ledger rows of calls made since the last save: the next save writes them in
+        its own atomic write (``astrid.ledger``); a failed save keeps them for the next."""
         self._low: int | None = None
         self._writing: int | None = None
         """The lowest rewritten index of writes begun and not yet recorded."""
@@ -157,6 +162,12 @@ class ChangeSet:
         """Record a fresh load from ``store``: nothing has changed since."""
         self._low = self._writing = None
         self.stored(store, revision, count, offset, basis, messages=True)
+
+    def ledger_saved(self, rows: Iterable[LedgerRow]) -> None:
+        """Drop ``rows`` (written by a save) from the pending ledger rows."""
+        written = {id(row) for row in rows}
+        if written:
+            self.ledger = [row for row in self.ledger if id(row) not in written]
 
     def save_lock(self) -> asyncio.Lock:
         """The lock that runs the session's async saves one at a time (one per event loop)."""

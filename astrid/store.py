@@ -35,6 +35,7 @@ from .errors import (
 )
 from .ids import SessionId, validate_session_id
 from .jsonutil import check_storable, json_problem
+from .ledger import GroupBy, LedgerRow, LedgerTotals, aggregate
 from .messages import Message, MessageRole
 from .offload import read_in_thread, write_in_thread, yielding
 from .security.allowances import Allowance, dump_allowances, load_allowances
@@ -208,6 +209,9 @@ class SessionWrite:
     """Set only for backends with ``accepts_state_delta = True``, on a save of a stored session:
     ``state`` then has no ``allowances`` and its ``escape_state`` no ``remembered_paths``; those
     are the stored ones changed by ``delta``."""
+    ledger: Sequence[LedgerRow] = ()
+    """Spend-ledger rows to store in the same atomic write (only for a ``LedgerKeeper``
+    backend); a row whose id is already stored is skipped (a retried save)."""
 
     @property
     def is_append(self) -> bool:
@@ -364,6 +368,27 @@ def takes_state_delta(backend: object) -> bool:
     """True if ``backend`` declares ``accepts_state_delta = True`` (absent, or any other value:
     every save carries the whole state)."""
     return isinstance(backend, StateDeltaAcceptor) and backend.accepts_state_delta is True
+
+
+@runtime_checkable
+class LedgerKeeper(Protocol):
+    """A backend that keeps the spend ledger (``astrid.ledger``): its ``write`` stores
+    ``change.ledger`` in the save's own atomic write, skipping row ids already stored, and
+    rows outlive their session's deletion. Without it the store drops the rows (the save works
+    as before), ``SessionStore.list_ledger`` raises ``StorageError`` and ``astrid doctor``
+    says the totals were not checked."""
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | None = None,
+        workspace: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The rows passing every given filter (``since`` inclusive, ``until`` exclusive),
+        by time, then id (``astrid.ledger.sort_rows``)."""
+        ...
 
 
 @runtime_checkable
@@ -662,6 +687,8 @@ class _PendingSave:
     messages: bool
     """True when the write carries the session's message changes (``save``, not
     ``save_state``): they were begun in its change set (``ChangeSet.begin_write``)."""
+    ledger: tuple[LedgerRow, ...] = ()
+    """The pending ledger rows the write took (dropped from the change set once written)."""
 
 
 @dataclass
@@ -709,6 +736,7 @@ class SessionStore:
         # about 10 µs, too much for every save and load).
         self._delta_writes = takes_state_delta(backend)
         self._message_objects = takes_message_objects(backend)
+        self._ledger: LedgerKeeper | None = backend if isinstance(backend, LedgerKeeper) else None
         self._load: Callable[..., SessionRecord | None] = (
             backend.load_decoded if isinstance(backend, DecodedLoader) else backend.load
         )
@@ -788,6 +816,7 @@ class SessionStore:
             expected, base = changes.revision, changes.count
         count = offset + len(messages)
         summary = self._summary_of(session, state, count)
+        ledger = tuple(changes.ledger)
         change = SessionWrite(
             session_id=session.id.bare,
             expected_revision=expected,
@@ -797,9 +826,10 @@ class SessionStore:
             replace=replace,
             summary=summary,
             delta=delta,
+            ledger=ledger if self._ledger is not None else (),
         )
         changes.begin_write()
-        return _PendingSave(change, count, offset, keyed, messages=True)
+        return _PendingSave(change, count, offset, keyed, messages=True, ledger=ledger)
 
     def _prepare_save_state(
         self, session: AgentSession, *, capture_git: bool = True
@@ -813,6 +843,7 @@ class SessionStore:
             expected, count, offset = None, 0, 0  # a create: every message stays pending
         else:
             expected, count, offset = changes.revision, changes.count, changes.offset
+        ledger = tuple(changes.ledger)
         change = SessionWrite(
             session_id=session.id.bare,
             expected_revision=expected,
@@ -822,8 +853,9 @@ class SessionStore:
             replace=False,
             summary=self._summary_of(session, state, count),
             delta=delta,
+            ledger=ledger if self._ledger is not None else (),
         )
-        return _PendingSave(change, count, offset, keyed, messages=False)
+        return _PendingSave(change, count, offset, keyed, messages=False, ledger=ledger)
 
     def _write(self, change: SessionWrite) -> int:
         """``backend.write(change)``, with the ``Message`` objects of ``change.messages`` as
@@ -865,6 +897,7 @@ class SessionStore:
             pending.keyed,
             messages=pending.messages,
         )
+        session.changes.ledger_saved(pending.ledger)  # stored, or dropped by a backend without
 
     def _state_for_write(
         self, session: AgentSession, basis: StateBasis | None, capture_git: bool = True
@@ -1176,6 +1209,51 @@ class SessionStore:
             )
         return self.backend.write_workspace_state(change)
 
+    # -- the spend ledger (astrid.ledger) ------------------------------------------------------
+
+    @property
+    def keeps_ledger(self) -> bool:
+        """True if the backend keeps the spend ledger (``LedgerKeeper``)."""
+        return self._ledger is not None
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | SessionId | None = None,
+        workspace: str | Path | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The stored ledger rows passing every given filter, by time (``since`` inclusive,
+        ``until`` exclusive); ``StorageError`` if the backend keeps no ledger."""
+        if self._ledger is None:
+            raise StorageError(
+                f"storage backend {self.backend.name!r} keeps no spend ledger (it has no "
+                "list_ledger; see docs/plugin-authors.md)"
+            )
+        return self._ledger.list_ledger(
+            session_id=validate_session_id(session_id) if session_id is not None else None,
+            workspace=workspace_key(workspace) if workspace is not None else None,
+            since=to_utc(since) if since is not None else None,
+            until=to_utc(until) if until is not None else None,
+        )
+
+    def usage(
+        self,
+        *,
+        by: GroupBy | None = None,
+        session_id: str | SessionId | None = None,
+        workspace: str | Path | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerTotals]:
+        """Calls, tokens and exact cost of the ledger rows ``list_ledger`` selects, per
+        session, workspace, model or UTC day (``by`` None: one total)."""
+        rows = self.list_ledger(
+            session_id=session_id, workspace=workspace, since=since, until=until
+        )
+        return aggregate(rows, by)
+
     # -- the async API -----------------------------------------------------------------------
     # The same operations for code on an event loop. Backend I/O runs in a worker thread
     # (``astrid.offload``); what a write needs from the session is read on the loop thread
@@ -1274,6 +1352,46 @@ class SessionStore:
     async def asave_workspace_of(self, session: AgentSession) -> None:
         """``save_workspace_of``: exported on the loop, written in the worker thread."""
         await write_in_thread(self._workspace_write_of(session))
+
+    async def alist_ledger(
+        self,
+        *,
+        session_id: str | SessionId | None = None,
+        workspace: str | Path | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """``list_ledger`` off the event loop."""
+        return await read_in_thread(
+            functools.partial(
+                self.list_ledger,
+                session_id=session_id,
+                workspace=workspace,
+                since=since,
+                until=until,
+            )
+        )
+
+    async def ausage(
+        self,
+        *,
+        by: GroupBy | None = None,
+        session_id: str | SessionId | None = None,
+        workspace: str | Path | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerTotals]:
+        """``usage`` off the event loop."""
+        return await read_in_thread(
+            functools.partial(
+                self.usage,
+                by=by,
+                session_id=session_id,
+                workspace=workspace,
+                since=since,
+                until=until,
+            )
+        )
 
     def akv(self, namespace: str) -> AsyncScopedKvStore:
         """``kv(namespace)`` with awaitable methods that run off the event loop."""
@@ -1418,13 +1536,16 @@ class SessionStore:
         *,
         archived: Sequence[Any] = (),
         over: SessionRecord | None = None,
+        ledger: Sequence[LedgerRow] = (),
     ) -> int:
         """Write a whole session as given (imports, copies) in ONE atomic backend write.
 
         ``state``: the document without messages; ``messages``: the active ones (JSON);
         ``archived``: replaced ones, recorded in its history before them. ``over``: the stored
         record this replaces (its messages stay in the history); None creates the session, which
-        must not exist. A kill at any moment leaves the previous state or the complete new one.
+        must not exist. ``ledger``: its spend-ledger rows, in the same write (dropped by a
+        backend that keeps none). A kill at any moment leaves the previous state or the
+        complete new one.
         """
         from dataclasses import replace as _with
 
@@ -1438,6 +1559,7 @@ class SessionStore:
                 replace=over is not None,
                 summary=_with(summary, message_count=len(messages)),
                 archived=list(archived),
+                ledger=tuple(ledger) if self._ledger is not None else (),
             )
         )
 

@@ -764,7 +764,12 @@ class SubAgentExecutor:
         )
 
     async def _finish_child(self, child: AgentSession) -> None:
-        """Save the child off the event loop (``store.asave``), then end its session."""
+        """Save the child off the event loop (``store.asave``), then end its session.
+
+        If the save fails, the child's unsaved spend-ledger rows move to the parent's change
+        set: the parent's saved budget total includes the child's spend (one shared tracker),
+        so its rows are written with the parent's save instead of being lost.
+        """
         if self.store is not None:
             try:
                 await self.store.asave(child)
@@ -775,6 +780,8 @@ class SubAgentExecutor:
                     self.parent_session.id.bare,
                     exc_info=True,
                 )
+                self.parent_session.changes.ledger.extend(child.changes.ledger)
+                child.changes.ledger = []
         try:
             child.end_session()
         except Exception:

@@ -10,7 +10,9 @@ migration target) raises an ``AstridError``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import LoadedConfig
-from .default_plugins.file_storage import ARCHIVED_KEY, REVISION_KEY, UPDATED_AT_KEY
+from .default_plugins.file_storage import ARCHIVED_KEY, LEDGER_KEY, REVISION_KEY, UPDATED_AT_KEY
 from .document import SessionDocument
 from .errors import AstridError, ConfigError, InvalidSessionId, SerializationError
 from .ids import validate_session_id
+from .ledger import LedgerRow, compare_totals
 from .security.kv import namespaces_of
 from .store import SessionStore, SessionSummary, workspace_key
 from .timeutil import parse_rfc3339, to_utc
@@ -44,11 +47,13 @@ __all__ = [
     "message_of",
     "migrate",
     "read_documents",
+    "session_files",
 ]
 
-_FILE_KEYS = (REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY)
+_FILE_KEYS = (REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY, LEDGER_KEY)
 """Keys the file backend adds to a document; an imported document has them when it was copied
-out of such a directory (its history is ``ARCHIVED_KEY``)."""
+out of such a directory (its history is ``ARCHIVED_KEY``, its spend-ledger rows
+``LEDGER_KEY``)."""
 
 PAGE = 500
 """Sessions listed per page when a whole store is walked."""
@@ -114,6 +119,7 @@ def export_sessions(
     session_ids: Sequence[str] | None = None,
     *,
     fmt: Literal["json", "jsonl"] = "json",
+    progress: Callable[[Sequence[str]], Iterable[str]] | None = None,
 ) -> ExportResult:
     """Write sessions as the original's documents, with their security state, to ``write``.
 
@@ -121,6 +127,7 @@ def export_sessions(
     a given id that does not exist raises ``SessionNotFound`` before anything is written.
     ``fmt`` json: one id gives that document alone, else a JSON array; jsonl: one compact
     document per line. A session that cannot be loaded is a failure; the rest are written.
+    ``progress`` wraps the ids to export (a progress bar).
     """
     result = ExportResult()
     if session_ids is None:
@@ -134,7 +141,7 @@ def export_sessions(
     single = fmt == "json" and session_ids is not None and len(ids) == 1
     if fmt == "json" and not single:
         write("[")
-    for sid in ids:
+    for sid in progress(ids) if progress is not None else ids:
         try:
             doc = store.load_document(sid)
         except AstridError as exc:
@@ -184,6 +191,8 @@ class ImportResult:
     replaced: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    """What a source directory holds besides ``<uuid>.json`` files: not read."""
 
 
 def _mtime(path: Path) -> datetime | None:
@@ -227,28 +236,46 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
+SESSION_FILE = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\.json")
+"""The name of a session document in a directory: ``<uuid>.json``."""
+
+
+def session_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The ``<uuid>.json`` files of ``directory``, sorted, and its other entries (hidden ones,
+    such as astrid's own index and locks, left out), which an import does not read."""
+    files: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue
+        named = SESSION_FILE.fullmatch(path.name) is not None
+        (files if named and path.is_file() else others).append(path)
+    return files, others
+
+
+def _file_documents(path: Path) -> Iterator[Incoming]:
+    """The documents of one ``<uuid>.json`` file (an error ``Incoming`` if unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield Incoming(str(path), error=f"{path}: cannot read: {exc}")
+        return
+    yield from _parse_json_docs(text, str(path), _mtime(path))
+
+
 def read_documents(
     source: str | Path, fmt: Literal["auto", "json", "jsonl"] = "auto"
 ) -> Iterator[Incoming]:
     """The documents of a file, stdin (``-``) or a directory of ``<uuid>.json`` files.
 
     A file is one document, a JSON array of them, or JSON Lines (``auto`` tells them apart).
-    What cannot be read or parsed is an ``Incoming`` with ``error`` naming the file (and line).
+    Of a directory, only the ``<uuid>.json`` files are read (``session_files``). What cannot be
+    read or parsed is an ``Incoming`` with ``error`` naming the file (and line).
     """
     text_source = str(source)
     if text_source != "-" and Path(source).is_dir():
-        files = sorted(
-            p
-            for p in Path(source).iterdir()
-            if p.suffix == ".json" and not p.name.startswith(".") and p.is_file()
-        )
-        for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                yield Incoming(str(path), error=f"{path}: cannot read: {exc}")
-                continue
-            yield from _parse_json_docs(text, str(path), _mtime(path))
+        for path in session_files(Path(source))[0]:
+            yield from _file_documents(path)
         return
     location = "<stdin>" if text_source == "-" else text_source
     try:
@@ -273,6 +300,16 @@ def _archived_messages(doc: SessionDocument, location: str) -> list[Any]:
             f"{location}: key {ARCHIVED_KEY!r} must be a list of {{'seq', 'message'}}"
         )
     return [item["message"] for item in raw]
+
+
+def _ledger_rows(doc: SessionDocument, location: str) -> list[LedgerRow]:
+    """The spend-ledger rows a document copied out of a file store carries (``LEDGER_KEY``)."""
+    raw = (doc.__pydantic_extra__ or {}).get(LEDGER_KEY)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SerializationError(f"{location}: key {LEDGER_KEY!r} must be a list of rows")
+    return [LedgerRow.from_data(r, f"{location}: {LEDGER_KEY}[{i}]") for i, r in enumerate(raw)]
 
 
 def _last_activity(doc: SessionDocument, fallback: datetime | None) -> datetime:
@@ -305,6 +342,7 @@ def import_document(
     """
     doc = SessionDocument.from_data(data, source=location)
     archived = _archived_messages(doc, location)
+    ledger = _ledger_rows(doc, location)
     state = doc.to_data()
     state.pop("messages", None)
     for key in _FILE_KEYS:
@@ -324,7 +362,7 @@ def import_document(
         model=doc.model,
         parent_id=doc.parent_id,
     )
-    store.restore(summary, state, active, archived=archived, over=existing)
+    store.restore(summary, state, active, archived=archived, over=existing, ledger=ledger)
     return "imported" if existing is None else "replaced"
 
 
@@ -334,13 +372,24 @@ def import_sessions(
     *,
     fmt: Literal["auto", "json", "jsonl"] = "auto",
     overwrite: bool = False,
+    progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None,
 ) -> ImportResult:
     """Import the original's session documents from a file, JSON Lines, stdin or a directory.
 
-    Each bad document is one failure naming its file (and line); the others are imported.
+    Each bad document is one failure naming its file (and line); the others are imported. Of a
+    directory only the ``<uuid>.json`` files are read; the other entries are ``ignored``.
+    ``progress`` wraps the directory's files, or a file's documents (a progress bar).
     """
     result = ImportResult()
-    for item in read_documents(source, fmt):
+    wrap = progress if progress is not None else (lambda items: items)
+    items: Iterable[Incoming]
+    if str(source) != "-" and Path(source).is_dir():
+        files, others = session_files(Path(source))
+        result.ignored = [str(path) for path in others]
+        items = itertools.chain.from_iterable(_file_documents(path) for path in wrap(files))
+    else:
+        items = wrap(list(read_documents(source, fmt)))
+    for item in items:
         if item.error is not None:
             result.failed.append(Failure(item.location, item.error))
             continue
@@ -427,9 +476,10 @@ def _copy_session(
         return "gone"
     source.decode_record(row.id, record)  # a session that does not load is not copied
     archived = [h.message for h in history if not h.active]
+    ledger = source.list_ledger(session_id=row.id) if source.keeps_ledger else []
     if present is not None:
         target.delete(row.id)
-    target.restore(row, record.state, record.messages, archived=archived)
+    target.restore(row, record.state, record.messages, archived=archived, ledger=ledger)
     return "copied"
 
 
@@ -571,6 +621,12 @@ class StoreReport:
     sessions_checked: int = 0
     temp_files_removed: int = 0
     problems: list[Problem] = field(default_factory=list)
+    ledger_rows: int | None = None
+    """Spend-ledger rows read (None: the backend keeps no ledger, totals not checked)."""
+    totals_checked: int = 0
+    """Session and workspace budget totals compared with the ledger."""
+    notes: list[Problem] = field(default_factory=list)
+    """What was found but is not a problem (spend from before the ledger existed)."""
 
     @property
     def ok(self) -> bool:
@@ -587,6 +643,9 @@ class StoreReport:
             "sessions_checked": self.sessions_checked,
             "temp_files_removed": self.temp_files_removed,
             "problems": [{"location": p.location, "problem": p.problem} for p in self.problems],
+            "ledger_rows": self.ledger_rows,
+            "totals_checked": self.totals_checked,
+            "notes": [{"location": p.location, "note": p.problem} for p in self.notes],
         }
 
 
@@ -594,11 +653,17 @@ def _strip_location(message: str, prefix: str) -> str:
     return message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message
 
 
-def _check_sessions(store: SessionStore, report: StoreReport, strict: bool) -> None:
+def _check_sessions(
+    store: SessionStore,
+    report: StoreReport,
+    strict: bool,
+    progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
+) -> None:
     try:
         report.schema_version = store.schema_version()
         report.temp_files_removed = store.sweep_temp_files()  # removed, reported, no problem
         report.problems.extend(Problem(w, p) for w, p in store.problems())
+        report.problems.extend(Problem(str(w), p) for w, p in store.stray_files())
         rows = all_summaries(store)
     except Exception as exc:
         if strict:
@@ -606,7 +671,8 @@ def _check_sessions(store: SessionStore, report: StoreReport, strict: bool) -> N
         where = store.location() or report.config or "<store>"
         report.problems.append(Problem(where, message_of(exc)))
         return
-    for row in rows:
+    totals: dict[str, tuple[str | None, float]] = {}
+    for row in progress(rows) if progress is not None else rows:
         report.sessions_checked += 1
         where = store.describe(row.id)
         try:
@@ -618,21 +684,75 @@ def _check_sessions(store: SessionStore, report: StoreReport, strict: bool) -> N
             continue
         if session is None:
             report.problems.append(Problem(where, "listed but cannot be loaded"))
-        elif len(session.messages) != row.message_count:
+            continue
+        if len(session.messages) != row.message_count:
             report.problems.append(
                 Problem(
                     where,
                     f"listed with {row.message_count} messages, {len(session.messages)} loaded",
                 )
             )
+        parent = session.parent_id.bare if session.parent_id is not None else None
+        totals[row.id] = (parent, session.budget_tracker.spent())
+    _check_ledger(store, report, totals, rows, strict)
 
 
-def check_store(loaded: LoadedConfig, *, strict: bool = False) -> StoreReport:
+def _check_ledger(
+    store: SessionStore,
+    report: StoreReport,
+    totals: dict[str, tuple[str | None, float]],
+    rows: list[SessionSummary],
+    strict: bool,
+) -> None:
+    """Compare each top-level session's and each workspace's budget total with the sum of its
+    spend-ledger rows (``astrid.ledger.compare_totals``): a difference is a problem, spend with
+    no row at all (from before the ledger) a note."""
+    if not store.keeps_ledger:
+        return
+    try:
+        ledger = store.list_ledger()
+        workspaces: dict[str, float] = {}
+        charged = {r.workspace for r in ledger if r.workspace_charged and r.workspace}
+        for ws in sorted(charged | {r.workspace_path for r in rows if r.workspace_path}):
+            budget = store.load_workspace_state(ws).budget
+            if budget is not None:
+                workspaces[ws] = budget.total_spent_usd
+            elif ws in charged:
+                report.notes.append(
+                    Problem(
+                        f"workspace {ws}",
+                        "spend-ledger rows charged it but no workspace budget is stored "
+                        "(its state was never saved): not checked",
+                    )
+                )
+    except Exception as exc:
+        if strict:
+            raise
+        report.problems.append(Problem(store.location() or "<store>", message_of(exc)))
+        return
+    report.ledger_rows = len(ledger)
+    for check in compare_totals(totals, workspaces, ledger):
+        report.totals_checked += 1
+        where = store.describe(check.key) if check.what == "session" else f"workspace {check.key}"
+        if check.status == "differs":
+            report.problems.append(Problem(where, check.describe()))
+        elif check.status == "unledgered":
+            report.notes.append(Problem(where, check.describe()))
+
+
+def check_store(
+    loaded: LoadedConfig,
+    *,
+    strict: bool = False,
+    progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
+) -> StoreReport:
     """Check the store ``loaded`` configures: schema version, every session loads in full with
-    its listed message count, entries the backend cannot list; creates nothing.
+    its listed message count, entries the backend cannot list, stray files in its directory;
+    creates nothing.
 
     Removes temporary files of killed writers (counted, not a problem). Every failure is a
     ``Problem`` in the report; with ``strict`` the first exception propagates instead.
+    ``progress`` wraps the sessions to check (a progress bar).
     """
     report = StoreReport(config=loaded.where, backend_name=SessionStore.configured_backend(loaded))
     try:
@@ -644,5 +764,5 @@ def check_store(loaded: LoadedConfig, *, strict: bool = False) -> StoreReport:
         return report
     with store:
         report.backend_name = store.backend_name
-        _check_sessions(store, report, strict)
+        _check_sessions(store, report, strict, progress)
     return report

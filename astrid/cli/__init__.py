@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # one line per command
     "demo": ("demo:demo", "Run a scripted agent session (tool call, approval, sub-agent..."),
     "run": ("run:run", "Run one turn of PROMPT ('-' reads it from standard input)..."),
     "chat": ("chat:chat", "Talk with the configured model in the terminal (Ctrl-C..."),
+    "usage": ("usage:usage", "Show the calls, tokens and cost recorded in the spend ledger."),
 }
 """The subcommands: name -> ("module:attribute" under astrid.cli, the start of its help).
 ``astrid --help`` lists them from here without importing them; a test checks each help text

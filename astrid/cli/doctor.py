@@ -39,12 +39,21 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
             )
         for problem in report.problems:
             click.echo(str(problem))
+        for found in report.notes:
+            click.echo(f"note: {found}")
+        if report.ledger_rows is None and report.schema_version is not None:
+            click.echo("note: the store keeps no spend ledger: budget totals not checked")
         from ..runtime import default_priced_note
 
         note = default_priced_note(loaded.config)
         if note is not None:
             click.echo(f"note: {note}")
         checked = f"{report.sessions_checked} sessions checked"
+        if report.ledger_rows is not None:
+            checked += (
+                f", {report.totals_checked} budget totals against {report.ledger_rows} "
+                "spend-ledger rows"
+            )
         if report.problems:
             click.echo(f"{len(report.problems)} problem(s); {checked}")
         else:

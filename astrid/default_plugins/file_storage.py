@@ -8,8 +8,13 @@ Layout of ``<dir>`` (default ``<home>/sessions``):
 * ``<uuid>.json``: one session, the original's pretty document. ``messages`` holds the active
   messages. astrid's own keys, which the original ignores, ride in the same document:
   ``astrid_revision``, ``astrid_updated_at`` and, only when some messages were replaced (by a
-  summary), ``astrid_archived_messages`` (``[{"seq", "message"}]``). A document without them
-  (written by Rust) has revision 0 and its file mtime as last activity.
+  summary), ``astrid_archived_messages`` (``[{"seq", "message"}]``), and once the session made
+  an LLM call, ``astrid_ledger``: its spend-ledger rows (``astrid.ledger``), written by the same
+  atomic replace as the session they belong to. A document without them (written by Rust) has
+  revision 0 and its file mtime as last activity.
+* ``.astrid-ledger-deleted.jsonl``: the ledger rows of deleted sessions (one JSON object a
+  line), appended and fsynced before the session file is removed; a row found both there and
+  in a document (a crash in between) counts once, by its id.
 * ``.locks/<uuid>.lock`` and ``.locks/index.lock``: ``flock`` files that make read-modify-write
   safe across processes. Lock files are never removed (removing a lock file races with waiters).
 * ``.astrid-index.json`` and ``.astrid-index.log``: a listing cache (id → summary and the
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -45,7 +51,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,7 @@ from ..errors import ConcurrencyError, InvalidKey, SerializationError, SessionNo
 from ..fsutil import TEMP_NAME, atomic_write, fsync_dir, make_private_dirs
 from ..hookspecs import hookimpl
 from ..ids import validate_session_id
+from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
 from ..security.kv import KvStore, validate_name
 from ..store import (
@@ -74,9 +81,12 @@ from ..timeutil import format_rfc3339, parse_rfc3339, to_utc, utcnow
 REVISION_KEY = "astrid_revision"
 UPDATED_AT_KEY = "astrid_updated_at"
 ARCHIVED_KEY = "astrid_archived_messages"
-ASTRID_KEYS = frozenset({REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY})
+LEDGER_KEY = "astrid_ledger"
+ASTRID_KEYS = frozenset({REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY, LEDGER_KEY})
 """The document keys astrid adds; the original ignores them."""
 
+DELETED_LEDGER_NAME = ".astrid-ledger-deleted.jsonl"
+"""The spend-ledger rows of deleted sessions, one JSON object a line."""
 INDEX_NAME = ".astrid-index.json"
 JOURNAL_NAME = ".astrid-index.log"
 LOCKS_DIR = ".locks"
@@ -120,6 +130,8 @@ class _Doc:
     revision: int
     updated_at: datetime
     sig: _Sig
+    ledger: list[Any] = field(default_factory=list)
+    """The document's spend-ledger rows, as stored (``LedgerRow.to_data`` objects)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,10 @@ def _os_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageError(
+                f"file store: {what}: {exc.strerror or exc} (the store is read-only here)"
+            ) from exc
         raise StorageError(f"file store: {what}: {exc.strerror or exc}") from exc
 
 
@@ -266,7 +282,10 @@ def _decode(raw: bytes, sid: str, sig: _Sig) -> _Doc:
                 "with increasing seqs"
             )
         archived.append((seq, item["message"]))
-    return _Doc(data, messages, archived, revision, updated_at, sig)
+    ledger = data.get(LEDGER_KEY, [])
+    if not isinstance(ledger, list):
+        raise _Corrupt(f"key {LEDGER_KEY!r} must be a list")
+    return _Doc(data, messages, archived, revision, updated_at, sig, ledger)
 
 
 def _compose(
@@ -275,6 +294,7 @@ def _compose(
     revision: int,
     updated_at: datetime,
     archived: list[tuple[int, Any]],
+    ledger: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The full document: state keys in order, ``messages`` after ``user_id``, astrid keys last."""
     keys = [k for k in state if k != "messages" and k not in ASTRID_KEYS]
@@ -290,6 +310,8 @@ def _compose(
     doc[UPDATED_AT_KEY] = format_rfc3339(updated_at)
     if archived:
         doc[ARCHIVED_KEY] = [{"seq": seq, "message": m} for seq, m in archived]
+    if ledger:
+        doc[LEDGER_KEY] = ledger
     return doc
 
 
@@ -533,7 +555,7 @@ class FileBackend:
 
     def _ensure_dirs(self) -> None:
         if self.read_only:
-            raise StorageError(f"file store: {self.directory} is opened read-only")
+            raise StorageError(f"file store: {self.directory} is opened read-only: cannot write")
         with _os_errors(f"cannot create {self.directory}"):
             make_private_dirs(self.directory)
             make_private_dirs(self.directory / LOCKS_DIR)
@@ -671,8 +693,12 @@ class FileBackend:
             archived.extend((base + i, m) for i, m in enumerate(change.archived))
             revision = (stored or 0) + 1
             updated_at = to_utc(change.summary.updated_at)
+            ledger = list(current.ledger) if current is not None else []
+            if change.ledger:
+                known = {r.get("id") for r in ledger if isinstance(r, dict)}
+                ledger += [r.to_data() for r in change.ledger if r.id not in known]
             sig = self._write_doc(
-                sid, _compose(change.state, active, revision, updated_at, archived)
+                sid, _compose(change.state, active, revision, updated_at, archived, ledger)
             )
             summary = _normalized(
                 change.summary,
@@ -700,7 +726,8 @@ class FileBackend:
             revision = current.revision + 1
             now = utcnow()
             sig = self._write_doc(
-                sid, _compose(current.data, active, revision, now, current.archived)
+                sid,
+                _compose(current.data, active, revision, now, current.archived, current.ledger),
             )
             if summary is not None:
                 row = _normalized(
@@ -720,6 +747,12 @@ class FileBackend:
         self._ensure_dirs()
         with self._session_lock(sid):
             try:
+                doc = self._load_doc(sid)
+            except SerializationError:
+                doc = None  # a corrupt file: no rows to keep
+            if doc is not None and doc.ledger:
+                self._keep_deleted_ledger(doc.ledger)
+            try:
                 os.unlink(path)
             except FileNotFoundError:
                 return False
@@ -729,6 +762,77 @@ class FileBackend:
                 fsync_dir(self.directory)
             self._index_drop(sid)
             return True
+
+    # -- the spend ledger -------------------------------------------------------------------
+
+    def _keep_deleted_ledger(self, rows: list[Any]) -> None:
+        """Append a deleted session's ledger rows to ``DELETED_LEDGER_NAME`` (fsynced); after a
+        torn append (no final newline) the rows start on a line of their own."""
+        path = self.directory / DELETED_LEDGER_NAME
+        data = b"".join(_compact_json(row) + b"\n" for row in rows)
+        with _os_errors(f"cannot write {path}"):
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _deleted_ledger(self) -> list[tuple[Any, str]]:
+        """The rows of deleted sessions with where each was read. A line that is not JSON is a
+        torn append, skipped: the writer killed while appending it had not removed the session
+        yet, whose document still holds the rows."""
+        path = self.directory / DELETED_LEDGER_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"file store: cannot read {path}: {exc}") from exc
+        lines = raw.split(b"\n")
+        out: list[tuple[Any, str]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append((json.loads(line), f"{path}: line {number}"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                continue  # torn
+        return out
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | None = None,
+        workspace: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The spend-ledger rows passing the filters, by time: read from every session document
+        (this backend parses them all) and from the deleted sessions' rows."""
+        found: list[tuple[Any, str]] = []
+        if session_id is not None:
+            sids = [validate_session_id(session_id)]
+        else:
+            sids = sorted(self._refresh()[0])
+        for sid in sids:
+            try:
+                doc = self._load_doc(sid)
+            except SerializationError:
+                continue  # a corrupt file: ``problems`` reports it
+            if doc is not None:
+                where = f"{self.directory / f'{sid}.json'}: {LEDGER_KEY}"
+                found += [(item, f"{where}[{i}]") for i, item in enumerate(doc.ledger)]
+        found += self._deleted_ledger()
+        rows: dict[str, LedgerRow] = {}
+        for item, where in found:
+            row = LedgerRow.from_data(item, where)
+            if matches(row, session_id=session_id, workspace=workspace, since=since, until=until):
+                rows.setdefault(row.id, row)
+        return sort_rows(rows.values())
 
     # -- orphaned temp files --------------------------------------------------------------
 
@@ -759,7 +863,7 @@ class FileBackend:
         """Remove orphaned temp files now (sessions directory and kv store); how many."""
         with self._lock:
             if self._kv is None:
-                self._kv = FileKvStore(self.kv_directory)
+                self._kv = FileKvStore(self.kv_directory, read_only=self.read_only)
             kv = self._kv
         return self._sweep_temps() + kv.sweep_temp_files()
 
@@ -1026,6 +1130,30 @@ class FileBackend:
         """How many readable sessions (optionally in one workspace)."""
         return len(self._sorted(workspace))
 
+    def stray_files(self) -> list[tuple[Path, str]]:
+        """Entries of the session directory that are neither a session file (its temp file
+        included) nor astrid's own hidden files: nothing reads them (``StrayFileReporter``)."""
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError(f"file store: cannot list {self.directory}: {exc}") from exc
+        stray: list[tuple[Path, str]] = []
+        for item in entries:
+            name = item.name
+            if name.startswith(".") or name in _IGNORED_NAMES or _STORE_NAME.fullmatch(name):
+                continue
+            kind = "directory" if item.is_dir(follow_symlinks=False) else "file"
+            stray.append(
+                (
+                    Path(item.path),
+                    f"stray {kind}: not a session file (<uuid>.json); astrid ignores it "
+                    "(move it out of the session directory)",
+                )
+            )
+        return stray
+
     def list_all_sessions(self) -> list[SessionSummary]:
         """Every readable session in one directory scan (``WholeLister``): each page of
         ``list_sessions`` scans the directory again."""
@@ -1044,7 +1172,7 @@ class FileBackend:
     def _file_kv(self) -> FileKvStore:
         with self._lock:
             if self._kv is None:
-                self._kv = FileKvStore(self.kv_directory)
+                self._kv = FileKvStore(self.kv_directory, read_only=self.read_only)
             return self._kv
 
     def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
@@ -1106,15 +1234,22 @@ class FileKvStore:
     """A ``KvStore``, one file per (namespace, key): ``<dir>/<b64 ns>/<b64 key>``; a long name is
     ``~<sha256>``, its text kept in ``.namespace`` (a namespace) or ``~<sha256>.key`` (a key)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.directory = Path(directory)
+        self.read_only = read_only
+        """Opened to read (its backend is): every write is a ``StorageError`` saying so."""
 
     def __repr__(self) -> str:
         return f"FileKvStore({str(self.directory)!r})"
 
+    def _refuse_write(self) -> None:
+        if self.read_only:
+            raise StorageError(f"file kv store: {self.directory} is opened read-only: cannot write")
+
     @contextlib.contextmanager
     def workspace_lock(self) -> Iterator[None]:
         """Hold ``<directory>/.workspace.lock`` (``flock``): workspace writes, across processes."""
+        self._refuse_write()
         with _os_errors(f"cannot lock {self.directory}"):
             make_private_dirs(self.directory)
             fd = _acquire(self.directory / WORKSPACE_LOCK)
@@ -1147,6 +1282,7 @@ class FileKvStore:
 
     def set(self, namespace: str, key: str, value: bytes) -> None:
         """Store ``value`` under ``key`` atomically (0600 file in a 0700 directory)."""
+        self._refuse_write()
         ns_dir, path, name_file = self._paths(namespace, key)
         ns_file = self._namespace_file(namespace)
         data = bytes(value)
@@ -1167,6 +1303,7 @@ class FileKvStore:
 
     def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key``; True if it existed."""
+        self._refuse_write()
         ns_dir, path, name_file = self._paths(namespace, key)
         try:
             os.unlink(path)
@@ -1274,6 +1411,7 @@ class FileKvStore:
 
     def clear_namespace(self, namespace: str) -> int:
         """Remove every key of ``namespace``; return how many were removed."""
+        self._refuse_write()
         ns_dir, names = self._value_files(namespace)
         removed = 0
         for name in names:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConcurrencyError, SessionNotFound
 from ..hookspecs import hookimpl
+from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
 from ..security.kv import KvStore, MemoryKvStore
 from ..store import (
@@ -54,6 +55,8 @@ class MemoryBackend:
         self._lock = threading.RLock()
         self._sessions: dict[str, _Entry] = {}
         self._kv = MemoryKvStore()
+        self._ledger: dict[str, LedgerRow] = {}
+        """Spend-ledger rows by id (they outlive their session's deletion)."""
 
     def load(self, session_id: str, *, tail: int | None = None) -> SessionRecord | None:
         """The session (or its last ``tail`` messages), or None."""
@@ -107,6 +110,8 @@ class MemoryBackend:
                 change.summary, message_count=len(new.messages), revision=new.revision
             )
             self._sessions[change.session_id] = new
+            for row in change.ledger:
+                self._ledger.setdefault(row.id, row)
             return new.revision
 
     def append(
@@ -165,6 +170,23 @@ class MemoryBackend:
             rows += [HistoryEntry(seq, True, copy.deepcopy(m)) for seq, m in entry.messages]
             rows.sort(key=lambda h: h.seq)
             return rows
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | None = None,
+        workspace: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The spend-ledger rows passing the filters, by time."""
+        with self._lock:
+            rows = list(self._ledger.values())
+        return sort_rows(
+            r
+            for r in rows
+            if matches(r, session_id=session_id, workspace=workspace, since=since, until=until)
+        )
 
     def kv(self) -> KvStore:
         """The in-memory key-value store."""

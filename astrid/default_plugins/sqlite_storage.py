@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..fsutil import create_private_file, make_private_dirs
 from ..hookspecs import hookimpl
+from ..ledger import LedgerRow, usd_text
 from ..messages import Message, MessageRole
 from ..offload import yielding
 from ..plugins import PluginContext
@@ -300,6 +301,78 @@ def _m0006_session_items(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m0007_ledger(conn: sqlite3.Connection) -> None:
+    """The spend ledger: one row per LLM call (``astrid.ledger``), written in the transaction of
+    its session's save. Amounts are exact decimal text; ``at`` is fixed-width UTC text (sorts in
+    time order). Rows are kept when their session is deleted; sessions saved before this
+    migration have none."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS ledger (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            parent_session_id TEXT,
+            workspace TEXT,
+            workspace_charged INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            usage_reported INTEGER NOT NULL,
+            reserved_usd TEXT NOT NULL,
+            cost_usd TEXT NOT NULL,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS ledger_by_time ON ledger (at, id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS ledger_by_session ON ledger (session_id, at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS ledger_by_workspace ON ledger (workspace, at)")
+
+
+_LEDGER_COLUMNS = (
+    "id, session_id, parent_session_id, workspace, workspace_charged, model, provider, kind, "
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+    "usage_reported, reserved_usd, cost_usd, at"
+)
+
+
+def _ledger_params(row: LedgerRow) -> tuple[Any, ...]:
+    return (
+        row.id,
+        row.session_id,
+        row.parent_session_id,
+        row.workspace,
+        int(row.workspace_charged),
+        row.model,
+        row.provider,
+        row.kind,
+        row.input_tokens,
+        row.output_tokens,
+        row.cache_read_tokens,
+        row.cache_write_tokens,
+        row.reasoning_tokens,
+        int(row.usage_reported),
+        usd_text(row.reserved_usd),
+        usd_text(row.cost_usd),
+        format_timestamp(row.at),
+    )
+
+
+def _insert_ledger(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Store ledger rows in the caller's transaction; an id already stored is skipped."""
+    if rows:
+        c.executemany(
+            f"INSERT OR IGNORE INTO ledger ({_LEDGER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
 def _m_capabilities_0001_tables(conn: sqlite3.Connection) -> None:
     """The ``sqlite`` capability store's tables: token JSON by id, revoked and used ids.
 
@@ -319,6 +392,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0005_append_trigger", _m0005_append_trigger),
     ("0006_session_items", _m0006_session_items),
     ("capabilities_0001_tables", _m_capabilities_0001_tables),
+    ("0007_ledger", _m0007_ledger),
 )
 """The one migration ladder of an astrid SQLite file: applied in order, each once, each in its
 own transaction, by the session backend and the ``sqlite`` capability store alike
@@ -949,6 +1023,7 @@ class SqliteBackend:
         summary = change.summary
         created = _format_created(summary.created_at)
         updated = format_timestamp(summary.updated_at)
+        ledger = [_ledger_params(r) for r in change.ledger]
 
         def append_one(c: sqlite3.Connection) -> bool:
             # The common case in one statement (the trigger of the ``_astrid_append`` view):
@@ -1010,10 +1085,11 @@ class SqliteBackend:
             self._insert(c, sid, int(row[1]) - n, rows)
             if delta is not None:
                 self._apply_delta(c, sid, delta, int(row[2]) - reserved)
+            _insert_ledger(c, ledger)
             return int(row[0])
 
         if change.is_append and change.expected_revision is not None and split is None:
-            if len(rows) == 1 and delta is None:
+            if len(rows) == 1 and delta is None and not ledger:
                 if self._guarded(append_one, "single", sid):
                     return change.expected_revision + 1
             else:
@@ -1101,6 +1177,7 @@ class SqliteBackend:
                     "WHERE id = ?",
                     values,
                 )
+            _insert_ledger(c, ledger)
             return revision
 
         return self._guarded(apply, "write", sid)
@@ -1255,6 +1332,43 @@ class SqliteBackend:
             "single",
         )
         return int(row[0])
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | None = None,
+        workspace: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The spend-ledger rows passing the filters, by time then id (one read snapshot)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("session_id", "=", session_id),
+            ("workspace", "=", workspace),
+            ("at", ">=", format_timestamp(since) if since is not None else None),
+            ("at", "<", format_timestamp(until) if until is not None else None),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        query = f"SELECT {_LEDGER_COLUMNS} FROM ledger"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY at, id"
+
+        def read(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return c.execute(query, params).fetchall()
+
+        names = _LEDGER_COLUMNS.split(", ")
+        out: list[LedgerRow] = []
+        for raw in self._run(read, "read"):
+            data = dict(zip(names, raw, strict=True))
+            for flag in ("workspace_charged", "usage_reported"):
+                data[flag] = bool(data[flag]) if data[flag] in (0, 1) else data[flag]
+            out.append(LedgerRow.from_data(data, f"SQLite store {self.path}: ledger row {raw[0]}"))
+        return out
 
     def kv(self) -> SqliteKvStore:
         """The key-value store in the same database file."""

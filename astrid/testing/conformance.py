@@ -71,6 +71,7 @@ from .keyed_state import (
     whole_state,
     write,
 )
+from .ledger_conformance import LedgerConformance
 
 HOSTILE_IDS: tuple[str, ...] = (
     "../../etc/passwd",
@@ -309,7 +310,7 @@ class ShiftedClock:
         self.offset += delta
 
 
-class StorageConformance:
+class StorageConformance(LedgerConformance):
     """The storage contract as pytest tests; subclass it as ``Test<Name>`` in a test module."""
 
     tick_seconds: ClassVar[float] = 0.002

@@ -31,10 +31,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, LiteralString, TypeGuard
 
 import pydantic_core
 from astrid.errors import ConcurrencyError, SerializationError, SessionNotFound
+from astrid.ledger import LedgerRow, usd
 from astrid.security.kv import validate_name
 from astrid.store import (
     ITEM_ALLOWANCE,
@@ -150,6 +152,57 @@ def split_state(
 
 
 # -- the backend ---------------------------------------------------------------------------------
+
+
+_LEDGER_COLUMNS: LiteralString = (
+    "id, session_id, parent_session_id, workspace, workspace_charged, model, provider, kind, "
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+    "usage_reported, reserved_usd, cost_usd, at"
+)
+
+
+def _ledger_params(row: LedgerRow) -> tuple[Any, ...]:
+    return (
+        row.id,
+        row.session_id,
+        row.parent_session_id,
+        row.workspace,
+        row.workspace_charged,
+        row.model,
+        row.provider,
+        row.kind,
+        row.input_tokens,
+        row.output_tokens,
+        row.cache_read_tokens,
+        row.cache_write_tokens,
+        row.reasoning_tokens,
+        row.usage_reported,
+        row.reserved_usd,
+        row.cost_usd,
+        row.at,
+    )
+
+
+def _ledger_row(raw: Sequence[Any]) -> LedgerRow:
+    return LedgerRow(
+        id=str(raw[0]),
+        session_id=str(raw[1]),
+        parent_session_id=str(raw[2]) if raw[2] is not None else None,
+        workspace=raw[3],
+        workspace_charged=bool(raw[4]),
+        model=raw[5],
+        provider=raw[6],
+        kind=raw[7],
+        input_tokens=int(raw[8]),
+        output_tokens=int(raw[9]),
+        cache_read_tokens=int(raw[10]),
+        cache_write_tokens=int(raw[11]),
+        reasoning_tokens=int(raw[12]),
+        usage_reported=bool(raw[13]),
+        reserved_usd=usd(raw[14]),
+        cost_usd=usd(raw[15]),
+        at=to_utc(raw[16]),
+    )
 
 
 class PostgresBackend:
@@ -398,28 +451,95 @@ class PostgresBackend:
         }
         items = self._item_params(split[1], sid) if split is not None else None
         changes = self._delta_params(delta, sid) if delta is not None else None
+        ledger = [_ledger_params(row) for row in change.ledger]
         if change.expected_revision is None:
             created = {**params, **(items or _NO_ITEMS), "keyed": items is not None}
-            result: int = self._run(lambda c: self._create(c, created), write=False)
+            result: int = self._run(
+                self._with_ledger(lambda c: self._create(c, created), ledger), write=bool(ledger)
+            )
             return result
         if not change.replace:
             # One statement when the stored row is what the save expects (inline for a whole
             # write, keyed for a delta); otherwise (or stale) the general transaction decides.
             done: int | None = None
             if delta is None and split is None:
-                done = self._run(lambda c: self._save(c, params), write=False)
+                done = self._run(
+                    self._with_ledger(lambda c: self._save(c, params), ledger), write=bool(ledger)
+                )
             elif changes is not None:
                 saved = {**params, **changes}
-                done = self._run(lambda c: self._save_delta(c, saved), write=False)
+                done = self._run(
+                    self._with_ledger(lambda c: self._save_delta(c, saved), ledger),
+                    write=bool(ledger),
+                )
             if done is not None:
                 return done
         result = self._run(
-            lambda c: self._general(
-                c, params, replace=change.replace, delta=delta, changes=changes, items=items
+            self._with_ledger(
+                lambda c: self._general(
+                    c, params, replace=change.replace, delta=delta, changes=changes, items=items
+                ),
+                ledger,
             ),
             write=True,
         )
         return result
+
+    def _with_ledger(
+        self, fn: Callable[[Conn], int | None], rows: list[tuple[Any, ...]]
+    ) -> Callable[[Conn], int | None]:
+        """``fn``, then (if it saved) the save's ledger rows, for one transaction: a save with
+        rows runs in a transaction even where it is otherwise one statement."""
+        if not rows:
+            return fn
+
+        def both(c: Conn) -> int | None:
+            revision = fn(c)
+            if revision is not None:
+                c.cursor().executemany(
+                    self._q(
+                        "INSERT INTO {s}.ledger (" + _LEDGER_COLUMNS + ") VALUES (%s, %s, %s,"
+                        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        " ON CONFLICT (id) DO NOTHING"
+                    ),
+                    rows,
+                )
+            return revision
+
+        return both
+
+    def list_ledger(
+        self,
+        *,
+        session_id: str | None = None,
+        workspace: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerRow]:
+        """The spend-ledger rows passing the filters, by time then id."""
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        for condition, value in (
+            ("session_id = %s", session_id),
+            ("workspace = %s", workspace),
+            ("at >= %s", since),
+            ("at < %s", until),
+        ):
+            if value is not None:
+                where.append(sql.SQL(condition))
+                params.append(value)
+        query = sql.SQL("SELECT {cols} FROM {s}.ledger{where} ORDER BY at, id").format(
+            cols=sql.SQL(_LEDGER_COLUMNS),
+            s=sql.Identifier(self.schema),
+            where=sql.SQL(" WHERE ").join([sql.SQL(""), sql.SQL(" AND ").join(where)])
+            if where
+            else sql.SQL(""),
+        )
+
+        def read(c: Conn) -> list[Any]:
+            return c.execute(query, params).fetchall()
+
+        return [_ledger_row(raw) for raw in self._run(read, write=False)]
 
     def _create(self, c: Conn, p: dict[str, Any]) -> int:
         if p["archived"]:

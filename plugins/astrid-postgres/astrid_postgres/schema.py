@@ -113,6 +113,40 @@ MIGRATIONS: tuple[tuple[str, tuple[LiteralString, ...]], ...] = (
             "ALTER TABLE {s}.sessions ADD COLUMN next_item bigint NOT NULL DEFAULT 0",
         ),
     ),
+    (
+        # The spend ledger (``astrid.ledger``): one row per LLM call, inserted in the
+        # transaction of its session's save (an id already stored is skipped). Amounts are
+        # exact ``numeric``. Rows are kept when their session is deleted; sessions saved before
+        # this migration have none.
+        "0006_ledger",
+        (
+            """
+            CREATE TABLE {s}.ledger (
+                id uuid PRIMARY KEY,
+                session_id uuid NOT NULL,
+                parent_session_id uuid,
+                workspace text,
+                workspace_charged boolean NOT NULL,
+                model text NOT NULL,
+                provider text NOT NULL,
+                kind text NOT NULL,
+                input_tokens bigint NOT NULL,
+                output_tokens bigint NOT NULL,
+                cache_read_tokens bigint NOT NULL,
+                cache_write_tokens bigint NOT NULL,
+                reasoning_tokens bigint NOT NULL,
+                usage_reported boolean NOT NULL,
+                reserved_usd numeric NOT NULL,
+                cost_usd numeric NOT NULL,
+                at timestamptz NOT NULL
+            )
+            """,
+            "CREATE INDEX ledger_by_time ON {s}.ledger (at, id)",
+            "CREATE INDEX ledger_by_session ON {s}.ledger (session_id, at)",
+            "CREATE INDEX ledger_by_workspace ON {s}.ledger (workspace, at) "
+            "WHERE workspace IS NOT NULL",
+        ),
+    ),
 )
 """The migration ladder: applied in order, each once, recorded by name."""
 
