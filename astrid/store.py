@@ -251,7 +251,7 @@ def check_messages_storable(
 
     ``first``: the index of ``messages[0]`` in the session (None: not known, an append).
     """
-    for index, message in enumerate(yielding(messages)):
+    for index, message in enumerate(yielding(messages) if len(messages) > 1 else messages):
         problem = message_problem(message)
         if problem is not None:
             which = f"message {first + index}" if first is not None else f"new message {index}"

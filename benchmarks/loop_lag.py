@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import statistics
 import sys
 import time
@@ -189,6 +190,8 @@ class Measured:
     seconds: float
     messages: int
     in_saves_ms: float = 0.0
+    full_gcs: int = 0
+    """Full garbage collections during the measured turns."""
     """The longest gap overlapping a save (0: none); the rest is the turns' other work."""
 
 
@@ -226,16 +229,21 @@ async def measure(case: Case, mode: str, turns: int, round_: int, where: Path) -
         if case.messages:
             for i in range(case.messages):
                 session.add_message(astrid_message(i))
+            # Building them made a full collection due (~60 ms over this heap, every thread
+            # stopped): run it now, or it lands in whichever turn allocates next.
+            gc.collect()
         else:
             await runtime.run_turn(session, "warm up")  # the session row exists
         locker = await hold_write_lock(db, case.lock_s) if case.lock_s else None
         await asyncio.sleep(0.01)
+        full_gcs = gc.get_stats()[2]["collections"]
         heartbeat.start()
         started = time.perf_counter()
         for i in range(turns):
             await runtime.run_turn(session, f"question {i}")
         elapsed = time.perf_counter() - started
         await heartbeat.stop()
+        full_gcs = gc.get_stats()[2]["collections"] - full_gcs
         if locker is not None:
             await locker.wait()
     finally:
@@ -255,6 +263,7 @@ async def measure(case: Case, mode: str, turns: int, round_: int, where: Path) -
         elapsed,
         len(session.messages),
         longest_in(heartbeat.spans, store.saves) * 1000,
+        full_gcs,
     )
 
 
@@ -291,7 +300,8 @@ def run_all(
                     m = asyncio.run(measure(case, mode, turns, r, where))
                 log(
                     f"  round {r} {case.name:<5} {mode:<6} longest {m.longest_ms:8.1f} ms "
-                    f"({m.in_saves_ms:.1f} during saves), {m.ticks} ticks, {m.turns} turns in "
+                    f"({m.in_saves_ms:.1f} during saves, {m.full_gcs} full GCs), {m.ticks} "
+                    f"ticks, {m.turns} turns in "
                     f"{m.seconds:.2f} s"
                 )
                 out.append(m)
@@ -340,6 +350,7 @@ def rows_of(measured: list[Measured]) -> list[Row]:
                     extra={
                         "rounds_ms": [round(m.longest_ms, 2) for m in ms],
                         "in_saves_ms": [round(m.in_saves_ms, 2) for m in ms],
+                        "full_gcs": [m.full_gcs for m in ms],
                         "ticks": [m.ticks for m in ms],
                         "gaps_over_target": [m.over_target for m in ms],
                         "seconds": [round(m.seconds, 3) for m in ms],

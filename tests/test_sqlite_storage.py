@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -683,6 +683,23 @@ def test_timestamps_are_fixed_width_and_sortable() -> None:
     c = format_timestamp(datetime(2025, 1, 1, 1, tzinfo=UTC) + timedelta(hours=-1, seconds=1))
     assert a == "2025-01-01T00:00:00.000000Z"
     assert len(a) == len(b) == len(c) and a < b < c
+
+
+def test_timestamps_match_isoformat_whatever_came_before() -> None:
+    # format_timestamp keeps the text of the last second: a neighbour in time, in another zone
+    # or in another century must never get it.
+    east = timezone(timedelta(hours=5, minutes=30))
+    base = datetime(2025, 6, 30, 23, 59, 59, 999_999, tzinfo=UTC)
+    values = [
+        base, base, base.replace(microsecond=0), base + timedelta(microseconds=1),
+        base.astimezone(east), base.replace(tzinfo=None), base.replace(year=999),
+        base.replace(minute=58), base.replace(hour=22), base.replace(day=29),
+        base.replace(month=5), base.replace(year=2024), datetime(1, 1, 1, tzinfo=UTC), base,
+    ]
+    for value in values:
+        utc = value.astimezone(UTC) if value.tzinfo is not None else value
+        expected = utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        assert format_timestamp(value) == expected
 
 
 # -- plugin registration and options -----------------------------------------------------------

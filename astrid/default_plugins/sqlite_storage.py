@@ -510,9 +510,22 @@ def ensure_schema(run: SchemaTransactions, path: Path) -> None:
 
 
 def format_timestamp(value: datetime) -> str:
-    """Fixed-width RFC 3339 UTC with microseconds (sorts as text in time order)."""
+    """Fixed-width RFC 3339 UTC with microseconds (sorts as text in time order).
+
+    The text up to the second is kept for the last second formatted: every save formats its
+    time, and ``isoformat`` alone costs ~2.5 us of a ~60 us save.
+    """
+    global _LAST_SECOND
     v = value if value.tzinfo is UTC else to_utc(value)
-    return v.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    key = (v.second, v.minute, v.hour, v.day, v.month, v.year)
+    last = _LAST_SECOND
+    if last[0] != key:
+        last = _LAST_SECOND = (key, v.replace(microsecond=0, tzinfo=None).isoformat())
+    return f"{last[1]}.{v.microsecond:06d}Z"
+
+
+_LAST_SECOND: tuple[tuple[int, ...], str] = ((), "")
+"""``format_timestamp``'s last second: its fields and its text (one tuple: thread-safe)."""
 
 
 _format_created = functools.lru_cache(maxsize=256)(format_timestamp)
