@@ -6,12 +6,17 @@ import click
 
 from ..plugins import KINDS, plugin_info, registry
 from ._common import clip, echo_json, json_option, table
+from .scaffold import new_command
 
 
-@click.command("plugins")
+@click.group("plugins", invoke_without_command=True)
 @json_option
-def plugins_command(as_json: bool) -> None:
-    """List installed plugins, their versions and hooks, and what each kind registers."""
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List installed plugins, their versions and hooks, and what each kind registers.
+    ``astrid plugins new NAME --kind KIND`` writes a new plugin package."""
+    if ctx.invoked_subcommand is not None:
+        return
     info = plugin_info()
     impls = {
         kind: [
@@ -41,3 +46,6 @@ def plugins_command(as_json: bool) -> None:
         for i in items
     ]
     click.echo(table(("kind", "name", "plugin", "description"), impl_rows))
+
+
+plugins_command.add_command(new_command)
