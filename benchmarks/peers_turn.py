@@ -48,7 +48,7 @@ from harness import ensure_paths
 
 ensure_paths()
 
-from harness import Row, emit_payload, machine, summarize, value_row
+from harness import ROOT, Row, emit_payload, machine, summarize, value_row
 
 from astrid.testing.fake_llm import FakeOpenAIServer, Tokens, ToolCallSpec, text_reply
 from astrid.testing.fake_llm import tool_call_reply as call_reply
@@ -480,6 +480,7 @@ def _importtime_us(code: str) -> int:
     """Sum of the top-level cumulative times ``python -X importtime -c code`` reports."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code],
+        cwd=ROOT,  # not a directory that may hold a stray package of the same name
         capture_output=True,
         text=True,
         timeout=120,
@@ -529,6 +530,7 @@ def run_peers(
             continue
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", peer.key, "--turns", str(turns)],
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=3600,
