@@ -434,3 +434,46 @@ def test_a_sub_agents_rows_move_to_its_parent_when_its_save_fails(
     assert rows[1].session_id != session.id.bare  # still the child's row, saved by the parent
     [check] = compare_totals(*totals_of(store), rows)
     assert check.status == "ok"
+
+
+# -- moving stores and the async API ----------------------------------------------------------
+
+
+def test_migrate_and_import_carry_the_rows_along(tmp_path: Path) -> None:
+    from astrid.transfer import import_sessions, migrate
+
+    source = SessionStore(SqliteBackend(tmp_path / "source.db"))
+    session = source.new_session("p")
+    rows = [_row(session, "0.1"), _row(session, "0.2")]
+    session.changes.ledger.extend(rows)
+    source.save(session)
+    target = SessionStore(FileBackend(tmp_path / "sessions"))
+    result = migrate(source, target)
+    assert result.ok, result
+    assert target.list_ledger() == rows
+    # The file backend's documents bring their rows into an import (here into a third store).
+    third = SessionStore(SqliteBackend(tmp_path / "third.db"))
+    imported = import_sessions(third, tmp_path / "sessions")
+    assert not imported.failed and imported.imported == [session.id.bare]
+    assert third.list_ledger() == rows
+    assert "astrid_ledger" not in (third.load_record(session.id.bare, tail=0) or _no()).state
+
+
+def _no() -> Any:
+    raise AssertionError("not stored")
+
+
+def test_the_async_read_side_runs_off_the_loop(store: SessionStore) -> None:
+    session = store.new_session("p")
+    session.changes.ledger.extend([_row(session, "0.1"), _row(session, "0.2", model="other")])
+    store.save(session)
+
+    async def read() -> tuple[list[LedgerRow], list[Any]]:
+        return await store.alist_ledger(session_id=session.id), await store.ausage(by="model")
+
+    rows, totals = asyncio.run(read())
+    assert len(rows) == 2
+    assert [(t.key, t.calls, t.cost_usd) for t in totals] == [
+        ("m", 1, Decimal("0.1")),
+        ("other", 1, Decimal("0.2")),
+    ]
