@@ -484,6 +484,16 @@ class HistoryCounter(Protocol):
 
 
 @runtime_checkable
+class StrayFileReporter(Protocol):
+    """Lists what lies in the backend's directory that is neither a session nor its own
+    (``astrid doctor`` reports each); without it there is none."""
+
+    def stray_files(self) -> Sequence[tuple[object, str]]:
+        """(path, what it is) of each entry the backend ignores; reads only names."""
+        ...
+
+
+@runtime_checkable
 class WholeLister(Protocol):
     """Lists every session in one pass (the file backend: one directory scan, where each page
     of ``list_sessions`` rescans); without it ``SessionStore.all_sessions`` pages."""
@@ -1520,6 +1530,13 @@ class SessionStore:
         """Every message ever stored for the session as JSON data, marked active or replaced."""
         return self.backend.history(validate_session_id(session_id))
 
+    def stray_files(self) -> list[tuple[object, str]]:
+        """What the backend's directory holds that is neither a session nor the backend's own
+        (``StrayFileReporter``; none without it)."""
+        if not isinstance(self.backend, StrayFileReporter):
+            return []
+        return list(self.backend.stray_files())
+
     def history_count(self, session_id: str | SessionId) -> int:
         """How many messages the session's history keeps, replaced ones included; read
         without loading them where the backend can (``HistoryCounter``)."""
@@ -1697,6 +1714,7 @@ __all__ = [
     "StateDeltaAcceptor",
     "StorageBackend",
     "StoredWorkspace",
+    "StrayFileReporter",
     "TempFileSweeper",
     "WholeLister",
     "WorkspaceState",

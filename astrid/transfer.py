@@ -10,7 +10,9 @@ migration target) raises an ``AstridError``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ __all__ = [
     "message_of",
     "migrate",
     "read_documents",
+    "session_files",
 ]
 
 _FILE_KEYS = (REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY, LEDGER_KEY)
@@ -116,6 +119,7 @@ def export_sessions(
     session_ids: Sequence[str] | None = None,
     *,
     fmt: Literal["json", "jsonl"] = "json",
+    progress: Callable[[Sequence[str]], Iterable[str]] | None = None,
 ) -> ExportResult:
     """Write sessions as the original's documents, with their security state, to ``write``.
 
@@ -123,6 +127,7 @@ def export_sessions(
     a given id that does not exist raises ``SessionNotFound`` before anything is written.
     ``fmt`` json: one id gives that document alone, else a JSON array; jsonl: one compact
     document per line. A session that cannot be loaded is a failure; the rest are written.
+    ``progress`` wraps the ids to export (a progress bar).
     """
     result = ExportResult()
     if session_ids is None:
@@ -136,7 +141,7 @@ def export_sessions(
     single = fmt == "json" and session_ids is not None and len(ids) == 1
     if fmt == "json" and not single:
         write("[")
-    for sid in ids:
+    for sid in progress(ids) if progress is not None else ids:
         try:
             doc = store.load_document(sid)
         except AstridError as exc:
@@ -186,6 +191,8 @@ class ImportResult:
     replaced: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    """What a source directory holds besides ``<uuid>.json`` files: not read."""
 
 
 def _mtime(path: Path) -> datetime | None:
@@ -229,28 +236,46 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
+SESSION_FILE = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\.json")
+"""The name of a session document in a directory: ``<uuid>.json``."""
+
+
+def session_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The ``<uuid>.json`` files of ``directory``, sorted, and its other entries (hidden ones,
+    such as astrid's own index and locks, left out), which an import does not read."""
+    files: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue
+        named = SESSION_FILE.fullmatch(path.name) is not None
+        (files if named and path.is_file() else others).append(path)
+    return files, others
+
+
+def _file_documents(path: Path) -> Iterator[Incoming]:
+    """The documents of one ``<uuid>.json`` file (an error ``Incoming`` if unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield Incoming(str(path), error=f"{path}: cannot read: {exc}")
+        return
+    yield from _parse_json_docs(text, str(path), _mtime(path))
+
+
 def read_documents(
     source: str | Path, fmt: Literal["auto", "json", "jsonl"] = "auto"
 ) -> Iterator[Incoming]:
     """The documents of a file, stdin (``-``) or a directory of ``<uuid>.json`` files.
 
     A file is one document, a JSON array of them, or JSON Lines (``auto`` tells them apart).
-    What cannot be read or parsed is an ``Incoming`` with ``error`` naming the file (and line).
+    Of a directory, only the ``<uuid>.json`` files are read (``session_files``). What cannot be
+    read or parsed is an ``Incoming`` with ``error`` naming the file (and line).
     """
     text_source = str(source)
     if text_source != "-" and Path(source).is_dir():
-        files = sorted(
-            p
-            for p in Path(source).iterdir()
-            if p.suffix == ".json" and not p.name.startswith(".") and p.is_file()
-        )
-        for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                yield Incoming(str(path), error=f"{path}: cannot read: {exc}")
-                continue
-            yield from _parse_json_docs(text, str(path), _mtime(path))
+        for path in session_files(Path(source))[0]:
+            yield from _file_documents(path)
         return
     location = "<stdin>" if text_source == "-" else text_source
     try:
@@ -347,13 +372,24 @@ def import_sessions(
     *,
     fmt: Literal["auto", "json", "jsonl"] = "auto",
     overwrite: bool = False,
+    progress: Callable[[Sequence[Any]], Iterable[Any]] | None = None,
 ) -> ImportResult:
     """Import the original's session documents from a file, JSON Lines, stdin or a directory.
 
-    Each bad document is one failure naming its file (and line); the others are imported.
+    Each bad document is one failure naming its file (and line); the others are imported. Of a
+    directory only the ``<uuid>.json`` files are read; the other entries are ``ignored``.
+    ``progress`` wraps the directory's files, or a file's documents (a progress bar).
     """
     result = ImportResult()
-    for item in read_documents(source, fmt):
+    wrap = progress if progress is not None else (lambda items: items)
+    items: Iterable[Incoming]
+    if str(source) != "-" and Path(source).is_dir():
+        files, others = session_files(Path(source))
+        result.ignored = [str(path) for path in others]
+        items = itertools.chain.from_iterable(_file_documents(path) for path in wrap(files))
+    else:
+        items = wrap(list(read_documents(source, fmt)))
+    for item in items:
         if item.error is not None:
             result.failed.append(Failure(item.location, item.error))
             continue
@@ -617,11 +653,17 @@ def _strip_location(message: str, prefix: str) -> str:
     return message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message
 
 
-def _check_sessions(store: SessionStore, report: StoreReport, strict: bool) -> None:
+def _check_sessions(
+    store: SessionStore,
+    report: StoreReport,
+    strict: bool,
+    progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
+) -> None:
     try:
         report.schema_version = store.schema_version()
         report.temp_files_removed = store.sweep_temp_files()  # removed, reported, no problem
         report.problems.extend(Problem(w, p) for w, p in store.problems())
+        report.problems.extend(Problem(str(w), p) for w, p in store.stray_files())
         rows = all_summaries(store)
     except Exception as exc:
         if strict:
@@ -630,7 +672,7 @@ def _check_sessions(store: SessionStore, report: StoreReport, strict: bool) -> N
         report.problems.append(Problem(where, message_of(exc)))
         return
     totals: dict[str, tuple[str | None, float]] = {}
-    for row in rows:
+    for row in progress(rows) if progress is not None else rows:
         report.sessions_checked += 1
         where = store.describe(row.id)
         try:
@@ -698,12 +740,19 @@ def _check_ledger(
             report.notes.append(Problem(where, check.describe()))
 
 
-def check_store(loaded: LoadedConfig, *, strict: bool = False) -> StoreReport:
+def check_store(
+    loaded: LoadedConfig,
+    *,
+    strict: bool = False,
+    progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
+) -> StoreReport:
     """Check the store ``loaded`` configures: schema version, every session loads in full with
-    its listed message count, entries the backend cannot list; creates nothing.
+    its listed message count, entries the backend cannot list, stray files in its directory;
+    creates nothing.
 
     Removes temporary files of killed writers (counted, not a problem). Every failure is a
     ``Problem`` in the report; with ``strict`` the first exception propagates instead.
+    ``progress`` wraps the sessions to check (a progress bar).
     """
     report = StoreReport(config=loaded.where, backend_name=SessionStore.configured_backend(loaded))
     try:
@@ -715,5 +764,5 @@ def check_store(loaded: LoadedConfig, *, strict: bool = False) -> StoreReport:
         return report
     with store:
         report.backend_name = store.backend_name
-        _check_sessions(store, report, strict)
+        _check_sessions(store, report, strict, progress)
     return report

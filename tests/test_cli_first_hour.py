@@ -30,7 +30,9 @@ from astrid.money import money, money_json
 from astrid.plugins import load_plugins
 from astrid.security.budget import BudgetConfig, BudgetTracker
 from astrid.store import HistoryCounter, SessionStore, WholeLister, open_store
+from astrid.transfer import ImportResult, import_sessions, session_files
 from tests import test_cli_chat
+from tests.originals import RUST_DOCUMENT, RUST_ID
 
 ASTRID = Path(sys.executable).with_name("astrid")
 
@@ -379,3 +381,98 @@ def test_all_sessions_is_every_listed_session_newest_first(tmp_path: Path, backe
         assert len(paged) == 5
         assert store.all_sessions(page=2) == paged  # pages of 2 where it pages
         assert isinstance(made, WholeLister) == (backend == "file")
+
+
+# -- item 9: import reads <uuid>.json only; doctor reports stray files -------------------------
+
+
+def _document(sid: str) -> str:
+    data = json.loads(RUST_DOCUMENT)
+    data["id"] = sid
+    return json.dumps(data)
+
+
+def _sessions_directory(root: Path) -> Path:
+    """A Rust-style sessions directory: two ``<uuid>.json``, a document under another name, a
+    README, a sub-directory and a hidden file."""
+    source = root / "rust-sessions"
+    source.mkdir()
+    for sid in TWINS:
+        (source / f"{sid}.json").write_text(_document(sid), encoding="utf-8")
+    (source / "backup.json").write_text(_document(RUST_ID), encoding="utf-8")
+    (source / "README.txt").write_text("my sessions\n", encoding="utf-8")
+    (source / "old").mkdir()
+    (source / ".DS_Store").write_bytes(b"\0")
+    return source
+
+
+def test_import_of_a_directory_reads_only_uuid_named_files_and_names_the_others(
+    env: Env,
+) -> None:
+    source = _sessions_directory(env.root)
+    done = astrid_process(env, "sessions", "import", str(source))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"ignored {source / 'README.txt'}: not named <uuid>.json, not read",
+        f"ignored {source / 'backup.json'}: not named <uuid>.json, not read",
+        f"ignored {source / 'old'}: not named <uuid>.json, not read",
+        "imported 2, replaced 0, skipped 0, failed 0, ignored 3 other file(s)",
+    ]
+    assert _stored_ids(env) == set(TWINS)  # backup.json's session was not imported
+    result = import_sessions_of(env, source)
+    assert result.ignored == [str(source / n) for n in ("README.txt", "backup.json", "old")]
+    assert [p.name for p in session_files(source)[0]] == [f"{sid}.json" for sid in TWINS]
+
+
+def import_sessions_of(env: Env, source: Path) -> ImportResult:
+    with env.store() as store:
+        return import_sessions(store, source)
+
+
+def test_doctor_reports_a_stray_file_in_the_session_directory(env: Env) -> None:
+    directory = env.root / "file-sessions"
+    env.configure(f'[storage]\nbackend = "file"\n[storage.options]\ndirectory = "{directory}"\n')
+    save_twins(env)
+    clean = astrid_process(env, "doctor")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.splitlines()[-1].startswith("ok: 2 sessions checked")
+    (directory / "notes.txt").write_text("not a session\n", encoding="utf-8")
+    (directory / "backup").mkdir()
+    (directory / "lost+found").mkdir()  # a file system's own: not stray
+    found = astrid_process(env, "doctor")
+    assert found.returncode == 1
+    lines = found.stdout.splitlines()
+    assert f"{directory / 'backup'}: stray directory: not a session file (<uuid>.json); astrid " \
+        "ignores it (move it out of the session directory)" in lines
+    assert f"{directory / 'notes.txt'}: stray file: not a session file (<uuid>.json); astrid " \
+        "ignores it (move it out of the session directory)" in lines
+    assert lines[-1].startswith("2 problem(s); 2 sessions checked")
+    report = json.loads(astrid_process(env, "doctor", "--json").stdout)
+    assert [p["location"] for p in report["problems"]] == [
+        str(directory / "backup"), str(directory / "notes.txt")
+    ]
+
+
+# -- item 7: progress bars on a terminal -----------------------------------------------------
+
+
+def test_long_commands_show_a_progress_bar_on_a_terminal_and_a_final_count(env: Env) -> None:
+    source = _sessions_directory(env.root)
+    runs = [
+        (("sessions", "import", str(source)), "importing sessions", "imported 2, replaced 0"),
+        (("sessions", "export", "--all", "-o", str(env.root / "all.json")),
+         "exporting sessions", "exported 2 session(s) to "),
+        (("doctor",), "checking sessions", "ok: 2 sessions checked"),
+    ]
+    for args, label, count in runs:
+        terminal = Terminal(env, *args)
+        try:
+            terminal.expect(label)
+            terminal.expect("2/2")
+            terminal.expect(count)
+            assert terminal.wait() == 0
+        finally:
+            terminal.close()
+    piped = astrid_process(env, "sessions", "export", "--all")
+    assert piped.returncode == 0 and len(json.loads(piped.stdout)) == 2
+    assert piped.stderr.splitlines() == ["exported 2 session(s)"]  # no bar off a terminal

@@ -114,18 +114,20 @@ def test_import_reports_each_bad_document_and_imports_the_rest(
 ) -> None:
     source = tmp_path / "rust-sessions"
     source.mkdir()
-    good, huge = sorted(str(uuid.uuid4()) for _ in range(2))
+    good, huge, bad = sorted(str(uuid.uuid4()) for _ in range(3))
     (source / f"{good}.json").write_text(json.dumps(rust_doc(good)), encoding="utf-8")
     (source / f"{huge}.json").write_text(
         json.dumps(rust_doc(huge) | {"token_count": 2**63}), encoding="utf-8"
     )
-    (source / "broken.json").write_text("{not json", encoding="utf-8")
+    (source / f"{bad}.json").write_text("{not json", encoding="utf-8")
+    (source / "broken.json").write_text("{not json", encoding="utf-8")  # not <uuid>.json
 
     result = import_sessions(sqlite_store, source)
     assert result.imported == [good] and not result.replaced and not result.skipped
+    assert result.ignored == [str(source / "broken.json")]  # not read
     by_subject = {f.subject: f.message for f in result.failed}
-    assert set(by_subject) == {str(source / "broken.json"), str(source / f"{huge}.json")}
-    assert "invalid JSON" in by_subject[str(source / "broken.json")]
+    assert set(by_subject) == {str(source / f"{bad}.json"), str(source / f"{huge}.json")}
+    assert "invalid JSON" in by_subject[str(source / f"{bad}.json")]
     assert "'token_count'" in by_subject[str(source / f"{huge}.json")]
     assert [r.id for r in sqlite_store.list_sessions()] == [good]
 

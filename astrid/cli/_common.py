@@ -132,13 +132,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 class Progress:
     """A progress bar on stderr over the items of long work (``migrate``, ``sessions import``,
-    ``export --all``, ``prune``, ``doctor``), advanced as each item is taken; on a terminal
-    only (elsewhere click prints the label once)."""
+    ``export --all``, ``prune``, ``doctor``), advanced as each item is taken; only when stderr
+    is a terminal (elsewhere nothing is printed, so error output stays one line each)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
 
     def __call__(self, items: Sequence[_T]) -> Iterator[_T]:
+        if not sys.stderr.isatty():
+            yield from items
+            return
         with click.progressbar(items, label=self.label, file=sys.stderr, show_pos=True) as bar:
             yield from bar
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..transfer import Problem, StoreReport, check_store
-from ._common import EXIT_ERROR, echo_json, json_option, load, one_line, opts
+from ._common import EXIT_ERROR, Progress, echo_json, json_option, load, one_line, opts
 
 
 @click.command(
@@ -27,7 +27,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         report.problems.append(Problem(opts(ctx).config or "<config>", one_line(exc)))
         echo_json(report.to_json())
         ctx.exit(EXIT_ERROR)
-    report = check_store(loaded, strict=debug)
+    report = check_store(loaded, strict=debug, progress=Progress("checking sessions"))
     if as_json:
         echo_json(report.to_json())
     else:

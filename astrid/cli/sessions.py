@@ -408,14 +408,18 @@ def sessions_export(
     """
     if bool(session_ids) == export_all:
         raise click.UsageError("give one or more session IDs, or --all (not both)")
+    # a progress bar for --all, unless it would garble the documents on the same terminal
+    bar = Progress("exporting sessions") if export_all and not (
+        output == "-" and sys.stdout.isatty()
+    ) else None
     with store_of(ctx) as store:
         ids = None if export_all else [resolve_session_id(store, s) for s in session_ids]
         with _output(output) as write:
-            result = export_sessions(store, write, ids, fmt=fmt)
+            result = export_sessions(store, write, ids, fmt=fmt, progress=bar)
     for failure in result.failed:
         error(failure.message)
-    if output != "-":
-        click.echo(f"exported {len(result.exported)} session(s) to {output}", err=True)
+    where = f" to {output}" if output != "-" else ""
+    click.echo(f"exported {len(result.exported)} session(s){where}", err=True)
     if result.failed:
         error(f"{len(result.failed)} session(s) could not be exported")
         ctx.exit(EXIT_ERROR)
@@ -426,7 +430,8 @@ def sessions_export(
 
 _IMPORT_EPILOG = """\
 FILE is one document, a JSON array of documents, JSON Lines (one document per line), or a
-directory of <uuid>.json files such as the Rust astrid's ~/.astrid/sessions. A session that
+directory of <uuid>.json files such as the Rust astrid's ~/.astrid/sessions (its other files
+are not read; each is named on an "ignored" line). A session that
 already exists is skipped unless --overwrite (its old messages stay in its history). A bad
 document is reported on one line naming the file (and the line for JSON Lines); the others are
 still imported, and the exit status is 1.
@@ -448,9 +453,13 @@ still imported, and the exit status is 1.
 def sessions_import(ctx: click.Context, source: str, fmt: Any, overwrite: bool) -> None:
     """Import the original's session documents (a file, JSON Lines, or a sessions directory)."""
     with store_of(ctx) as store:
-        result = import_sessions(store, source, fmt=fmt, overwrite=overwrite)
+        result = import_sessions(
+            store, source, fmt=fmt, overwrite=overwrite, progress=Progress("importing sessions")
+        )
     for failure in result.failed:
         error(failure.message)
+    for path in result.ignored:
+        click.echo(f"ignored {path}: not named <uuid>.json, not read")
     for skipped in result.skipped:
         click.echo(
             f"skipped {skipped.location}: session {skipped.session_id} already exists "
@@ -459,6 +468,7 @@ def sessions_import(ctx: click.Context, source: str, fmt: Any, overwrite: bool) 
     click.echo(
         f"imported {len(result.imported)}, replaced {len(result.replaced)}, "
         f"skipped {len(result.skipped)}, failed {len(result.failed)}"
+        + (f", ignored {len(result.ignored)} other file(s)" if result.ignored else "")
     )
     if result.failed:
         ctx.exit(EXIT_ERROR)

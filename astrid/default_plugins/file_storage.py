@@ -1125,6 +1125,30 @@ class FileBackend:
         """How many readable sessions (optionally in one workspace)."""
         return len(self._sorted(workspace))
 
+    def stray_files(self) -> list[tuple[Path, str]]:
+        """Entries of the session directory that are neither a session file (its temp file
+        included) nor astrid's own hidden files: nothing reads them (``StrayFileReporter``)."""
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError(f"file store: cannot list {self.directory}: {exc}") from exc
+        stray: list[tuple[Path, str]] = []
+        for item in entries:
+            name = item.name
+            if name.startswith(".") or name in _IGNORED_NAMES or _STORE_NAME.fullmatch(name):
+                continue
+            kind = "directory" if item.is_dir(follow_symlinks=False) else "file"
+            stray.append(
+                (
+                    Path(item.path),
+                    f"stray {kind}: not a session file (<uuid>.json); astrid ignores it "
+                    "(move it out of the session directory)",
+                )
+            )
+        return stray
+
     def list_all_sessions(self) -> list[SessionSummary]:
         """Every readable session in one directory scan (``WholeLister``): each page of
         ``list_sessions`` scans the directory again."""
