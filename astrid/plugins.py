@@ -65,6 +65,12 @@ KINDS: dict[str, str] = {
 """Registry kind → the hook that fills it."""
 
 
+class PluginWarning(UserWarning):
+    """A plugin setting astrid cannot honour exactly (an unknown name in ``ASTRID_LOAD_PLUGINS``
+    or ``ASTRID_DISABLE_PLUGINS``, a missing ``ASTRID_PLUGINS_DIR``); the CLI prints it as one
+    ``warning:`` line."""
+
+
 class NoOptions(BaseModel):
     """The options model of an implementation that takes none."""
 
@@ -262,6 +268,7 @@ def _local_plugin_files() -> list[Path]:
     if not directory.is_dir():
         warnings.warn(
             f"ASTRID_PLUGINS_DIR={raw!r} is not a directory; no local plugins loaded",
+            PluginWarning,
             stacklevel=3,
         )
         return []
@@ -297,6 +304,7 @@ def _warn_unknown(
         warnings.warn(
             f"{variable} names {name!r}, which is no installed plugin{hint}; known: "
             + ", ".join(sorted(known)),
+            PluginWarning,
             stacklevel=4,
         )
 

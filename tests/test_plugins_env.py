@@ -170,3 +170,20 @@ def test_a_plugins_directory_loads_local_modules(
     monkeypatch.setenv("ASTRID_PLUGINS_DIR", str(tmp_path / "missing"))
     with pytest.warns(UserWarning, match="ASTRID_PLUGINS_DIR=.* is not a directory"):
         load_plugins()
+
+
+def test_the_cli_prints_a_plugin_warning_as_one_line(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "ASTRID_HOME": str(tmp_path / "home"),
+        "ASTRID_LOAD_PLUGINS": "astrid.default_plugins,astrid.default_plugins.sqlite_storag",
+    }
+    out = subprocess.run([sys.executable, "-m", "astrid.cli", "plugins"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith(
+        "warning: ASTRID_LOAD_PLUGINS names 'astrid.default_plugins.sqlite_storag', which is no "
+        "installed plugin (did you mean 'astrid.default_plugins.sqlite_storage'?)"
+    ), line

@@ -142,4 +142,23 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``astrid`` console script."""
+    _plugin_warnings_as_lines()
     cli.main(args=list(argv) if argv is not None else None, prog_name="astrid")
+
+
+def _plugin_warnings_as_lines() -> None:
+    """Show a ``PluginWarning`` as one ``warning:`` line on stderr, not Python's two lines."""
+    import warnings
+
+    from ..plugins import PluginWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, PluginWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
