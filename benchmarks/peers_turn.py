@@ -37,8 +37,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ TOOL_SCHEMA: dict[str, Any] = {
 }
 USAGE = Tokens(1200, 60)
 FIRST, LAST = 10, 10  # the flatness window: turns 1-10 against the last 10
+SETTLE_S = 0.05
+"""With ``--interleave``, the pause before each turn, so one system's work after its turn (a
+collection, a thread finishing) does not run in the next system's timed turn."""
 
 
 # -- the workload: the same text on every side ---------------------------------------------------
@@ -407,19 +410,36 @@ class TurnSamples:
     def overhead_ms(self) -> list[float]:
         return [w - s for w, s in zip(self.wall_ms, self.server_ms, strict=True)]
 
+    def add(self, sample: dict[str, float]) -> None:
+        self.wall_ms.append(sample["wall"])
+        self.cpu_ms.append(sample["cpu"])
+        self.server_ms.append(sample["server"])
+        self.server_wall_ms.append(sample["server_wall"])
+
     @property
     def client_cpu_ms(self) -> list[float]:
         """The library's own CPU time per turn: less sensitive to a loaded machine than wall."""
         return [c - s for c, s in zip(self.cpu_ms, self.server_ms, strict=True)]
 
 
-async def run_turns(peer: TurnPeer, turns: int, where: Path) -> TurnSamples:
-    """Set ``peer`` up against a fresh fake server and time ``turns`` turns one by one."""
+async def run_turns(
+    peer: TurnPeer,
+    turns: int,
+    where: Path,
+    go_on: Callable[[], bool] = lambda: True,
+    report: Callable[[dict[str, float]], None] = lambda sample: None,
+    ready: Callable[[], None] = lambda: None,
+) -> TurnSamples:
+    """Set ``peer`` up against a fresh fake server (then ``ready()``) and time ``turns`` turns
+    one by one (each after ``go_on()`` says so; each sample also handed to ``report``)."""
     samples = TurnSamples([], [], [], [])
     with FakeOpenAIServer() as server:
         async with AsyncExitStack() as stack:
             run = await peer.setup(server, where, stack)
+            ready()
             for i in range(1, turns + 1):
+                if not go_on():
+                    break
                 script_turn(server, i)
                 seen = len(server.exchanges)
                 started, started_cpu = time.perf_counter(), time.process_time()
@@ -437,10 +457,14 @@ async def run_turns(peer: TurnPeer, turns: int, where: Path) -> TurnSamples:
                 bad = [e for e in exchanges if e.outcome != "complete"]
                 if bad:
                     raise RuntimeError(f"{peer.system}: turn {i}: a request ended {bad[0].outcome}")
-                samples.wall_ms.append(wall * 1000)
-                samples.cpu_ms.append(cpu * 1000)
-                samples.server_ms.append(sum(e.server_cpu_s for e in exchanges) * 1000)
-                samples.server_wall_ms.append(sum(e.server_s for e in exchanges) * 1000)
+                sample = {
+                    "wall": wall * 1000,
+                    "cpu": cpu * 1000,
+                    "server": sum(e.server_cpu_s for e in exchanges) * 1000,
+                    "server_wall": sum(e.server_s for e in exchanges) * 1000,
+                }
+                samples.add(sample)
+                report(sample)
     return samples
 
 
@@ -504,44 +528,121 @@ def import_row(peer: TurnPeer, runs: int = 5) -> Row:
                      note=peer.imports)
 
 
-def worker(peer: TurnPeer, turns: int) -> list[Row]:
-    """One peer's turns, in this process (``--worker``): its rows, or an exception."""
+def worker(peer: TurnPeer, turns: int) -> None:
+    """One peer in this process (``--worker``): prints ``ready`` once set up, then runs a turn
+    for each line read from stdin and prints its sample as a JSON line."""
+
+    def go_on() -> bool:
+        return sys.stdin.readline() != ""
+
+    def report(sample: dict[str, float]) -> None:
+        print(json.dumps(sample), flush=True)
+
+    def ready() -> None:
+        print("ready", flush=True)
+
     with tempfile.TemporaryDirectory(prefix=f"astrid-turn-{peer.key}-") as tmp:
-        samples = asyncio.run(run_turns(peer, turns, Path(tmp)))
-    return turn_rows(peer.system, samples, turns, peer.setting)
+        asyncio.run(run_turns(peer, turns, Path(tmp), go_on, report, ready))
+
+
+@dataclass
+class _Worker:
+    """A peer's worker process, its stderr file and its samples so far."""
+
+    peer: TurnPeer
+    proc: subprocess.Popen[str]
+    errors: Any
+    samples: TurnSamples
+
+    def ask(self) -> str:
+        """Have it run one turn (or say ``ready``); the line it answers, "" if it died."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self.proc.stdin.closed:
+            return ""
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return ""
+        return self.proc.stdout.readline()
+
+    def failure(self) -> str:
+        self.proc.kill()
+        self.proc.wait()
+        self.errors.seek(0)
+        return str(self.errors.read()).strip()
 
 
 def run_peers(
-    peers: list[TurnPeer], turns: int, log: Callable[[str], None], problems: dict[str, str]
+    peers: list[TurnPeer],
+    turns: int,
+    log: Callable[[str], None],
+    problems: dict[str, str],
+    interleave: bool = False,
 ) -> list[Row]:
-    """Every peer in turn: its import time, then its turns, each peer in a fresh interpreter
-    (no other library's modules in its heap, no state left by the one before). A failing peer
-    is reported in ``problems`` and skipped."""
+    """Every system's import time, then its turns, each system in its own fresh interpreter
+    (no other library in its heap), one system after the other, its turns back to back. With
+    ``interleave``, turn i of every system runs before turn i + 1 (all see the same machine
+    load, but each turn starts in a process that sat idle while the others ran: on this machine
+    that doubles astrid's CPU time per turn, cold caches, so it is not the default). A peer
+    that fails is reported in ``problems`` and dropped."""
     rows: list[Row] = []
-    for peer in peers:
+    with ExitStack() as stack:
+        workers: list[_Worker] = []
+        for peer in peers:
+            try:
+                rows.append(import_row(peer))
+            except Exception as exc:
+                detail = getattr(exc, "stderr", "") or ""
+                problems[peer.system] = f"cannot import: {type(exc).__name__}: {detail.strip()[-300:]}"
+                log(f"  turn: {peer.system}: {problems[peer.system]}")
+                continue
+            errors = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--worker", peer.key, "--turns", str(turns)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
+            stack.callback(proc.kill)  # a no-op once it has exited
+            w = _Worker(peer, proc, errors, TurnSamples([], [], [], []))
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":  # set up (imports, server, store)
+                problems[peer.system] = f"failed to start: {w.failure()[-500:]}"
+                log(f"  turn: {peer.system}: {problems[peer.system]}")
+                continue
+            workers.append(w)
         t0 = time.perf_counter()
-        log(f"  turn: {peer.system} ...")
-        try:
-            rows.append(import_row(peer))
-        except Exception as exc:
-            detail = getattr(exc, "stderr", "") or ""
-            problems[peer.system] = f"cannot import: {type(exc).__name__}: {detail.strip()[-300:]}"
-            log(f"  turn: {peer.system}: {problems[peer.system]}")
-            continue
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", peer.key, "--turns", str(turns)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
+        order = (
+            [(i, w) for i in range(1, turns + 1) for w in workers]
+            if interleave
+            else [(i, w) for w in workers for i in range(1, turns + 1)]
         )
-        if proc.returncode != 0:
-            problems[peer.system] = f"failed: {proc.stderr.strip()[-500:]}"
-            log(f"  turn: {peer.system}: {proc.stderr.strip()[-2000:]}")
-        else:
-            rows.extend(Row(**r) for r in json.loads(proc.stdout))
-        log(f"  turn: {peer.system} done in {time.perf_counter() - t0:.1f} s")
+        failed: set[str] = set()
+        for i, w in order:
+            if w.peer.system in failed:
+                continue
+            if interleave:
+                time.sleep(SETTLE_S)  # whatever the previous system does after its turn
+            line = w.ask()
+            if not line:
+                problems[w.peer.system] = f"failed at turn {i}: {w.failure()[-500:]}"
+                log(f"  turn: {w.peer.system}: {problems[w.peer.system]}")
+                failed.add(w.peer.system)
+                continue
+            w.samples.add(json.loads(line))
+            if i % 50 == 0:
+                log(f"  turn: {w.peer.system} {i}/{turns} at {time.perf_counter() - t0:.0f} s")
+        workers = [w for w in workers if w.peer.system not in failed]
+        for w in workers:
+            assert w.proc.stdin is not None
+            w.proc.stdin.close()
+            if w.proc.wait(timeout=60) != 0:
+                problems[w.peer.system] = f"failed at the end: {w.failure()[-500:]}"
+                continue
+            rows.extend(turn_rows(w.peer.system, w.samples, turns, w.peer.setting))
     return rows
 
 
@@ -640,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--peers", default=",".join(p.key for p in TURN_PEERS))
+    parser.add_argument(
+        "--interleave", action="store_true", help="turn i of every system before turn i + 1"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one peer's turns, rows as JSON
     parser.add_argument(
         "--profile",
@@ -661,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         peer = next(p for p in TURN_PEERS if p.key == args.worker)
-        print(json.dumps([asdict(r) for r in worker(peer, turns)]))
+        worker(peer, turns)
         return 0
     if args.profile:
         peer = next(p for p in TURN_PEERS if p.key in wanted)
@@ -670,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     problems: dict[str, str] = {}
-    rows = run_peers([p for p in TURN_PEERS if p.key in wanted], turns, log, problems)
+    rows = run_peers(
+        [p for p in TURN_PEERS if p.key in wanted], turns, log, problems, args.interleave
+    )
     verdicts = targets_of(rows)
     payload = {
         "mode": "quick" if args.quick else "full",
