@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..config import LoadedConfig, load_config
-from ..errors import AstridError, BudgetExceeded, InvalidSessionId, SessionNotFound
+from ..errors import (
+    AstridError,
+    BudgetExceeded,
+    InvalidSessionId,
+    SessionNotFound,
+    StorageError,
+)
 from ..ids import validate_session_id
 from ..money import money as money
 from ..money import money_json as money_json
@@ -86,6 +92,22 @@ def load(ctx: click.Context) -> LoadedConfig:
 def store_of(ctx: click.Context) -> Iterator[SessionStore]:
     """The configured store, closed afterwards."""
     with open_store(load(ctx)) as store:
+        yield store
+
+
+@contextlib.contextmanager
+def reading_store_of(ctx: click.Context) -> Iterator[SessionStore]:
+    """The configured store for a command that only reads: opened as usual or, when that
+    fails (a home or a store it cannot write), read-only (``SessionStore.open_to_inspect``)."""
+    loaded = load(ctx)
+    try:
+        store = open_store(loaded)
+    except (StorageError, OSError) as first:
+        try:
+            store = SessionStore.open_to_inspect(loaded)
+        except (StorageError, OSError):
+            raise first from None
+    with store:
         yield store
 
 

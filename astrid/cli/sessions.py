@@ -30,6 +30,7 @@ from ._common import (
     money,
     money_json,
     one_line,
+    reading_store_of,
     resolve_session_id,
     store_of,
     table,
@@ -109,7 +110,7 @@ def sessions_list(
     Each listed session's document (all but its messages) is loaded to check it: a row that
     cannot load is flagged, in the table and as ``load_error`` in ``--json``.
     """
-    with store_of(ctx) as store:
+    with reading_store_of(ctx) as store:
         total = store.count(workspace=workspace)
         rows = store.list_sessions(workspace=workspace, limit=limit, offset=offset)
         unreadable = len(store.problems())
@@ -347,7 +348,7 @@ def sessions_show(ctx: click.Context, session_id: str, last: int, as_json: bool)
 
     ID is a session id or a unique prefix of it (at least 6 hex digits).
     """
-    with store_of(ctx) as store:
+    with reading_store_of(ctx) as store:
         view = session_view(store, resolve_session_id(store, session_id), last)
     if as_json:
         echo_json(view)
@@ -412,7 +413,7 @@ def sessions_export(
     bar = Progress("exporting sessions") if export_all and not (
         output == "-" and sys.stdout.isatty()
     ) else None
-    with store_of(ctx) as store:
+    with reading_store_of(ctx) as store:
         ids = None if export_all else [resolve_session_id(store, s) for s in session_ids]
         with _output(output) as write:
             result = export_sessions(store, write, ids, fmt=fmt, progress=bar)

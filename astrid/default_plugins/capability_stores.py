@@ -279,6 +279,11 @@ class SqliteCapabilityBackend:
         except sqlite3.DatabaseError as exc:
             self._conn = None
             conn.close()
+            if "readonly" in str(exc):  # SQLITE_READONLY: the file or its directory
+                raise StorageError(
+                    f"capability store: {self._path} is read-only (its file or directory is "
+                    "not writable): cannot write"
+                ) from exc
             raise StorageError(
                 f"capability store: {self._path} is not a usable SQLite database: {exc}"
             ) from exc

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -151,6 +152,10 @@ def _os_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageError(
+                f"file store: {what}: {exc.strerror or exc} (the store is read-only here)"
+            ) from exc
         raise StorageError(f"file store: {what}: {exc.strerror or exc}") from exc
 
 
@@ -550,7 +555,7 @@ class FileBackend:
 
     def _ensure_dirs(self) -> None:
         if self.read_only:
-            raise StorageError(f"file store: {self.directory} is opened read-only")
+            raise StorageError(f"file store: {self.directory} is opened read-only: cannot write")
         with _os_errors(f"cannot create {self.directory}"):
             make_private_dirs(self.directory)
             make_private_dirs(self.directory / LOCKS_DIR)
@@ -858,7 +863,7 @@ class FileBackend:
         """Remove orphaned temp files now (sessions directory and kv store); how many."""
         with self._lock:
             if self._kv is None:
-                self._kv = FileKvStore(self.kv_directory)
+                self._kv = FileKvStore(self.kv_directory, read_only=self.read_only)
             kv = self._kv
         return self._sweep_temps() + kv.sweep_temp_files()
 
@@ -1167,7 +1172,7 @@ class FileBackend:
     def _file_kv(self) -> FileKvStore:
         with self._lock:
             if self._kv is None:
-                self._kv = FileKvStore(self.kv_directory)
+                self._kv = FileKvStore(self.kv_directory, read_only=self.read_only)
             return self._kv
 
     def write_workspace_state(self, change: WorkspaceWrite) -> float | None:
@@ -1229,15 +1234,22 @@ class FileKvStore:
     """A ``KvStore``, one file per (namespace, key): ``<dir>/<b64 ns>/<b64 key>``; a long name is
     ``~<sha256>``, its text kept in ``.namespace`` (a namespace) or ``~<sha256>.key`` (a key)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.directory = Path(directory)
+        self.read_only = read_only
+        """Opened to read (its backend is): every write is a ``StorageError`` saying so."""
 
     def __repr__(self) -> str:
         return f"FileKvStore({str(self.directory)!r})"
 
+    def _refuse_write(self) -> None:
+        if self.read_only:
+            raise StorageError(f"file kv store: {self.directory} is opened read-only: cannot write")
+
     @contextlib.contextmanager
     def workspace_lock(self) -> Iterator[None]:
         """Hold ``<directory>/.workspace.lock`` (``flock``): workspace writes, across processes."""
+        self._refuse_write()
         with _os_errors(f"cannot lock {self.directory}"):
             make_private_dirs(self.directory)
             fd = _acquire(self.directory / WORKSPACE_LOCK)
@@ -1270,6 +1282,7 @@ class FileKvStore:
 
     def set(self, namespace: str, key: str, value: bytes) -> None:
         """Store ``value`` under ``key`` atomically (0600 file in a 0700 directory)."""
+        self._refuse_write()
         ns_dir, path, name_file = self._paths(namespace, key)
         ns_file = self._namespace_file(namespace)
         data = bytes(value)
@@ -1290,6 +1303,7 @@ class FileKvStore:
 
     def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key``; True if it existed."""
+        self._refuse_write()
         ns_dir, path, name_file = self._paths(namespace, key)
         try:
             os.unlink(path)
@@ -1397,6 +1411,7 @@ class FileKvStore:
 
     def clear_namespace(self, namespace: str) -> int:
         """Remove every key of ``namespace``; return how many were removed."""
+        self._refuse_write()
         ns_dir, names = self._value_files(namespace)
         removed = 0
         for name in names:

@@ -632,6 +632,7 @@ class SqliteBackend:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         mmap_size_mb: int = DEFAULT_MMAP_MB,
         wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise StorageError(f"sqlite: synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -649,12 +650,75 @@ class SqliteBackend:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._kv = SqliteKvStore(self)
-        self._open()
+        self.read_only = read_only
+        """Opened to read (``PluginContext.read_only``): nothing is created or migrated, and
+        every write is a ``StorageError`` saying so (``mode=ro``)."""
+        if read_only:
+            self._open_read_only()
+        else:
+            self._open()
 
     # -- opening ----------------------------------------------------------------------------
 
     def _not_ours(self, why: str = "") -> StorageError:
         return not_an_astrid_database(self.path, why)
+
+    def _open_read_only(self) -> None:
+        """Open ``mode=ro``; a file that does not exist (or is empty) reads as an empty store
+        and is not created. A WAL file whose directory cannot hold the ``-shm`` index is read
+        as ``immutable`` (nobody can be writing it then)."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_header()
+            uri = self.path.as_uri() + "?mode=ro"
+            conn = self._connect_ro(uri)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                conn.close()
+                conn = self._connect_ro(uri + "&immutable=1")
+            except sqlite3.DatabaseError as exc:  # "file is not a database"
+                conn.close()
+                raise self._not_ours(str(exc)) from exc
+        else:
+            conn = self._conn = self._connect_ro(":memory:")
+            ensure_schema(self._run_unchecked, self.path)
+        self._conn = conn
+        try:
+            self._run(lambda c: refuse_foreign(c, self.path), "single")
+            applied = self._run(lambda c: _check_version(c, self.path), "single")
+            if len(applied) < len(MIGRATIONS):
+                raise SchemaVersionError(
+                    f"{self.path}: schema {len(applied)} of {len(MIGRATIONS)}; the store is "
+                    "opened read-only, so it cannot be upgraded (open it once writable)"
+                )
+            self._run(self._configure_read_only, "single")
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _configure_read_only(self, c: sqlite3.Connection) -> None:
+        # PRAGMA values cannot be bound; busy_timeout_ms is validated above (an int).
+        c.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms:d}")
+        c.execute("PRAGMA query_only = ON")
+
+    def _connect_ro(self, target: str) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                target,
+                uri=target != ":memory:",
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path} read-only: {exc}") from exc
+
+    def _run_unchecked(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode) -> _T:
+        """``_run`` without the read-only refusal: builds the empty schema in memory."""
+        assert self._conn is not None
+        return run_in_transaction(self._conn, fn, mode)
 
     def _open(self) -> None:
         try:
@@ -748,6 +812,8 @@ class SqliteBackend:
                 conn = self._conn
                 if conn is None:
                     raise StorageError(f"the SQLite store {self.path} is closed")
+                if mode == "write" and self.read_only:
+                    raise self._read_only_error()
                 try:
                     return run_in_transaction(conn, fn, mode)
                 except sqlite3.OperationalError as exc:
@@ -764,7 +830,13 @@ class SqliteBackend:
             delay = min(delay * 2, 1.0)
 
     def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        if "readonly" in str(exc):  # SQLITE_READONLY: "attempt to write a readonly database"
+            return self._read_only_error()
         return StorageError(f"SQLite store {self.path}: {exc}")
+
+    def _read_only_error(self) -> StorageError:
+        why = "opened read-only" if self.read_only else "its file or directory is not writable"
+        return StorageError(f"the SQLite store {self.path} is read-only ({why}): cannot write")
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -1531,6 +1603,7 @@ def _create(options: SqliteOptions, context: PluginContext) -> SqliteBackend:
         synchronous=options.synchronous,
         mmap_size_mb=options.mmap_size_mb,
         wal_autocheckpoint=options.wal_autocheckpoint,
+        read_only=context.read_only,
     )
 
 
