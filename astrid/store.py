@@ -87,6 +87,9 @@ class SessionRecord:
     updated_at: datetime
 
 
+PRUNE_BATCH = 200
+"""Sessions ``prune`` hands a ``BatchDeleter`` at a time."""
+
 KEYED_STATE_MIN = 64
 """From this many session allowances plus remembered escape paths, a backend that accepts state
 deltas keeps them as keyed rows and the store sends it only what changed (below: inline JSON)."""
@@ -490,6 +493,16 @@ class StrayFileReporter(Protocol):
 
     def stray_files(self) -> Sequence[tuple[object, str]]:
         """(path, what it is) of each entry the backend ignores; reads only names."""
+        ...
+
+
+@runtime_checkable
+class BatchDeleter(Protocol):
+    """Deletes several sessions in one step (the file backend: one directory fsync for all,
+    where ``delete`` syncs per session); without it ``prune`` deletes one at a time."""
+
+    def delete_many(self, session_ids: Sequence[str]) -> list[str]:
+        """Delete each session as ``delete`` does; the ids that existed, in order."""
         ...
 
 
@@ -1067,10 +1080,19 @@ class SessionStore:
         """
         cutoff = to_utc(now or utcnow()) - older_than
         doomed = [s.id for s in self.all_sessions() if s.updated_at < cutoff]
-        if not dry_run:
-            ids = progress(doomed) if progress is not None else doomed
-            doomed = [sid for sid in ids if self.backend.delete(sid)]
-        return doomed
+        if dry_run:
+            return doomed
+        ids = progress(doomed) if progress is not None else doomed
+        if not isinstance(self.backend, BatchDeleter):
+            return [sid for sid in ids if self.backend.delete(sid)]
+        deleted: list[str] = []
+        batch: list[str] = []
+        for sid in ids:
+            batch.append(sid)
+            if len(batch) == PRUNE_BATCH:
+                deleted += self.backend.delete_many(batch)
+                batch = []
+        return deleted + (self.backend.delete_many(batch) if batch else [])
 
     # -- workspace state -------------------------------------------------------------------
 
@@ -1695,6 +1717,7 @@ __all__ = [
     "ITEM_ESCAPE_PATH",
     "KEYED_STATE_MIN",
     "WORKSPACE_STATE_KEY",
+    "BatchDeleter",
     "ConcurrencyError",
     "DecodedLoader",
     "DirectoryLocated",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.money import money, money_json
 from astrid.plugins import load_plugins
 from astrid.security.budget import BudgetConfig, BudgetTracker
-from astrid.store import HistoryCounter, SessionStore, WholeLister, open_store
+from astrid.store import BatchDeleter, HistoryCounter, SessionStore, WholeLister, open_store
 from astrid.transfer import ImportResult, import_sessions, session_files
 from tests import test_cli_chat
 from tests.originals import RUST_DOCUMENT, RUST_ID
@@ -476,3 +477,19 @@ def test_long_commands_show_a_progress_bar_on_a_terminal_and_a_final_count(env: 
     piped = astrid_process(env, "sessions", "export", "--all")
     assert piped.returncode == 0 and len(json.loads(piped.stdout)) == 2
     assert piped.stderr.splitlines() == ["exported 2 session(s)"]  # no bar off a terminal
+
+
+def test_the_file_backend_prunes_in_batches(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path / "sessions")
+    assert isinstance(backend, BatchDeleter)
+    with SessionStore(backend) as store:
+        ids = [store.new_session(f"s{i}") for i in range(5)]
+        for session in ids:
+            store.save(session)
+        keep = ids[0].id.bare
+        gone = store.prune(older_than=timedelta(0))  # all five, in batches of PRUNE_BATCH
+        assert sorted(gone) == sorted(s.id.bare for s in ids)
+        assert store.count() == 0 and session_files(tmp_path / "sessions") == ([], [])
+        assert backend.delete_many([keep, "00000000-0000-4000-8000-000000000000"]) == []
+    with SessionStore(FileBackend(tmp_path / "sessions")) as reopened:
+        assert reopened.count() == 0  # the index agrees after a reopen

@@ -740,7 +740,30 @@ class FileBackend:
 
     def delete(self, session_id: str) -> bool:
         """Remove a session file (and its history); False if it did not exist."""
-        sid = validate_session_id(session_id)
+        return bool(self.delete_many([session_id]))
+
+    def delete_many(self, session_ids: Sequence[str]) -> list[str]:
+        """Remove several session files with one directory fsync and one index update
+        (``BatchDeleter``: ``prune``); the ids that existed, in order. Each one's ledger rows
+        are kept first, as ``delete`` keeps them."""
+        sids = [validate_session_id(s) for s in session_ids]
+        gone: list[str] = []
+        try:
+            for sid in sids:
+                if self._unlink_session(sid):
+                    gone.append(sid)
+        finally:
+            if gone:
+                with _os_errors(f"cannot sync {self.directory}"):
+                    fsync_dir(self.directory)
+                with self._lock, self._index_lock() as locked:
+                    if locked:
+                        with contextlib.suppress(OSError):  # the index is only a cache
+                            self._index_commit([(sid, None) for sid in gone])
+        return gone
+
+    def _unlink_session(self, sid: str) -> bool:
+        """Keep a session's ledger rows, then remove its file (not yet fsynced)."""
         path = self.directory / f"{sid}.json"
         if not path.exists():
             return False
@@ -758,9 +781,6 @@ class FileBackend:
                 return False
             except OSError as exc:
                 raise StorageError(f"file store: cannot delete {path}: {exc}") from exc
-            with _os_errors(f"cannot sync {self.directory}"):
-                fsync_dir(self.directory)
-            self._index_drop(sid)
             return True
 
     # -- the spend ledger -------------------------------------------------------------------
@@ -1025,9 +1045,6 @@ class FileBackend:
 
     def _index_put(self, sid: str, entry: _Entry) -> None:
         self._index_update(sid, entry)
-
-    def _index_drop(self, sid: str) -> None:
-        self._index_update(sid, None)
 
     def _scan(self) -> tuple[dict[str, _Sig], list[tuple[Path, str]]]:
         """Stat the session files (no parsing); misnamed ones become problems."""
