@@ -1020,7 +1020,7 @@ class AgentRuntime:
             cost = reservation.amount
             label = getattr(self.provider, "name", type(self.provider).__name__)
             turn.result.notices.append(
-                f"usage not reported by {label}; charged the reservation (${cost:.4f})"
+                f"usage not reported by {label}; charged the reservation ({money(cost)})"
             )
         else:
             usage = _add_usage(None, usage)  # negative counts count as 0

@@ -7,6 +7,7 @@ under a temporary ``ASTRID_HOME``, the scripted provider.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -21,11 +22,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from astrid import AgentSession, Message
+from astrid import AgentRuntime, AgentSession, Message, ModelPricing, RuntimeConfig
 from astrid.cli import cli
 from astrid.config import load_config
 from astrid.default_plugins.file_storage import FileBackend
 from astrid.default_plugins.memory_storage import MemoryBackend
+from astrid.default_plugins.scripted_provider import ScriptedProvider
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.money import money, money_json
 from astrid.plugins import load_plugins
@@ -161,6 +163,18 @@ def test_a_turn_over_a_tiny_limit_names_the_limit_as_it_is(env: Env) -> None:
     assert done.returncode == 4, done.stderr
     [line] = done.stderr.splitlines()
     assert "session spend $0.00 of a $0.0001 limit" in line and "available $0.0001]" in line
+
+
+def test_a_reservation_charged_for_missing_usage_is_named_as_it_is(tmp_path: Path) -> None:
+    pricing = {"scripted-1": ModelPricing(input_per_million=0.01, output_per_million=0.01)}
+    runtime = AgentRuntime(
+        ScriptedProvider([[{"text": "no usage reported"}]]),
+        config=RuntimeConfig(workspace=tmp_path, pricing=pricing, builtin_prices=False),
+    )
+    result = asyncio.run(runtime.run_turn(runtime.create_session(), "hi"))
+    assert 0 < result.cost_usd < 0.0001  # the reservation: ~1 000 tokens at $0.01 a million
+    assert f"charged the reservation ({money(result.cost_usd)})" in " ".join(result.notices)
+    assert "($0.0000)" not in " ".join(result.notices)
 
 
 # -- item 5: short ids -----------------------------------------------------------------------
