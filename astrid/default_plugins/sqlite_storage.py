@@ -341,6 +341,15 @@ _LEDGER_COLUMNS = (
 )
 
 
+_LEDGER_FILTERS = " at >= ? AND at < ? AND (? IS NULL OR workspace = ?) ORDER BY at, id"
+_LEDGER_SELECT = "SELECT " + _LEDGER_COLUMNS + " FROM ledger WHERE" + _LEDGER_FILTERS
+"""The rows in a time range (``ledger_by_time``), optionally of one workspace."""
+_LEDGER_SELECT_SESSION = (
+    "SELECT " + _LEDGER_COLUMNS + " FROM ledger WHERE session_id = ? AND" + _LEDGER_FILTERS
+)
+"""The same, of one session (``ledger_by_session``)."""
+
+
 def _ledger_params(row: LedgerRow) -> tuple[Any, ...]:
     return (
         row.id,
@@ -363,14 +372,16 @@ def _ledger_params(row: LedgerRow) -> tuple[Any, ...]:
     )
 
 
+_LEDGER_INSERT = (
+    "INSERT OR IGNORE INTO ledger (" + _LEDGER_COLUMNS + ") "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _insert_ledger(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Store ledger rows in the caller's transaction; an id already stored is skipped."""
     if rows:
-        c.executemany(
-            f"INSERT OR IGNORE INTO ledger ({_LEDGER_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        c.executemany(_LEDGER_INSERT, rows)
 
 
 def _m_capabilities_0001_tables(conn: sqlite3.Connection) -> None:
@@ -1427,24 +1438,17 @@ class SqliteBackend:
         until: datetime | None = None,
     ) -> list[LedgerRow]:
         """The spend-ledger rows passing the filters, by time then id (one read snapshot)."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, op, value in (
-            ("session_id", "=", session_id),
-            ("workspace", "=", workspace),
-            ("at", ">=", format_timestamp(since) if since is not None else None),
-            ("at", "<", format_timestamp(until) if until is not None else None),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                params.append(value)
-        query = f"SELECT {_LEDGER_COLUMNS} FROM ledger"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY at, id"
+        bounds = (
+            format_timestamp(since) if since is not None else "",
+            format_timestamp(until) if until is not None else "~",  # after every timestamp
+            workspace,
+            workspace,
+        )
 
         def read(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return c.execute(query, params).fetchall()
+            if session_id is None:
+                return c.execute(_LEDGER_SELECT, bounds).fetchall()
+            return c.execute(_LEDGER_SELECT_SESSION, (session_id, *bounds)).fetchall()
 
         names = _LEDGER_COLUMNS.split(", ")
         out: list[LedgerRow] = []
