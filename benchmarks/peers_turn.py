@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -518,10 +519,16 @@ def _importtime_us(code: str) -> int:
     return total
 
 
+@functools.cache
+def _startup_us(runs: int) -> float:
+    """The interpreter's own start-up imports (``-c pass``), median of ``runs``, once a run."""
+    return statistics.median(_importtime_us("pass") for _ in range(runs))
+
+
 def import_row(peer: TurnPeer, runs: int = 5) -> Row:
     """The import time of what the row uses: ``-X importtime`` in a fresh interpreter, minus the
     interpreter's own start-up imports, median of ``runs``."""
-    base = statistics.median(_importtime_us("pass") for _ in range(runs))
+    base = _startup_us(runs)
     samples = [(_importtime_us(peer.imports) - base) / 1000 for _ in range(runs)]
     return summarize("import", peer.system, None, "ms", samples,
                      sample="python -X importtime -c '<imports>' minus -c 'pass'",
