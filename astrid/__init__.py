@@ -98,7 +98,7 @@ if TYPE_CHECKING:
         WorkspaceBudgetTracker,
     )
     from .store import SessionStore, SessionSummary, open_store
-    from .tools import FunctionTool, Tool, ToolContext, ToolFunction, tool_definition
+    from .tools import FunctionTool, Tool, ToolContext, ToolFunction, Toolset, tool_definition
 
 _LAZY: dict[str, str] = {  # public name -> the module it lives in, imported on first access
     "__version__": "astrid._version",  # from the package metadata
@@ -138,6 +138,7 @@ _LAZY: dict[str, str] = {  # public name -> the module it lives in, imported on 
     "Tool": "astrid.tools",
     "ToolContext": "astrid.tools",
     "ToolFunction": "astrid.tools",
+    "Toolset": "astrid.tools",
     "tool_definition": "astrid.tools",
 }
 
@@ -227,6 +228,7 @@ __all__ = [
     "ToolContext",
     "ToolError",
     "ToolFunction",
+    "Toolset",
     "TurnResult",
     "WarnAndAllow",
     "WithinBudget",

@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -222,6 +223,14 @@ class RuntimeSection(_Section):
     workspace_root: PathOption | None = None
 
 
+class ToolsSection(_Section):
+    """``[tools]``: the registered tools offered to the model, their options, and toolsets."""
+
+    enabled: list[str] | None = None
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    toolsets: list[str] = Field(default_factory=list)
+
+
 class PricingEntry(_Section):
     """``[pricing."<model>"]``: USD per million tokens of one model (``[pricing.default]``:
     of every model neither listed nor known to the built-in price source). A cache rate left
@@ -245,7 +254,19 @@ class AstridConfig(_Section):
     llm: LlmSection = Field(default_factory=LlmSection)
     summarizer: SummarizerSection = Field(default_factory=SummarizerSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    tools: ToolsSection = Field(default_factory=ToolsSection)
     pricing: dict[str, PricingEntry] = Field(default_factory=dict)
+    _toolset_tables: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def toolset_tables(self) -> dict[str, dict[str, Any]]:
+        """The top-level tables naming a registered toolset (``[mcp]``): raw options by name."""
+        return self._toolset_tables
+
+    def toolsets_to_open(self) -> list[str]:
+        """The toolsets the runtime opens: those with a table, then those in ``[tools]
+        toolsets``, each once, in that order."""
+        return list(dict.fromkeys([*self._toolset_tables, *self.tools.toolsets]))
 
     @field_validator(
         "storage",
@@ -256,6 +277,7 @@ class AstridConfig(_Section):
         "llm",
         "summarizer",
         "runtime",
+        "tools",
         mode="before",
     )
     @classmethod
@@ -330,6 +352,8 @@ def _format_errors(
 
 
 def _allowed_keys(section: str) -> list[str]:
+    if not section:  # the top level: the core sections and every registered toolset
+        return sorted([*AstridConfig.model_fields, *_toolset_names()])
     model: type[BaseModel] = AstridConfig
     for part in [p for p in section.split(".") if p]:
         field = model.model_fields.get(part)
@@ -341,14 +365,101 @@ def _allowed_keys(section: str) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _toolset_names() -> list[str]:
+    from .plugins import registry
+
+    try:
+        return sorted(registry("toolset"))
+    except PluginError:
+        return []
+
+
+def _split_toolset_tables(
+    data: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``data`` without its top-level tables that name a registered toolset, and those tables."""
+    names = set(_toolset_names()) - set(AstridConfig.model_fields)
+    core = {key: value for key, value in data.items() if key not in names}
+    tables: dict[str, dict[str, Any]] = {}
+    for key in [key for key in data if key in names]:  # in the file's order
+        if not isinstance(data[key], dict):
+            raise ConfigError(f"{where}: key {key!r}: must be a table (options of toolset {key!r})")
+        tables[key] = data[key]
+    return core, tables
+
+
 def parse_config(data: dict[str, Any], *, where: str = "<config>") -> AstridConfig:
     """Validate a parsed TOML document (sections and, via plugins, their options)."""
+    core, tables = _split_toolset_tables(data, where)
     try:
-        config = AstridConfig.model_validate(data)
+        config = AstridConfig.model_validate(core)
     except ValidationError as exc:
         raise ConfigError(_format_errors(where, exc)) from None
+    config._toolset_tables = tables
     validate_plugin_options(config, where=where)
+    validate_tools(config, where=where)
     return config
+
+
+def _check_options(
+    impl: Any, options: dict[str, Any], prefix: str, where: str, what: str
+) -> None:
+    """``options`` validated by ``impl``'s model; a ``ConfigError`` naming ``prefix`` if not."""
+    misuse = _bool_misuse(impl.options, options)
+    if misuse is not None:
+        raise ConfigError(
+            f"{where}: key '{prefix}.{misuse}': expected a number or a string, "
+            f"not a boolean (options of {what})"
+        )
+    try:
+        impl.options.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_errors(where, exc, prefix=prefix, model=impl.options) + f" (options of {what})"
+        ) from None
+
+
+def validate_tools(config: AstridConfig, *, where: str = "<config>") -> None:
+    """Check ``[tools]`` (every name is a registered tool or toolset, options by each model)
+    and the options table of every toolset to open."""
+    from .plugins import registry
+
+    def require(registered: Any, names: list[str], key: str) -> None:
+        try:  # a name two plugins claim, or one a failed plugin may have provided
+            registered.require(names)
+        except PluginError as exc:
+            raise ConfigError(f"{where}: key {key!r}: {exc}") from None
+
+    tools = registry("tool")
+    known = ", ".join(sorted(tools)) or "none installed"
+    section = config.tools
+    require(tools, section.enabled or [], "tools.enabled")
+    require(tools, list(section.options), "tools.options")
+    for name in section.enabled or []:
+        if name not in tools:
+            raise ConfigError(
+                f"{where}: key 'tools.enabled': unknown tool {name!r}; known tools: {known}"
+            )
+    if section.enabled is not None and len(set(section.enabled)) != len(section.enabled):
+        raise ConfigError(f"{where}: key 'tools.enabled': a tool is listed twice")
+    for name, options in section.options.items():
+        if name not in tools:
+            raise ConfigError(
+                f"{where}: key 'tools.options.{name}': unknown tool {name!r}; known tools: {known}"
+            )
+        _check_options(tools[name], options, f"tools.options.{name}", where, f"tool {name!r}")
+    toolsets = registry("toolset")
+    require(toolsets, section.toolsets, "tools.toolsets")
+    for name in section.toolsets:
+        if name not in toolsets:
+            raise ConfigError(
+                f"{where}: key 'tools.toolsets': unknown toolset {name!r}; known toolsets: "
+                + (", ".join(sorted(toolsets)) or "none installed")
+            )
+    for name in config.toolsets_to_open():
+        _check_options(
+            toolsets[name], config.toolset_tables.get(name, {}), name, where, f"toolset {name!r}"
+        )
 
 
 def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") -> None:
@@ -362,19 +473,7 @@ def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") ->
             impl = get_implementation(kind, name, where=f"{where}: key '{section}.{key}'")
         except PluginError as exc:
             raise ConfigError(str(exc)) from None
-        misuse = _bool_misuse(impl.options, sect.options)
-        if misuse is not None:
-            raise ConfigError(
-                f"{where}: key '{section}.options.{misuse}': expected a number or a string, "
-                f"not a boolean (options of {kind} {name!r})"
-            )
-        try:
-            impl.options.model_validate(sect.options)
-        except ValidationError as exc:
-            raise ConfigError(
-                _format_errors(where, exc, prefix=f"{section}.options", model=impl.options)
-                + f" (options of {kind} {name!r})"
-            ) from None
+        _check_options(impl, sect.options, f"{section}.options", where, f"{kind} {name!r}")
 
 
 def load_config(path: str | Path | None = None) -> LoadedConfig:
@@ -450,6 +549,15 @@ default_subagent_timeout = 300.0
 estimated_output_tokens = 1024
 # workspace_root = "/path/to/project"   (default: the current directory)
 
+[tools]
+# The registered tools the model is offered; a plugin's tool is off until listed here.
+# Default: the built-ins read_file, write_file, list_directory and task.
+# enabled = ["read_file", "write_file", "list_directory", "task"]
+# A tool's options: [tools.options.read_file] max_bytes = 1048576
+# A toolset (a source of tools such as the astrid-mcp plugin's "mcp") is opened when its own
+# top-level table is present, e.g. [mcp.servers.notes], or when listed in toolsets = ["mcp"];
+# its tools are offered as it chooses them, not through `enabled`.
+
 # Prices in USD per million tokens, per model. A model not listed here is priced by the
 # genai-prices package if installed (pip install 'astrid[prices]'), else by [pricing.default]
 # (3.0 in, 15.0 out unless set). Cache rates default to the input rate.
@@ -482,4 +590,5 @@ def dump_config(config: AstridConfig) -> str:
     import tomli_w
 
     data = config.model_dump(mode="json", exclude_none=True)
+    data.update(config.toolset_tables)
     return tomli_w.dumps(data)

@@ -61,6 +61,7 @@ KINDS: dict[str, str] = {
     "summarizer": "register_summarizers",
     "llm_provider": "register_llm_providers",
     "tool": "register_tools",
+    "toolset": "register_toolsets",
 }
 """Registry kind → the hook that fills it."""
 

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -103,7 +104,7 @@ from .session import AgentSession
 from .store import SessionStore, workspace_key
 from .subagents import SubAgentExecutor, SubAgentId, SubAgentPool
 from .tokens import RunningEstimate
-from .tools import Tool, ToolContext, ToolError, tool_definition
+from .tools import Tool, ToolContext, ToolError, Toolset, enabled_tool_names, tool_definition
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -520,8 +521,15 @@ class _MeteredProvider:
         return await self._runtime._complete_for(self._turn, prompt, settings)
 
 
-def _checked_tool(impl: Implementation, context: PluginContext) -> Tool:
-    tool = impl.create(None, context)
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""The tool names every provider accepts (OpenAI's and Anthropic's rule); a toolset's tools must
+match it."""
+
+
+def _checked_tool(
+    impl: Implementation, context: PluginContext, options: Mapping[str, Any] | None = None
+) -> Tool:
+    tool = impl.create(dict(options) if options is not None else None, context)
     if not isinstance(tool, Tool):
         raise PluginError(
             f"tool {impl.name!r} (plugin {impl.plugin or '?'}) is not a Tool: it needs name, "
@@ -578,6 +586,9 @@ class AgentRuntime:
         approval_handler: ApprovalHandler | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
         audit: AuditLog | None = None,
+        enabled_tools: Iterable[str] | None = None,
+        tool_options: Mapping[str, Mapping[str, Any]] | None = None,
+        toolsets: Iterable[Toolset] | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -586,10 +597,25 @@ class AgentRuntime:
             get_plugin_manager()
         )
         self.tools: dict[str, Tool] = {}
-        for tool in tools if tools is not None else self._registered_tools(plugin_manager):
+        self._tool_sources: dict[str, str] = {}
+        if tools is not None:
+            offered = [(tool, "the host (tools=)") for tool in tools]
+        else:
+            offered = self._registered_tools(plugin_manager, enabled_tools, tool_options or {})
+        for tool, source in offered:
             if tool.name in self.tools:
                 raise ValueError(f"two tools are named {tool.name!r}")
             self.tools[tool.name] = tool
+            self._tool_sources[tool.name] = source
+        self._toolsets: list[Toolset] = []
+        for toolset in toolsets or ():
+            if not isinstance(toolset, Toolset):
+                raise PluginError(
+                    f"{toolset!r} is not a Toolset: it needs name, async open() and async aclose()"
+                )
+            self._toolsets.append(toolset)
+        self._open_toolsets: list[Toolset] = []
+        self._toolsets_opened = not self._toolsets
         self.policy = policy if policy is not None else SecurityPolicy.default()
         if keypair is None:
             from .security.crypto import KeyPair
@@ -621,7 +647,14 @@ class AgentRuntime:
         """Cancel running sub-agents and close the store (the runtime is done).
 
         Outside an event loop, a provider's ``aclose`` is awaited too; inside one, use
-        ``aclose`` (or ``async with``)."""
+        ``aclose`` (or ``async with``). With toolsets open it refuses (``PluginError``) and
+        closes nothing: they live on the event loop that opened them, so use ``aclose``."""
+        if self._open_toolsets:
+            names = ", ".join(repr(t.name) for t in self._open_toolsets)
+            raise PluginError(
+                f"the runtime has open toolsets ({names}): close it with await runtime.aclose() "
+                "(or async with)"
+            )
         self.pool.cancel_all()
         if self.store is not None:
             self.store.close()
@@ -640,13 +673,80 @@ class AgentRuntime:
                              "use await runtime.aclose()")
 
     async def aclose(self) -> None:
-        """``close`` from async code: also awaits the provider's ``aclose`` if it has one."""
+        """``close`` from async code: closes the open toolsets (last opened first), then the
+        store, and awaits the provider's ``aclose`` if it has one."""
         self.pool.cancel_all()
-        if self.store is not None:
-            self.store.close()
-        closer = getattr(self.provider, "aclose", None)
-        if closer is not None:
-            await closer()
+        try:
+            await self._close_toolsets()
+        finally:
+            if self.store is not None:
+                self.store.close()
+            closer = getattr(self.provider, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    async def open(self) -> None:
+        """Open the toolsets (once, in order) and offer their tools; ``async with`` calls it.
+
+        A toolset whose ``open`` fails is a ``PluginError`` naming it; every toolset opened so
+        far, the failing one included, is closed again first.
+        """
+        if self._toolsets_opened:
+            return
+        try:
+            for toolset in self._toolsets:
+                self._open_toolsets.append(toolset)  # closed again even if open() fails
+                try:
+                    tools = await toolset.open()
+                except Exception as exc:
+                    raise PluginError(
+                        f"toolset {toolset.name!r} failed to open: {_error_text(exc)}"
+                    ) from exc
+                self._add_toolset_tools(toolset, tools)
+        except BaseException:
+            await self._close_toolsets()
+            raise
+        self._toolsets_opened = True
+
+    def _add_toolset_tools(self, toolset: Toolset, tools: Iterable[Tool]) -> None:
+        source = f"toolset {toolset.name!r}"
+        for tool in tools:
+            if not isinstance(tool, Tool):
+                raise PluginError(
+                    f"{source} returned {tool!r}, which is not a Tool: it needs name, "
+                    "description, input_schema and an async run(arguments, ctx)"
+                )
+            if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
+                raise PluginError(
+                    f"{source} returned a tool named {tool.name!r}; tool names must be 1 to 64 "
+                    "letters, digits, '_' or '-' (providers refuse others, ':' included)"
+                )
+            if tool.name in self.tools:
+                raise PluginError(
+                    f"tool {tool.name!r} of {source} clashes with the tool {tool.name!r} of "
+                    f"{self._tool_sources.get(tool.name, 'the runtime')}: tool names must be "
+                    "unique"
+                )
+            self.tools[tool.name] = tool
+            self._tool_sources[tool.name] = source
+
+    async def _close_toolsets(self) -> None:
+        """Close every open toolset (last opened first) and withdraw its tools; a failing
+        ``aclose`` is logged and the others still close, a cancellation after all of them."""
+        cancelled: asyncio.CancelledError | None = None
+        while self._open_toolsets:
+            toolset = self._open_toolsets.pop()
+            source = f"toolset {toolset.name!r}"
+            for name in [n for n, s in self._tool_sources.items() if s == source]:
+                del self.tools[name], self._tool_sources[name]
+            try:
+                await toolset.aclose()
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+            except Exception:
+                logger.warning("closing toolset %r failed", toolset.name, exc_info=True)
+        if cancelled is not None:
+            raise cancelled
 
     def __enter__(self) -> AgentRuntime:
         return self
@@ -655,6 +755,11 @@ class AgentRuntime:
         self.close()
 
     async def __aenter__(self) -> AgentRuntime:
+        try:
+            await self.open()
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -663,19 +768,34 @@ class AgentRuntime:
     # -- setup ------------------------------------------------------------------------------
 
     @staticmethod
-    def _registered_tools(plugin_manager: pluggy.PluginManager | None) -> list[Tool]:
+    def _registered_tools(
+        plugin_manager: pluggy.PluginManager | None,
+        enabled: Iterable[str] | None,
+        options: Mapping[str, Mapping[str, Any]],
+    ) -> list[tuple[Tool, str]]:
+        """The enabled registered tools (default: the built-ins installed) and their plugins."""
         from .config import astrid_home
 
         context = PluginContext(home=astrid_home())
         impls = registry("tool") if plugin_manager is None else collect(plugin_manager, "tool")
-        impls.require_all()  # every registered tool is offered: a conflict or failure is fatal
-        return [_checked_tool(impl, context) for impl in impls.values()]
+        names = enabled_tool_names(enabled, impls)
+        impls.require(names)  # a name two plugins claim, or one a failed plugin may provide
+        for name in [*names, *options]:
+            if name not in impls:
+                known = ", ".join(sorted(impls)) or "none installed"
+                raise PluginError(f"unknown tool {name!r}; known tools: {known}")
+        return [
+            (_checked_tool(impl, context, options.get(name)), f"plugin {impl.plugin!r}")
+            for name in names
+            for impl in [impls[name]]
+        ]
 
     def add_tool(self, tool: Tool) -> None:
         """Offer one more tool to the model (a host tool next to the registered ones)."""
         if tool.name in self.tools:
             raise ValueError(f"the runtime already has a tool named {tool.name!r}")
         self.tools[tool.name] = tool
+        self._tool_sources[tool.name] = "the host (add_tool)"
 
     def tool_definitions(self) -> list[ToolDefinition]:
         """The definitions the provider is given, in registration order."""
@@ -748,6 +868,12 @@ class AgentRuntime:
         )
 
     def _new_turn(self, session: AgentSession, parent_subagent_id: SubAgentId | None) -> _Turn:
+        if not self._toolsets_opened:
+            names = ", ".join(repr(t.name) for t in self._toolsets)
+            raise PluginError(
+                f"the runtime's toolsets ({names}) are not open: enter it with "
+                "async with open_runtime(...) (or await runtime.open()) before running turns"
+            )
         root = self.workspace_root(session)
         spawner = SubAgentExecutor(
             self.pool,
@@ -1391,9 +1517,13 @@ class AgentRuntime:
             return ToolCallResult.error(call.id, f"Tool call blocked: {reason}")
 
         try:
-            passed = await turn.interceptor.intercept(
-                action, f"Built-in tool: {name}", **_approval_mode(tool)
+            source = self._tool_sources.get(name, "")
+            context = getattr(tool, "approval_context", None) or (
+                f"Tool {name} ({source})" if source.startswith("toolset ") else (
+                    f"Built-in tool: {name}"
+                )
             )
+            passed = await turn.interceptor.intercept(action, context, **_approval_mode(tool))
         except AstridError as exc:
             tracing.refusal_event(exc, action_type=str(action.action_type))
             return ToolCallResult.error(call.id, _not_run(name, exc))
@@ -1475,7 +1605,9 @@ def open_runtime(
 ) -> AgentRuntime:
     """An ``AgentRuntime`` built from configuration (a ``LoadedConfig``, a path, or discovery).
 
-    The store, LLM provider, summarizer, limits and pricing are the ones the config names. The
+    The store, LLM provider, summarizer, limits, pricing, tools (``[tools]``; host ``tools``
+    replace the registered ones) and toolsets are the ones the config names; the toolsets open
+    when the runtime is entered (``async with open_runtime(...) as runtime``). The
     runtime's signing key lives at ``<home>/keys/runtime.key`` (created 0600 on first use), so
     capability tokens it minted stay trusted after a restart.
     """
@@ -1493,6 +1625,12 @@ def open_runtime(
     summarizer = get_implementation(
         "summarizer", cfg.summarizer.name, where=f"{where}: key 'summarizer.name'"
     ).create(cfg.summarizer.options, context)
+    toolsets = [
+        get_implementation("toolset", name, where=f"{where}: key {name!r}").create(
+            cfg.toolset_tables.get(name, {}), context
+        )
+        for name in cfg.toolsets_to_open()
+    ]
     rt = cfg.runtime
     runtime_config = RuntimeConfig(
         max_context_tokens=rt.max_context_tokens,
@@ -1529,4 +1667,7 @@ def open_runtime(
         policy=policy,
         context_manager=context_manager,
         approval_handler=approval_handler,
+        enabled_tools=cfg.tools.enabled,
+        tool_options=cfg.tools.options,
+        toolsets=toolsets,
     )

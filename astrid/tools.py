@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -32,14 +32,30 @@ if TYPE_CHECKING:
     from .subagents import SubAgentExecutor
 
 __all__ = [
+    "BUILTIN_TOOLS",
     "FunctionTool",
     "Tool",
     "ToolContext",
     "ToolError",
     "ToolFunction",
     "Toolset",
+    "enabled_tool_names",
     "tool_definition",
 ]
+
+
+BUILTIN_TOOLS: tuple[str, ...] = ("read_file", "write_file", "list_directory", "task")
+"""The tools ``astrid.default_plugins.builtin_tools`` registers: the default of ``[tools]
+enabled`` (and of ``AgentRuntime(enabled_tools=None)``)."""
+
+
+def enabled_tool_names(enabled: Iterable[str] | None, registered: Iterable[str]) -> list[str]:
+    """The registered tools offered to the model: ``enabled`` as given, or when it is None the
+    built-ins that are registered (a plugin's tool is off until it is listed)."""
+    if enabled is not None:
+        return list(enabled)
+    present = set(registered)
+    return [name for name in BUILTIN_TOOLS if name in present]
 
 
 @dataclass

@@ -123,11 +123,14 @@ def test_a_host_plugin_manager_registers_through_the_same_mechanism(tmp_path: Pa
     config = RuntimeConfig(workspace=tmp_path)
     twice = _host_manager(("tools-a", _ToolA()), ("tools-b", _ToolB()))
     with pytest.raises(PluginError, match=r"tool 'same' is registered by two plugins: "
-                       r"'tools-(a|b)' and 'tools-(a|b)'"):
-        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=twice)
+                       r"'tools-a' and 'tools-b'"):
+        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=twice,
+                     enabled_tools=["same"])
+    AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=twice, enabled_tools=[])
     nameless = _host_manager(("nameless", _Nameless()))
     with pytest.raises(PluginError, match="plugin 'nameless' registered a tool with an empty name"):
-        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=nameless)
+        AgentRuntime(ScriptedProvider([]), config=config, plugin_manager=nameless,
+                     enabled_tools=["x"])
     assert set(collect(_host_manager(("tools-a", _ToolA())), "tool")) == {"same"}
 
 

@@ -551,8 +551,13 @@ def test_plugin_registered_tools_reach_the_model(store: SessionStore, workspace:
     try:
         script = [[call("1", "shout", {"text": "hey"})], text("done")]
         provider = ScriptedProvider(script)
-        runtime = AgentRuntime(provider, store=store, config=RuntimeConfig(workspace=workspace))
-        assert "shout" in runtime.tools and "read_file" in runtime.tools
+        off = AgentRuntime(provider, store=store, config=RuntimeConfig(workspace=workspace))
+        assert "shout" not in off.tools  # installed is not enabled: the built-ins by default
+        runtime = AgentRuntime(
+            provider, store=store, config=RuntimeConfig(workspace=workspace),
+            enabled_tools=["read_file", "shout"],
+        )
+        assert sorted(runtime.tools) == ["read_file", "shout"]
         session = runtime.create_session()
         run(runtime.run_turn(session, "shout"))
         assert [r.content for r in tool_results(session)] == ["HEY"]
@@ -573,6 +578,7 @@ def test_a_plugin_tool_that_is_not_a_tool_is_a_clear_error(workspace: Path) -> N
     pm.register(BrokenToolPlugin())
     with pytest.raises(PluginError, match=r"'broken'.*is not a Tool"):
         AgentRuntime(ScriptedProvider([]), config=RuntimeConfig(workspace=workspace),
+                     enabled_tools=["broken"],
                      plugin_manager=pm)
 
 

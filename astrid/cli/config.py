@@ -20,7 +20,8 @@ from ..config import (
     write_default_config,
 )
 from ..errors import AstridError
-from ..plugins import get_implementation
+from ..plugins import Implementation, get_implementation, registry
+from ..tools import enabled_tool_names
 from ._common import compact, echo_json, json_option, load, opts, table
 
 
@@ -60,8 +61,10 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
 
 
 def effective_config(loaded: LoadedConfig) -> tuple[dict[str, Any], list[tuple[str, Any, str]]]:
-    """The effective config (plugin options with their defaults) and each value's source."""
-    data = loaded.config.model_dump(mode="json")
+    """The effective config (plugin options with their defaults, the tools that are on, the
+    toolsets' tables) and each value's source."""
+    config = loaded.config
+    data = config.model_dump(mode="json")
     for section, key, kind in PLUGGABLE:
         impl = get_implementation(kind, data[section][key], where=loaded.where)
         options = impl.options.model_validate(data[section]["options"])
@@ -70,6 +73,23 @@ def effective_config(loaded: LoadedConfig) -> tuple[dict[str, Any], list[tuple[s
     if data["runtime"].get("workspace_root") is not None:
         root = resolve_home_path(data["runtime"]["workspace_root"], loaded.home)
         data["runtime"]["workspace_root"] = str(root)
+
+    def used_options(impl: Implementation, raw: dict[str, Any]) -> dict[str, Any]:
+        options = resolve_path_options(impl.options.model_validate(raw), loaded.home)
+        return options.model_dump(mode="json")
+
+    tools = registry("tool")
+    enabled = enabled_tool_names(config.tools.enabled, tools)
+    data["tools"]["enabled"] = enabled
+    data["tools"]["options"] = {
+        name: used_options(tools[name], config.tools.options.get(name, {}))
+        for name in dict.fromkeys([*enabled, *config.tools.options])
+        if tools[name].options.model_fields or name in config.tools.options
+    }
+    data["tools"]["toolsets"] = config.toolsets_to_open()
+    for name in config.toolsets_to_open():
+        impl = get_implementation("toolset", name, where=loaded.where)
+        data[name] = used_options(impl, config.toolset_tables.get(name, {}))
     raw: dict[str, Any] = {}
     if loaded.source is not None:
         raw = tomllib.loads(loaded.source.read_text(encoding="utf-8"))
@@ -99,7 +119,13 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"file: {loaded.source or '(none: defaults)'}")
     home_from = HOME_ENV if os.environ.get(HOME_ENV) else "default"
-    click.echo(f"home: {loaded.home} ({home_from})\n")
+    click.echo(f"home: {loaded.home} ({home_from})")
+    click.echo(f"tools on: {', '.join(data['tools']['enabled']) or '(none)'}")
+    toolsets = data["tools"]["toolsets"]
+    click.echo(
+        f"toolsets opened: {', '.join(toolsets)} (their tools are known once open)\n"
+        if toolsets else "toolsets opened: (none)\n"
+    )
     click.echo(table(("key", "value", "source"), [[k, compact(v), s] for k, v, s in rows]))
 
 

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..hookspecs import hookimpl
 from ..plugins import NoOptions, PluginContext
 from ..tools import ToolContext, ToolError
@@ -19,6 +21,7 @@ __all__ = [
     "MAX_READ_BYTES",
     "MAX_TASK_TIMEOUT_SECS",
     "ListDirectoryTool",
+    "ReadFileOptions",
     "ReadFileTool",
     "TaskTool",
     "WriteFileTool",
@@ -52,11 +55,23 @@ def _path_arg(arguments: dict[str, Any], ctx: ToolContext, *, default: str | Non
     return ctx.resolve_path(text)
 
 
+class ReadFileOptions(BaseModel):
+    """``[tools.options.read_file]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(default=MAX_READ_BYTES, ge=1)
+    """Files larger than this many bytes are refused."""
+
+
 class ReadFileTool:
     """Read a UTF-8 text file."""
 
     name = "read_file"
     description = "Read a UTF-8 text file and return its contents."
+
+    def __init__(self, options: ReadFileOptions | None = None) -> None:
+        self.max_bytes = (options or ReadFileOptions()).max_bytes
     input_schema: dict[str, Any] = {
         "type": "object",
         "properties": {
@@ -72,8 +87,8 @@ class ReadFileTool:
             if not path.is_file():
                 raise ToolError(f"not a file: {path}")
             size = path.stat().st_size
-            if size > MAX_READ_BYTES:
-                raise ToolError(f"file too large: {path} is {size} bytes (limit {MAX_READ_BYTES})")
+            if size > self.max_bytes:
+                raise ToolError(f"file too large: {path} is {size} bytes (limit {self.max_bytes})")
             data = path.read_bytes()
         except OSError as exc:
             raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -202,7 +217,11 @@ def builtin_tools() -> list[Any]:
 
 @hookimpl
 def register_tools(register: Any) -> None:
-    """Register ``read_file``, ``write_file``, ``list_directory`` and ``task``."""
+    """Register ``read_file`` (options: ``max_bytes``), ``write_file``, ``list_directory`` and
+    ``task`` (the names in ``astrid.tools.BUILTIN_TOOLS``, the default of ``[tools] enabled``)."""
+
+    def read_file(options: ReadFileOptions, context: PluginContext) -> Any:
+        return ReadFileTool(options)
 
     def factory_of(cls: type[Any]) -> Any:
         def factory(options: NoOptions, context: PluginContext) -> Any:
@@ -210,5 +229,6 @@ def register_tools(register: Any) -> None:
 
         return factory
 
-    for cls in (ReadFileTool, WriteFileTool, ListDirectoryTool, TaskTool):
+    register(ReadFileTool.name, read_file, ReadFileOptions, ReadFileTool.description)
+    for cls in (WriteFileTool, ListDirectoryTool, TaskTool):
         register(cls.name, factory_of(cls), NoOptions, cls.description)
