@@ -6,7 +6,9 @@ result the model sees; it never aborts the turn. Tools are registered by plugins
 ``register_tools`` hook or handed to ``AgentRuntime(tools=[...])`` by a host.
 
 A tool may also define ``classify(arguments, ctx) -> SensitiveAction | None`` to tell the runtime
-which security action it performs (otherwise the runtime applies the original's built-in rules).
+which security action it performs (otherwise the runtime applies the original's built-in rules),
+``approval`` (``"ask"``, ``"policy"`` or ``"trusted"``: how that action is approved) and
+``approval_context`` (the text an approval request shows).
 
 A ``Toolset`` is a source of tools known only after an async connect (an MCP server): the
 ``register_toolsets`` hook registers its factory, and the runtime opens it once when entered

@@ -55,6 +55,7 @@ class NotesOptions(BaseModel):
     names: list[str] | None = None  # the tool names offered (default: ["<toolset>__add"])
     fail_open: bool = False  # open() starts the server, then raises
     hang_open: bool = False  # open() starts the server, then waits forever
+    fail_close: bool = False  # aclose() stops the server, then raises
 
 
 class AddTool:
@@ -113,6 +114,8 @@ class NotesToolset:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        if self.options.fail_close:
+            raise OSError(f"server {self.name} did not say goodbye")
 
 
 CREATED: list[NotesToolset] = []
@@ -265,6 +268,23 @@ def test_an_exception_in_the_block_closes_the_toolsets(tmp_path: Path, workspace
     assert all(gone(t.pids[0]) for t in CREATED)
 
 
+def test_a_failing_aclose_is_logged_and_the_other_toolsets_still_close(
+    tmp_path: Path, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_file(tmp_path, workspace, [], jot={}, notes={"fail_close": True})
+
+    async def scenario() -> None:
+        async with open_runtime(config):
+            pass
+
+    asyncio.run(scenario())  # the failure does not escape the exit
+    assert [(t.name, t.closed) for t in CREATED] == [("jot", 1), ("notes", 1)]
+    assert all(gone(t.pids[0]) for t in CREATED)
+    [record] = [r for r in caplog.records if "closing toolset" in r.getMessage()]
+    assert record.getMessage() == "closing toolset 'notes' failed"
+    assert "did not say goodbye" in str(record.exc_info[1] if record.exc_info else "")
+
+
 def test_cancelling_a_turn_inside_a_toolset_call_closes_the_toolsets(
     tmp_path: Path, workspace: Path
 ) -> None:
@@ -412,7 +432,8 @@ def test_toolset_tables_are_validated_by_the_toolset_options_model(
         f"{where}: key 'notes.names': Input should be a valid list (options of toolset 'notes')"
     )
     assert error(notes={"colour": "red"}).startswith(
-        f"{where}: unknown key 'notes.colour'; valid keys: fail_open, hang_open, names, notes_file"
+        f"{where}: unknown key 'notes.colour'; valid keys: fail_close, fail_open, hang_open, "
+        "names, notes_file"
     )
     assert error(notes={"notes_file": True}) == (
         f"{where}: key 'notes.notes_file': expected a number or a string, not a boolean "
