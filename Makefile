@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 
 # The separately installable plugins under plugins/astrid-<name>/ that `make test` installs, checks
 # and tests. A new plugin adds its name here (its package is astrid_<name with - as _>).
-PLUGINS := postgres openai anthropic mcp
+PLUGINS := postgres openai anthropic mcp openai-agents claude-agent-sdk
 PLUGIN_DIRS := $(foreach p,$(PLUGINS),plugins/astrid-$(p))
 PLUGIN_PKGS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/astrid_$(subst -,_,$(p)))
 PLUGIN_TESTS := $(foreach p,$(PLUGINS),plugins/astrid-$(p)/tests)
