@@ -21,9 +21,10 @@ from agents.run_context import RunContextWrapper
 from astrid.errors import BudgetExceeded, ConcurrencyError
 from astrid.ledger import KIND_SUBAGENT_TURN, KIND_TURN, LedgerRow, new_row_id, usd
 from astrid.llm import Usage
+from astrid.money import money
 from astrid.offload import read_in_thread
 from astrid.runtime import RuntimeConfig
-from astrid.security.budget import Exceeded, ExceededReason
+from astrid.security.budget import Exceeded
 from astrid.session import AgentSession
 from astrid.store import workspace_key
 
@@ -92,22 +93,29 @@ class AstridBudgetHooks(RunHooks[Any]):
         if self._first_agent is None:
             self._first_agent = agent.name
         session = await self._stored()
-        checks = [session.budget_tracker.check_budget(self.estimate_usd)]
-        if session.budget_tracker.remaining() <= 0:
-            checks.append(Exceeded(ExceededReason.SESSION_BUDGET, self.estimate_usd, 0.0))
+        refused: list[str] = []
+        tracker = session.budget_tracker
+        estimate = self.estimate_usd
+        if tracker.remaining() <= 0 or isinstance(tracker.check_budget(estimate), Exceeded):
+            limit = tracker.config().session_max_usd
+            refused.append(f"session budget: {money(tracker.spent())} spent of {money(limit)}")
         workspace = session.workspace_budget_tracker
-        if workspace is not None:
-            checks.append(workspace.check_budget(self.estimate_usd))
-            left = workspace.remaining()
-            if left is not None and left <= 0:
-                checks.append(Exceeded(ExceededReason.WORKSPACE_BUDGET, self.estimate_usd, 0.0))
-        for check in checks:
-            if isinstance(check, Exceeded):
-                raise BudgetExceeded(
-                    f"astrid session {self.session.astrid_id} (Agents SDK session "
-                    f"{self.session.session_id!r}): the model call of agent {agent.name!r} is "
-                    f"refused: {check}"
-                )
+        left = workspace.remaining() if workspace is not None else None
+        if workspace is not None and (
+            (left is not None and left <= 0)
+            or isinstance(workspace.check_budget(estimate), Exceeded)
+        ):
+            refused.append(
+                f"workspace budget of {self.workspace}: {money(workspace.spent())} spent of "
+                f"{money(workspace.max_usd())}"
+            )
+        if refused:
+            more = f" (estimate {money(estimate)})" if estimate else ""
+            raise BudgetExceeded(
+                f"astrid session {self.session.astrid_id} (Agents SDK session "
+                f"{self.session.session_id!r}): the model call of agent {agent.name!r} is "
+                f"refused{more}: {'; '.join(refused)}"
+            )
 
     async def on_llm_end(
         self,
