@@ -1021,6 +1021,18 @@ class SessionStore:
         record = self.backend.load(sid)
         return None if record is None else self.decode_record(sid, record)
 
+    def load_message_data(
+        self, session_id: str | SessionId, *, tail: int | None = None
+    ) -> list[Any] | None:
+        """The stored JSON of a session's active messages (only the last ``tail`` if given),
+        oldest first, without rebuilding the session; None if it does not exist. For adapters
+        that hand messages on as JSON (astrid-openai-agents, astrid-claude-agent-sdk)."""
+        sid = validate_session_id(session_id)
+        if tail is not None and tail < 0:
+            raise ValueError("tail must be >= 0")
+        record = self.backend.load(sid, tail=tail)
+        return None if record is None else record.messages
+
     def revision_of(self, session: AgentSession) -> int | None:
         """The revision this store last loaded or saved for ``session`` (None if never)."""
         changes = session.changes
@@ -1363,6 +1375,13 @@ class SessionStore:
     async def ahistory(self, session_id: str | SessionId) -> list[Message]:
         """``history`` off the event loop."""
         return await read_in_thread(self.history, session_id)
+
+    async def aload_message_data(
+        self, session_id: str | SessionId, *, tail: int | None = None
+    ) -> list[Any] | None:
+        """``load_message_data`` off the event loop."""
+        load = functools.partial(self.load_message_data, session_id, tail=tail)
+        return await read_in_thread(load)
 
     async def aload_workspace_state(self, workspace: str | Path) -> WorkspaceState:
         """``load_workspace_state`` off the event loop."""

@@ -158,10 +158,9 @@ class AstridTranscriptStore(ClaudeSessionStore):
         return await read_in_thread(self._load, key)
 
     def _load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
-        document = self.store.load_document(astrid_session_id(key))
-        if document is None:
-            return None
-        entries: list[SessionStoreEntry] = [m.to_json() for m in document.messages]
+        entries: list[SessionStoreEntry] | None = self.store.load_message_data(
+            astrid_session_id(key)
+        )
         return entries
 
     # -- optional ----------------------------------------------------------------------------

@@ -93,11 +93,10 @@ class AstridSession:
         wanted = resolve_session_limit(limit, self.session_settings)
         if wanted is not None and wanted <= 0:
             return []
-        session = await self.store.aload(self.astrid_id, tail=wanted)
-        if session is None:
-            return []
-        items: list[TResponseInputItem] = [m.to_json() for m in session.messages]
-        return items
+        items: list[TResponseInputItem] | None = await self.store.aload_message_data(
+            self.astrid_id, tail=wanted
+        )
+        return [] if items is None else items
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items`` in one atomic write (creating the astrid session on first use)."""
