@@ -81,6 +81,7 @@ $(PEERS_STAMP): pyproject.toml plugins/astrid-openai/pyproject.toml
 	$(PEERS_VENV)/bin/python -m pip install --quiet -e . -e plugins/astrid-openai
 	@# Each peer on its own: one that fails to install is reported by peers.py and skipped.
 	-$(PEERS_VENV)/bin/python -m pip install --quiet openai-agents
+	-$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps -e plugins/astrid-openai-agents
 	-$(PEERS_VENV)/bin/python -m pip install --quiet langgraph langgraph-checkpoint-sqlite
 	-$(PEERS_VENV)/bin/python -m pip install --quiet langchain-openai
 	-$(PEERS_VENV)/bin/python -m pip install --quiet 'pydantic-ai-slim[openai]'

@@ -45,6 +45,7 @@ ensure_paths()
 
 from datetime import UTC
 
+import peers_adapters
 import peers_turn
 from harness import (
     Row,
@@ -1260,7 +1261,7 @@ def paired_loads(plan: Plan, openai_cls: Any) -> list[Row]:
 # ============================================================================ driver
 
 PEERS = {"openai": OpenAIPeer, "langgraph": LangGraphPeer, "adk": AdkPeer}
-OPS = ("create", "append", "load", "list", "compact", "concurrency", "turn")
+OPS = ("create", "append", "load", "list", "compact", "concurrency", "turn", "adapters")
 
 COMPARE = [
     ("create", None, "us"),
@@ -1430,9 +1431,11 @@ def main(argv: list[str] | None = None) -> int:
         turn_rows = peers_turn.run_peers(chosen, turns, log, turn_problems)
         log(f"  turn: done in {time.perf_counter() - t0:.1f} s")
         rows.extend(turn_rows)
+    if "adapters" in ops:  # astrid-openai-agents next to SQLiteSession (issue 22)
+        rows.extend(peers_adapters.adapter_rows(args.quick, log, problems))
 
     ran: list[str] = []
-    storage_ops = [o for o in ops if o != "turn"]
+    storage_ops = [o for o in ops if o not in ("turn", "adapters")]
     for key in wanted if storage_ops else []:
         cls = PEERS[key]
         t0 = time.perf_counter()
@@ -1495,6 +1498,9 @@ def main(argv: list[str] | None = None) -> int:
     if "turn" in ops:
         print()
         peers_turn.print_turns(turn_rows, turn_problems, turn_verdicts)
+    if "adapters" in ops:
+        print()
+        peers_adapters.print_rows(rows)
     return 0
 
 
