@@ -86,7 +86,11 @@ async def _measure(items: int, reads: int, where: Path) -> list[Row]:
         sdk.close()
         for store in stores.values():
             store.close()
-    units = {"adapter_add_items": "us/call", "adapter_get_items": "us", "adapter_get_items_20": "us"}
+    units = {
+        "adapter_add_items": "us/call",
+        "adapter_get_items": "us",
+        "adapter_get_items_20": "us",
+    }
     what = {
         "adapter_add_items": "one add_items of one item, into a session growing to N",
         "adapter_get_items": "get_items() of all N items",

@@ -131,3 +131,9 @@ def test_two_processes_append_to_one_transcript(tmp_path: Path) -> None:
         assert [e["uuid"] for e in entries if e["uuid"].startswith(name)] == [
             f"{name}-{n}" for n in range(40)
         ]
+
+
+def test_the_docs_page_shows_the_example_unchanged() -> None:
+    example = PLUGIN / "examples" / "mirror_transcripts.py"
+    page = (PLUGIN.parents[1] / "docs" / "claude-agent-sdk.md").read_text(encoding="utf-8")
+    assert f"```python\n{example.read_text(encoding='utf-8')}```\n" in page

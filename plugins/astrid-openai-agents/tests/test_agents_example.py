@@ -28,3 +28,8 @@ def test_the_docs_example_runs(tmp_path: Path) -> None:
         "astrid sessions list: Hi (5 items)",
         "items: ['user', 'assistant', 'user', 'assistant', 'user']",
     ]
+
+
+def test_the_docs_page_shows_the_example_unchanged() -> None:
+    page = (Path(__file__).parents[3] / "docs" / "openai-agents.md").read_text(encoding="utf-8")
+    assert f"```python\n{EXAMPLE.read_text(encoding='utf-8')}```\n" in page
