@@ -150,12 +150,12 @@ def _plugin_warnings_as_lines() -> None:
     """Show a ``PluginWarning`` as one ``warning:`` line on stderr, not Python's two lines."""
     import warnings
 
-    from ..plugins import PluginWarning
-
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
+        from ..plugins import PluginWarning  # here: --version and --help load no plugins
+
         if issubclass(category, PluginWarning):
             click.echo(f"warning: {message}", err=True)
         else:

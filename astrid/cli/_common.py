@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import sys
@@ -103,12 +104,29 @@ def reading_store_of(ctx: click.Context) -> Iterator[SessionStore]:
     try:
         store = open_store(loaded)
     except (StorageError, OSError) as first:
+        if not _cannot_write(first):
+            raise
         try:
             store = SessionStore.open_to_inspect(loaded)
         except (StorageError, OSError):
             raise first from None
     with store:
         yield store
+
+
+def _cannot_write(exc: BaseException | None) -> bool:
+    """True if ``exc`` or what caused it says a file or directory cannot be written."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return True
+        text = str(exc)
+        if any(
+            sign in text
+            for sign in ("read-only", "readonly", "Permission denied", "unable to open database")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def json_option(func: _F) -> _F:

@@ -691,6 +691,11 @@ class SqliteBackend:
                 conn.close()
                 raise self._not_ours(str(exc)) from exc
         else:
+            ancestor = self.path.parent  # a home that is a file must not read as "no sessions"
+            while not ancestor.exists() and ancestor.parent != ancestor:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                raise StorageError(f"cannot open {self.path}: {ancestor} is not a directory")
             conn = self._conn = self._connect_ro(":memory:")
             ensure_schema(self._run_unchecked, self.path)
         self._conn = conn
