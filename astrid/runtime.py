@@ -593,6 +593,9 @@ class AgentRuntime:
         self.provider = provider
         self.store = store
         self.config = config if config is not None else RuntimeConfig()
+        self.config_path: Path | None = None
+        """The configuration file ``open_runtime`` built this runtime from, absolute (None: the
+        defaults, or a runtime built by hand)."""
         self.plugin_manager = plugin_manager if plugin_manager is not None else (
             get_plugin_manager()
         )
@@ -1607,7 +1610,8 @@ def open_runtime(
 
     The store, LLM provider, summarizer, limits, pricing, tools (``[tools]``; host ``tools``
     replace the registered ones) and toolsets are the ones the config names; the toolsets open
-    when the runtime is entered (``async with open_runtime(...) as runtime``). The
+    when the runtime is entered (``async with open_runtime(...) as runtime``). The file used is
+    ``runtime.config_path`` and is logged at INFO (``astrid.runtime``). The
     runtime's signing key lives at ``<home>/keys/runtime.key`` (created 0600 on first use), so
     capability tokens it minted stay trusted after a restart.
     """
@@ -1658,7 +1662,7 @@ def open_runtime(
     )
     from .security.crypto import load_or_create_keypair
 
-    return AgentRuntime(
+    runtime = AgentRuntime(
         provider,
         keypair=load_or_create_keypair(loaded.home / "keys" / "runtime.key"),
         store=open_store(loaded),
@@ -1671,3 +1675,9 @@ def open_runtime(
         tool_options=cfg.tools.options,
         toolsets=toolsets,
     )
+    runtime.config_path = loaded.source.absolute() if loaded.source is not None else None
+    if runtime.config_path is None:
+        logger.info("open_runtime: no configuration file; the defaults (home %s)", loaded.home)
+    else:  # found by discovery too (./astrid.toml): say which file a host picked up
+        logger.info("open_runtime: configuration %s (home %s)", runtime.config_path, loaded.home)
+    return runtime

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pty
 import subprocess
@@ -22,7 +23,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from astrid import AgentRuntime, AgentSession, Message, ModelPricing, RuntimeConfig
+from astrid import (
+    AgentRuntime,
+    AgentSession,
+    Message,
+    ModelPricing,
+    RuntimeConfig,
+    open_runtime,
+)
 from astrid.cli import cli
 from astrid.config import load_config
 from astrid.default_plugins.file_storage import FileBackend
@@ -32,7 +40,14 @@ from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.money import money, money_json
 from astrid.plugins import load_plugins
 from astrid.security.budget import BudgetConfig, BudgetTracker
-from astrid.store import BatchDeleter, HistoryCounter, SessionStore, WholeLister, open_store
+from astrid.store import (
+    BatchDeleter,
+    HistoryCounter,
+    SessionStore,
+    StorageBackend,
+    WholeLister,
+    open_store,
+)
 from astrid.transfer import ImportResult, import_sessions, session_files
 from tests import test_cli_chat
 from tests.originals import RUST_DOCUMENT, RUST_ID
@@ -291,13 +306,17 @@ def _replaced_history(store: SessionStore) -> str:
     return session.id.bare
 
 
+def _backend(kind: str, tmp_path: Path) -> StorageBackend:
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "sqlite":
+        return SqliteBackend(tmp_path / "s.db")
+    return FileBackend(tmp_path / "sessions")
+
+
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
 def test_history_count_matches_the_history_on_every_backend(tmp_path: Path, backend: str) -> None:
-    made = {
-        "memory": lambda: MemoryBackend(),
-        "sqlite": lambda: SqliteBackend(tmp_path / "s.db"),
-        "file": lambda: FileBackend(tmp_path / "sessions"),
-    }[backend]()
+    made = _backend(backend, tmp_path)
     with SessionStore(made) as store:
         sid = _replaced_history(store)
         assert store.history_count(sid) == len(store.history_entries(sid)) == 34
@@ -384,11 +403,7 @@ def test_prune_asks_on_a_terminal(env: Env) -> None:
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
 def test_all_sessions_is_every_listed_session_newest_first(tmp_path: Path, backend: str) -> None:
-    made = {
-        "memory": lambda: MemoryBackend(),
-        "sqlite": lambda: SqliteBackend(tmp_path / "s.db"),
-        "file": lambda: FileBackend(tmp_path / "sessions"),
-    }[backend]()
+    made = _backend(backend, tmp_path)
     with SessionStore(made) as store:
         for i in range(5):
             store.save(store.new_session(f"s{i}"))
@@ -507,3 +522,29 @@ def test_the_file_backend_prunes_in_batches(tmp_path: Path) -> None:
         assert backend.delete_many([keep, "00000000-0000-4000-8000-000000000000"]) == []
     with SessionStore(FileBackend(tmp_path / "sessions")) as reopened:
         assert reopened.count() == 0  # the index agrees after a reopen
+
+
+# -- item 6: open_runtime says which configuration file it used ------------------------------
+
+
+def test_open_runtime_names_the_configuration_it_found(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = env.root / "project"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    caplog.set_level(logging.INFO, logger="astrid.runtime")
+    with open_runtime() as defaults:  # no ./astrid.toml, no <home>/config.toml
+        assert defaults.config_path is None
+    assert f"open_runtime: no configuration file; the defaults (home {env.home})" in caplog.text
+    (folder / "astrid.toml").write_text('[runtime]\nsystem_prompt = "from the folder"\n')
+    caplog.clear()
+    with open_runtime() as found:  # discovered in the current directory
+        assert found.config_path == folder / "astrid.toml"
+        assert found.config.system_prompt == "from the folder"
+    [record] = [r for r in caplog.records if r.message.startswith("open_runtime:")]
+    assert record.levelno == logging.INFO
+    path = folder / "astrid.toml"
+    assert record.message == f"open_runtime: configuration {path} (home {env.home})"
+    with open_runtime("astrid.toml") as relative:  # a relative path is reported absolute
+        assert relative.config_path == folder / "astrid.toml"

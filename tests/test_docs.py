@@ -133,6 +133,28 @@ def test_quickstart_output_is_what_the_page_implies(tmp_path: Path) -> None:
     assert "Hello! I am a scripted model." in out and "1 LLM call" in out
 
 
+RUNTIME_HOSTS = [code for code in _blocks("runtime.md", "python") if "asyncio.run(" in code]
+"""The complete hosts of runtime.md (its other Python blocks are parts of a coroutine)."""
+
+
+def test_the_runtime_guide_host_runs_as_written(tmp_path: Path) -> None:
+    assert RUNTIME_HOSTS, "runtime.md lost its runnable host"
+    outputs = []
+    for index, code in enumerate(RUNTIME_HOSTS):
+        where = tmp_path / f"host{index}"
+        where.mkdir()
+        proc = _run_python(code, where)
+        assert proc.returncode == 0, f"runtime.md host {index}:\n{proc.stdout}\n{proc.stderr}"
+        assert (where / "home" / "astrid.db").is_file()  # the configured (default) store
+        outputs.append(proc.stdout.splitlines())
+    here = tmp_path / "host0"
+    assert outputs[0] == [  # what the page says it prints
+        f"configuration: {here / 'astrid.toml'}",
+        f"Your notes say: buy milk. ($0.001260; asked: ['Read: {here / 'project' / 'notes.txt'}'])",
+        "Your notes say: buy milk. (8 messages; asked 1 time)",
+    ]
+
+
 # -- the storage page's SQL -------------------------------------------------------------------
 
 
