@@ -941,6 +941,23 @@ def test_demo_runs_a_scripted_session_into_the_default_store(env: Env) -> None:
     assert astrid("doctor").exit_code == 0
 
 
+def test_demo_reads_its_notes_when_its_workspace_lies_under_a_never_allowed_directory(
+    env: Env,
+) -> None:
+    """Run as root the home is /root/.astrid, under the default never-allowed /root: the demo
+    lifts only the entries that contain its own workspace, and says so."""
+    from astrid.cli.demo import _demo_workspace
+    from astrid.security.escape import DEFAULT_NEVER_ALLOW
+
+    config, lifted = _demo_workspace(Path("/root/.astrid/demo-workspace"))
+    assert lifted == ["/root"]
+    assert sorted(config.never_allowed) == sorted(set(DEFAULT_NEVER_ALLOW) - {"/root"})
+    elsewhere, none = _demo_workspace(env.home / "demo-workspace")
+    assert none == [] and sorted(elsewhere.never_allowed) == sorted(DEFAULT_NEVER_ALLOW)
+    out = astrid("demo", "--workspace", str(env.home / "ws")).stdout
+    assert "[tool] read_file <- call_1: buy milk" in out and "never-allowed" not in out
+
+
 # -- real processes ---------------------------------------------------------------------------
 
 

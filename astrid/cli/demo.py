@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..security.escape import NeverAllowed, WorkspaceConfig
 from ..store import open_store
 from ..transfer import all_summaries
 from ._common import CliApprover, echo_json, echo_turn, json_option, load
@@ -68,6 +69,18 @@ async def _approve_for_session(_request: Any) -> tuple[Any, str]:
     return ApproveSession(), "approved for this session"
 
 
+def _demo_workspace(root: Path) -> tuple[WorkspaceConfig, list[str]]:
+    """The demo's workspace, without the never-allowed entries that contain it (and those).
+
+    Run as root, the home (``/root/.astrid``) lies under the default ``/root`` entry, which
+    would block every file the demo reads; a host's own workspace keeps the full list.
+    """
+    config = WorkspaceConfig(root=str(root))
+    lifted = [entry for entry in config.never_allowed if NeverAllowed([entry]).covers(root)]
+    kept = [entry for entry in config.never_allowed if entry not in lifted]
+    return config.model_copy(update={"never_allowed": kept}), lifted
+
+
 @click.command("demo")
 @click.option(
     "--workspace",
@@ -90,10 +103,13 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
         # After the store: it creates the astrid home private (0700); mkdir would not.
         root.mkdir(parents=True, exist_ok=True)
         (root / "notes.txt").write_text(DEMO_NOTES, encoding="utf-8")
+        workspace_config, lifted = _demo_workspace(root)
         runtime = AgentRuntime(
             ScriptedProvider(DEMO_SCRIPT),
             store=store,
-            config=RuntimeConfig(workspace=root, max_context_tokens=160, keep_recent_count=2),
+            config=RuntimeConfig(
+                workspace=workspace_config, max_context_tokens=160, keep_recent_count=2
+            ),
             approval_handler=CliApprover(_approve_for_session, say),
         )
         session = runtime.create_session("You are a helpful assistant.")
@@ -104,6 +120,11 @@ def demo(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
             "store are real."
         )
         say(f"demo session {session.id.bare} ({store.backend_name} store, workspace {root})")
+        for entry in lifted:
+            say(
+                f"  [note] the demo workspace is under {entry}, a never-allowed directory (as "
+                "root's home is); the demo lifts that entry for this run only"
+            )
         for prompt in DEMO_PROMPTS:
             say(f"> {prompt}")
             result = asyncio.run(runtime.run_turn(session, prompt))
