@@ -9,7 +9,7 @@ The host
    (``scripted``, whose replies it reads from ``model-replies.json``; a real host names its
    provider plugin and its options here instead);
 2. registers a tool, ``lookup_order``, through an in-process plugin object (the same
-   ``register_tools`` hook an installed plugin would implement);
+   ``register_tools`` hook an installed plugin would implement), enabled in ``[tools]``;
 3. answers approval requests with its own handler class (``request_approval`` /
    ``is_available``);
 4. builds the runtime (and its store) from the TOML with ``astrid.open_runtime``, runs
@@ -73,6 +73,9 @@ provider = "scripted"       # a real host names its provider plugin here
 [llm.options]
 script_file = "{replies}"
 model = "scripted-1"
+
+[tools]
+enabled = ["read_file", "lookup_order"]   # a plugin's tool is offered only when listed
 
 [runtime]
 system_prompt = "You help with orders."
