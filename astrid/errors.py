@@ -28,6 +28,12 @@ class PluginError(AstridError):
     """A plugin could not be loaded or registered something invalid."""
 
 
+class PluginWarning(AstridError, UserWarning):
+    """A plugin setting astrid cannot honour exactly (an unknown name in ``ASTRID_LOAD_PLUGINS``
+    or ``ASTRID_DISABLE_PLUGINS``, a missing ``ASTRID_PLUGINS_DIR``): a warning, which the CLI
+    prints as one ``warning:`` line."""
+
+
 class InvalidSessionId(AstridError, ValueError):
     """A session id is not a UUID (checked before it touches a path)."""
 

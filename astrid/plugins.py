@@ -34,7 +34,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from . import hookspecs
-from .errors import AstridError, PluginError
+from .errors import AstridError, PluginError, PluginWarning
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "astrid.default_plugins.memory_storage",
@@ -64,12 +64,6 @@ KINDS: dict[str, str] = {
     "toolset": "register_toolsets",
 }
 """Registry kind → the hook that fills it."""
-
-
-class PluginWarning(UserWarning):
-    """A plugin setting astrid cannot honour exactly (an unknown name in ``ASTRID_LOAD_PLUGINS``
-    or ``ASTRID_DISABLE_PLUGINS``, a missing ``ASTRID_PLUGINS_DIR``); the CLI prints it as one
-    ``warning:`` line."""
 
 
 class NoOptions(BaseModel):
