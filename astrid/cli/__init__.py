@@ -155,7 +155,7 @@ def _plugin_warnings_as_lines() -> None:
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
-        from ..plugins import PluginWarning  # here: --version and --help load no plugins
+        from ..errors import PluginWarning  # here: --version and --help load no plugins
 
         if issubclass(category, PluginWarning):
             click.echo(f"warning: {message}", err=True)
