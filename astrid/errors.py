@@ -54,6 +54,10 @@ class SessionNotFound(StorageError):
     """No session with the given id exists in the store."""
 
 
+class SessionDecryptionError(StorageError):
+    """A stored session does not decrypt with the configured key (wrong key, tampering)."""
+
+
 class ConcurrencyError(StorageError):
     """A save was based on a stale revision: another writer saved first."""
 

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "astrid.default_plugins.memory_storage",
     "astrid.default_plugins.file_storage",
     "astrid.default_plugins.sqlite_storage",
+    "astrid.default_plugins.encrypted_storage",
     "astrid.default_plugins.token_estimators",
     "astrid.default_plugins.git_capture",
     "astrid.default_plugins.capability_stores",

@@ -585,3 +585,33 @@ def sessions_prune(
     click.echo(f"{verb} {len(ids)} session(s) inactive since before {time_text(cutoff)}{hint}")
     for sid in ids if verbose else ():
         click.echo(f"  {sid}")
+
+
+# -- rekey ---------------------------------------------------------------------------------
+
+
+@sessions.command("rekey")
+@click.option("--new-key-env", metavar="VAR", help="Environment variable holding the new key.")
+@click.option("--new-key-file", metavar="PATH", help="File (mode 0600) holding the new key.")
+@click.pass_context
+def sessions_rekey(ctx: click.Context, new_key_env: str | None, new_key_file: str | None) -> None:
+    """Re-encrypt every session of an ``encrypted`` store under a new key.
+
+    Run it with no other process writing; then point key_env or key_file at the new key.
+    """
+    from ..default_plugins.encrypted_storage import EncryptedBackend, read_key
+
+    if (new_key_env is None) == (new_key_file is None):
+        error("sessions rekey: give exactly one of --new-key-env and --new-key-file")
+        ctx.exit(EXIT_USAGE)
+    new_key = read_key(new_key_env, new_key_file)
+    with store_of(ctx) as store:
+        backend = store.backend
+        if not isinstance(backend, EncryptedBackend):
+            error(f"sessions rekey: the store's backend is {store.backend_name!r}, not "
+                  "'encrypted' ([storage] backend)")
+            ctx.exit(EXIT_USAGE)
+        old_id = backend.key_id
+        count = backend.rekey(new_key, progress=Progress("re-encrypting sessions"))
+    click.echo(f"re-encrypted {count} session(s) from key {old_id} to key {backend.key_id}; "
+               "now set [storage.options] key_env or key_file to the new key")
