@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from agents.memory import Session, SessionSettings
+from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import SerializationError
 from astrid.store import SessionStore
 
@@ -127,3 +133,33 @@ def test_an_item_that_is_not_json_is_refused(store: SessionStore) -> None:
     with pytest.raises(SerializationError, match=r"\$\.value: a object, which is not a JSON"):
         asyncio.run(session.add_items([{"type": "x", "value": object()}]))  # type: ignore[list-item]
     assert asyncio.run(session.get_items()) == []
+
+
+def test_astrid_sessions_list_and_show(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "ASTRID_HOME": str(home)}
+    env.pop("ASTRID_CONFIG", None)
+    with SessionStore(SqliteBackend(_home_db(home))) as store:
+        session = AstridSession("weather", store)
+        asyncio.run(session.add_items(ITEMS))
+    astrid = str(Path(sys.executable).with_name("astrid"))
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [astrid, *args], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return done.stdout
+
+    listed = json.loads(run("sessions", "list", "--json"))["sessions"]
+    assert [(s["id"], s["title"], s["message_count"]) for s in listed] == [
+        (session.astrid_id, "What is the weather in Paris?", len(ITEMS))
+    ]
+    shown = run("sessions", "show", session.astrid_id)
+    assert "custom:          openai_agents.session_id = weather" in shown
+    assert '"type":"function_call","id":"fc_1"' in shown
+
+
+def _home_db(home: Path) -> Path:
+    """The SQLite file of the default configuration in ``home`` (created 0700 like astrid)."""
+    home.mkdir(mode=0o700)
+    return home / "astrid.db"
