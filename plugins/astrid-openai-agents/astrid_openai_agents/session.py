@@ -89,10 +89,12 @@ class AstridSession:
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         """The latest ``limit`` items (default: the session settings' limit, else all), oldest
-        first; a non-positive limit returns none."""
+        first; as ``SQLiteSession``, a limit of 0 returns none and a negative one all."""
         wanted = resolve_session_limit(limit, self.session_settings)
-        if wanted is not None and wanted <= 0:
+        if wanted == 0:
             return []
+        if wanted is not None and wanted < 0:
+            wanted = None
         items: list[TResponseInputItem] | None = await self.store.aload_message_data(
             self.astrid_id, tail=wanted
         )

@@ -65,6 +65,7 @@ def test_items_round_trip_verbatim(store: SessionStore) -> None:
         assert await session.get_items() == ITEMS
         assert await session.get_items(limit=2) == ITEMS[-2:]
         assert await session.get_items(limit=0) == []
+        assert await session.get_items(limit=-1) == ITEMS  # as SQLiteSession
         # A second adapter object (another process, a restart) reads the same items.
         assert await AstridSession("conv-1", store).get_items() == ITEMS
         # Another SDK session id is another astrid session.
