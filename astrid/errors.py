@@ -58,6 +58,10 @@ class SessionDecryptionError(StorageError):
     """A stored session does not decrypt with the configured key (wrong key, tampering)."""
 
 
+class InvalidForkPoint(StorageError, ValueError):
+    """A fork was asked at a message index the source session does not have."""
+
+
 class ConcurrencyError(StorageError):
     """A save was based on a stale revision: another writer saved first."""
 

@@ -1069,6 +1069,14 @@ class SessionStore:
         sid = validate_session_id(session_id)
         return [Message.from_json(entry.message) for entry in self.backend.history(sid)]
 
+    def fork(self, session_id: str | SessionId, *, at: int | None = None) -> AgentSession:
+        """A new saved session starting with the first ``at`` messages of ``session_id`` (all
+        by default), its security state as of then (``astrid.forks``), linked in its metadata
+        (``forked_from``, ``fork_point``). ``InvalidForkPoint`` for an index out of range."""
+        from .forks import fork_session
+
+        return fork_session(self, session_id, at=at)
+
     def delete(self, session_id: str | SessionId) -> bool:
         """Delete a session; False if it did not exist."""
         return self.backend.delete(validate_session_id(session_id))
@@ -1425,6 +1433,10 @@ class SessionStore:
     async def ahistory(self, session_id: str | SessionId) -> list[Message]:
         """``history`` off the event loop."""
         return await read_in_thread(self.history, session_id)
+
+    async def afork(self, session_id: str | SessionId, *, at: int | None = None) -> AgentSession:
+        """``fork`` off the event loop (a cancellation waits for the fork's save to end)."""
+        return await write_in_thread(functools.partial(self.fork, session_id, at=at))
 
     async def aload_message_data(
         self, session_id: str | SessionId, *, tail: int | None = None

@@ -100,16 +100,26 @@ def _summary_json(row: SessionSummary) -> dict[str, Any]:
 @click.option("--workspace", metavar="PATH", help="Only sessions of this workspace directory.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--tree", is_flag=True, help="Every session, forks indented under their source.")
 @json_option
 @click.pass_context
 def sessions_list(
-    ctx: click.Context, workspace: str | None, limit: int, offset: int, as_json: bool
+    ctx: click.Context,
+    workspace: str | None,
+    limit: int,
+    offset: int,
+    tree: bool,
+    as_json: bool,
 ) -> None:
     """List sessions, newest activity first, one page at a time.
 
     Each listed session's document (all but its messages) is loaded to check it: a row that
-    cannot load is flagged, in the table and as ``load_error`` in ``--json``.
+    cannot load is flagged, in the table and as ``load_error`` in ``--json``. ``--tree`` lists
+    every session (no pages), each fork under the session it was forked from.
     """
+    if tree:
+        _list_tree(ctx, workspace, as_json)
+        return
     with reading_store_of(ctx) as store:
         total = store.count(workspace=workspace)
         rows = store.list_sessions(workspace=workspace, limit=limit, offset=offset)
@@ -154,6 +164,58 @@ def sessions_list(
     shown = f"{offset + 1}-{offset + len(rows)} of {total}"
     more = f"; next page: --offset {offset + len(rows)}" if offset + len(rows) < total else ""
     click.echo(f"\n{shown}{more}")
+
+
+def _fork_link(store: SessionStore, row: SessionSummary) -> tuple[str, int] | None:
+    """(source id, fork point) of a listed session, or None (not a fork, or unreadable)."""
+    from ..forks import fork_of
+
+    try:
+        record = store.load_record(row.id, tail=0)
+    except AstridError:
+        return None
+    return None if record is None else fork_of(record.state.get("metadata"))
+
+
+def _list_tree(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
+    """``sessions list --tree``: every session, forks indented under their source."""
+    with reading_store_of(ctx) as store:
+        rows = [
+            r for r in store.all_sessions()
+            if workspace is None or r.workspace_path == workspace_key(workspace)
+        ]
+        links = {r.id: link for r in rows if (link := _fork_link(store, r)) is not None}
+    listed = {r.id for r in rows}
+    children: dict[str | None, list[SessionSummary]] = {}
+    for r in rows:
+        source = links[r.id][0] if r.id in links else None
+        children.setdefault(source if source in listed else None, []).append(r)
+    if as_json:
+        echo_json({"sessions": [
+            {**_summary_json(r), "forked_from": links[r.id][0] if r.id in links else None,
+             "fork_point": links[r.id][1] if r.id in links else None}
+            for r in rows
+        ]})
+        return
+    if not rows:
+        click.echo("no sessions")
+        return
+    seen: set[str] = set()
+
+    def show(row: SessionSummary, depth: int) -> None:
+        if row.id in seen:  # a cycle (hand-edited metadata) is printed once
+            return
+        seen.add(row.id)
+        link = links.get(row.id)
+        fork = f"  (fork of {link[0][:8]} at {link[1]})" if link else ""
+        indent = "  " * depth + ("└─ " if depth else "")
+        click.echo(f"{indent}{row.id}  {row.message_count} msgs  "
+                   f"{clip(row.display_title(), 40)}{fork}")
+        for child in children.get(row.id, []):
+            show(child, depth + 1)
+
+    for root in children.get(None, []):
+        show(root, 0)
 
 
 def _load_problem(store: SessionStore, row: SessionSummary) -> str | None:
@@ -615,3 +677,29 @@ def sessions_rekey(ctx: click.Context, new_key_env: str | None, new_key_file: st
         count = backend.rekey(new_key, progress=Progress("re-encrypting sessions"))
     click.echo(f"re-encrypted {count} session(s) from key {old_id} to key {backend.key_id}; "
                "now set [storage.options] key_env or key_file to the new key")
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+@sessions.command("fork")
+@click.argument("session_id", metavar="ID")
+@click.option("--at", type=click.IntRange(min=0), default=None,
+              help="Fork after this many messages (default: all).")
+@json_option
+@click.pass_context
+def sessions_fork(ctx: click.Context, session_id: str, at: int | None, as_json: bool) -> None:
+    """Make a new session starting with the first N messages of ID and its security state as
+    of then (see docs/concepts.md, "Forks"). ID may be a unique prefix."""
+    from ..forks import FORK_STATE
+
+    with store_of(ctx) as store:
+        sid = resolve_session_id(store, session_id)
+        fork = store.fork(sid, at=at)
+    point = len(fork.messages)
+    how = (fork.metadata.model_extra or {}).get(FORK_STATE)
+    if as_json:
+        echo_json({"id": fork.id.bare, "forked_from": sid, "fork_point": point,
+                   "fork_state": how})
+        return
+    click.echo(f"forked {sid} at message {point} into {fork.id.bare} (security state: {how})")
