@@ -113,14 +113,14 @@ def test_two_processes_append_to_one_transcript(tmp_path: Path) -> None:
         )
         for name in ("a", "b")
     ]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")):
         assert time.monotonic() < deadline, "the workers did not start"
         assert all(w.poll() is None for w in workers), "a worker exited early"
         time.sleep(0.01)
     go.touch()
     for worker in workers:
-        _out, err = worker.communicate(timeout=120)
+        _out, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
     with SessionStore(SqliteBackend(tmp_path / "a.db")) as astrid_store:
         entries = asyncio.run(

@@ -29,14 +29,14 @@ def test_concurrent_add_items_from_two_processes(kind: str, tmp_path: Path) -> N
         )
         for name in ("a", "b")
     ]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")):
         assert time.monotonic() < deadline, "the workers did not start"
         assert all(w.poll() is None for w in workers), "a worker exited early"
         time.sleep(0.01)
     go.touch()
     for worker in workers:
-        _out, err = worker.communicate(timeout=120)
+        _out, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
     with SessionStore(make_backend(kind, tmp_path)) as store:
         items = asyncio.run(AstridSession("shared", store).get_items())
