@@ -167,3 +167,35 @@ def test_the_cli_forks_shows_the_tree_and_exports_the_link(tmp_path: Path) -> No
                           "--at", "9"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert "has 4 messages" in bad.stderr
+
+
+def test_the_workspace_budget_counts_the_source_and_the_fork_once_each(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    one = SessionStore(SqliteBackend(tmp_path / "astrid.db"), workspace_max_usd=10.0)
+    source = one.new_session("s")
+    one.attach_workspace(source, workspace)
+    source.add_message(Message.user("q"))
+    for tracker in (source.budget_tracker, source.workspace_budget_tracker):
+        assert tracker is not None
+        tracker.record_cost(0.3)
+    one.save(source)
+    one.save_workspace_of(source)
+    # the fork is used from another store over the same file (another process, in effect)
+    two = SessionStore(SqliteBackend(tmp_path / "astrid.db"), workspace_max_usd=10.0)
+    fork = two.fork(source.id)
+    assert fork.workspace_path is not None
+    two.attach_workspace(fork, fork.workspace_path)
+    assert fork.budget_tracker.spent() == pytest.approx(0.3)
+    for spender, store, cost in ((fork, two, 0.2), (source, one, 0.1)):
+        for tracker in (spender.budget_tracker, spender.workspace_budget_tracker):
+            assert tracker is not None
+            tracker.record_cost(cost)
+        store.save(spender)
+        store.save_workspace_of(spender)
+    assert fork.budget_tracker.spent() == pytest.approx(0.5)
+    assert source.budget_tracker.spent() == pytest.approx(0.4)
+    budget = one.load_workspace_state(workspace).budget
+    assert budget is not None and budget.total_spent_usd == pytest.approx(0.6)
+    one.close()
+    two.close()
