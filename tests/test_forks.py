@@ -27,6 +27,7 @@ from astrid.messages import Message
 from astrid.security.allowances import Allowance, ExactTool
 from astrid.store import StorageBackend
 from astrid.timeutil import utcnow
+from astrid.transfer import import_sessions
 
 BACKENDS: dict[str, Callable[[Path], StorageBackend]] = {
     "sqlite": lambda d: SqliteBackend(d / "astrid.db"),
@@ -163,6 +164,10 @@ def test_the_cli_forks_shows_the_tree_and_exports_the_link(tmp_path: Path) -> No
     doc = exported[0] if isinstance(exported, list) else exported
     assert doc["metadata"]["forked_from"] == source.id.bare
     assert doc["metadata"]["fork_point"] == 2
+    with SessionStore(FileBackend(tmp_path / "imported")) as other:
+        import_sessions(other, out)
+        back = other.load(made["id"])
+        assert back is not None and fork_of(back.metadata) == (source.id.bare, 2)
     bad = subprocess.run([sys.executable, "-m", "astrid", "sessions", "fork", source.id.bare,
                           "--at", "9"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
