@@ -112,10 +112,11 @@ def test_budget_guard_refuses_a_run_over_budget(
         stored = store.load(AstridSession("budgeted", store).astrid_id)
         assert stored is not None
         assert stored.budget_tracker.spent() == pytest.approx(6.0)
-        if store.keeps_ledger:
-            rows = store.list_ledger(session_id=stored.id)
-            assert [r.provider for r in rows] == ["openai-agents"] * 2
-            assert [r.input_tokens for r in rows] == [1_000_000] * 2
+        assert store.keeps_ledger  # SQLite keeps the spend ledger: one row per model call
+        rows = store.list_ledger(session_id=stored.id)
+        assert [r.provider for r in rows] == ["openai-agents"] * 2
+        assert [r.input_tokens for r in rows] == [1_000_000] * 2
+        assert [float(r.cost_usd) for r in rows] == [3.0, 3.0]
 
 
 def test_budget_spans_agents_as_tools_and_the_workspace(
@@ -159,3 +160,35 @@ def test_budget_spans_agents_as_tools_and_the_workspace(
         assert store.load_workspace_state(tmp_path).budget is not None
         assert store.load_workspace_state(tmp_path).budget.total_spent_usd == pytest.approx(9.0)
     assert len(server.requests) == 3
+
+
+def test_budget_spans_a_handoff(
+    server: FakeOpenAIServer,
+    model: OpenAIChatCompletionsModel,
+    open_sqlite: Callable[..., SessionStore],
+) -> None:
+    cost = Tokens(1_000_000, 0)  # $3 a call
+    server.script(
+        tool_call_reply(ToolCallSpec("h1", "{}", "transfer_to_billing"), usage=cost),
+        text_reply("billing here", usage=cost),
+        text_reply("never sent", usage=cost),
+    )
+    billing = Agent(name="billing", model=model)
+    triage = Agent(name="triage", model=model, handoffs=[billing])
+
+    async def runs() -> None:
+        with open_sqlite(session_max_usd=5.0) as store:
+            session = AstridSession("handoff", store)
+            hooks = AstridBudgetHooks(session, pricing=PRICES)
+            result = await Runner.run(triage, "refund?", session=session, hooks=hooks)
+            assert result.final_output == "billing here"
+            assert result.last_agent.name == "billing"
+            stored = store.load(session.astrid_id)
+            assert stored is not None and stored.budget_tracker.spent() == pytest.approx(6.0)
+            kinds = [r.kind for r in store.list_ledger(session_id=stored.id)]
+            assert kinds == ["turn", "subagent_turn"]
+            with pytest.raises(BudgetExceeded, match="agent 'triage' is refused"):
+                await Runner.run(triage, "again?", session=session, hooks=hooks)
+
+    asyncio.run(runs())
+    assert len(server.requests) == 2
