@@ -59,6 +59,7 @@ from ..store import (
 )
 from ..timeutil import utcnow
 from . import keyed_state
+from .audit_conformance import AuditConformance
 from .keyed_state import (
     allowance_data,
     comparable,
@@ -310,7 +311,7 @@ class ShiftedClock:
         self.offset += delta
 
 
-class StorageConformance(LedgerConformance):
+class StorageConformance(LedgerConformance, AuditConformance):
     """The storage contract as pytest tests; subclass it as ``Test<Name>`` in a test module."""
 
     tick_seconds: ClassVar[float] = 0.002

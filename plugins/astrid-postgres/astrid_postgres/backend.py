@@ -37,6 +37,7 @@ from typing import Any, LiteralString, TypeGuard
 import pydantic_core
 from astrid.errors import ConcurrencyError, SerializationError, SessionNotFound
 from astrid.ledger import LedgerRow, usd
+from astrid.security.audit import AuditRecord, PendingAudit, by_chain, seal
 from astrid.security.kv import validate_name
 from astrid.store import (
     ITEM_ALLOWANCE,
@@ -452,10 +453,12 @@ class PostgresBackend:
         items = self._item_params(split[1], sid) if split is not None else None
         changes = self._delta_params(delta, sid) if delta is not None else None
         ledger = [_ledger_params(row) for row in change.ledger]
+        audit = list(change.audit)
         if change.expected_revision is None:
             created = {**params, **(items or _NO_ITEMS), "keyed": items is not None}
             result: int = self._run(
-                self._with_ledger(lambda c: self._create(c, created), ledger), write=bool(ledger)
+                self._with_ledger(lambda c: self._create(c, created), ledger, audit),
+                write=bool(ledger or audit),
             )
             return result
         if not change.replace:
@@ -464,13 +467,14 @@ class PostgresBackend:
             done: int | None = None
             if delta is None and split is None:
                 done = self._run(
-                    self._with_ledger(lambda c: self._save(c, params), ledger), write=bool(ledger)
+                    self._with_ledger(lambda c: self._save(c, params), ledger, audit),
+                    write=bool(ledger or audit),
                 )
             elif changes is not None:
                 saved = {**params, **changes}
                 done = self._run(
-                    self._with_ledger(lambda c: self._save_delta(c, saved), ledger),
-                    write=bool(ledger),
+                    self._with_ledger(lambda c: self._save_delta(c, saved), ledger, audit),
+                    write=bool(ledger or audit),
                 )
             if done is not None:
                 return done
@@ -480,22 +484,29 @@ class PostgresBackend:
                     c, params, replace=change.replace, delta=delta, changes=changes, items=items
                 ),
                 ledger,
+                audit,
             ),
             write=True,
         )
         return result
 
     def _with_ledger(
-        self, fn: Callable[[Conn], int | None], rows: list[tuple[Any, ...]]
+        self,
+        fn: Callable[[Conn], int | None],
+        rows: list[tuple[Any, ...]],
+        audit: Sequence[PendingAudit] = (),
     ) -> Callable[[Conn], int | None]:
-        """``fn``, then (if it saved) the save's ledger rows, for one transaction: a save with
-        rows runs in a transaction even where it is otherwise one statement."""
-        if not rows:
+        """``fn``, then (if it saved) the save's ledger rows and sealed audit entries, for one
+        transaction: a save with rows runs in a transaction even where it is otherwise one
+        statement."""
+        if not rows and not audit:
             return fn
 
         def both(c: Conn) -> int | None:
             revision = fn(c)
-            if revision is not None:
+            if revision is not None and audit:
+                self._insert_audit(c, audit)
+            if revision is not None and rows:
                 c.cursor().executemany(
                     self._q(
                         "INSERT INTO {s}.ledger (" + _LEDGER_COLUMNS + ") VALUES (%s, %s, %s,"
@@ -507,6 +518,56 @@ class PostgresBackend:
             return revision
 
         return both
+
+    def _insert_audit(self, c: Conn, pending: Sequence[PendingAudit]) -> None:
+        """Seal and store audit entries after each chain's head, read under a transaction-scoped
+        advisory lock on the chain (writers of one workspace queue; others never wait)."""
+        for chain, items in by_chain(pending).items():
+            c.execute(
+                self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s, 21))"), (chain,)
+            )
+            row = c.execute(
+                self._q(
+                    "SELECT seq, hash FROM {s}.audit WHERE chain = %s ORDER BY seq DESC LIMIT 1"
+                ),
+                (chain,),
+            ).fetchone()
+            head = (int(row[0]), str(row[1])) if row is not None else None
+            c.cursor().executemany(
+                self._q(
+                    "INSERT INTO {s}.audit (chain, seq, id, session_id, at, body, hash, "
+                    "signature) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                ),
+                [
+                    (r.chain, r.seq, r.id, r.session_id, r.at, r.body, r.hash, r.signature)
+                    for r in seal(items, head)
+                ],
+            )
+
+    def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
+        """The stored audit entries (of one session), by chain then sequence."""
+
+        def read(c: Conn) -> list[Any]:
+            if session_id is None:
+                return c.execute(
+                    self._q(
+                        "SELECT chain, seq, id, session_id::text, at, body, hash, signature "
+                        "FROM {s}.audit ORDER BY chain, seq"
+                    )
+                ).fetchall()
+            return c.execute(
+                self._q(
+                    "SELECT chain, seq, id, session_id::text, at, body, hash, signature "
+                    "FROM {s}.audit WHERE session_id = %s ORDER BY chain, seq"
+                ),
+                (session_id,),
+            ).fetchall()
+
+        return [
+            AuditRecord(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]),
+                        str(r[6]), str(r[7]))
+            for r in self._run(read, write=False)
+        ]
 
     def list_ledger(
         self,

@@ -147,6 +147,28 @@ MIGRATIONS: tuple[tuple[str, tuple[LiteralString, ...]], ...] = (
             "WHERE workspace IS NOT NULL",
         ),
     ),
+    (
+        # The audit log (``astrid.security.audit``): security decisions chained per workspace
+        # (``chain``, ``seq``) and signed, sealed in their session's save transaction under a
+        # transaction-scoped advisory lock on the chain. ``body`` is the signed JSON text.
+        "0007_audit",
+        (
+            """
+            CREATE TABLE {s}.audit (
+                chain text NOT NULL,
+                seq bigint NOT NULL,
+                id text NOT NULL,
+                session_id uuid NOT NULL,
+                at text NOT NULL,
+                body text NOT NULL,
+                hash text NOT NULL,
+                signature text NOT NULL,
+                PRIMARY KEY (chain, seq)
+            )
+            """,
+            "CREATE INDEX audit_by_session ON {s}.audit (session_id)",
+        ),
+    ),
 )
 """The migration ladder: applied in order, each once, recorded by name."""
 

@@ -10,6 +10,8 @@ Usage: ``python _pg_worker.py MODE DSN SCHEMA [SESSION_ID WRITER COUNT]`` (``use
   capability store and report whether this process got it (``TokenAlreadyUsed``: not).
 * ``spend``: attach a new session to WORKSPACE, then COUNT times charge its workspace budget
   0.25 and ``save_workspace_of``; report the tracker's spend after its last save.
+* ``audit``: ``WORKSPACE COUNT KEY_HEX``: COUNT times record an audit decision on a new session
+  of WORKSPACE (signed by the key) and save it; report the session id.
 
 Prints ``ready`` once connected, then one JSON line with what it did.
 """
@@ -52,6 +54,24 @@ def main(argv: list[str]) -> None:
             print(json.dumps({"used": False}), flush=True)
         else:
             print(json.dumps({"used": True}), flush=True)
+        return
+    if mode == "audit":
+        from astrid.security.audit import record
+        from astrid.security.crypto import KeyPair
+
+        workspace, saves = argv[3], int(argv[4])
+        key = KeyPair.from_private_bytes(bytes.fromhex(argv[5]))
+        store = SessionStore(PostgresBackend(dsn, schema=schema, min_size=1, max_size=1))
+        auditee = store.new_session("audit").with_workspace(workspace)
+        store.save(auditee)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for i in range(saves):
+            record(auditee, key, actor="runtime", action_type="file_read", action=f"read {i}",
+                   decision="allowed")
+            store.save(auditee)
+        print(json.dumps({"session": auditee.id.bare}), flush=True)
+        store.close()
         return
     if mode == "spend":
         workspace, saves = argv[3], int(argv[4])

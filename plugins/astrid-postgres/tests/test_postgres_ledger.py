@@ -47,7 +47,7 @@ def test_the_ledger_migration_is_applied_in_place_to_an_older_schema(
     )
     backend = PostgresBackend(pg_server.dsn(), schema=schema)
     with SessionStore(backend) as store:
-        assert [name for name, _ in backend.migrations()][-1] == "0006_ledger"
+        assert "0006_ledger" in [name for name, _ in backend.migrations()]
         assert store.schema_version() == len(KNOWN)
         assert store.list_ledger() == []  # the migration adds no rows
         loaded = store.load(old.id)
