@@ -4,6 +4,7 @@ readable in the raw files, one clear error for a wrong key, keys never in the TO
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -233,3 +234,37 @@ def test_the_cli_rekey_and_a_wrong_key_line(tmp_path: Path) -> None:
     shown = astrid("sessions", "show", validate_session_id(session.id))
     assert shown.returncode == 0, shown.stderr
     assert SECRET in shown.stdout
+
+
+def test_a_rekey_killed_between_delete_and_write_is_finished_by_the_next(tmp_path: Path) -> None:
+    from astrid.default_plugins.encrypted_storage import REKEY_NAMESPACE, _data_of, _Sealer
+    from astrid.store import SessionWrite
+
+    inner = SqliteBackend(tmp_path / "k.db")
+    backend = EncryptedBackend(inner, KEY)
+    store = SessionStore(backend)
+    first, second = store.new_session("a"), store.new_session("b")
+    for s in (first, second):
+        s.add_message(Message.user(SECRET))
+        store.save(s)
+    # what a rekey killed after deleting ``first`` leaves: its resealed copy in the kv store
+    sid = validate_session_id(first.id)
+    record = backend.load(sid)
+    summary = next(r for r in inner.list_sessions() if r.id == sid)
+    assert record is not None
+    current, backend._sealer = backend._sealer, _Sealer(OTHER_KEY)
+    copy = backend._sealed(SessionWrite(
+        session_id=sid, expected_revision=None, state=record.state, messages=record.messages,
+        base_count=0, replace=False, summary=summary,
+    ))
+    backend._sealer = current
+    inner.kv().set(REKEY_NAMESPACE, sid, json.dumps(_data_of(copy)).encode())
+    inner.delete(sid)
+    assert store.load(sid) is None
+    assert backend.rekey(OTHER_KEY) == 2
+    assert inner.kv().list_keys(REKEY_NAMESPACE) == []
+    for s in (first, second):
+        loaded = store.load(s.id)
+        assert loaded is not None and loaded.messages[0].text() == SECRET
+    assert backend.rekey(OTHER_KEY) == 2  # a second run finds both done and changes nothing
+    store.close()

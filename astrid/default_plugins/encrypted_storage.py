@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from ..store import (
     StorageBackend,
     message_data,
 )
+from ..timeutil import format_rfc3339, parse_rfc3339
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -332,8 +333,11 @@ class EncryptedBackend:
         """Seal the state and messages, then let the inner backend apply the save."""
         change.check_archived()
         change.check_storable()
+        return self.inner.write(self._sealed(change))
+
+    def _sealed(self, change: SessionWrite) -> SessionWrite:
         sid = change.session_id
-        sealed = replace(
+        return replace(
             change,
             state=self._seal_state(sid, change.state),
             messages=[self._seal_message(sid, m) for m in change.messages],
@@ -341,7 +345,6 @@ class EncryptedBackend:
             summary=self._seal_summary(change.summary),
             delta=None,
         )
-        return self.inner.write(sealed)
 
     def append(
         self, session_id: str, messages: Sequence[Any], summary: SessionSummary | None = None
@@ -399,41 +402,82 @@ class EncryptedBackend:
     ) -> int:
         """Re-encrypt every session (active messages and history) under ``new_key``.
 
-        Each session is read and checked with the current key first, then deleted and written
-        again (not one atomic step: run it with no other process writing). Returns how many
-        were re-encrypted; afterwards the backend uses ``new_key``.
+        Each session is read and checked with the current key, its copy sealed under the new
+        key is kept in the key-value store (namespace ``REKEY_NAMESPACE``), then the session is
+        deleted, written again and the copy dropped: a rekey killed between the delete and the
+        write is finished by the next one, and sessions already under the new key are skipped,
+        so running it again resumes. Run it with no other process writing. Returns how many
+        sessions are under the new key; afterwards the backend uses it.
         """
         new = _Sealer(new_key)
         old = self._sealer
+        kv = self.inner.kv()
+        for sid in kv.list_keys(REKEY_NAMESPACE):
+            stashed = kv.get(REKEY_NAMESPACE, sid)
+            if stashed is not None and self.inner.load(sid, tail=0) is None:
+                self.inner.write(_write_of(json.loads(stashed)))
+            kv.delete(REKEY_NAMESPACE, sid)
         done = 0
         rows = _all_summaries(self.inner)
         for summary in rows if progress is None else progress(rows):
             sid = summary.id
+            raw = self.inner.load(sid, tail=0)
+            if raw is None:
+                continue
+            envelope = raw.state.get(SEALED)
+            if isinstance(envelope, str) and envelope.startswith(f"{PREFIX}:{new.key_id}:"):
+                done += 1  # an earlier, interrupted rekey got here
+                continue
             record = self.load(sid)
             if record is None:
                 continue
             archived = [h.message for h in self.history(sid) if not h.active]
+            opened = self._open_summary(summary)
             self._sealer = new
             try:
-                change = SessionWrite(
+                change = self._sealed(SessionWrite(
                     session_id=sid, expected_revision=None, state=record.state,
                     messages=record.messages, base_count=0, replace=False,
-                    summary=self._open_summary_with(old, summary), archived=archived,
-                )
-                self.inner.delete(sid)
-                self.write(change)
+                    summary=opened, archived=archived,
+                ))
             finally:
                 self._sealer = old
+            kv.set(REKEY_NAMESPACE, sid, json.dumps(_data_of(change)).encode())
+            self.inner.delete(sid)
+            self.inner.write(change)
+            kv.delete(REKEY_NAMESPACE, sid)
             done += 1
         self._sealer = new
         return done
 
-    def _open_summary_with(self, sealer: _Sealer, summary: SessionSummary) -> SessionSummary:
-        current, self._sealer = self._sealer, sealer
-        try:
-            return self._open_summary(summary)
-        finally:
-            self._sealer = current
+
+
+REKEY_NAMESPACE = "astrid:rekey"
+"""Key-value namespace holding, during a rekey, the resealed copy of the session in flight."""
+
+
+def _data_of(change: SessionWrite) -> dict[str, Any]:
+    """A sealed create as JSON (the rekey's copy of a session in flight)."""
+    summary = asdict(change.summary)
+    summary["created_at"] = format_rfc3339(change.summary.created_at)
+    summary["updated_at"] = format_rfc3339(change.summary.updated_at)
+    return {
+        "session_id": change.session_id, "state": change.state,
+        "messages": list(change.messages), "archived": list(change.archived),
+        "summary": summary,
+    }
+
+
+def _write_of(data: dict[str, Any]) -> SessionWrite:
+    """The create ``_data_of`` stored."""
+    summary = dict(data["summary"])
+    summary["created_at"] = parse_rfc3339(summary["created_at"])
+    summary["updated_at"] = parse_rfc3339(summary["updated_at"])
+    return SessionWrite(
+        session_id=data["session_id"], expected_revision=None, state=data["state"],
+        messages=data["messages"], base_count=0, replace=False,
+        summary=SessionSummary(**summary), archived=data["archived"],
+    )
 
 
 def _all_summaries(backend: StorageBackend) -> list[SessionSummary]:
