@@ -50,10 +50,15 @@ __all__ = [
     "session_files",
 ]
 
-_FILE_KEYS = (REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY, LEDGER_KEY)
+AUDIT_KEY = "astrid_audit"
+"""The key of an exported document that holds its session's audit entries (each with its chain
+position, hash and signature, ``AuditRecord.to_data``): evidence, not restored by an import (a
+target store's chains are its own)."""
+
+_FILE_KEYS = (REVISION_KEY, UPDATED_AT_KEY, ARCHIVED_KEY, LEDGER_KEY, AUDIT_KEY)
 """Keys the file backend adds to a document; an imported document has them when it was copied
 out of such a directory (its history is ``ARCHIVED_KEY``, its spend-ledger rows
-``LEDGER_KEY``)."""
+``LEDGER_KEY``), or ``AUDIT_KEY`` when it was exported."""
 
 PAGE = 500
 """Sessions listed per page when a whole store is walked."""
@@ -149,12 +154,16 @@ def export_sessions(
             continue
         if doc is None:  # deleted meanwhile
             continue
+        data = doc.to_data()
+        entries = store.list_audit(session_id=sid) if store.keeps_audit else []
+        if entries:
+            data[AUDIT_KEY] = [r.to_data() for r in entries]
         if fmt == "jsonl":
-            write(json.dumps(doc.to_data(), ensure_ascii=False) + "\n")
+            write(json.dumps(data, ensure_ascii=False) + "\n")
         elif single:
-            write(doc.to_json_text() + "\n")
+            write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         else:
-            body = doc.to_json_text().replace("\n", "\n  ")
+            body = json.dumps(data, indent=2, ensure_ascii=False).replace("\n", "\n  ")
             write(("," if result.exported else "") + "\n  " + body)
         result.exported.append(sid)
     if fmt == "json" and not single:

@@ -253,3 +253,31 @@ def test_audit_cli_lists_verifies_and_names_the_first_bad_entry(
     assert bad.exit_code == 1
     assert f"audit entry {data[3]['id']} (chain {ws}, #3)" in bad.output
     assert "removed or reordered" in bad.output
+
+
+def test_an_exported_session_carries_its_audit_entries_and_an_import_does_not_restore_them(
+    tmp_path: Path,
+) -> None:
+    from astrid.transfer import AUDIT_KEY, export_sessions, import_sessions
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    key = KeyPair.generate()
+    store = SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    sid = run_turn(store, ws, ApproveSession(), key)
+    other = run_turn(store, ws, ApproveSession(), key)
+    chunks: list[str] = []
+    export_sessions(store, chunks.append, [sid])
+    exported = json.loads("".join(chunks))
+    entries = exported[AUDIT_KEY]
+    stored = store.list_audit(session_id=sid)
+    assert [e["id"] for e in entries] == [r.id for r in stored] and len(entries) == 5
+    assert all(e["session_id"] == sid and e["hash"] and e["signature"] for e in entries)
+    assert other not in {e["session_id"] for e in entries}
+    source = tmp_path / "export.json"
+    source.write_text("".join(chunks))
+    target = SessionStore(SqliteBackend(tmp_path / "target.db"))
+    assert import_sessions(target, source).imported == [sid]
+    assert target.list_audit() == []  # the target's chains are its own
+    record_ = target.load_record(sid, tail=0)
+    assert record_ is not None and AUDIT_KEY not in record_.state
