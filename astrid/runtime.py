@@ -1128,6 +1128,8 @@ class AgentRuntime:
                 maximum = workspace.max_usd()
                 limit = "no limit" if maximum is None else f"a {money(maximum)} limit"
                 text += f"; workspace spend {money(workspace.spent())} of {limit}"
+            record_audit(session, self.keypair, actor="runtime", action_type="budget_reservation",
+                         action=f"model call {model}", decision="refused", reason=text)
             raise BudgetExceeded(f"{text} [{exc}]") from exc
         if reservation.warning is not None:
             tracing.security_event("budget.warning")
@@ -1445,6 +1447,10 @@ class AgentRuntime:
                 continue
             if check is PathCheck.NEVER_ALLOWED:
                 tracing.security_event("escape.denied", operation=str(operation))
+                record_audit(session, self.keypair, actor="runtime", action_type="escape",
+                             action=f"{operation} {path}", decision="denied",
+                             reason="never allowed" if boundary.is_never_allowed(path)
+                             else "outside the workspace (escape policy: deny)")
                 if boundary.is_never_allowed(path):
                     return f"Access to {raw} is blocked — this is a protected system path", []
                 return f"Access to {raw} denied — outside workspace (escape policy: deny)", []

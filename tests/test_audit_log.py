@@ -125,9 +125,9 @@ def _tampered(tmp_path: Path, sql: str) -> str:
 
 def test_verify_names_an_edited_entry(tmp_path: Path) -> None:
     line = _tampered(
-        tmp_path, "UPDATE audit SET body = replace(body, '\"allowed\"', '\"denied\"') WHERE seq = 2"
+        tmp_path, "UPDATE audit SET body = replace(body, '\"allowed\"', '\"denied\"') WHERE seq = 3"
     )
-    assert "#2" in line and "edited" in line
+    assert "#3" in line and "edited" in line
 
 
 def test_verify_names_a_removed_entry(tmp_path: Path) -> None:
@@ -237,14 +237,14 @@ def test_audit_cli_lists_verifies_and_names_the_first_bad_entry(
     listed = CliRunner().invoke(cli, ["audit", "list", "--session", sid[:8], "--json"])
     assert listed.exit_code == 0, listed.output
     data = json.loads(listed.output)
-    assert len(data) == 5 and {d["session_id"] for d in data} == {sid}
+    assert len(data) == 6 and {d["session_id"] for d in data} == {sid}
     assert {"hash", "signature", "prev_hash", "actor", "decision", "proof"} <= set(data[0])
     text = CliRunner().invoke(cli, ["audit", "list"])
     assert text.exit_code == 0 and "file_read" in text.output
 
     ok = CliRunner().invoke(cli, ["audit", "verify"])
     assert ok.exit_code == 0, ok.output
-    assert "5 audit entries in 1 chain(s) verify, signed by the runtime key" in ok.output
+    assert "6 audit entries in 1 chain(s) verify, signed by the runtime key" in ok.output
 
     conn = sqlite3.connect(db)
     conn.executescript("BEGIN; DELETE FROM audit WHERE seq = 3; COMMIT;")
@@ -271,7 +271,7 @@ def test_an_exported_session_carries_its_audit_entries_and_an_import_does_not_re
     exported = json.loads("".join(chunks))
     entries = exported[AUDIT_KEY]
     stored = store.list_audit(session_id=sid)
-    assert [e["id"] for e in entries] == [r.id for r in stored] and len(entries) == 5
+    assert [e["id"] for e in entries] == [r.id for r in stored] and len(entries) == 6
     assert all(e["session_id"] == sid and e["hash"] and e["signature"] for e in entries)
     assert other not in {e["session_id"] for e in entries}
     source = tmp_path / "export.json"
@@ -281,3 +281,64 @@ def test_an_exported_session_carries_its_audit_entries_and_an_import_does_not_re
     assert target.list_audit() == []  # the target's chains are its own
     record_ = target.load_record(sid, tail=0)
     assert record_ is not None and AUDIT_KEY not in record_.state
+
+
+class Unavailable:
+    async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse | None:
+        raise AssertionError("never asked")
+
+    def is_available(self) -> bool:
+        return False
+
+
+def test_deferral_resolution_protected_escape_and_budget_refusal_are_entries(
+    tmp_path: Path,
+) -> None:
+    from astrid.errors import BudgetExceeded
+    from astrid.security.budget import BudgetConfig
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("milk\n")
+    key = KeyPair.generate()
+    store = SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    script = [read("c1", "/etc/passwd"), read("c2", "notes.txt"), [{"text": "later"}]]
+    runtime = AgentRuntime(
+        ScriptedProvider(script),
+        store=store,
+        config=RuntimeConfig(workspace=ws),
+        approval_handler=Unavailable(),
+        keypair=key,
+    )
+    session = runtime.create_session()
+    store.attach_workspace(session, ws)
+    asyncio.run(runtime.run_turn(session, "read both"))
+    [pending] = session.approval_manager.deferred_queue.get_pending()
+    runtime.resolve_deferred(session, pending.id, ApproveSession())
+    store.save(session)  # the resolution travels with the next save
+    decisions = [
+        (r.data["action_type"], r.data["decision"]) for r in store.list_audit(session_id=session.id)
+    ]
+    assert ("escape", "denied") in decisions
+    assert ("file_read", "approval_asked") in decisions
+    assert ("file_read", "deferred") in decisions
+    assert decisions[-1] == ("file_read", "resolved_allowed")
+
+    poor = SessionStore(
+        SqliteBackend(tmp_path / "poor.db"),
+        budget=BudgetConfig(session_max_usd=0.000001, per_action_max_usd=0.000001),
+    )
+    broke = AgentRuntime(
+        ScriptedProvider([[{"text": "never"}]]),
+        store=poor,
+        config=RuntimeConfig(workspace=ws),
+        keypair=key,
+    )
+    refused = broke.create_session()
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(broke.run_turn(refused, "hi"))
+    poor.save(refused)
+    [entry] = poor.list_audit(session_id=refused.id)
+    assert (entry.data["action_type"], entry.data["decision"]) == ("budget_reservation", "refused")
+    assert "budget exceeded" in entry.data["reason"]
+    assert verify(store.list_audit() + poor.list_audit(), [key.public_key_base64]) == []

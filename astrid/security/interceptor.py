@@ -408,12 +408,19 @@ class SecurityInterceptor:
         except ApprovalError as exc:  # a handler that answered with something else
             self._audit_denied(action, str(exc))
             raise
+        if not isinstance(outcome, approvals.Allowed) or not isinstance(
+            outcome.proof, approvals.AllowanceProof | approvals.CustomAllowance
+        ):  # a human was asked (or would have been: a deferral), not answered by an allowance
+            audit.record(
+                self.session, self.keypair, actor="runtime", action_type=action.action_type,
+                action=action.summary(), decision="approval_asked", reason=context,
+            )
         if isinstance(outcome, approvals.Denied):
             self._audit_denied(action, outcome.reason)
             raise ApprovalDenied(outcome.reason)
         if isinstance(outcome, approvals.Deferred):
             error = ApprovalDeferred(outcome.resolution_id, outcome.fallback)
-            self._audit_denied(action, str(error))
+            self._audit_denied(action, str(error), "deferred")
             raise error
 
         proof = outcome.proof
@@ -463,13 +470,13 @@ class SecurityInterceptor:
         )
         if isinstance(outcome, approvals.Denied):
             if queued is not None:
-                self._audit_denied(queued, outcome.reason)
+                self._audit_denied(queued, outcome.reason, "resolved_denied")
             raise ApprovalDenied(outcome.reason)
         if isinstance(outcome, approvals.Deferred):  # resolve_deferred never defers again
             raise ApprovalDenied(f"deferred item {format_resolution_id(resolution_id)} stays")
         proof = _granted_proof(outcome.proof, approval_id)
         if queued is not None:
-            self._audit(queued, AuditOutcome.ALLOWED, proof, None, approval_id)
+            self._audit(queued, AuditOutcome.ALLOWED, proof, None, approval_id, "resolved_allowed")
         return proof
 
     def _mint_capability(self, action: SensitiveAction, approval_id: AuditEntryId) -> UUID | None:
@@ -528,8 +535,10 @@ class SecurityInterceptor:
         warning = reservation.warning if reservation is not None else None
         return InterceptResult(proof, warning, reservation, audit_id)
 
-    def _audit_denied(self, action: SensitiveAction, reason: str) -> AuditEntryId:
-        return self._audit(action, AuditOutcome.DENIED, None, reason, None)
+    def _audit_denied(
+        self, action: SensitiveAction, reason: str, decision: str | None = None
+    ) -> AuditEntryId:
+        return self._audit(action, AuditOutcome.DENIED, None, reason, None, decision)
 
     def _audit(
         self,
@@ -538,7 +547,10 @@ class SecurityInterceptor:
         proof: InterceptProof | None,
         reason: str | None,
         entry_id: AuditEntryId | None,
+        decision: str | None = None,
     ) -> AuditEntryId:
+        """Record a decision in the in-memory log and, persisted with the session's next save,
+        the audit log (``decision``: the stored label when it says more than the outcome)."""
         entry = AuditEntry(
             id=entry_id if entry_id is not None else AuditEntryId.new(),
             session_id=self.session.id,
@@ -555,7 +567,7 @@ class SecurityInterceptor:
             actor=_actor(proof),
             action_type=entry.action_type,
             action=entry.action,
-            decision=str(outcome),
+            decision=decision or str(outcome),
             proof=proof,
             reason=reason,
             entry_id=str(entry.id.uuid),
