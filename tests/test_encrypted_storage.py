@@ -268,3 +268,20 @@ def test_a_rekey_killed_between_delete_and_write_is_finished_by_the_next(tmp_pat
         assert loaded is not None and loaded.messages[0].text() == SECRET
     assert backend.rekey(OTHER_KEY) == 2  # a second run finds both done and changes nothing
     store.close()
+
+
+def test_rekey_of_a_store_that_is_not_encrypted_is_one_line_naming_its_backend(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _key_file(home / "new.key", OTHER_KEY)
+    env = {**os.environ, "ASTRID_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "astrid", "sessions", "rekey", "--new-key-file",
+         str(home / "new.key")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'sqlite', not 'encrypted'" in lines[0], done.stderr

@@ -661,21 +661,17 @@ def sessions_rekey(ctx: click.Context, new_key_env: str | None, new_key_file: st
 
     Run it with no other process writing; then point key_env or key_file at the new key.
     """
-    from ..default_plugins.encrypted_storage import EncryptedBackend, read_key
+    from ..default_plugins.encrypted_storage import read_key, rekey_store
 
     if (new_key_env is None) == (new_key_file is None):
         error("sessions rekey: give exactly one of --new-key-env and --new-key-file")
         ctx.exit(EXIT_USAGE)
     new_key = read_key(new_key_env, new_key_file)
     with store_of(ctx) as store:
-        backend = store.backend
-        if not isinstance(backend, EncryptedBackend):
-            error(f"sessions rekey: the store's backend is {store.backend_name!r}, not "
-                  "'encrypted' ([storage] backend)")
-            ctx.exit(EXIT_USAGE)
-        old_id = backend.key_id
-        count = backend.rekey(new_key, progress=Progress("re-encrypting sessions"))
-    click.echo(f"re-encrypted {count} session(s) from key {old_id} to key {backend.key_id}; "
+        old_id, new_id, count = rekey_store(
+            store, new_key, progress=Progress("re-encrypting sessions")
+        )
+    click.echo(f"re-encrypted {count} session(s) from key {old_id} to key {new_id}; "
                "now set [storage.options] key_env or key_file to the new key")
 
 

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import PathOption
-from ..errors import CryptoKeyError, SessionDecryptionError
+from ..errors import CryptoKeyError, SessionDecryptionError, StorageError
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext, get_implementation
 from ..security.kv import KvStore
 from ..store import (
     HistoryEntry,
     SessionRecord,
+    SessionStore,
     SessionSummary,
     SessionWrite,
     StorageBackend,
@@ -450,6 +451,27 @@ class EncryptedBackend:
         self._sealer = new
         return done
 
+
+
+def rekey_store(
+    store: SessionStore,
+    new_key: bytes,
+    progress: Callable[[Sequence[SessionSummary]], Iterable[SessionSummary]] | None = None,
+) -> tuple[str, str, int]:
+    """Re-encrypt every session of ``store`` (an ``encrypted`` one) under ``new_key``.
+
+    Returns the old and the new key id and how many sessions are under the new key; a store
+    on another backend is a ``StorageError`` naming it (see ``EncryptedBackend.rekey``).
+    """
+    backend = store.backend
+    if not isinstance(backend, EncryptedBackend):
+        raise StorageError(
+            f"sessions rekey: the store's backend is {store.backend_name!r}, not 'encrypted' "
+            "([storage] backend)"
+        )
+    old_id = backend.key_id
+    count = backend.rekey(new_key, progress=progress)
+    return old_id, backend.key_id, count
 
 
 REKEY_NAMESPACE = "astrid:rekey"
