@@ -215,7 +215,6 @@ def test_two_processes_writing_to_one_workspace_keep_one_valid_chain(tmp_path: P
     assert {r.chain for r in records} == {str(ws)}
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
     assert verify(records, [key.public_key_base64]) == []
-    print(json.dumps(len(records)))
 
 
 def test_audit_cli_lists_verifies_and_names_the_first_bad_entry(
