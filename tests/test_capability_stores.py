@@ -519,9 +519,9 @@ def test_second_instance_sees_writes_of_the_first(opener: Opener, key: KeyPair) 
         "tokens/../../x",
         "x\0y",
         "not-a-uuid",
-        f"{uuid4()}/../../escape",
-        f"{uuid4()}.json",
-        f"{uuid4()}\n",
+        "2f0e0c53-5f3c-4a0e-9a43-6f1d1c0e8b1a/../../escape",
+        "7a3c5e2b-1d4f-4b8e-a6c9-0e2d4f6a8b1c.json",
+        "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f\n",
         "*",
     ],
 )
