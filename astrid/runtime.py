@@ -67,7 +67,7 @@ from .llm import (
 )
 from .messages import Message, ToolCall, ToolCallResult
 from .money import money
-from .offload import write_in_thread
+from .offload import read_in_thread, write_in_thread
 from .plugins import Implementation, PluginContext, collect, get_plugin_manager, registry
 from .security.actions import (
     ExecuteCommand,
@@ -142,6 +142,10 @@ DEFAULT_OUTPUT_PER_MILLION = 15.0
 
 MAX_TOOL_OUTPUT_BYTES = 30_000
 """Tool output longer than this (UTF-8 bytes) is cut, with a notice."""
+
+ESTIMATE_OFF_LOOP = 256
+"""A request with more messages than this to estimate (a long session's first) is counted in
+a worker thread: 20 000 messages take tens of milliseconds, a thread hop about 0.1 ms."""
 
 PATH_ARGUMENT_KEYS: frozenset[str] = frozenset(
     {
@@ -1264,10 +1268,16 @@ class AgentRuntime:
         messages = list(session.messages)
         system_prompt = self._system_prompt(session)
         validator = BudgetValidator(session.budget_tracker, session.workspace_budget_tracker)
+        running = self._estimates.setdefault(session, RunningEstimate())
+        if running.backlog(session.token_estimator, messages) > ESTIMATE_OFF_LOOP:
+            # A long session's first request: counted in a worker thread, into a new estimate
+            # that replaces the old one only when complete (a cancelled count leaves no trace).
+            counted = RunningEstimate()
+            await read_in_thread(counted.total, session.token_estimator, messages)
+            self._estimates[session] = running = counted
         reservation = self._reserve(
             turn, validator, model,
-            self.request_tokens(session, messages, definitions, system_prompt,
-                                self._estimates.setdefault(session, RunningEstimate())),
+            self.request_tokens(session, messages, definitions, system_prompt, running),
         )
         usage: Usage | None = None
         answered = False

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from .messages import ImagePart, Message, OpaqueContent, TextPart, ToolCall, ToolCallResult
+from .offload import yielding
 
 IMAGE_TOKENS = 1000
 """What one image part counts as (providers bill images per tile, not by base64 size)."""
@@ -107,6 +108,14 @@ class RunningEstimate:
         if estimator is not self._estimator or len(items) < known or items[:known] != self._seen:
             self._estimator, self._seen, self._total, known = estimator, [], 0, 0
         new = items[known:]
-        self._total += sum(max(0, estimator.estimate(m)) for m in new)
+        self._total += sum(max(0, estimator.estimate(m)) for m in yielding(new))
         self._seen.extend(new)
         return self._total
+
+    def backlog(self, estimator: TokenEstimator, messages: Sequence[Message]) -> int:
+        """About how many messages ``total`` would estimate now: those past the counted ones,
+        or all after a change of estimator or a shorter list (the head is not compared)."""
+        known = len(self._seen)
+        if estimator is not self._estimator or len(messages) < known:
+            return len(messages)
+        return len(messages) - known
