@@ -47,8 +47,10 @@ typecheck: lint
 
 # The PostgreSQL plugin's tests start a throwaway server on 127.0.0.1 (initdb/pg_ctl from
 # Debian's postgresql package); outside CI they skip with a message when none can be started.
+# The suite runs on every core up to four (pytest-xdist); PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses 4
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests $(PLUGIN_TESTS)
+	$(BIN)/python -m pytest -q tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
