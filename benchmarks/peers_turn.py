@@ -55,7 +55,7 @@ from astrid.testing.fake_llm import FakeOpenAIServer, Tokens, ToolCallSpec, text
 from astrid.testing.fake_llm import tool_call_reply as call_reply
 
 MODEL = "fake-model"
-API_KEY = "sk-bench-not-a-real-key"
+API_KEY = "bench-placeholder"  # the loopback server checks it; not a vendor key
 KEY_ENV = "ASTRID_BENCH_OPENAI_KEY"
 INSTRUCTIONS = "You are a support agent. Look orders up with the lookup_order tool."
 TOOL_NAME = "lookup_order"

@@ -35,7 +35,7 @@ from astrid_openai.wire import message_to_wire, tool_to_wire
 
 SIZES = (10, 120, 500)
 MODES = ("sdk", "no cache", "cache")
-KEY = "sk-bench"
+KEY = "bench-placeholder"  # the loopback server checks it; not a vendor key
 
 
 def conversation(size: int) -> list[Message]:
