@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         ToolArgs,
         ToolCallSpec,
     )
+    from .processes import run_together
     from .provider_conformance import ProviderConformance, ProviderTarget
     from .tool_conformance import TokenEstimatorConformance, ToolConformance
 
@@ -46,6 +47,7 @@ _WHERE = {
     "ProviderTarget": "provider_conformance",
     "TokenEstimatorConformance": "tool_conformance",
     "ToolConformance": "tool_conformance",
+    "run_together": "processes",
 }
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "ToolArgs",
     "ToolCallSpec",
     "ToolConformance",
+    "run_together",
     "sample_messages",
 ]
 

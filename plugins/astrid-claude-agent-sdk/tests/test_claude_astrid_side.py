@@ -13,6 +13,7 @@ import pytest
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.errors import InvalidKey
 from astrid.store import SessionStore
+from astrid.testing import run_together
 
 from astrid_claude_agent_sdk import KEY_PREFIX, AstridTranscriptStore, astrid_session_id
 
@@ -102,26 +103,10 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 def test_two_processes_append_to_one_transcript(tmp_path: Path) -> None:
-    import time
-
     go = tmp_path / "go"
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path / "a.db"), name, str(go)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("a", "b")
-    ]
-    deadline = time.monotonic() + 300
-    while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")):
-        assert time.monotonic() < deadline, "the workers did not start"
-        assert all(w.poll() is None for w in workers), "a worker exited early"
-        time.sleep(0.01)
-    go.touch()
-    for worker in workers:
-        _out, err = worker.communicate(timeout=300)
-        assert worker.returncode == 0, err
+    run_together(
+        {n: [sys.executable, "-c", WORKER, str(tmp_path / "a.db"), n, str(go)] for n in "ab"}, go
+    )
     with SessionStore(SqliteBackend(tmp_path / "a.db")) as astrid_store:
         entries = asyncio.run(
             AstridTranscriptStore(astrid_store).load({"project_key": "p", "session_id": "shared"})

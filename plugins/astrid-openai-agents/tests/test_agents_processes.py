@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from agents_backends import make_backend
 from astrid.store import SessionStore
+from astrid.testing import run_together
 
 from astrid_openai_agents import AstridSession
 
@@ -21,23 +20,13 @@ COUNT = 40
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_concurrent_add_items_from_two_processes(kind: str, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), kind, str(tmp_path), name, str(COUNT), str(go)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("a", "b")
-    ]
-    deadline = time.monotonic() + 300
-    while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")):
-        assert time.monotonic() < deadline, "the workers did not start"
-        assert all(w.poll() is None for w in workers), "a worker exited early"
-        time.sleep(0.01)
-    go.touch()
-    for worker in workers:
-        _out, err = worker.communicate(timeout=300)
-        assert worker.returncode == 0, err
+    run_together(
+        {
+            n: [sys.executable, str(WORKER), kind, str(tmp_path), n, str(COUNT), str(go)]
+            for n in "ab"
+        },
+        go,
+    )
     with SessionStore(make_backend(kind, tmp_path)) as store:
         items = asyncio.run(AstridSession("shared", store).get_items())
         rows = store.list_sessions()
