@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, SupportsIndex, overload
+from typing import Any, SupportsIndex, TypeVar, overload
 
 from .document import GitState, SessionDocument, SessionMetadata
 from .errors import StorageError
@@ -73,6 +73,15 @@ class StateBasis:
     """Ids stored but refused by the load (expired): the next delta removes them."""
     dropped_paths: frozenset[str] = frozenset()
     """Escape paths stored but refused by the load (gone, never allowed): removed likewise."""
+
+
+_R = TypeVar("_R")
+
+
+def _without(pending: list[_R], written: Iterable[_R]) -> list[_R]:
+    """``pending`` less the very objects in ``written`` (rows have no other identity here)."""
+    ids = {id(item) for item in written}
+    return [item for item in pending if id(item) not in ids] if ids else pending
 
 
 class ChangeSet:
@@ -168,17 +177,11 @@ class ChangeSet:
         self._low = self._writing = None
         self.stored(store, revision, count, offset, basis, messages=True)
 
-    def ledger_saved(self, rows: Iterable[LedgerRow]) -> None:
-        """Drop ``rows`` (written by a save) from the pending ledger rows."""
-        written = {id(row) for row in rows}
-        if written:
-            self.ledger = [row for row in self.ledger if id(row) not in written]
-
-    def audit_saved(self, entries: Iterable[PendingAudit]) -> None:
-        """Drop ``entries`` (written by a save) from the pending audit entries."""
-        written = {id(entry) for entry in entries}
-        if written:
-            self.audit = [entry for entry in self.audit if id(entry) not in written]
+    def rows_saved(self, ledger: Iterable[LedgerRow], audit: Iterable[PendingAudit]) -> None:
+        """Drop what a save wrote from the pending ledger rows and audit entries (those added
+        while it ran stay for the next save)."""
+        self.ledger = _without(self.ledger, ledger)
+        self.audit = _without(self.audit, audit)
 
     def save_lock(self) -> asyncio.Lock:
         """The lock that runs the session's async saves one at a time (one per event loop)."""

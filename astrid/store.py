@@ -945,8 +945,8 @@ class SessionStore:
             pending.keyed,
             messages=pending.messages,
         )
-        session.changes.ledger_saved(pending.ledger)  # stored, or dropped by a backend without
-        session.changes.audit_saved(pending.audit)
+        # stored, or dropped by a backend without the feature
+        session.changes.rows_saved(pending.ledger, pending.audit)
 
     def _state_for_write(
         self, session: AgentSession, basis: StateBasis | None, capture_git: bool = True
