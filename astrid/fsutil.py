@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -48,7 +49,12 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(
-    path: Path, data: bytes, *, durable: bool = True, replace: bool = True
+    path: Path,
+    data: bytes,
+    *,
+    durable: bool = True,
+    replace: bool = True,
+    before_replace: Callable[[], None] | None = None,
 ) -> os.stat_result:
     """Write ``data`` to ``path`` whole or not at all, as a private (0600) file.
 
@@ -57,6 +63,8 @@ def atomic_write(
     the new ones. ``durable`` False skips both fsyncs (a cache that can be rebuilt).
     ``replace`` False never replaces an existing file: ``FileExistsError`` if ``path`` exists
     (or another process created it meanwhile). The temp file is removed on any failure.
+    ``before_replace`` runs once the temp file is complete, just before the rename (something
+    that must be durable before the new bytes are visible); if it raises, nothing is replaced.
     Returns the stat of the written file (taken before the rename). ``OSError`` on failure.
     """
     tmp = path.with_name(f"{path.name}.tmp.{os.urandom(8).hex()}")
@@ -73,6 +81,8 @@ def atomic_write(
             st = os.fstat(fd)
         finally:
             os.close(fd)
+        if before_replace is not None:
+            before_replace()
         if replace:
             os.replace(tmp, path)
         else:

@@ -1,5 +1,6 @@
 """Benchmark what the audit log adds per decision: one appended message per save, with 0, 1
-and 3 audit entries (a turn's decisions), on the ``sqlite`` and ``memory`` backends; plus the
+and 3 audit entries (a turn's decisions), on the ``sqlite``, ``file`` and ``memory`` backends
+(the file backend rewrites its document each save, so it runs ``FILE_SAVES`` saves); plus the
 cost of recording one entry (``audit.record``) and of verifying one stored entry.
 
 Usage: ``python benchmarks/bench_audit.py [--saves N] [--json]``
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from astrid.default_plugins.file_storage import FileBackend
 from astrid.default_plugins.memory_storage import MemoryBackend
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.messages import Message
@@ -23,6 +25,8 @@ from astrid.session import AgentSession
 from astrid.store import SessionStore, StorageBackend
 
 KEY = KeyPair.generate()
+KINDS = ("sqlite", "file", "memory")
+FILE_SAVES = 300
 
 
 def _decide(session: AgentSession, i: int) -> None:
@@ -32,9 +36,14 @@ def _decide(session: AgentSession, i: int) -> None:
 
 def median_save_us(kind: str, saves: int, entries: int, directory: Path) -> float:
     """The median ``store.save`` of a session growing by one message and ``entries`` decisions."""
-    backend: StorageBackend = (
-        SqliteBackend(directory / f"astrid-{entries}.db") if kind == "sqlite" else MemoryBackend()
-    )
+    backend: StorageBackend
+    if kind == "sqlite":
+        backend = SqliteBackend(directory / f"astrid-{entries}.db")
+    elif kind == "file":
+        backend = FileBackend(directory / f"sessions-{entries}")
+        saves = min(saves, FILE_SAVES)
+    else:
+        backend = MemoryBackend()
     with SessionStore(backend) as store:
         session = store.new_session("bench").with_workspace("/bench/workspace")
         store.save(session)
@@ -71,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("sqlite", "memory"):
+        for kind in KINDS:
             results[kind] = {
                 f"{n}_entries_us": round(median_save_us(kind, args.saves, n, Path(tmp)), 1)
                 for n in (0, 1, 3)
@@ -80,10 +89,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    for kind in ("sqlite", "memory"):
+    for kind in KINDS:
         r = results[kind]
+        saves = min(args.saves, FILE_SAVES) if kind == "file" else args.saves
         print(
-            f"{kind:6}  median save, {args.saves} saves: {r['0_entries_us']:7.1f} us without, "
+            f"{kind:6}  median save, {saves} saves: {r['0_entries_us']:7.1f} us without, "
             f"{r['1_entries_us']:7.1f} us with 1 entry, {r['3_entries_us']:7.1f} us with 3"
         )
     print(f"audit.record: {results['record']['us']:.1f} us per decision")

@@ -15,6 +15,12 @@ Layout of ``<dir>`` (default ``<home>/sessions``):
 * ``.astrid-ledger-deleted.jsonl``: the ledger rows of deleted sessions (one JSON object a
   line), appended and fsynced before the session file is removed; a row found both there and
   in a document (a crash in between) counts once, by its id.
+* ``.astrid-audit/<sha256 of the chain>.jsonl``: the audit log (``astrid.security.audit``), one
+  append-only file per chain (workspace), one sealed entry a line (``{"body", "hash",
+  "signature"}``). A save's entries are appended and fsynced under ``.locks/audit-<sha256>.lock``
+  after its document's temp file is complete and before the rename that publishes it, so saved
+  state never lacks its entries; a crash in between leaves entries for decisions whose state was
+  not saved. A torn last line (a writer killed while appending) is cut off by the next append.
 * ``.locks/<uuid>.lock`` and ``.locks/index.lock``: ``flock`` files that make read-modify-write
   safe across processes. Lock files are never removed (removing a lock file races with waiters).
 * ``.astrid-index.json`` and ``.astrid-index.log``: a listing cache (id → summary and the
@@ -65,6 +71,7 @@ from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
+from ..security.audit import AuditRecord, PendingAudit, by_chain, seal
 from ..security.kv import KvStore, validate_name
 from ..store import (
     HistoryEntry,
@@ -90,6 +97,8 @@ DELETED_LEDGER_NAME = ".astrid-ledger-deleted.jsonl"
 INDEX_NAME = ".astrid-index.json"
 JOURNAL_NAME = ".astrid-index.log"
 LOCKS_DIR = ".locks"
+AUDIT_DIR = ".astrid-audit"
+"""The audit log's directory inside the session directory: ``<sha256 of the chain>.jsonl``."""
 WORKSPACE_LOCK = ".workspace.lock"
 """The kv directory's lock file for workspace-state writes (never a namespace name)."""
 JOURNAL_MIN_BYTES = 64 * 1024
@@ -505,6 +514,93 @@ def check_session_directory(directory: Path) -> None:
         )
 
 
+# -- the audit log's chain files -------------------------------------------------------------
+
+
+def _audit_line(record: AuditRecord) -> bytes:
+    """One chain-file line: the signed body, its hash and signature (the rest is in the body)."""
+    return _compact_json(
+        {"body": record.body, "hash": record.hash, "signature": record.signature}
+    ) + b"\n"
+
+
+def _chain_head(fd: int, path: Path) -> tuple[int, str] | None:
+    """The last entry's ``(seq, hash)`` of an open chain file (None: empty), after cutting off
+    a torn last line; ``StorageError`` if the last complete line is not a readable entry."""
+    size = os.fstat(fd).st_size
+    window = 4096
+    last = b""
+    while size:
+        start = max(0, size - window)
+        tail = os.pread(fd, size - start, start)
+        cut = tail.rfind(b"\n", 0, len(tail) - 1 if tail.endswith(b"\n") else len(tail))
+        if cut < 0 and start > 0:
+            window *= 4  # the line is longer than the window
+            continue
+        if not tail.endswith(b"\n"):  # torn: its writer died before publishing its state
+            size = start + cut + 1
+            os.ftruncate(fd, size)
+            continue
+        last = tail[cut + 1 : -1]
+        break
+    if not size:
+        return None
+    try:
+        item = json.loads(last)
+        seq, digest = json.loads(item["body"])["seq"], item["hash"]
+        if not (isinstance(seq, int) and isinstance(digest, str)):
+            raise TypeError("seq or hash of the wrong type")
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as exc:
+        raise StorageError(
+            f"file store: {path}: the last audit entry is not readable ({exc}), so the chain "
+            "cannot be extended; check it with `astrid audit verify`"
+        ) from exc
+    return seq, digest
+
+
+def _parse_line(line: bytes) -> tuple[dict[str, Any], str, str, str] | None:
+    """A chain-file line's body fields, body, hash and signature; None if it does not parse."""
+    try:
+        item = json.loads(line)
+        body, digest, signature = item["body"], item["hash"], item["signature"]
+        if not all(isinstance(v, str) for v in (body, digest, signature)):
+            return None
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("chain"), str):
+            return None
+        int(data["seq"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+        return None
+    return data, body, digest, signature
+
+
+def _read_chain(path: Path) -> list[AuditRecord]:
+    """A chain file's entries in stored order; a torn last line (an append in progress or cut
+    short) is left out, any other unreadable line becomes an entry that cannot verify."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"file store: cannot read {path}: {exc}") from exc
+    lines = raw.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn line
+    parsed = [_parse_line(line) for line in lines]
+    chain = next((p[0]["chain"] for p in parsed if p is not None), path.stem)
+    out: list[AuditRecord] = []
+    for number, (line, item) in enumerate(zip(lines, parsed, strict=True), start=1):
+        if item is None:
+            out.append(
+                AuditRecord(chain, out[-1].seq + 1 if out else 1, f"{path.name}:line {number}",
+                            "", "", line.decode("utf-8", "replace"), "", "")
+            )
+            continue
+        data, body, digest, signature = item
+        out.append(
+            AuditRecord(str(data["chain"]), int(data["seq"]), str(data.get("id")),
+                        str(data.get("session_id")), str(data.get("at")), body, digest, signature)
+        )
+    return out
+
+
 # -- the backend ---------------------------------------------------------------------------
 
 
@@ -541,6 +637,8 @@ class FileBackend:
         self._journal_bad = 0
         """Malformed or torn journal lines seen since the snapshot was loaded."""
         self._kv: FileKvStore | None = None
+        self._audit_appended: set[str] = set()
+        """Ids of audit entries appended by a save that then failed (its retry must skip them)."""
         self.swept_temp_files = 0 if read_only else self._sweep_temps()
         """How many orphaned temp files opening this backend removed."""
 
@@ -654,11 +752,28 @@ class FileBackend:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _write_doc(self, sid: str, doc: dict[str, Any]) -> _Sig:
+    def _write_doc(
+        self, sid: str, doc: dict[str, Any], audit: Sequence[PendingAudit] = ()
+    ) -> _Sig:
+        """Write a session document; ``audit`` entries are appended to their chains just before
+        the rename (an entry appended by a save that fails afterwards is not appended again)."""
         path = self.directory / f"{sid}.json"
         data = _encode(doc, path)
-        with _os_errors(f"cannot write {path}"):
-            return _atomic_write(path, data)
+        pending = [p for p in audit if p.fields["id"] not in self._audit_appended]
+        appended: list[str] = []
+
+        def append_audit() -> None:
+            self._append_audit(pending)
+            appended.extend(str(p.fields["id"]) for p in pending)
+
+        try:
+            with _os_errors(f"cannot write {path}"):
+                st = atomic_write(path, data, before_replace=append_audit if pending else None)
+        except BaseException:
+            self._audit_appended.update(appended)
+            raise
+        self._audit_appended.difference_update(str(p.fields["id"]) for p in audit)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def write(self, change: SessionWrite) -> int:
         """Apply one save under the session lock; ``ConcurrencyError`` on a stale revision."""
@@ -698,7 +813,9 @@ class FileBackend:
                 known = {r.get("id") for r in ledger if isinstance(r, dict)}
                 ledger += [r.to_data() for r in change.ledger if r.id not in known]
             sig = self._write_doc(
-                sid, _compose(change.state, active, revision, updated_at, archived, ledger)
+                sid,
+                _compose(change.state, active, revision, updated_at, archived, ledger),
+                change.audit,
             )
             summary = _normalized(
                 change.summary,
@@ -853,6 +970,59 @@ class FileBackend:
             if matches(row, session_id=session_id, workspace=workspace, since=since, until=until):
                 rows.setdefault(row.id, row)
         return sort_rows(rows.values())
+
+    # -- the audit log --------------------------------------------------------------------
+
+    def _chain_names(self, chain: str) -> tuple[Path, Path]:
+        """A chain's file and its lock file."""
+        name = hashlib.sha256(chain.encode()).hexdigest()
+        return (
+            self.directory / AUDIT_DIR / f"{name}.jsonl",
+            self.directory / LOCKS_DIR / f"audit-{name}.lock",
+        )
+
+    def _append_audit(self, pending: Sequence[PendingAudit]) -> None:
+        """Seal entries after their chain's last stored one and append them (fsynced), each
+        chain under its own lock, so concurrent writers of one workspace take turns."""
+        groups = by_chain(pending)
+        with _os_errors(f"cannot create {self.directory / AUDIT_DIR}"):
+            make_private_dirs(self.directory / AUDIT_DIR)
+        for chain in sorted(groups):
+            path, lock = self._chain_names(chain)
+            with _os_errors(f"cannot lock the audit chain {path}"):
+                lock_fd = _acquire(lock)
+            try:
+                with _os_errors(f"cannot append to {path}"):
+                    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                    fd = os.open(path, flags, 0o600)
+                    try:
+                        created = os.fstat(fd).st_size == 0
+                        records = seal(groups[chain], _chain_head(fd, path))
+                        view = memoryview(b"".join(_audit_line(r) for r in records))
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    if created:
+                        fsync_dir(path.parent)
+            finally:
+                os.close(lock_fd)
+
+    def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
+        """The stored audit entries (of one session), by chain, each chain in stored order; a
+        line that does not parse is returned as an entry ``verify`` names (never skipped)."""
+        sid = validate_session_id(session_id) if session_id is not None else None
+        directory = self.directory / AUDIT_DIR
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"file store: cannot list {directory}: {exc}") from exc
+        chains = [_read_chain(directory / name) for name in names]
+        chains.sort(key=lambda records: records[0].chain if records else "")
+        return [r for records in chains for r in records if sid is None or r.session_id == sid]
 
     # -- orphaned temp files --------------------------------------------------------------
 
