@@ -26,6 +26,8 @@ from .document import SessionDocument
 from .errors import AstridError, ConfigError, InvalidSessionId, SerializationError
 from .ids import validate_session_id
 from .ledger import LedgerRow, compare_totals
+from .security.audit import runtime_keys
+from .security.audit import verify as verify_audit
 from .security.kv import namespaces_of
 from .store import SessionStore, SessionSummary, workspace_key
 from .timeutil import parse_rfc3339, to_utc
@@ -636,6 +638,8 @@ class StoreReport:
     """Session and workspace budget totals compared with the ledger."""
     notes: list[Problem] = field(default_factory=list)
     """What was found but is not a problem (spend from before the ledger existed)."""
+    audit_entries: int | None = None
+    """Audit entries verified (None: the backend keeps no audit log)."""
 
     @property
     def ok(self) -> bool:
@@ -654,6 +658,7 @@ class StoreReport:
             "problems": [{"location": p.location, "problem": p.problem} for p in self.problems],
             "ledger_rows": self.ledger_rows,
             "totals_checked": self.totals_checked,
+            "audit_entries": self.audit_entries,
             "notes": [{"location": p.location, "note": p.problem} for p in self.notes],
         }
 
@@ -774,4 +779,24 @@ def check_store(
     with store:
         report.backend_name = store.backend_name
         _check_sessions(store, report, strict, progress)
+        _check_audit(store, report, runtime_keys(loaded.home), strict)
     return report
+
+
+def _check_audit(
+    store: SessionStore, report: StoreReport, trusted: list[str], strict: bool
+) -> None:
+    """Verify every audit chain (``astrid.security.audit.verify``): each broken chain is a
+    problem naming its first bad entry."""
+    if not store.keeps_audit:
+        return
+    try:
+        records = store.list_audit()
+    except Exception as exc:
+        if strict:
+            raise
+        report.problems.append(Problem(store.location() or "<store>", message_of(exc)))
+        return
+    report.audit_entries = len(records)
+    for bad in verify_audit(records, trusted):
+        report.problems.append(Problem("audit log", bad.describe()))

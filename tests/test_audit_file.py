@@ -279,3 +279,35 @@ def test_audit_cli_verifies_a_file_store_and_names_the_first_bad_line(
     bad = CliRunner().invoke(cli, ["audit", "verify"])
     assert bad.exit_code == 1
     assert f"audit entry {data[3]['id']} (chain {ws}, #3)" in bad.output
+
+
+def test_doctor_verifies_the_audit_log_and_names_a_broken_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astrid.cli import cli
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ASTRID_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    home.mkdir()
+    (home / "config.toml").write_text('[storage]\nbackend = "file"\n')
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    key = load_or_create_keypair(home / "keys" / "runtime.key")
+    sessions = home / "sessions"
+    run_turn(SessionStore(FileBackend(sessions)), ws, ApproveSession(), key)
+    count = len(lines_of(chain_file(sessions)))
+
+    ok = CliRunner().invoke(cli, ["doctor", "--json"])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads(ok.output)
+    assert report["ok"] and report["audit_entries"] == count
+
+    lines = lines_of(chain_file(sessions))
+    item = json.loads(lines[0])
+    item["body"] = item["body"].replace('"runtime"', '"user"', 1)
+    chain_file(sessions).write_bytes(json.dumps(item).encode() + b"\n" + b"".join(lines[1:]))
+    bad = CliRunner().invoke(cli, ["doctor"])
+    assert bad.exit_code == 1
+    assert f"audit log: audit entry {json.loads(item['body'])['id']} (chain {ws}, #1)" in bad.output
+    assert f"{count} audit entries verified" in bad.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..security.audit import runtime_keys
 from ..security.audit import verify as verify_chain
 from ._common import (
     EXIT_ERROR,
@@ -48,13 +49,7 @@ def list_entries(ctx: click.Context, session_ref: str | None, as_json: bool) -> 
 @click.pass_context
 def verify(ctx: click.Context) -> None:
     """Check every chain: hashes, order and signatures by the runtime key."""
-    config = load(ctx)
-    key_path = config.home / "keys" / "runtime.key"
-    trusted: list[str] = []
-    if key_path.exists():
-        from ..security.crypto import load_or_create_keypair
-
-        trusted.append(load_or_create_keypair(key_path).public_key_base64)
+    trusted = runtime_keys(load(ctx).home)
     with reading_store_of(ctx) as store:
         records = store.list_audit()
     problems = verify_chain(records, trusted)

@@ -54,6 +54,8 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
                 f", {report.totals_checked} budget totals against {report.ledger_rows} "
                 "spend-ledger rows"
             )
+        if report.audit_entries is not None:
+            checked += f", {report.audit_entries} audit entries verified"
         if report.problems:
             click.echo(f"{len(report.problems)} problem(s); {checked}")
         else:

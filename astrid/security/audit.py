@@ -20,6 +20,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from astrid.errors import SerializationError
@@ -160,6 +161,17 @@ def by_chain(pending: Iterable[PendingAudit]) -> dict[str, list[PendingAudit]]:
     return groups
 
 
+def runtime_keys(home: Path) -> list[str]:
+    """The public key of the runtime key under ``home`` (``keys/runtime.key``) as the one key
+    entries may be signed by; empty (any valid signature) when there is none yet."""
+    key_path = home / "keys" / "runtime.key"
+    if not key_path.exists():
+        return []
+    from astrid.security.crypto import load_or_create_keypair
+
+    return [load_or_create_keypair(key_path).public_key_base64]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditProblem:
     """The first bad entry of a chain and what is wrong with it."""
@@ -231,6 +243,7 @@ __all__ = [
     "PendingAudit",
     "by_chain",
     "record",
+    "runtime_keys",
     "seal",
     "verify",
 ]
