@@ -411,6 +411,18 @@ class AuditKeeper(Protocol):
 
 
 @runtime_checkable
+class AuditImporter(Protocol):
+    """A backend that can store audit entries sealed by another store, verbatim (``astrid
+    migrate`` copies the audit log through it; the entries are self-verifying)."""
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Store ``records`` (by chain, each in sequence order) after the target's entries
+        with ``astrid.security.audit.to_import`` in one transaction per chain; how many were
+        new. ``StorageError`` when a chain already holds other entries."""
+        ...
+
+
+@runtime_checkable
 class MessageObjectWriter(Protocol):
     """A backend that encodes messages itself declares ``accepts_message_objects = True``: the
     ``messages`` of the store's writes are then ``Message`` objects, encoded in its ``write``
@@ -1310,6 +1322,21 @@ class SessionStore:
     ) -> list[AuditRecord]:
         """``list_audit`` off the event loop."""
         return await read_in_thread(functools.partial(self.list_audit, session_id=session_id))
+
+    @property
+    def imports_audit(self) -> bool:
+        """True if the backend can store audit entries copied from another store."""
+        return isinstance(self.backend, AuditImporter)
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Store audit entries sealed by another store verbatim (``AuditImporter``); how many
+        were new. ``StorageError`` if the backend cannot, or a chain holds other entries."""
+        if not isinstance(self.backend, AuditImporter):
+            raise StorageError(
+                f"storage backend {self.backend.name!r} cannot store copied audit entries (it "
+                "has no import_audit)"
+            )
+        return self.backend.import_audit(records)
 
     # -- the spend ledger (astrid.ledger) ------------------------------------------------------
 

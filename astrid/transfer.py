@@ -26,7 +26,7 @@ from .document import SessionDocument
 from .errors import AstridError, ConfigError, InvalidSessionId, SerializationError
 from .ids import validate_session_id
 from .ledger import LedgerRow, compare_totals
-from .security.audit import runtime_keys
+from .security.audit import records_by_chain, runtime_keys
 from .security.audit import verify as verify_audit
 from .security.kv import namespaces_of
 from .store import SessionStore, SessionSummary, workspace_key
@@ -450,6 +450,10 @@ class MigrationResult:
     tokens: int = 0
     revoked: int = 0
     used: int = 0
+    audit_entries: int = 0
+    """Audit entries copied (verbatim, still signed by the key that sealed them)."""
+    audit_chains: int = 0
+    """Audit chains the source holds."""
     verified_sessions: int = 0
     verified_messages: int = 0
 
@@ -574,8 +578,10 @@ def migrate(
 
     Copies each session's state, active messages and history, every key-value namespace the
     source lists (or, if it cannot list them, those derived from the sessions and their
-    workspaces) and the capability tokens, revocations and used markers. Resumable: a session
-    already present with the same message count and history length is skipped. A target that
+    workspaces), the capability tokens, revocations and used markers, and the audit log
+    verbatim (``import_audit``; a chain the target holds differently is a failure).
+    Resumable: a session already present with the same message count and history length is
+    skipped, and so is an audit entry already copied. A target that
     is the source, or whose backend is not persistent, is refused (``ConfigError``;
     ``target_key``: where the target's backend is chosen, ``SessionStore.backend_key(config)``,
     named in the refusal). ``progress`` wraps the list of sessions to copy (a progress bar).
@@ -604,8 +610,48 @@ def migrate(
         done.append(row)
     namespaces = _copy_kv(source, target, done, out)
     out.tokens, out.revoked, out.used = source.copy_capabilities_to(target)
+    _copy_audit(source, target, out)
     _verify(source, target, done, namespaces, batch, out)
     return out
+
+
+def _copy_audit(source: SessionStore, target: SessionStore, out: MigrationResult) -> None:
+    """Copy the audit log verbatim, chain by chain (``import_audit``), then check each chain of
+    the target begins with the source's entries; a chain that cannot be copied is a failure."""
+    if not source.keeps_audit:
+        return
+    chains = records_by_chain(source.list_audit())
+    out.audit_chains = len(chains)
+    if not chains:
+        return
+    if not target.imports_audit:
+        count = sum(len(c) for c in chains.values())
+        out.failed.append(
+            Failure(
+                "audit log",
+                f"the target backend {target.backend_name!r} cannot store copied audit entries "
+                f"(no import_audit): {count} entries in {len(chains)} chain(s) not copied",
+            )
+        )
+        return
+    for records in chains.values():
+        try:
+            out.audit_entries += target.import_audit(records)
+        except AstridError as exc:
+            out.failed.append(Failure(f"audit chain {records[0].chain}", message_of(exc)))
+    copied = records_by_chain(target.list_audit())
+    for chain, records in chains.items():
+        there = [r.hash for r in copied.get(chain, [])][: len(records)]
+        if there != [r.hash for r in records] and not any(
+            f.subject == f"audit chain {chain}" for f in out.failed
+        ):
+            out.mismatches.append(
+                Failure(
+                    f"audit chain {chain}",
+                    f"audit chain {chain or '(no workspace)'}: the target's entries differ "
+                    f"from the source's {len(records)}",
+                )
+            )
 
 
 # -- doctor --------------------------------------------------------------------------------

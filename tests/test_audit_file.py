@@ -311,3 +311,62 @@ def test_doctor_verifies_the_audit_log_and_names_a_broken_chain(
     assert bad.exit_code == 1
     assert f"audit log: audit entry {json.loads(item['body'])['id']} (chain {ws}, #1)" in bad.output
     assert f"{count} audit entries verified" in bad.output
+
+
+@pytest.mark.parametrize("direction", ["sqlite-to-file", "file-to-sqlite"])
+def test_migrate_copies_the_audit_log_verbatim_and_resumes_without_copying_twice(
+    tmp_path: Path, direction: str
+) -> None:
+    from astrid.default_plugins.sqlite_storage import SqliteBackend
+    from astrid.transfer import migrate
+
+    def sqlite() -> SqliteBackend:
+        return SqliteBackend(tmp_path / "astrid.db")
+
+    def files() -> FileBackend:
+        return FileBackend(tmp_path / "sessions")
+
+    make_source, make_target = (sqlite, files) if direction == "sqlite-to-file" else (files, sqlite)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    key = KeyPair.generate()
+    source = SessionStore(make_source())
+    run_turn(source, ws, ApproveSession(), key)
+    run_turn(source, ws, ApproveSession(), key)
+    original = source.list_audit()
+    target = SessionStore(make_target())
+    result = migrate(source, target)
+    assert result.ok, (result.failed, result.mismatches)
+    assert result.audit_entries == len(original) and result.audit_chains == 1
+    copied = target.list_audit()
+    assert [(r.seq, r.body, r.hash, r.signature) for r in copied] == [
+        (r.seq, r.body, r.hash, r.signature) for r in original
+    ]
+    assert verify(copied, [key.public_key_base64]) == []
+    again = migrate(source, target)
+    assert again.ok and again.audit_entries == 0  # resumed: nothing twice
+    # the target's chain goes on from the copied head
+    run_turn(target, ws, ApproveSession(), key)
+    assert verify(target.list_audit(), [key.public_key_base64]) == []
+    assert len(target.list_audit()) > len(original)
+
+
+def test_migrate_into_a_store_whose_chain_differs_reports_that_chain(tmp_path: Path) -> None:
+    from astrid.default_plugins.sqlite_storage import SqliteBackend
+    from astrid.transfer import migrate
+
+    ws = tmp_path / "ws"
+    source = SessionStore(SqliteBackend(tmp_path / "astrid.db"))
+    session = source.new_session("p").with_workspace(ws)
+    decide(session, "in the source")
+    source.save(session)
+    target = SessionStore(FileBackend(tmp_path / "sessions"))
+    theirs = target.new_session("q").with_workspace(ws)
+    decide(theirs, "already in the target")
+    target.save(theirs)
+    result = migrate(source, target)
+    assert not result.ok
+    [failure] = result.failed
+    assert failure.subject == f"audit chain {workspace_key(ws)}"
+    assert "already holds a different entry" in failure.message and "#1" in failure.message
+    assert [r.data["action"] for r in target.list_audit()] == ["already in the target"]

@@ -60,7 +60,8 @@ def migrate(ctx: click.Context, from_config: str, to_config: str, batch: int) ->
     which = "every namespace the source lists" if listed else "derived namespaces only"
     click.echo(
         f"kv: {result.kv_keys} keys in {result.kv_namespaces} namespaces ({which}); "
-        f"capabilities: {result.tokens} tokens, {result.revoked} revoked, {result.used} used"
+        f"capabilities: {result.tokens} tokens, {result.revoked} revoked, {result.used} used; "
+        f"audit: {result.audit_entries} entries copied in {result.audit_chains} chain(s)"
     )
     if not result.source_lists_namespaces:
         click.echo(

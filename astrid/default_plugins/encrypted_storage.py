@@ -56,7 +56,7 @@ FORWARDED = frozenset(
     {
         "describe", "problems", "persistent", "path", "directory", "swept_temp_files",
         "sweep_temp_files", "count_history", "stray_files", "delete_many", "list_ledger",
-        "list_audit", "write_workspace_state",
+        "list_audit", "import_audit", "write_workspace_state",
     }
 )
 """Optional backend features (``astrid.store``) passed to the inner backend when it has them.

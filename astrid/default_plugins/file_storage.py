@@ -71,7 +71,14 @@ from ..hookspecs import hookimpl
 from ..ids import validate_session_id
 from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
-from ..security.audit import AuditRecord, PendingAudit, by_chain, seal
+from ..security.audit import (
+    AuditRecord,
+    PendingAudit,
+    by_chain,
+    records_by_chain,
+    seal,
+    to_import,
+)
 from ..security.kv import KvStore, validate_name
 from ..store import (
     HistoryEntry,
@@ -558,6 +565,29 @@ def _chain_head(fd: int, path: Path) -> tuple[int, str] | None:
     return seq, digest
 
 
+def _append_to_chain(
+    path: Path, *, pending: Sequence[PendingAudit] = (), sealed: Sequence[AuditRecord] = ()
+) -> None:
+    """Append to a chain file (the caller holds its lock) and fsync it: entries already
+    ``sealed`` (an import) as they are, ``pending`` ones sealed after the file's last entry
+    (once a torn last line is cut off)."""
+    with _os_errors(f"cannot append to {path}"):
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(path, flags, 0o600)
+        try:
+            created = os.fstat(fd).st_size == 0
+            head = _chain_head(fd, path)
+            records = [*sealed, *(seal(pending, head) if pending else ())]
+            view = memoryview(b"".join(_audit_line(r) for r in records))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(path.parent)
+
+
 def _parse_line(line: bytes) -> tuple[dict[str, Any], str, str, str] | None:
     """A chain-file line's body fields, body, hash and signature; None if it does not parse."""
     try:
@@ -981,33 +1011,40 @@ class FileBackend:
             self.directory / LOCKS_DIR / f"audit-{name}.lock",
         )
 
+    @contextlib.contextmanager
+    def _chain_locked(self, chain: str) -> Iterator[Path]:
+        """Hold a chain's lock; yields its file's path."""
+        path, lock = self._chain_names(chain)
+        with _os_errors(f"cannot create {path.parent}"):
+            make_private_dirs(path.parent)
+        with _os_errors(f"cannot lock the audit chain {path}"):
+            lock_fd = _acquire(lock)
+        try:
+            yield path
+        finally:
+            os.close(lock_fd)
+
     def _append_audit(self, pending: Sequence[PendingAudit]) -> None:
         """Seal entries after their chain's last stored one and append them (fsynced), each
         chain under its own lock, so concurrent writers of one workspace take turns."""
         groups = by_chain(pending)
-        with _os_errors(f"cannot create {self.directory / AUDIT_DIR}"):
-            make_private_dirs(self.directory / AUDIT_DIR)
         for chain in sorted(groups):
-            path, lock = self._chain_names(chain)
-            with _os_errors(f"cannot lock the audit chain {path}"):
-                lock_fd = _acquire(lock)
-            try:
-                with _os_errors(f"cannot append to {path}"):
-                    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-                    fd = os.open(path, flags, 0o600)
-                    try:
-                        created = os.fstat(fd).st_size == 0
-                        records = seal(groups[chain], _chain_head(fd, path))
-                        view = memoryview(b"".join(_audit_line(r) for r in records))
-                        while view:
-                            view = view[os.write(fd, view) :]
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                    if created:
-                        fsync_dir(path.parent)
-            finally:
-                os.close(lock_fd)
+            with self._chain_locked(chain) as path:
+                _append_to_chain(path, pending=groups[chain])
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Append entries copied from another store after each chain's own (``to_import``),
+        under the chain's lock."""
+        self._ensure_dirs()
+        added = 0
+        for chain, items in records_by_chain(records).items():
+            with self._chain_locked(chain) as path:
+                stored = [r.hash for r in _read_chain(path)] if path.exists() else []
+                new = to_import(items, stored)
+                if new:
+                    _append_to_chain(path, sealed=new)
+                added += len(new)
+        return added
 
     def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
         """The stored audit entries (of one session), by chain, each chain in stored order; a

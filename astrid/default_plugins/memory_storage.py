@@ -15,7 +15,7 @@ from ..errors import ConcurrencyError, SessionNotFound
 from ..hookspecs import hookimpl
 from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
-from ..security.audit import AuditRecord, by_chain, seal
+from ..security.audit import AuditRecord, by_chain, records_by_chain, seal, to_import
 from ..security.kv import KvStore, MemoryKvStore
 from ..store import (
     HistoryEntry,
@@ -177,6 +177,17 @@ class MemoryBackend:
             rows += [HistoryEntry(seq, True, copy.deepcopy(m)) for seq, m in entry.messages]
             rows.sort(key=lambda h: h.seq)
             return rows
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Store entries copied from another store after each chain's own (``to_import``)."""
+        added = 0
+        with self._lock:
+            for chain, items in records_by_chain(records).items():
+                stored = self._audit.setdefault(chain, [])
+                new = to_import(items, [r.hash for r in stored])
+                stored.extend(new)
+                added += len(new)
+        return added
 
     def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
         """The audit entries (of one session), by chain then sequence."""

@@ -55,7 +55,14 @@ from ..ledger import LedgerRow, usd_text
 from ..messages import Message, MessageRole
 from ..offload import yielding
 from ..plugins import PluginContext
-from ..security.audit import AuditRecord, PendingAudit, by_chain, seal
+from ..security.audit import (
+    AuditRecord,
+    PendingAudit,
+    by_chain,
+    records_by_chain,
+    seal,
+    to_import,
+)
 from ..security.kv import validate_name
 from ..store import (
     ITEM_ALLOWANCE,
@@ -408,6 +415,7 @@ def _m0008_audit(conn: sqlite3.Connection) -> None:
 
 
 _AUDIT_HEAD = "SELECT seq, hash FROM audit WHERE chain = ? ORDER BY seq DESC LIMIT 1"
+_AUDIT_HASHES = "SELECT hash FROM audit WHERE chain = ? ORDER BY seq"
 _AUDIT_INSERT = (
     "INSERT INTO audit (chain, seq, id, session_id, at, body, hash, signature) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -1488,6 +1496,26 @@ class SqliteBackend:
             "single",
         )
         return int(row[0])
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Store entries copied from another store after each chain's own (``to_import``),
+        one write transaction per chain."""
+        added = 0
+        for chain, items in records_by_chain(records).items():
+
+            def insert(c: sqlite3.Connection, chain: str = chain, items: list[AuditRecord] = items
+                       ) -> int:
+                stored = [r[0] for r in c.execute(_AUDIT_HASHES, (chain,))]
+                new = to_import(items, stored)
+                c.executemany(
+                    _AUDIT_INSERT,
+                    [(r.chain, r.seq, r.id, r.session_id, r.at, r.body, r.hash, r.signature)
+                     for r in new],
+                )
+                return len(new)
+
+            added += self._run(insert, "write")
+        return added
 
     def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
         """The stored audit entries (of one session), by chain then sequence (one snapshot)."""

@@ -161,6 +161,40 @@ def by_chain(pending: Iterable[PendingAudit]) -> dict[str, list[PendingAudit]]:
     return groups
 
 
+def to_import(records: Sequence[AuditRecord], stored: Sequence[str]) -> list[AuditRecord]:
+    """Which of ONE chain's entries copied from another store (in order) a target whose chain
+    holds ``stored`` (its hashes, in sequence order) lacks: an entry already there with the same
+    hash is skipped (a resumed copy); a different entry at its place, or a gap, is refused with
+    ``StorageError`` naming the chain and position, so a copy never forks or breaks a chain."""
+    from astrid.errors import StorageError
+
+    out: list[AuditRecord] = []
+    for rec in records:
+        where = f"audit chain {rec.chain or '(no workspace)'}, entry #{rec.seq} ({rec.id})"
+        if 0 < rec.seq <= len(stored):
+            if stored[rec.seq - 1] != rec.hash:
+                raise StorageError(
+                    f"{where}: the target already holds a different entry there; the chain "
+                    "was not copied (a target's chains must be empty or the same entries)"
+                )
+            continue
+        if rec.seq != len(stored) + len(out) + 1:
+            raise StorageError(
+                f"{where}: the target's chain ends at #{len(stored) + len(out)}: copying it "
+                "would leave a gap; the chain was not copied"
+            )
+        out.append(rec)
+    return out
+
+
+def records_by_chain(records: Iterable[AuditRecord]) -> dict[str, list[AuditRecord]]:
+    """Stored entries grouped by chain, each in the given order."""
+    groups: dict[str, list[AuditRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.chain, []).append(rec)
+    return groups
+
+
 def runtime_keys(home: Path) -> list[str]:
     """The public key of the runtime key under ``home`` (``keys/runtime.key``) as the one key
     entries may be signed by; empty (any valid signature) when there is none yet."""
@@ -243,7 +277,9 @@ __all__ = [
     "PendingAudit",
     "by_chain",
     "record",
+    "records_by_chain",
     "runtime_keys",
     "seal",
+    "to_import",
     "verify",
 ]

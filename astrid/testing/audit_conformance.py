@@ -11,7 +11,7 @@ import pytest
 
 from ..errors import ConcurrencyError
 from ..messages import Message
-from ..security.audit import record, verify
+from ..security.audit import AuditRecord, record, verify
 from ..security.crypto import KeyPair
 from ..session import AgentSession
 from ..store import SessionStore, StorageBackend, workspace_key
@@ -113,6 +113,50 @@ class AuditConformance:
         fresh.changes.audit.extend(session.changes.audit)
         store.save(fresh)
         assert [r.seq for r in store.list_audit()] == [1]
+
+    def test_entries_copied_from_another_store_are_stored_verbatim_and_once(
+        self, store: SessionStore, workspace: Path
+    ) -> None:
+        self._audit_keeper(store)
+        if not store.imports_audit:
+            pytest.skip(f"{store.backend_name}: cannot store copied entries (no import_audit)")
+        from ..default_plugins.memory_storage import MemoryBackend
+        from ..errors import StorageError
+        from ..security.audit import records_by_chain
+
+        source = SessionStore(MemoryBackend())
+        one = source.new_session("p").with_workspace(workspace)
+        for action in ("a", "b", "c"):
+            decide(one, action)
+        source.save(one)
+        bare = source.new_session("q")
+        decide(bare, "no workspace")
+        source.save(bare)
+        copied = source.list_audit()
+        assert store.import_audit(copied) == 4
+        assert store.import_audit(copied) == 0  # a resumed copy stores nothing twice
+
+        def signed(records: list[AuditRecord]) -> dict[str, list[tuple[object, ...]]]:
+            return {
+                chain: [(r.seq, r.id, r.session_id, r.body, r.hash, r.signature) for r in rs]
+                for chain, rs in records_by_chain(records).items()
+            }
+
+        assert signed(store.list_audit()) == signed(copied)
+        later = store.new_session("r").with_workspace(workspace)
+        decide(later, "after the copy")
+        store.save(later)
+        chain = [r for r in store.list_audit() if r.chain == workspace_key(workspace)]
+        assert [r.seq for r in chain] == [1, 2, 3, 4]
+        assert verify(store.list_audit(), [_KEY.public_key_base64]) == []
+
+        other = SessionStore(MemoryBackend())
+        stranger = other.new_session("s").with_workspace(workspace)
+        decide(stranger, "another store's #1")
+        other.save(stranger)
+        with pytest.raises(StorageError, match="already holds a different entry"):
+            store.import_audit(other.list_audit())
+        assert len(store.list_audit()) == 5
 
 
 __all__ = ["AuditConformance", "decide"]

@@ -37,7 +37,14 @@ from typing import Any, LiteralString, TypeGuard
 import pydantic_core
 from astrid.errors import ConcurrencyError, SerializationError, SessionNotFound
 from astrid.ledger import LedgerRow, usd
-from astrid.security.audit import AuditRecord, PendingAudit, by_chain, seal
+from astrid.security.audit import (
+    AuditRecord,
+    PendingAudit,
+    by_chain,
+    records_by_chain,
+    seal,
+    to_import,
+)
 from astrid.security.kv import validate_name
 from astrid.store import (
     ITEM_ALLOWANCE,
@@ -204,6 +211,13 @@ def _ledger_row(raw: Sequence[Any]) -> LedgerRow:
         cost_usd=usd(raw[15]),
         at=to_utc(raw[16]),
     )
+
+
+_AUDIT_INSERT = (
+    "INSERT INTO {s}.audit (chain, seq, id, session_id, at, body, hash, signature) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+"""One audit entry (a sealed one, or one copied from another store)."""
 
 
 class PostgresBackend:
@@ -534,15 +548,44 @@ class PostgresBackend:
             ).fetchone()
             head = (int(row[0]), str(row[1])) if row is not None else None
             c.cursor().executemany(
-                self._q(
-                    "INSERT INTO {s}.audit (chain, seq, id, session_id, at, body, hash, "
-                    "signature) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                ),
+                self._q(_AUDIT_INSERT),
                 [
                     (r.chain, r.seq, r.id, r.session_id, r.at, r.body, r.hash, r.signature)
                     for r in seal(items, head)
                 ],
             )
+
+    def import_audit(self, records: Sequence[AuditRecord]) -> int:
+        """Store entries copied from another store after each chain's own (``to_import``), one
+        transaction per chain under the chain's advisory lock."""
+        added = 0
+        for chain, items in records_by_chain(records).items():
+
+            def insert(c: Conn, chain: str = chain, items: list[AuditRecord] = items) -> int:
+                c.execute(
+                    self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s, 21))"), (chain,)
+                )
+                stored = [
+                    str(r[0])
+                    for r in c.execute(
+                        self._q("SELECT hash FROM {s}.audit WHERE chain = %s ORDER BY seq"),
+                        (chain,),
+                    ).fetchall()
+                ]
+                new = to_import(items, stored)
+                if new:
+                    c.cursor().executemany(
+                        self._q(_AUDIT_INSERT),
+                        [
+                            (r.chain, r.seq, r.id, r.session_id, r.at, r.body, r.hash,
+                             r.signature)
+                            for r in new
+                        ],
+                    )
+                return len(new)
+
+            added += int(self._run(insert, write=True))
+        return added
 
     def list_audit(self, *, session_id: str | None = None) -> list[AuditRecord]:
         """The stored audit entries (of one session), by chain then sequence."""
