@@ -249,21 +249,28 @@ def test_two_processes_deciding_in_one_workspace_keep_one_valid_chain(tmp_path: 
     assert verify(records, [key.public_key_base64]) == []
 
 
-def test_audit_cli_verifies_a_file_store_and_names_the_first_bad_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from astrid.cli import cli
-
+@pytest.fixture
+def file_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, str]:
+    """An astrid home whose config picks the file backend, after one runtime turn in a
+    workspace: (its sessions directory, the workspace, the session id)."""
     home = tmp_path / "home"
     monkeypatch.setenv("ASTRID_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
     home.mkdir()
     (home / "config.toml").write_text('[storage]\nbackend = "file"\n')
-    monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
     ws.mkdir()
     key = load_or_create_keypair(home / "keys" / "runtime.key")
     sessions = home / "sessions"
-    sid = run_turn(SessionStore(FileBackend(sessions)), ws, ApproveSession(), key)
+    return sessions, ws, run_turn(SessionStore(FileBackend(sessions)), ws, ApproveSession(), key)
+
+
+def test_audit_cli_verifies_a_file_store_and_names_the_first_bad_line(
+    file_home: tuple[Path, Path, str],
+) -> None:
+    from astrid.cli import cli
+
+    sessions, ws, sid = file_home
 
     listed = CliRunner().invoke(cli, ["audit", "list", "--session", sid[:8], "--json"])
     assert listed.exit_code == 0, listed.output
@@ -282,20 +289,11 @@ def test_audit_cli_verifies_a_file_store_and_names_the_first_bad_line(
 
 
 def test_doctor_verifies_the_audit_log_and_names_a_broken_chain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    file_home: tuple[Path, Path, str],
 ) -> None:
     from astrid.cli import cli
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("ASTRID_HOME", str(home))
-    monkeypatch.chdir(tmp_path)
-    home.mkdir()
-    (home / "config.toml").write_text('[storage]\nbackend = "file"\n')
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    key = load_or_create_keypair(home / "keys" / "runtime.key")
-    sessions = home / "sessions"
-    run_turn(SessionStore(FileBackend(sessions)), ws, ApproveSession(), key)
+    sessions, ws, _sid = file_home
     count = len(lines_of(chain_file(sessions)))
 
     ok = CliRunner().invoke(cli, ["doctor", "--json"])
