@@ -123,6 +123,25 @@ def _unescape(value: str | None, flags: int, bit: int) -> str | None:
     return _UNESCAPE.sub(lambda m: "\0" if m.group(1) == "0" else m.group(1), value)
 
 
+_LEDGER_MARK = "\\nul:"
+"""Starts a ledger text column that was escaped: it held a NUL (or began with this mark)."""
+
+
+def _ledger_text(value: str | None) -> str | None:
+    """A ledger string fit for ``text``: one with a NUL (or starting with the mark) is
+    backslash-escaped behind ``_LEDGER_MARK``; the ledger table has no flags column."""
+    if value is None or ("\0" not in value and not value.startswith(_LEDGER_MARK)):
+        return value
+    return _LEDGER_MARK + value.replace("\\", "\\\\").replace("\0", "\\0")
+
+
+def _ledger_str(value: str | None) -> str | None:
+    """The original of a value ``_ledger_text`` stored."""
+    if value is None or not value.startswith(_LEDGER_MARK):
+        return value
+    return _unescape(value[len(_LEDGER_MARK) :], 1, 1)
+
+
 def _summary_columns(
     summary: SessionSummary,
 ) -> tuple[str | None, str | None, str | None, str | None, int]:
@@ -174,11 +193,11 @@ def _ledger_params(row: LedgerRow) -> tuple[Any, ...]:
         row.id,
         row.session_id,
         row.parent_session_id,
-        row.workspace,
+        _ledger_text(row.workspace),
         row.workspace_charged,
-        row.model,
-        row.provider,
-        row.kind,
+        _ledger_text(row.model),
+        _ledger_text(row.provider),
+        _ledger_text(row.kind),
         row.input_tokens,
         row.output_tokens,
         row.cache_read_tokens,
@@ -196,11 +215,11 @@ def _ledger_row(raw: Sequence[Any]) -> LedgerRow:
         id=str(raw[0]),
         session_id=str(raw[1]),
         parent_session_id=str(raw[2]) if raw[2] is not None else None,
-        workspace=raw[3],
+        workspace=_ledger_str(raw[3]),
         workspace_charged=bool(raw[4]),
-        model=raw[5],
-        provider=raw[6],
-        kind=raw[7],
+        model=str(_ledger_str(raw[5])),
+        provider=str(_ledger_str(raw[6])),
+        kind=str(_ledger_str(raw[7])),
         input_tokens=int(raw[8]),
         output_tokens=int(raw[9]),
         cache_read_tokens=int(raw[10]),
@@ -625,7 +644,7 @@ class PostgresBackend:
         params: list[Any] = []
         for condition, value in (
             ("session_id = %s", session_id),
-            ("workspace = %s", workspace),
+            ("workspace = %s", _ledger_text(workspace)),
             ("at >= %s", since),
             ("at < %s", until),
         ):

@@ -9,9 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-import pytest
 from astrid.default_plugins.scripted_provider import ScriptedProvider
-from astrid.errors import StorageError
 from astrid.ledger import KIND_SUBAGENT_TURN, KIND_TURN, compare_totals
 from astrid.messages import Message
 from astrid.runtime import AgentRuntime, RuntimeConfig
@@ -76,19 +74,30 @@ def test_amounts_are_numeric_and_exact_in_the_table(
     assert found == (Decimal("0.3"), "numeric")
 
 
-def test_a_save_whose_rows_cannot_be_stored_stores_nothing(
+def test_rows_whose_text_a_text_column_cannot_hold_are_stored_and_read_back_exactly(
     pg_server: TemporaryServer, schema: str
 ) -> None:
     with SessionStore(PostgresBackend(pg_server.dsn(), schema=schema)) as store:
         session = store.new_session("p")
         store.save(session)
         session.add_message(Message.user("one more"))
-        session.changes.ledger.append(ledger_row(session, model="bad\x00model"))  # text: no NUL
-        with pytest.raises(StorageError):
-            store.save(session)
+        rows = [
+            ledger_row(session, model="bad\x00model"),  # text holds no NUL: escaped
+            ledger_row(session, model="\\nul:looks escaped\\0"),  # the mark itself: escaped
+            ledger_row(session, model="plain \\ backslash"),  # stored as it is
+        ]
+        session.changes.ledger.extend(rows)
+        store.save(session)
         stored = store.load(session.id)
-        assert stored is not None and stored.messages == []  # the session write rolled back
-        assert store.list_ledger() == []
+        assert stored is not None and len(stored.messages) == 1
+        assert sorted(r.model for r in store.list_ledger()) == sorted(r.model for r in rows)
+    with psycopg.connect(pg_server.dsn()) as conn:
+        raw = conn.execute(
+            sql.SQL("SELECT model FROM {}.ledger ORDER BY model").format(sql.Identifier(schema))
+        ).fetchall()
+    assert sorted(m for (m,) in raw) == sorted(
+        ["\\nul:bad\\0model", "\\nul:\\\\nul:looks escaped\\\\0", "plain \\ backslash"]
+    )
 
 
 class _Approve:
