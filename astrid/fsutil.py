@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 PRIVATE_DIR_MODE = 0o700
 
@@ -48,6 +49,39 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _private_temp(path: Path) -> tuple[Path, int]:
+    """A new 0600 temp file beside ``path`` (``TEMP_NAME``), opened for writing."""
+    tmp = path.with_name(f"{path.name}.tmp.{os.urandom(8).hex()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # the open's mode is filtered by the umask
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp, fd
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: Path) -> Iterator[IO[str]]:
+    """A UTF-8 text file written in pieces that appears at ``path`` whole (0600, fsynced,
+    renamed over it) when the block ends, or not at all when it raises."""
+    tmp, fd = _private_temp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write(
     path: Path,
     data: bytes,
@@ -67,12 +101,9 @@ def atomic_write(
     that must be durable before the new bytes are visible); if it raises, nothing is replaced.
     Returns the stat of the written file (taken before the rename). ``OSError`` on failure.
     """
-    tmp = path.with_name(f"{path.name}.tmp.{os.urandom(8).hex()}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(tmp, flags, PRIVATE_FILE_MODE)
+    tmp, fd = _private_temp(path)
     try:
         try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)  # the open's mode is filtered by the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -1172,3 +1172,25 @@ def test_list_flags_a_session_whose_field_has_the_wrong_type_and_doctor_reports_
     assert report["ok"] is False and report["sessions_checked"] == 2
     [problem] = report["problems"]
     assert problem["location"] == where and "token_count" in problem["problem"]
+
+
+def test_an_export_to_a_file_that_stops_early_leaves_the_previous_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    from astrid.cli.sessions import _output
+
+    out = tmp_path / "exports"
+    out.mkdir()
+    backup = out / "backup.json"
+    backup.write_text("yesterday's export\n")
+    with pytest.raises(KeyboardInterrupt), _output(str(backup)) as write:
+        write('[{"id": "half of today')
+        raise KeyboardInterrupt  # the user pressed Ctrl-C half-way
+    assert backup.read_text() == "yesterday's export\n"
+    assert sorted(p.name for p in out.iterdir()) == ["backup.json"]  # no temp file left
+    with _output(str(backup)) as write:
+        write("[]\n")
+    assert backup.read_text() == "[]\n" and stat.S_IMODE(backup.stat().st_mode) == 0o600
+    with _output(str(out / "never.json")):
+        pass  # refused before the first write: no file at all
+    assert not (out / "never.json").exists()

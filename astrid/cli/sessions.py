@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from ..errors import AstridError
+from ..fsutil import atomic_text_file
 from ..ids import validate_session_id
 from ..messages import ImagePart, Message, MessageRole, OpaqueContent, ToolCallResult
 from ..store import SessionStore, SessionSummary, workspace_key
@@ -423,24 +424,21 @@ def sessions_show(ctx: click.Context, session_id: str, last: int, as_json: bool)
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[Callable[[str], None]]:
-    """A writer to stdout (``-``) or to FILE, created private (0600) at the first write, so
-    an export refused before writing anything leaves no file."""
+    """A writer to stdout (``-``) or to FILE. FILE appears whole (0600) when the export ends,
+    or not at all when it stops early, an existing FILE untouched; a refusal before the first
+    write leaves no file at all."""
     if path == "-":
         yield lambda text: click.echo(text, nl=False)
         return
-    opened: list[IO[str]] = []
+    with contextlib.ExitStack() as stack:
+        opened: list[IO[str]] = []
 
-    def write(text: str) -> None:
-        if not opened:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            opened.append(os.fdopen(fd, "w", encoding="utf-8"))
-        opened[0].write(text)
+        def write(text: str) -> None:
+            if not opened:
+                opened.append(stack.enter_context(atomic_text_file(Path(path))))
+            opened[0].write(text)
 
-    try:
         yield write
-    finally:
-        for fh in opened:
-            fh.close()
 
 
 @sessions.command("export")
