@@ -323,3 +323,27 @@ def test_an_approval_granted_names_its_scope(
     w.turn(runtime, session)
     granted = [d["proof"] for d in of(w.entries(session), "file_read", "allowed")]
     assert [{k: p[k] for k in g} for p, g in zip(granted, grants, strict=True)] == grants
+
+
+def test_a_sub_agents_escape_decision_is_an_entry_of_the_child_session(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    task = {"description": "peek", "prompt": f"read {w.secret}"}
+    script = [
+        [{"tool_call": {"id": "t1", "name": "task", "arguments": task}}],
+        call("c1", "read_file", str(w.secret)),  # the child's call
+        [{"text": "refused"}],  # the child's answer
+        [{"text": "the sub-agent was refused"}],
+    ]
+    config = WorkspaceConfig.new(w.ws).with_escape_policy(EscapePolicy.DENY)
+    runtime = w.runtime(script, Approve(), config)
+    session = w.session(runtime)
+    w.turn(runtime, session)
+    assert verify(w.store.list_audit(), [w.key.public_key_base64]) == []
+    [denied] = [
+        r for r in w.store.list_audit()
+        if (r.data["action_type"], r.data["decision"]) == ("escape", "denied")
+    ]
+    assert denied.session_id != session.id.bare
+    child = w.store.load(denied.session_id)
+    assert child is not None and child.parent_id == session.id
+    assert denied.data["workspace"] == str(w.ws)
