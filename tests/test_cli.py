@@ -373,6 +373,18 @@ def test_delete_asks_unless_yes(env: Env) -> None:
     assert astrid("sessions", "delete", "--yes", other).exit_code == 0
 
 
+def test_a_delete_nobody_answers_says_so_in_one_line_and_keeps_the_session(env: Env) -> None:
+    with store_for() as store:
+        sid = make_session(store, 1)
+    for answer in ("", "n\n"):  # end of input (a pipe, no terminal), then a plain "no"
+        result = astrid("sessions", "delete", sid, input=answer)
+        assert result.exit_code == 1
+        assert "Aborted" not in result.stderr
+        [line] = [x for x in result.stderr.splitlines() if x.startswith("astrid:")]
+        assert line == f"astrid: error: session {sid} not deleted (--yes deletes without asking)"
+        assert astrid("sessions", "show", sid).exit_code == 0
+
+
 def test_prune_by_last_activity_with_dry_run(env: Env) -> None:
     old, recent = str(uuid.uuid4()), str(uuid.uuid4())
     docs = [

@@ -382,7 +382,7 @@ def test_prune_asks_on_a_terminal(env: Env) -> None:
         declined.expect("Delete 2 session(s) inactive since before ")
         declined.expect("? [y/N]: ")
         declined.type(b"n\n")
-        declined.expect("Aborted!")
+        declined.expect("astrid: error: nothing deleted (--yes deletes without asking)")
         assert declined.wait() == 1
     finally:
         declined.close()

@@ -538,6 +538,19 @@ def sessions_import(ctx: click.Context, source: str, fmt: Any, overwrite: bool) 
 # -- delete and prune ----------------------------------------------------------------------
 
 
+def _confirm(ctx: click.Context, question: str, refused: str) -> None:
+    """Ask ``question`` on stderr (or read the piped answer); anything but yes, end of input
+    included, is one error line saying ``refused``, and exit status 1."""
+    try:
+        answered = click.confirm(question, err=True)
+    except click.Abort:  # end of input, or Ctrl-C at the prompt
+        click.echo(err=True)
+        answered = False
+    if not answered:
+        error(f"{refused} (--yes deletes without asking)")
+        ctx.exit(EXIT_ERROR)
+
+
 @sessions.command("delete")
 @click.argument("session_id", metavar="ID")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -560,7 +573,7 @@ def sessions_delete(ctx: click.Context, session_id: str, yes: bool) -> None:
                 meta = record.state.get("metadata")
                 title = meta.get("title") if isinstance(meta, dict) else None
                 what = f"{title or 'Session ' + sid[:8]}, {record.message_count} messages"
-            click.confirm(f"Delete session {sid} ({what})?", abort=True, err=True)
+            _confirm(ctx, f"Delete session {sid} ({what})?", f"session {sid} not deleted")
         if not store.delete(sid):
             raise store.not_found(sid)
     click.echo(f"deleted {sid}")
@@ -626,10 +639,10 @@ def sessions_prune(
         if not (dry_run or yes):
             count = len(store.prune(older_than=older_than, dry_run=True, now=now))
             if count:
-                click.confirm(
+                _confirm(
+                    ctx,
                     f"Delete {count} session(s) inactive since before {time_text(cutoff)}?",
-                    abort=True,
-                    err=True,
+                    "nothing deleted",
                 )
         ids = store.prune(
             older_than=older_than,
