@@ -474,6 +474,23 @@ def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") ->
         except PluginError as exc:
             raise ConfigError(str(exc)) from None
         _check_options(impl, sect.options, f"{section}.options", where, f"{kind} {name!r}")
+        check_nested_options(impl.options.model_validate(sect.options), f"{section}.options", where)
+
+
+def check_nested_options(options: BaseModel, prefix: str, where: str) -> None:
+    """Check the options of the implementations an options model names for itself (its
+    ``nested_implementations()``: ``(kind, name key, name, options key, options)`` tuples, e.g.
+    the ``encrypted`` backend's ``inner``), so a mistake there is named like any other key
+    and no value is echoed."""
+    from .plugins import get_implementation
+
+    nested = getattr(options, "nested_implementations", None)
+    for kind, name_key, name, options_key, values in nested() if callable(nested) else ():
+        try:
+            impl = get_implementation(kind, name, where=f"{where}: key '{prefix}.{name_key}'")
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+        _check_options(impl, values, f"{prefix}.{options_key}", where, f"{kind} {name!r}")
 
 
 def load_config(path: str | Path | None = None) -> LoadedConfig:

@@ -174,6 +174,37 @@ def test_a_key_in_the_toml_is_an_error(tmp_path: Path) -> None:
     assert literal not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("inner_options", "named"),
+    [
+        ('key = "{literal}"', "unknown key 'storage.options.inner_options.key'; valid keys:"),
+        ('busy_timeout_ms = "{literal}"', "key 'storage.options.inner_options.busy_timeout_ms'"),
+    ],
+)
+def test_a_mistake_in_inner_options_is_named_without_echoing_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inner_options: str, named: str
+) -> None:
+    literal = base64.b64encode(OTHER_KEY).decode()
+    monkeypatch.setenv("ASTRID_TEST_KEY", base64.b64encode(KEY).decode())
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[storage]\nbackend = "encrypted"\n[storage.options]\ninner = "sqlite"\n'
+        'key_env = "ASTRID_TEST_KEY"\n[storage.options.inner_options]\n'
+        + inner_options.format(literal=literal) + "\n"
+    )
+    with pytest.raises(AstridError) as caught:  # at load, as `astrid config validate` does
+        load_config(config)
+    assert str(caught.value).startswith(f"{config}: {named}")
+    assert "(options of storage 'sqlite')" in str(caught.value)
+    assert literal not in str(caught.value)
+    done = subprocess.run(
+        [sys.executable, "-m", "astrid.cli", "--config", str(config), "sessions", "list"],
+        capture_output=True, text=True, env={**os.environ, "ASTRID_HOME": str(tmp_path / "h")},
+    )
+    assert done.returncode != 0 and len(done.stderr.splitlines()) == 1
+    assert named in done.stderr and literal not in done.stderr + done.stdout
+
+
 def test_rekey_reencrypts_messages_and_history(tmp_path: Path) -> None:
     backend = EncryptedBackend(SqliteBackend(tmp_path / "r.db"), KEY, encrypt_metadata=True)
     store = SessionStore(backend)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import PathOption
+from ..config import PathOption, check_nested_options
 from ..errors import CryptoKeyError, SessionDecryptionError, StorageError
 from ..hookspecs import hookimpl
 from ..plugins import PluginContext, get_implementation
@@ -118,6 +118,10 @@ class EncryptedOptions(BaseModel):
                 "file (mode 0600) and give its path here"
             )
         return value
+
+    def nested_implementations(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """The inner backend and its options, checked with the rest of the configuration."""
+        return [("storage", "inner", self.inner, "inner_options", self.inner_options)]
 
     @model_validator(mode="after")
     def _one_key(self) -> EncryptedOptions:
@@ -512,6 +516,7 @@ def _all_summaries(backend: StorageBackend) -> list[SessionSummary]:
 
 def create_encrypted(options: EncryptedOptions, context: PluginContext) -> EncryptedBackend:
     """The inner backend (by its registered name and options) wrapped with the configured key."""
+    check_nested_options(options, "storage.options", "[storage.options]")
     impl = get_implementation("storage", options.inner, where="[storage.options] inner")
     key = read_key(options.key_env, options.key_file)
     inner = impl.create(options.inner_options, context)
