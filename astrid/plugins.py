@@ -178,8 +178,15 @@ def _check_created(impl: Implementation, created: object) -> None:
 
 
 def _exc_text(exc: BaseException) -> str:
-    """``Type: message`` on one line (a multi-line message is joined)."""
-    text = " ".join(str(exc).split())
+    """``Type: message`` on one line (a multi-line message is joined); a pydantic validation
+    error gives each error's place and message only, never the input value (it may be a key)."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ == "ValidationError" and callable(errors):
+        text = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors()
+        )
+    else:
+        text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from astrid import hookimpl
 from astrid.errors import PluginError
@@ -244,6 +244,35 @@ def test_a_factory_that_raises_names_the_plugin_and_the_kind(tmp_path: Path) -> 
             impl.create(None, PluginContext(home=tmp_path))
     finally:
         unregister_plugin("factories")
+
+
+class _Validating:
+    @hookimpl
+    def register_storage_backends(self, register: Any) -> None:
+        def strict(options: Any, context: PluginContext) -> Any:
+            class Remote(BaseModel):
+                model_config = ConfigDict(extra="forbid")
+                port: int
+
+            return Remote.model_validate({"port": "not a port", "token": "s3cr3t-t0ken-value"})
+
+        register("validating", strict)
+
+
+def test_a_factorys_validation_error_names_each_place_and_never_the_input_value(
+    tmp_path: Path,
+) -> None:
+    register_plugin(_Validating(), name="validating")
+    try:
+        impl = get_implementation("storage", "validating")
+        with pytest.raises(PluginError) as caught:
+            impl.create(None, PluginContext(home=tmp_path))
+    finally:
+        unregister_plugin("validating")
+    text = str(caught.value)
+    assert "raised ValidationError: port: Input should be a valid integer" in text
+    assert "token: Extra inputs are not permitted" in text
+    assert "s3cr3t" not in text and "not a port" not in text
 
 
 class _Nothing:
