@@ -837,6 +837,12 @@ class AgentRuntime:
             config = self.config.workspace.model_copy(update={"root": key})
             boundary = WorkspaceBoundary(config)
             self._boundaries[key] = boundary
+            if boundary.is_never_allowed(key):
+                logger.warning(
+                    "workspace %s lies under a never-allowed path ([workspace] never_allow): "
+                    "every file access of a tool in it will be refused as a protected path",
+                    key,
+                )
         return boundary
 
     def _prepare(self, session: AgentSession) -> None:

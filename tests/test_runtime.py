@@ -6,6 +6,7 @@ Every turn runs against the ``scripted`` provider and a real ``SessionStore``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import sqlite3
@@ -772,6 +773,31 @@ def test_protected_paths_are_refused_without_asking(store: SessionStore, workspa
     [res] = tool_results(session)
     assert res.is_error and "protected system path" in res.content
     assert handler.requests == []
+
+
+def test_a_workspace_under_a_never_allowed_path_is_named_in_one_warning(
+    store: SessionStore, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from astrid.security.escape import WorkspaceConfig
+
+    script = [[call("1", "read_file", {"path": "notes.txt"})], text("ok")] * 2
+    config = WorkspaceConfig.new(workspace).never_allow(workspace.parent)
+    runtime = AgentRuntime(
+        ScriptedProvider(script), store=store, config=RuntimeConfig(workspace=config)
+    )
+    session = runtime.create_session()
+    with caplog.at_level(logging.WARNING, logger="astrid.runtime"):
+        run(runtime.run_turn(session, "read it"))
+        run(runtime.run_turn(session, "again"))
+    assert all(r.is_error and "protected" in r.content for r in tool_results(session))
+    [warning] = [r.getMessage() for r in caplog.records if "never-allowed" in r.getMessage()]
+    assert warning.startswith(f"workspace {workspace} lies under a never-allowed path")
+    caplog.clear()
+    fine, _ = make_runtime([[call("1", "read_file", {"path": "notes.txt"})], text("ok")],
+                           store, workspace)
+    with caplog.at_level(logging.WARNING, logger="astrid.runtime"):
+        run(fine.run_turn(fine.create_session(), "read it"))
+    assert not [r for r in caplog.records if "never-allowed" in r.getMessage()]
 
 
 def test_outside_workspace_read_asks_once_through_the_approval_manager(
