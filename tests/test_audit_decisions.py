@@ -15,46 +15,26 @@ import pytest
 
 from astrid.default_plugins.scripted_provider import ScriptedProvider
 from astrid.default_plugins.sqlite_storage import SqliteBackend
-from astrid.plugins import load_plugins
 from astrid.runtime import AgentRuntime, RuntimeConfig
 from astrid.security.actions import FileRead
 from astrid.security.approvals import (
-    ApprovalResponse,
+    ApprovalDecision,
     Approve,
     ApproveAlways,
     ApproveSession,
     ApproveWorkspace,
     Deny,
-    _Decision,
 )
 from astrid.security.audit import AuditRecord, verify
 from astrid.security.crypto import KeyPair
-from astrid.security.deferred import ApprovalRequest
 from astrid.security.escape import EscapePolicy, WorkspaceConfig
 from astrid.security.interceptor import SecurityInterceptor
 from astrid.security.policy import SecurityPolicy
 from astrid.session import AgentSession
 from astrid.store import SessionStore
 from astrid.tools import ToolContext
-
-
-@pytest.fixture(autouse=True)
-def _plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ASTRID_LOAD_PLUGINS", raising=False)
-    load_plugins()
-
-
-class Handler:
-    """Answers every approval request with one decision."""
-
-    def __init__(self, decision: _Decision) -> None:
-        self.decision = decision
-
-    async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse | None:
-        return ApprovalResponse.new(request.id, self.decision)
-
-    def is_available(self) -> bool:
-        return True
+from tests.test_audit_log import Handler
+from tests.test_audit_log import _plugins as _plugins  # autouse: the built-in plugins loaded
 
 
 class StatTool:
@@ -96,7 +76,7 @@ class World:
     def runtime(
         self,
         script: list[Any],
-        decision: _Decision | None = None,
+        decision: ApprovalDecision | None = None,
         workspace: WorkspaceConfig | None = None,
     ) -> AgentRuntime:
         runtime = AgentRuntime(
@@ -223,7 +203,7 @@ def test_a_tool_actions_budget_reservation_is_an_entry(tmp_path: Path) -> None:
     ],
 )
 def test_an_escape_approved_then_remembered_is_an_entry_each_time(
-    tmp_path: Path, decision: _Decision, proofs: list[str], remembered: str
+    tmp_path: Path, decision: ApprovalDecision, proofs: list[str], remembered: str
 ) -> None:
     w = World(tmp_path)
     script = [
@@ -285,7 +265,7 @@ def test_an_escape_let_through_by_the_workspace_settings_is_an_entry(tmp_path: P
 @pytest.mark.parametrize(("decision", "outcome"), [(ApproveSession(), "allowed"),
                                                    (Deny(reason="no"), "denied")])
 def test_an_escape_decided_by_the_calls_own_approval_is_an_entry(
-    tmp_path: Path, decision: _Decision, outcome: str
+    tmp_path: Path, decision: ApprovalDecision, outcome: str
 ) -> None:
     w = World(tmp_path)
     script = [call("c1", "read_file", str(w.secret)), [{"text": "ok"}]]
@@ -315,7 +295,7 @@ def test_an_escape_decided_by_the_calls_own_approval_is_an_entry(
     ],
 )
 def test_an_approval_granted_names_its_scope(
-    tmp_path: Path, decision: _Decision, grants: list[dict[str, str]]
+    tmp_path: Path, decision: ApprovalDecision, grants: list[dict[str, str]]
 ) -> None:
     w = World(tmp_path)
     runtime = w.runtime([call("c1", "read_file", "notes.txt"), [{"text": "milk"}]], decision)

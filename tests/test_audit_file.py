@@ -17,12 +17,12 @@ from astrid.default_plugins.file_storage import AUDIT_DIR, FileBackend
 from astrid.errors import StorageError
 from astrid.messages import Message
 from astrid.security.approvals import ApproveSession
-from astrid.security.audit import PendingAudit, seal, verify
+from astrid.security.audit import verify
 from astrid.security.crypto import KeyPair, load_or_create_keypair
 from astrid.store import SessionStore, workspace_key
 from astrid.testing import run_together
 from astrid.testing.audit_conformance import _KEY, decide
-from tests.test_audit_log import run_turn
+from tests.test_audit_log import re_signed_after_the_first, run_turn
 
 TRUSTED = [_KEY.public_key_base64]
 
@@ -102,15 +102,7 @@ def test_verify_names_an_edited_a_removed_and_a_reordered_line(tmp_path: Path) -
 def test_verify_names_lines_re_signed_with_another_key(tmp_path: Path) -> None:
     sessions, ws = tmp_path / "sessions", tmp_path / "ws"
     store = three_entries(sessions, ws)
-    stored = store.list_audit()
-    other = KeyPair.generate()
-    fields = []
-    for rec in stored[1:]:
-        data = rec.data
-        for k in ("chain", "seq", "prev_hash", "public_key"):
-            data.pop(k)
-        fields.append(PendingAudit(data, other))
-    forged = seal(fields, (stored[0].seq, stored[0].hash))
+    forged = re_signed_after_the_first(store.list_audit())
     first = lines_of(chain_file(sessions))[0]
     chain_file(sessions).write_bytes(
         first + b"".join(

@@ -18,7 +18,7 @@ from astrid.default_plugins.scripted_provider import ScriptedProvider
 from astrid.default_plugins.sqlite_storage import SqliteBackend
 from astrid.plugins import load_plugins
 from astrid.runtime import AgentRuntime, RuntimeConfig
-from astrid.security.approvals import ApprovalResponse, ApproveSession, Deny, _Decision
+from astrid.security.approvals import ApprovalDecision, ApprovalResponse, ApproveSession, Deny
 from astrid.security.audit import AuditRecord, seal, verify
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import ApprovalRequest
@@ -32,7 +32,7 @@ def _plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Handler:
-    def __init__(self, decision: _Decision) -> None:
+    def __init__(self, decision: ApprovalDecision) -> None:
         self.decision = decision
 
     async def request_approval(self, request: ApprovalRequest) -> ApprovalResponse | None:
@@ -50,7 +50,7 @@ def read(call_id: str, path: str) -> list[Any]:
 
 
 def run_turn(
-    store: SessionStore, workspace: Path, decision: _Decision, keypair: KeyPair
+    store: SessionStore, workspace: Path, decision: ApprovalDecision, keypair: KeyPair
 ) -> str:
     (workspace / "notes.txt").write_text("milk\n")
     script = [read("c1", "notes.txt"), read("c2", "notes.txt"), [{"text": "milk"}]]
@@ -144,14 +144,9 @@ def test_verify_names_reordered_entries(tmp_path: Path) -> None:
     assert "#2" in line and "reordered" in line
 
 
-def test_verify_names_an_entry_re_signed_with_another_key(tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    key = KeyPair.generate()
-    db = tmp_path / "astrid.db"
-    run_turn(SessionStore(SqliteBackend(db)), ws, ApproveSession(), key)
-    stored = SessionStore(SqliteBackend(db)).list_audit()
-    # the attacker rebuilds entry 2 onwards with their own key: a valid chain, a foreign key
+def re_signed_after_the_first(stored: list[AuditRecord]) -> list[AuditRecord]:
+    """What an attacker with their own key makes of entries 2 onwards: a chain that is valid on
+    its own, after the genuine first entry, signed by a foreign key."""
     from astrid.security.audit import PendingAudit
 
     other = KeyPair.generate()
@@ -161,7 +156,16 @@ def test_verify_names_an_entry_re_signed_with_another_key(tmp_path: Path) -> Non
         for k in ("chain", "seq", "prev_hash", "public_key"):
             data.pop(k)
         fields.append(PendingAudit(data, other))
-    forged = seal(fields, (stored[0].seq, stored[0].hash))
+    return seal(fields, (stored[0].seq, stored[0].hash))
+
+
+def test_verify_names_an_entry_re_signed_with_another_key(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    key = KeyPair.generate()
+    db = tmp_path / "astrid.db"
+    run_turn(SessionStore(SqliteBackend(db)), ws, ApproveSession(), key)
+    forged = re_signed_after_the_first(SessionStore(SqliteBackend(db)).list_audit())
     conn = sqlite3.connect(db)
     with conn:
         for r in forged:
