@@ -83,6 +83,7 @@ from .security.audit import record as record_audit
 from .security.budget import BudgetValidator, BudgetWarning, DualReservation
 from .security.capabilities import Revocation
 from .security.escape import (
+    ESCAPE_CONTEXT,
     EscapeDecision,
     EscapeOperation,
     EscapeRequest,
@@ -1528,7 +1529,7 @@ class AgentRuntime:
                 continue
             escape = _escape_action(operation, path)
             context = (
-                f"Workspace escape: tool {tool.name} wants to {operation} {path} "
+                f"{ESCAPE_CONTEXT}tool {tool.name} wants to {operation} {path} "
                 "outside the workspace"
             )
             try:

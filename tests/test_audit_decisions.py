@@ -327,3 +327,25 @@ def test_a_sub_agents_escape_decision_is_an_entry_of_the_child_session(tmp_path:
     child = w.store.load(denied.session_id)
     assert child is not None and child.parent_id == session.id
     assert denied.data["workspace"] == str(w.ws)
+
+
+def test_a_deferred_escape_resolved_later_is_recorded_as_an_escape(tmp_path: Path) -> None:
+    from tests.test_audit_log import Unavailable
+
+    w = World(tmp_path)
+    runtime = AgentRuntime(
+        ScriptedProvider([call("c1", "stat_path", str(w.secret)), [{"text": "later"}]]),
+        store=w.store,
+        config=RuntimeConfig(workspace=WorkspaceConfig.new(w.ws)),
+        approval_handler=Unavailable(),
+        keypair=w.key,
+    )
+    runtime.add_tool(StatTool())
+    session = w.session(runtime)
+    w.turn(runtime, session)
+    [pending] = session.approval_manager.deferred_queue.get_pending()
+    runtime.resolve_deferred(session, pending.id, ApproveSession())
+    w.store.save(session)
+    entries = kinds(w.entries(session))
+    assert ("escape", "deferred") in entries
+    assert entries[-1] == ("escape", "resolved_allowed")

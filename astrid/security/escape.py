@@ -35,6 +35,7 @@ from astrid.timeutil import Timestamp, utcnow
 
 __all__ = [
     "DEFAULT_NEVER_ALLOW",
+    "ESCAPE_CONTEXT",
     "AutoAllow",
     "EscapeDecision",
     "EscapeFlow",
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+ESCAPE_CONTEXT = "Workspace escape: "
+"""How the context of an approval the runtime asks for a workspace escape begins: the audit
+entry of a deferred one, resolved later, is then recorded as an ``escape`` too."""
 
 DEFAULT_NEVER_ALLOW: tuple[str, ...] = ("/etc", "/var", "/usr", "/bin", "/sbin", "/boot", "/root")
 """System directories a workspace never lets a tool touch."""

@@ -62,6 +62,7 @@ from astrid.security.capabilities import (
 )
 from astrid.security.crypto import KeyPair
 from astrid.security.deferred import ApprovalNeeded, format_resolution_id
+from astrid.security.escape import ESCAPE_CONTEXT
 from astrid.security.policy import Blocked, PolicyAllowed, SecurityPolicy, action_resource
 from astrid.security.state import SecurityState
 from astrid.timeutil import utcnow
@@ -494,11 +495,15 @@ class SecurityInterceptor:
         """
         manager = self.session.approval_manager
         item = manager.deferred_queue.get(resolution_id)
-        queued = (
-            item.action.request.action
+        request = (
+            item.action.request
             if item is not None and isinstance(item.action, ApprovalNeeded)
             else None
         )
+        queued = request.action if request is not None else None
+        kind = "escape" if request is not None and request.context.startswith(
+            ESCAPE_CONTEXT
+        ) else None
         approval_id = AuditEntryId.new()
         outcome = manager.resolve_deferred(
             resolution_id,
@@ -509,13 +514,14 @@ class SecurityInterceptor:
         )
         if isinstance(outcome, approvals.Denied):
             if queued is not None:
-                self._audit_denied(queued, outcome.reason, "resolved_denied")
+                self._audit_denied(queued, outcome.reason, "resolved_denied", kind=kind)
             raise ApprovalDenied(outcome.reason)
         if isinstance(outcome, approvals.Deferred):  # resolve_deferred never defers again
             raise ApprovalDenied(f"deferred item {format_resolution_id(resolution_id)} stays")
         proof = _granted_proof(outcome.proof, approval_id)
         if queued is not None:
-            self._audit(queued, AuditOutcome.ALLOWED, proof, None, approval_id, "resolved_allowed")
+            self._audit(queued, AuditOutcome.ALLOWED, proof, None, approval_id, "resolved_allowed",
+                        kind=kind)
         return proof
 
     def _mint_capability(self, action: SensitiveAction, approval_id: AuditEntryId) -> UUID | None:
