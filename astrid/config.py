@@ -403,7 +403,7 @@ def parse_config(data: dict[str, Any], *, where: str = "<config>") -> AstridConf
 
 def _check_options(
     impl: Any, options: dict[str, Any], prefix: str, where: str, what: str
-) -> None:
+) -> BaseModel:
     """``options`` validated by ``impl``'s model; a ``ConfigError`` naming ``prefix`` if not."""
     misuse = _bool_misuse(impl.options, options)
     if misuse is not None:
@@ -412,11 +412,12 @@ def _check_options(
             f"not a boolean (options of {what})"
         )
     try:
-        impl.options.model_validate(options)
+        model: BaseModel = impl.options.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(
             _format_errors(where, exc, prefix=prefix, model=impl.options) + f" (options of {what})"
         ) from None
+    return model
 
 
 def validate_tools(config: AstridConfig, *, where: str = "<config>") -> None:
@@ -473,8 +474,9 @@ def validate_plugin_options(config: AstridConfig, *, where: str = "<config>") ->
             impl = get_implementation(kind, name, where=f"{where}: key '{section}.{key}'")
         except PluginError as exc:
             raise ConfigError(str(exc)) from None
-        _check_options(impl, sect.options, f"{section}.options", where, f"{kind} {name!r}")
-        check_nested_options(impl.options.model_validate(sect.options), f"{section}.options", where)
+        prefix = f"{section}.options"
+        checked = _check_options(impl, sect.options, prefix, where, f"{kind} {name!r}")
+        check_nested_options(checked, prefix, where)
 
 
 def check_nested_options(options: BaseModel, prefix: str, where: str) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import hookspecs
 from .errors import AstridError, PluginError, PluginWarning
@@ -180,11 +180,8 @@ def _check_created(impl: Implementation, created: object) -> None:
 def _exc_text(exc: BaseException) -> str:
     """``Type: message`` on one line (a multi-line message is joined); a pydantic validation
     error gives each error's place and message only, never the input value (it may be a key)."""
-    errors = getattr(exc, "errors", None)
-    if type(exc).__name__ == "ValidationError" and callable(errors):
-        text = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors()
-        )
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     else:
         text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -26,7 +26,7 @@ from .document import SessionDocument
 from .errors import AstridError, ConfigError, InvalidSessionId, SerializationError
 from .ids import validate_session_id
 from .ledger import LedgerRow, compare_totals
-from .security.audit import records_by_chain, runtime_keys
+from .security.audit import by_chain, runtime_keys
 from .security.audit import verify as verify_audit
 from .security.kv import namespaces_of
 from .store import SessionStore, SessionSummary, workspace_key
@@ -620,7 +620,7 @@ def _copy_audit(source: SessionStore, target: SessionStore, out: MigrationResult
     the target begins with the source's entries; a chain that cannot be copied is a failure."""
     if not source.keeps_audit:
         return
-    chains = records_by_chain(source.list_audit())
+    chains = by_chain(source.list_audit())
     out.audit_chains = len(chains)
     if not chains:
         return
@@ -634,17 +634,17 @@ def _copy_audit(source: SessionStore, target: SessionStore, out: MigrationResult
             )
         )
         return
-    for records in chains.values():
+    refused: set[str] = set()
+    for chain, records in chains.items():
         try:
             out.audit_entries += target.import_audit(records)
         except AstridError as exc:
-            out.failed.append(Failure(f"audit chain {records[0].chain}", message_of(exc)))
-    copied = records_by_chain(target.list_audit())
+            refused.add(chain)
+            out.failed.append(Failure(f"audit chain {chain}", message_of(exc)))
+    copied = by_chain(target.list_audit())
     for chain, records in chains.items():
         there = [r.hash for r in copied.get(chain, [])][: len(records)]
-        if there != [r.hash for r in records] and not any(
-            f.subject == f"audit chain {chain}" for f in out.failed
-        ):
+        if chain not in refused and there != [r.hash for r in records]:
             out.mismatches.append(
                 Failure(
                     f"audit chain {chain}",

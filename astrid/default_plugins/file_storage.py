@@ -75,7 +75,6 @@ from ..security.audit import (
     AuditRecord,
     PendingAudit,
     by_chain,
-    records_by_chain,
     seal,
     to_import,
 )
@@ -1037,7 +1036,7 @@ class FileBackend:
         under the chain's lock."""
         self._ensure_dirs()
         added = 0
-        for chain, items in records_by_chain(records).items():
+        for chain, items in by_chain(records).items():
             with self._chain_locked(chain) as path:
                 stored = [r.hash for r in _read_chain(path)] if path.exists() else []
                 new = to_import(items, stored)

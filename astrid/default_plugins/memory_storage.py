@@ -15,7 +15,7 @@ from ..errors import ConcurrencyError, SessionNotFound
 from ..hookspecs import hookimpl
 from ..ledger import LedgerRow, matches, sort_rows
 from ..plugins import PluginContext
-from ..security.audit import AuditRecord, by_chain, records_by_chain, seal, to_import
+from ..security.audit import AuditRecord, by_chain, seal, to_import
 from ..security.kv import KvStore, MemoryKvStore
 from ..store import (
     HistoryEntry,
@@ -182,7 +182,7 @@ class MemoryBackend:
         """Store entries copied from another store after each chain's own (``to_import``)."""
         added = 0
         with self._lock:
-            for chain, items in records_by_chain(records).items():
+            for chain, items in by_chain(records).items():
                 stored = self._audit.setdefault(chain, [])
                 new = to_import(items, [r.hash for r in stored])
                 stored.extend(new)

@@ -59,7 +59,6 @@ from ..security.audit import (
     AuditRecord,
     PendingAudit,
     by_chain,
-    records_by_chain,
     seal,
     to_import,
 )
@@ -1501,7 +1500,7 @@ class SqliteBackend:
         """Store entries copied from another store after each chain's own (``to_import``),
         one write transaction per chain."""
         added = 0
-        for chain, items in records_by_chain(records).items():
+        for chain, items in by_chain(records).items():
 
             def insert(c: sqlite3.Connection, chain: str = chain, items: list[AuditRecord] = items
                        ) -> int:

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from astrid.errors import SerializationError
+from astrid.errors import SerializationError, StorageError
 from astrid.security.crypto import (
     KeyPair,
     b64decode,
@@ -153,10 +153,13 @@ def seal(pending: Sequence[PendingAudit], head: tuple[int, str] | None) -> list[
     return out
 
 
-def by_chain(pending: Iterable[PendingAudit]) -> dict[str, list[PendingAudit]]:
-    """Pending entries grouped by chain, in recording order."""
-    groups: dict[str, list[PendingAudit]] = {}
-    for item in pending:
+_Chained = TypeVar("_Chained", PendingAudit, AuditRecord)
+
+
+def by_chain(items: Iterable[_Chained]) -> dict[str, list[_Chained]]:
+    """Entries (pending or stored) grouped by chain, each group in the given order."""
+    groups: dict[str, list[_Chained]] = {}
+    for item in items:
         groups.setdefault(item.chain, []).append(item)
     return groups
 
@@ -166,8 +169,6 @@ def to_import(records: Sequence[AuditRecord], stored: Sequence[str]) -> list[Aud
     holds ``stored`` (its hashes, in sequence order) lacks: an entry already there with the same
     hash is skipped (a resumed copy); a different entry at its place, or a gap, is refused with
     ``StorageError`` naming the chain and position, so a copy never forks or breaks a chain."""
-    from astrid.errors import StorageError
-
     out: list[AuditRecord] = []
     for rec in records:
         where = f"audit chain {rec.chain or '(no workspace)'}, entry #{rec.seq} ({rec.id})"
@@ -185,14 +186,6 @@ def to_import(records: Sequence[AuditRecord], stored: Sequence[str]) -> list[Aud
             )
         out.append(rec)
     return out
-
-
-def records_by_chain(records: Iterable[AuditRecord]) -> dict[str, list[AuditRecord]]:
-    """Stored entries grouped by chain, each in the given order."""
-    groups: dict[str, list[AuditRecord]] = {}
-    for rec in records:
-        groups.setdefault(rec.chain, []).append(rec)
-    return groups
 
 
 def runtime_keys(home: Path) -> list[str]:
@@ -277,7 +270,6 @@ __all__ = [
     "PendingAudit",
     "by_chain",
     "record",
-    "records_by_chain",
     "runtime_keys",
     "seal",
     "to_import",

@@ -11,7 +11,7 @@ import pytest
 
 from ..errors import ConcurrencyError
 from ..messages import Message
-from ..security.audit import AuditRecord, record, verify
+from ..security.audit import AuditRecord, by_chain, record, verify
 from ..security.crypto import KeyPair
 from ..session import AgentSession
 from ..store import SessionStore, StorageBackend, workspace_key
@@ -122,7 +122,6 @@ class AuditConformance:
             pytest.skip(f"{store.backend_name}: cannot store copied entries (no import_audit)")
         from ..default_plugins.memory_storage import MemoryBackend
         from ..errors import StorageError
-        from ..security.audit import records_by_chain
 
         source = SessionStore(MemoryBackend())
         one = source.new_session("p").with_workspace(workspace)
@@ -139,7 +138,7 @@ class AuditConformance:
         def signed(records: list[AuditRecord]) -> dict[str, list[tuple[object, ...]]]:
             return {
                 chain: [(r.seq, r.id, r.session_id, r.body, r.hash, r.signature) for r in rs]
-                for chain, rs in records_by_chain(records).items()
+                for chain, rs in by_chain(records).items()
             }
 
         assert signed(store.list_audit()) == signed(copied)

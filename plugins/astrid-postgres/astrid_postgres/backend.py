@@ -41,7 +41,6 @@ from astrid.security.audit import (
     AuditRecord,
     PendingAudit,
     by_chain,
-    records_by_chain,
     seal,
     to_import,
 )
@@ -578,7 +577,7 @@ class PostgresBackend:
         """Store entries copied from another store after each chain's own (``to_import``), one
         transaction per chain under the chain's advisory lock."""
         added = 0
-        for chain, items in records_by_chain(records).items():
+        for chain, items in by_chain(records).items():
 
             def insert(c: Conn, chain: str = chain, items: list[AuditRecord] = items) -> int:
                 c.execute(
