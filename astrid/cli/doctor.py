@@ -16,7 +16,8 @@ from ._common import EXIT_ERROR, Progress, echo_json, json_option, load, one_lin
 @json_option
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the store: schema version, every session loads, corrupt or stray files."""
+    """Check the store: schema version, every session loads, corrupt or stray files, budget
+    totals against the spend ledger, and every audit chain."""
     debug = opts(ctx).debug
     try:
         loaded = load(ctx)

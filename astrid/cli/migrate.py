@@ -14,16 +14,17 @@ from ._common import EXIT_ERROR, Progress, error
 _MIGRATE_EPILOG = """\
 Copies each session's state, active messages and history (replaced messages included), every
 key-value namespace of the source (the deferred-approval queues, the workspaces' allowances,
-budgets and escape paths, and whatever hosts and plugins stored) and the persistent capability
-tokens, revocations and used markers. A source whose key-value store cannot list its namespaces
-(a backend without list_namespaces) gets only the namespaces derived from the sessions and their
-workspaces copied, and the summary says so.
+budgets and escape paths, and whatever hosts and plugins stored), the persistent capability
+tokens, revocations and used markers, and the audit log verbatim (still signed by the key that
+sealed it; a target chain that holds other entries is a failure). A source whose key-value
+store cannot list its namespaces (a backend without list_namespaces) gets only the namespaces
+derived from the sessions and their workspaces copied, and the summary says so.
 
 Resumable: a session already in the target with the same message count and history length is
-skipped; a different one is copied again. At the end the target is checked: every session
-present with the same message count and every copied namespace with the same keys; the exit
-status is 1 on any failure or mismatch. A target whose backend is not persistent (memory) is
-refused.
+skipped (a different one is copied again), and so is an audit entry already copied. At the end
+the target is checked: every session present with the same message count and every copied
+namespace with the same keys; the exit status is 1 on any failure or mismatch. A target whose
+backend is not persistent (memory) is refused.
 """
 
 

@@ -558,7 +558,8 @@ def _confirm(ctx: click.Context, question: str, refused: str) -> None:
 def sessions_delete(ctx: click.Context, session_id: str, yes: bool) -> None:
     """Delete a session and its message history.
 
-    ID is a session id or a unique prefix of it (at least 6 hex digits).
+    ID is a session id or a unique prefix of it (at least 6 hex digits). Asks first (the answer
+    is read from standard input); any answer but yes, or none, deletes nothing (exit 1).
     """
     with store_of(ctx) as store:
         sid = resolve_session_id(store, session_id)
